@@ -1,0 +1,1 @@
+//! Placeholder: the preload library is built in a later issue.

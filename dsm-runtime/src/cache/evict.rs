@@ -1,0 +1,178 @@
+//! Eviction: choose victims (CLOCK over the resident set), write dirty ones home, unmap.
+//!
+//! Ordering that makes "no lost write" hold: a dirty victim is write-protected *before*
+//! its bytes are copied, so a thread that writes during eviction blocks in a
+//! write-protect fault; the page's lock is held until the page is unmapped and its state
+//! says Invalid, so that thread's retried access faults as missing and fetches the copy
+//! that was just written home.
+
+use super::{recycle, Slot};
+use crate::coherence::state::{after_evict, on_evict, EvictAction};
+use crate::coherence::PageState;
+use crate::runtime::{Core, RuntimeError};
+use crate::space::{PageNum, PAGE_BYTES};
+use crate::transport::{Session, WriteOp};
+use std::sync::atomic::Ordering;
+
+struct Victim {
+    slot: Slot,
+    page: PageNum,
+    state: PageState,
+    action: EvictAction,
+}
+
+/// A thread's eviction machinery, with buffers allocated once.
+pub struct Evictor {
+    batch_max: usize,
+    victims: Vec<Victim>,
+    buf: Vec<u8>,
+    ops: Vec<WriteOp<'static>>,
+}
+
+impl Evictor {
+    /// Evicts at most `batch_max` pages per call.
+    pub fn new(batch_max: usize) -> Evictor {
+        Evictor {
+            batch_max,
+            victims: Vec::with_capacity(batch_max),
+            buf: vec![0u8; batch_max * PAGE_BYTES],
+            ops: Vec::with_capacity(batch_max),
+        }
+    }
+
+    /// Evicts up to `want` pages (capped at the batch size); returns how many.
+    pub fn evict(
+        &mut self,
+        core: &Core,
+        session: &mut dyn Session,
+        want: usize,
+    ) -> Result<usize, RuntimeError> {
+        self.select(core, want.min(self.batch_max));
+        if self.victims.is_empty() {
+            return Ok(0);
+        }
+        self.write_back(core, session)?;
+        self.unmap(core);
+        let n = self.victims.len();
+        self.victims.clear();
+        Ok(n)
+    }
+
+    /// CLOCK: sweep the hand, giving referenced pages a second chance and skipping locked
+    /// ones; bounded to two sweeps so a cache of busy pages cannot spin forever.
+    fn select(&mut self, core: &Core, want: usize) {
+        self.victims.clear();
+        let sweeps = 2 * core.resident.capacity();
+        for _ in 0..sweeps {
+            if self.victims.len() >= want {
+                break;
+            }
+            let slot = core.resident.tick();
+            let Some(page) = core.resident.get(slot) else {
+                continue;
+            };
+            if core.table.test_and_clear_referenced(page) {
+                continue;
+            }
+            let Some(state) = core.table.try_lock(page) else {
+                continue;
+            };
+            if !state.resident() || core.resident.get(slot) != Some(page) {
+                // Lost a race with another evictor between reading the slot and locking.
+                core.table.unlock(page, state);
+                continue;
+            }
+            self.victims.push(Victim {
+                slot,
+                page,
+                state,
+                action: on_evict(state),
+            });
+        }
+    }
+
+    fn write_back(&mut self, core: &Core, session: &mut dyn Session) -> Result<(), RuntimeError> {
+        let mut dirty = 0;
+        for v in &self.victims {
+            if v.action != EvictAction::WriteBack {
+                continue;
+            }
+            let addr = core.layout.addr_of(v.page);
+            // Freeze the page first: from here writers wait in a write-protect fault.
+            core.uffd
+                .write_protect(addr, PAGE_BYTES, true, true)
+                .map_err(RuntimeError::Uffd)?;
+            let dst = &mut self.buf[dirty * PAGE_BYTES..(dirty + 1) * PAGE_BYTES];
+            // SAFETY: `addr` is a mapped, write-protected page of the global range that we
+            // hold locked: nobody can write it or unmap it during the copy.
+            unsafe {
+                std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), PAGE_BYTES)
+            };
+            dirty += 1;
+        }
+        if dirty == 0 {
+            return Ok(());
+        }
+        let mut ops: Vec<WriteOp<'_>> = recycle(std::mem::take(&mut self.ops));
+        let mut chunks = self.buf.chunks_exact(PAGE_BYTES);
+        for v in self
+            .victims
+            .iter()
+            .filter(|v| v.action == EvictAction::WriteBack)
+        {
+            let home = core.placement.home(v.page);
+            ops.push(WriteOp {
+                node: home.node,
+                offset: home.offset,
+                data: chunks.next().expect("one buffer per dirty victim"),
+            });
+        }
+        let res = session.write_batch(&ops);
+        self.ops = recycle(ops);
+        res.map_err(RuntimeError::Transport)?;
+        let st = &core.stats;
+        st.remote_write_pages
+            .fetch_add(dirty as u64, Ordering::Relaxed);
+        st.remote_write_bytes
+            .fetch_add((dirty * PAGE_BYTES) as u64, Ordering::Relaxed);
+        st.remote_write_batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn unmap(&mut self, core: &Core) {
+        // Unmap runs of adjacent pages with one madvise each.
+        self.victims.sort_unstable_by_key(|v| v.page);
+        let mut i = 0;
+        while i < self.victims.len() {
+            let mut j = i + 1;
+            while j < self.victims.len() && self.victims[j].page.0 == self.victims[j - 1].page.0 + 1
+            {
+                j += 1;
+            }
+            let addr = core.layout.addr_of(self.victims[i].page);
+            // SAFETY: the run lies in the global range and every page in it is locked by us;
+            // MADV_DONTNEED on private anonymous memory only drops those pages.
+            let rc = unsafe {
+                libc::madvise(
+                    addr as *mut libc::c_void,
+                    (j - i) * PAGE_BYTES,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            assert_eq!(rc, 0, "madvise(DONTNEED) on the global range failed");
+            i = j;
+        }
+        let st = &core.stats;
+        for v in &self.victims {
+            let next = after_evict(v.state, v.action);
+            core.resident.remove(v.slot, v.page);
+            core.table.unlock(v.page, next);
+            st.evictions.fetch_add(1, Ordering::Relaxed);
+            if v.action == EvictAction::Drop {
+                st.evictions_clean.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        st.resident_pages
+            .store(core.resident.len() as u64, Ordering::Relaxed);
+    }
+}

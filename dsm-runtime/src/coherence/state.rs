@@ -1,0 +1,268 @@
+//! Page states and their transitions, as pure functions (no I/O) so they can be checked
+//! exhaustively.
+//!
+//! ```text
+//!                 read fault (fetch or zero-fill)
+//!     Invalid  ------------------------------------>  Shared (mapped write-protected)
+//!        |  ^                                            |  |
+//!        |  |  evict: drop, no traffic                   |  | first write (WP fault):
+//!        |  +--------------------------------------------+  | upgrade, unprotect
+//!        |  |                                               v
+//!        |  |  evict: write-protect, write home       Exclusive (mapped writable,
+//!        |  +------------------------------------------   dirty)
+//!        |     write fault (fetch or zero-fill)              ^
+//!        +---------------------------------------------------+
+//! ```
+//!
+//! `home_valid` records whether the home node holds data for the page: until the first
+//! write-back it does not, and a fault is served by zero-filling without a network trip.
+//! `busy` is the per-page lock: whoever sets it owns the page until it stores the next
+//! state. `referenced` is the recency hint that eviction policies consume.
+
+/// What this process may do with a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Not mapped: any access faults.
+    Invalid,
+    /// Mapped read-only (write-protected): clean, identical to the home copy.
+    Shared,
+    /// Mapped writable: may differ from the home copy.
+    Exclusive,
+}
+
+const ACCESS_MASK: u32 = 0b11;
+const HOME_VALID: u32 = 1 << 2;
+const BUSY: u32 = 1 << 3;
+const REFERENCED: u32 = 1 << 4;
+const PREFETCHED: u32 = 1 << 5;
+
+/// A page's state, packed in 32 bits so the page table is one atomic word per page.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PageState(pub u32);
+
+impl std::fmt::Debug for PageState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageState")
+            .field("access", &self.access())
+            .field("home_valid", &self.home_valid())
+            .field("busy", &self.busy())
+            .field("referenced", &self.referenced())
+            .finish()
+    }
+}
+
+impl PageState {
+    /// A page nobody has touched: invalid, nothing at home.
+    pub const UNTOUCHED: PageState = PageState(0);
+
+    /// Access rights.
+    pub fn access(self) -> Access {
+        match self.0 & ACCESS_MASK {
+            0 => Access::Invalid,
+            1 => Access::Shared,
+            2 => Access::Exclusive,
+            _ => unreachable!("access bits 0b11 are never stored"),
+        }
+    }
+
+    /// With other access rights.
+    pub fn with_access(self, a: Access) -> PageState {
+        let bits = match a {
+            Access::Invalid => 0,
+            Access::Shared => 1,
+            Access::Exclusive => 2,
+        };
+        PageState((self.0 & !ACCESS_MASK) | bits)
+    }
+
+    /// Whether the page is mapped locally.
+    pub fn resident(self) -> bool {
+        self.access() != Access::Invalid
+    }
+
+    /// Whether the home node holds data for the page.
+    pub fn home_valid(self) -> bool {
+        self.0 & HOME_VALID != 0
+    }
+
+    /// Whether someone holds the page's lock.
+    pub fn busy(self) -> bool {
+        self.0 & BUSY != 0
+    }
+
+    /// Whether the page was used since the eviction policy last looked.
+    pub fn referenced(self) -> bool {
+        self.0 & REFERENCED != 0
+    }
+
+    /// Whether the page was brought in by prefetch and not yet used.
+    pub fn prefetched(self) -> bool {
+        self.0 & PREFETCHED != 0
+    }
+
+    fn set(self, bit: u32, on: bool) -> PageState {
+        PageState(if on { self.0 | bit } else { self.0 & !bit })
+    }
+
+    /// With the lock bit set or cleared.
+    pub fn with_busy(self, on: bool) -> PageState {
+        self.set(BUSY, on)
+    }
+
+    /// With the recency bit set or cleared.
+    pub fn with_referenced(self, on: bool) -> PageState {
+        self.set(REFERENCED, on)
+    }
+
+    /// With the prefetch bit set or cleared.
+    pub fn with_prefetched(self, on: bool) -> PageState {
+        self.set(PREFETCHED, on)
+    }
+
+    fn with_home_valid(self, on: bool) -> PageState {
+        self.set(HOME_VALID, on)
+    }
+}
+
+/// What to do about a missing fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Someone else mapped it meanwhile: just wake the thread.
+    Wake,
+    /// Install zeros (nothing at home), writable if the access was a write.
+    ZeroFill { writable: bool },
+    /// Fetch from home and install, writable if the access was a write.
+    Fetch { writable: bool },
+    /// Shared copy present and the thread wants to write: lift write protection.
+    Upgrade,
+}
+
+/// Decides a fault on a page in state `s` (not busy). `write` is the access kind; `wp`
+/// says the fault was a write-protect fault rather than a missing one.
+pub fn on_fault(s: PageState, write: bool, wp: bool) -> FaultAction {
+    debug_assert!(!s.busy(), "deciding a fault on a locked page");
+    match (s.access(), write || wp) {
+        // A WP fault on a page evicted meanwhile: the retried access faults as missing.
+        (Access::Invalid, _) if wp => FaultAction::Wake,
+        (Access::Invalid, writable) if s.home_valid() => FaultAction::Fetch { writable },
+        (Access::Invalid, writable) => FaultAction::ZeroFill { writable },
+        (Access::Shared, true) => FaultAction::Upgrade,
+        (Access::Shared, false) | (Access::Exclusive, _) => FaultAction::Wake,
+    }
+}
+
+/// State after a fault's action completed.
+pub fn after_fault(s: PageState, action: FaultAction) -> PageState {
+    let next = match action {
+        FaultAction::Wake => s,
+        FaultAction::ZeroFill { writable } | FaultAction::Fetch { writable } => {
+            s.with_access(if writable {
+                Access::Exclusive
+            } else {
+                Access::Shared
+            })
+        }
+        FaultAction::Upgrade => s.with_access(Access::Exclusive),
+    };
+    next.with_referenced(true).with_busy(false)
+}
+
+/// What eviction must do with a resident page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvictAction {
+    /// Clean: unmap, no traffic.
+    Drop,
+    /// Dirty: write-protect, write home, then unmap.
+    WriteBack,
+}
+
+/// Decides the eviction of resident page `s`.
+pub fn on_evict(s: PageState) -> EvictAction {
+    debug_assert!(s.resident(), "evicting a page that is not resident");
+    match s.access() {
+        Access::Exclusive => EvictAction::WriteBack,
+        _ => EvictAction::Drop,
+    }
+}
+
+/// State after an eviction completed.
+pub fn after_evict(s: PageState, action: EvictAction) -> PageState {
+    let home_valid = s.home_valid() || action == EvictAction::WriteBack;
+    s.with_access(Access::Invalid)
+        .with_home_valid(home_valid)
+        .with_referenced(false)
+        .with_prefetched(false)
+        .with_busy(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_states() -> impl Iterator<Item = PageState> {
+        // Every combination of the defined bits with valid access values.
+        (0u32..64).map(PageState).filter(|s| s.0 & ACCESS_MASK != 3)
+    }
+
+    /// Exhaustive check of the machine: every reachable state and event keeps the
+    /// invariants "data is never lost" and "a written page is never mapped read-only
+    /// while it differs from home".
+    #[test]
+    fn transitions_never_lose_data() {
+        for s in all_states().filter(|s| !s.busy()) {
+            for (write, wp) in [(false, false), (true, false), (true, true)] {
+                let a = on_fault(s, write, wp);
+                if s.access() == Access::Invalid && s.home_valid() && !wp {
+                    assert!(
+                        matches!(a, FaultAction::Fetch { .. }),
+                        "{s:?}: must fetch, got {a:?}"
+                    );
+                }
+                if !s.home_valid() {
+                    assert!(
+                        !matches!(a, FaultAction::Fetch { .. }),
+                        "{s:?}: nothing to fetch"
+                    );
+                }
+                let n = after_fault(s, a);
+                assert!(!n.busy());
+                if (write || wp) && a != FaultAction::Wake {
+                    assert_eq!(n.access(), Access::Exclusive, "{s:?} {a:?}");
+                }
+                assert_eq!(n.home_valid(), s.home_valid(), "faults never change home");
+            }
+            if s.resident() {
+                let a = on_evict(s);
+                let n = after_evict(s, a);
+                assert_eq!(n.access(), Access::Invalid);
+                if s.access() == Access::Exclusive {
+                    assert_eq!(a, EvictAction::WriteBack, "dirty pages are written back");
+                    assert!(n.home_valid());
+                }
+                assert_eq!(
+                    n.home_valid(),
+                    s.home_valid() || a == EvictAction::WriteBack
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn untouched_pages_zero_fill_and_written_ones_come_back() {
+        let s = PageState::UNTOUCHED;
+        assert_eq!(
+            on_fault(s, false, false),
+            FaultAction::ZeroFill { writable: false }
+        );
+        let s = after_fault(s, FaultAction::ZeroFill { writable: false });
+        assert_eq!(on_fault(s, true, true), FaultAction::Upgrade);
+        let s = after_fault(s, FaultAction::Upgrade);
+        let s = after_evict(s, on_evict(s));
+        assert_eq!(
+            on_fault(s, false, false),
+            FaultAction::Fetch { writable: false }
+        );
+        // A WP fault that lost the race with eviction just retries.
+        assert_eq!(on_fault(s, true, true), FaultAction::Wake);
+    }
+}

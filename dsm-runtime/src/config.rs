@@ -1,0 +1,240 @@
+//! The runtime's one typed configuration, validated once and passed explicitly.
+//!
+//! Units are last in names (`cache_bytes_max`, `node_timeout_ms`). Later issues build it
+//! from flags, `DSM_*` environment variables and profile files; every path ends in
+//! [`RuntimeConfig::validate`].
+
+use crate::space::PAGE_BYTES;
+
+/// Default base of the global range: 16 TiB, above where non-PIE programs and their
+/// `brk` heap live.
+pub const DEFAULT_SPACE_BASE: usize = 0x1000_0000_0000;
+/// Highest address the global range may reach: below 0x5500_0000_0000, where the kernel
+/// loads PIE executables and their heap, and far below shared libraries and default
+/// mmaps (just under 128 TiB). Leaves 64 TiB above the default base.
+pub const SPACE_END_MAX: usize = 0x5000_0000_0000;
+
+/// How fault-handler threads wait for events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HandlerWait {
+    /// Sleep in `poll(2)` until the kernel queues a fault: no CPU burned while idle.
+    Block,
+    /// Spin on a non-blocking read: no wake-up latency, one CPU per handler while running.
+    Spin,
+}
+
+/// Everything the runtime needs to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    /// Fixed base address of the global range.
+    pub space_base: usize,
+    /// Size of the global range in bytes; `0` means the sum of the nodes' regions.
+    pub space_bytes: u64,
+    /// Most bytes of the global range resident locally at once.
+    pub cache_bytes_max: u64,
+    /// Background reclaim starts when free cache falls below this percentage.
+    pub reclaim_start_free_pct: u8,
+    /// Background reclaim stops once free cache reaches this percentage.
+    pub reclaim_stop_free_pct: u8,
+    /// Most pages written back in one batch.
+    pub writeback_batch_pages: usize,
+    /// Number of fault-handler threads.
+    pub handler_threads: usize,
+    /// How handler threads wait.
+    pub handler_wait: HandlerWait,
+    /// Most fault events read and served in one round.
+    pub fault_batch_max: usize,
+    /// Pages per placement chunk (interleaving granularity).
+    pub placement_chunk_pages: u64,
+    /// Any node operation slower than this fails, naming the node.
+    pub node_timeout_ms: u64,
+    /// CPU to pin handler threads to (`None`: let the scheduler decide).
+    pub handler_cpu: Option<usize>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            space_base: DEFAULT_SPACE_BASE,
+            space_bytes: 0,
+            cache_bytes_max: 256 << 20,
+            reclaim_start_free_pct: 3,
+            reclaim_stop_free_pct: 8,
+            writeback_batch_pages: 64,
+            handler_threads: 1,
+            handler_wait: HandlerWait::Block,
+            fault_batch_max: 64,
+            placement_chunk_pages: 1,
+            node_timeout_ms: 5000,
+            handler_cpu: None,
+        }
+    }
+}
+
+/// A configuration value that cannot work, with what to do about it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {field} = {value}: {hint}")]
+pub struct ConfigError {
+    /// The offending setting.
+    pub field: &'static str,
+    /// Its value, as text.
+    pub value: String,
+    /// What would work.
+    pub hint: String,
+}
+
+fn invalid(field: &'static str, value: impl ToString, hint: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        value: value.to_string(),
+        hint: hint.into(),
+    }
+}
+
+impl RuntimeConfig {
+    /// Checks every setting on its own and against the others.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let page = PAGE_BYTES as u64;
+        if self.space_base % PAGE_BYTES != 0 || self.space_base == 0 {
+            return Err(invalid(
+                "space_base",
+                format!("{:#x}", self.space_base),
+                "use a non-zero, page-aligned address",
+            ));
+        }
+        let end = (self.space_base as u64).checked_add(self.space_bytes);
+        if end.is_none_or(|e| e > SPACE_END_MAX as u64) {
+            return Err(invalid(
+                "space_bytes",
+                self.space_bytes,
+                format!("base + size must stay below {SPACE_END_MAX:#x}"),
+            ));
+        }
+        if self.cache_bytes_max < 64 * page {
+            return Err(invalid(
+                "cache_bytes_max",
+                self.cache_bytes_max,
+                "the local cache needs at least 64 pages (256 KiB)",
+            ));
+        }
+        if self.reclaim_start_free_pct >= self.reclaim_stop_free_pct
+            || self.reclaim_stop_free_pct > 50
+        {
+            return Err(invalid(
+                "reclaim_stop_free_pct",
+                self.reclaim_stop_free_pct,
+                "reclaim must stop above where it starts, and at most at 50% free",
+            ));
+        }
+        if self.writeback_batch_pages == 0 || self.writeback_batch_pages > 1024 {
+            return Err(invalid(
+                "writeback_batch_pages",
+                self.writeback_batch_pages,
+                "use 1 to 1024",
+            ));
+        }
+        if self.handler_threads == 0 || self.handler_threads > 64 {
+            return Err(invalid(
+                "handler_threads",
+                self.handler_threads,
+                "use 1 to 64",
+            ));
+        }
+        if self.fault_batch_max == 0 || self.fault_batch_max > 1024 {
+            return Err(invalid(
+                "fault_batch_max",
+                self.fault_batch_max,
+                "use 1 to 1024",
+            ));
+        }
+        if self.placement_chunk_pages == 0 {
+            return Err(invalid("placement_chunk_pages", 0, "use at least 1"));
+        }
+        if self.node_timeout_ms == 0 {
+            return Err(invalid("node_timeout_ms", 0, "use a positive timeout"));
+        }
+        Ok(())
+    }
+
+    /// Cache capacity in pages.
+    pub fn cache_pages(&self) -> usize {
+        (self.cache_bytes_max / PAGE_BYTES as u64) as usize
+    }
+}
+
+/// Parses a size such as `4096`, `64K`, `64M`, `8G`, `1T` (binary units, optional `B`/`iB`).
+/// A percentage (`50%`) is resolved against `percent_of` when given.
+pub fn parse_size(text: &str, percent_of: Option<u64>) -> Result<u64, String> {
+    let t = text.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        let Some(total) = percent_of else {
+            return Err(format!("{text:?}: a percentage is not allowed here"));
+        };
+        let pct: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?}: not a percentage"))?;
+        if !(pct > 0.0 && pct <= 100.0) {
+            return Err(format!("{text:?}: percentage must be in (0, 100]"));
+        }
+        return Ok((total as f64 * pct / 100.0) as u64);
+    }
+    let upper = t.to_ascii_uppercase();
+    let body = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (digits, shift) = match body.chars().last() {
+        Some('K') => (&body[..body.len() - 1], 10),
+        Some('M') => (&body[..body.len() - 1], 20),
+        Some('G') => (&body[..body.len() - 1], 30),
+        Some('T') => (&body[..body.len() - 1], 40),
+        Some('P') => (&body[..body.len() - 1], 50),
+        _ => (body, 0),
+    };
+    let hint = || format!("{text:?}: expected a size like 4096, 64M, 8G or 1T");
+    let n: u64 = digits.trim().parse().map_err(|_| hint())?;
+    n.checked_mul(1u64 << shift).ok_or_else(hint)
+}
+
+/// Total physical memory of this machine, in bytes.
+pub fn physical_memory_bytes() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    (pages.max(0) as u64) * (size.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes_and_percentages() {
+        assert_eq!(parse_size("4096", None), Ok(4096));
+        assert_eq!(parse_size("64M", None), Ok(64 << 20));
+        assert_eq!(parse_size("8g", None), Ok(8 << 30));
+        assert_eq!(parse_size("1TiB", None), Ok(1 << 40));
+        assert_eq!(parse_size("2KB", None), Ok(2048));
+        assert_eq!(parse_size("50%", Some(1000)), Ok(500));
+        assert!(parse_size("50%", None).is_err());
+        assert!(parse_size("0%", Some(10)).is_err());
+        assert!(parse_size("lots", None).is_err());
+        assert!(parse_size("99999999999T", None).is_err());
+        assert!(parse_size("-1G", None).is_err());
+    }
+
+    #[test]
+    fn default_config_is_valid_and_bad_values_name_their_field() {
+        RuntimeConfig::default().validate().unwrap();
+        let c = RuntimeConfig {
+            cache_bytes_max: 4096,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "cache_bytes_max");
+        let c = RuntimeConfig {
+            space_bytes: 1 << 50,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "space_bytes");
+    }
+}

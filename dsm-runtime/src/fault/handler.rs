@@ -1,0 +1,311 @@
+//! A fault-handler thread: drains every pending event, decides each against the page
+//! state, fetches all remote pages of the round in one batch, installs, wakes.
+//!
+//! The branching lives in [`FaultHandler::plan`]; the steps are small functions. Buffers
+//! are allocated when the thread starts; serving a fault allocates nothing.
+
+use super::uffd::{is_transient, Fault, FaultKind, Installed, UffdMsg};
+use crate::cache::{recycle, Evictor, Slot};
+use crate::coherence::state::{after_fault, on_fault, FaultAction};
+use crate::coherence::PageState;
+use crate::config::HandlerWait;
+use crate::runtime::{Core, RuntimeError};
+use crate::space::{PageNum, PAGE_BYTES};
+use crate::transport::{ReadOp, Session};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// Source of zero-filled pages.
+static ZERO_PAGE: [u8; PAGE_BYTES] = [0; PAGE_BYTES];
+
+/// How long a handler with deferred faults sleeps before looking at them again.
+const DEFERRED_RECHECK_NS: i64 = 20_000;
+/// Bound on retries of an install the kernel answers with EAGAIN.
+const INSTALL_RETRIES: usize = 1000;
+/// Bound on direct-reclaim attempts for one slot before declaring the cache wedged.
+const RECLAIM_ATTEMPTS: usize = 10_000;
+
+/// A page to fetch this round.
+struct Fetch {
+    fault: Fault,
+    page: PageNum,
+    slot: Slot,
+    state: PageState,
+    writable: bool,
+}
+
+/// One handler thread's state.
+pub struct FaultHandler {
+    session: Box<dyn Session>,
+    evictor: Evictor,
+    msgs: Vec<UffdMsg>,
+    /// Faults on pages someone else holds; served in a later round.
+    deferred: Vec<Fault>,
+    /// Faults to serve this round.
+    round: Vec<Fault>,
+    fetches: Vec<Fetch>,
+    fetch_buf: Vec<u8>,
+    read_ops: Vec<ReadOp<'static>>,
+}
+
+impl FaultHandler {
+    /// A handler that talks to the nodes through `session`.
+    pub fn new(core: &Core, session: Box<dyn Session>) -> FaultHandler {
+        let batch = core.config.fault_batch_max;
+        FaultHandler {
+            session,
+            evictor: Evictor::new(core.config.writeback_batch_pages),
+            msgs: vec![UffdMsg::default(); batch],
+            deferred: Vec::with_capacity(batch * 4),
+            round: Vec::with_capacity(batch * 5),
+            fetches: Vec::with_capacity(batch * 5),
+            fetch_buf: vec![0u8; batch * 5 * PAGE_BYTES],
+            read_ops: Vec::with_capacity(batch * 5),
+        }
+    }
+
+    /// Serves faults until the runtime stops.
+    pub fn run(&mut self, core: &Core) -> Result<(), RuntimeError> {
+        while !core.stopping() {
+            if !self.wait(core) {
+                continue;
+            }
+            let n = if self.deferred.len() + self.msgs.len() <= self.round.capacity() {
+                core.uffd
+                    .read_events(&mut self.msgs)
+                    .map_err(RuntimeError::Uffd)?
+            } else {
+                0
+            };
+            self.round.clear();
+            self.round.append(&mut self.deferred);
+            self.round
+                .extend(self.msgs[..n].iter().filter_map(UffdMsg::decode));
+            if !self.round.is_empty() {
+                self.serve_round(core)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for events (or a deferred-fault recheck); false if nothing may be ready.
+    fn wait(&self, core: &Core) -> bool {
+        if core.config.handler_wait == HandlerWait::Spin && self.deferred.is_empty() {
+            std::hint::spin_loop();
+            return true;
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: core.uffd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: core.stop_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: DEFERRED_RECHECK_NS,
+        };
+        let timeout = if self.deferred.is_empty() {
+            std::ptr::null()
+        } else {
+            &ts as *const libc::timespec
+        };
+        // SAFETY: `fds` and `ts` live on our stack for the duration of the call.
+        let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, timeout, std::ptr::null()) };
+        rc > 0 || !self.deferred.is_empty()
+    }
+
+    fn serve_round(&mut self, core: &Core) -> Result<(), RuntimeError> {
+        let start = Instant::now();
+        self.fetches.clear();
+        let mut round = std::mem::take(&mut self.round);
+        for fault in round.drain(..) {
+            self.plan(core, fault, start)?;
+        }
+        self.round = round;
+        if !self.fetches.is_empty() {
+            self.fetch_and_install(core, start)?;
+        }
+        core.kick_reclaim_if_low();
+        Ok(())
+    }
+
+    /// Decides one fault and performs every action that needs no network trip.
+    fn plan(&mut self, core: &Core, fault: Fault, start: Instant) -> Result<(), RuntimeError> {
+        let Some(page) = core.layout.page_of(fault.addr) else {
+            // Not ours (cannot happen for a registered range); let the thread retry.
+            return core
+                .uffd
+                .wake(fault.addr & !(PAGE_BYTES - 1), PAGE_BYTES)
+                .map_err(RuntimeError::Uffd);
+        };
+        let Some(state) = core.table.try_lock(page) else {
+            core.stats.faults_deferred.fetch_add(1, Ordering::Relaxed);
+            self.deferred.push(fault);
+            return Ok(());
+        };
+        let wp = fault.kind == FaultKind::WriteProtect;
+        let write = fault.kind != FaultKind::MissingRead;
+        let action = on_fault(state, write, wp);
+        count_fault(core, fault.kind, action);
+        let addr = core.layout.addr_of(page);
+        match action {
+            FaultAction::Wake => {
+                core.table.unlock(page, after_fault(state, action));
+                core.uffd
+                    .wake(addr, PAGE_BYTES)
+                    .map_err(RuntimeError::Uffd)?;
+            }
+            FaultAction::Upgrade => {
+                // Mode 1: this process owns every page, so the upgrade is granted locally.
+                core.uffd
+                    .write_protect(addr, PAGE_BYTES, false, false)
+                    .map_err(RuntimeError::Uffd)?;
+                core.table.unlock(page, after_fault(state, action));
+            }
+            FaultAction::ZeroFill { writable } => {
+                let slot = self.take_slot(core, page)?;
+                let installed =
+                    self.install(core, page, slot, state, ZERO_PAGE.as_ptr(), writable)?;
+                if installed {
+                    core.stats.zero_fills.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            FaultAction::Fetch { writable } => {
+                let slot = self.take_slot(core, page)?;
+                self.fetches.push(Fetch {
+                    fault,
+                    page,
+                    slot,
+                    state,
+                    writable,
+                });
+                return Ok(());
+            }
+        }
+        core.stats
+            .fault_service
+            .record(start.elapsed().as_nanos() as u64);
+        Ok(())
+    }
+
+    /// A free cache slot for `page`, reclaiming on this thread if the cache is full.
+    fn take_slot(&mut self, core: &Core, page: PageNum) -> Result<Slot, RuntimeError> {
+        for _ in 0..RECLAIM_ATTEMPTS {
+            if let Some(slot) = core.resident.insert(page) {
+                let n = core.resident.len() as u64;
+                core.stats.resident_pages.store(n, Ordering::Relaxed);
+                core.stats
+                    .resident_pages_peak
+                    .fetch_max(n, Ordering::Relaxed);
+                return Ok(slot);
+            }
+            core.stats.direct_reclaims.fetch_add(1, Ordering::Relaxed);
+            let want = core.config.writeback_batch_pages;
+            if self.evictor.evict(core, self.session.as_mut(), want)? == 0 {
+                // Every resident page is locked by someone mid-operation; let them finish.
+                std::thread::yield_now();
+            }
+        }
+        Err(RuntimeError::CacheWedged {
+            capacity_pages: core.resident.capacity(),
+        })
+    }
+
+    fn fetch_and_install(&mut self, core: &Core, start: Instant) -> Result<(), RuntimeError> {
+        let mut ops: Vec<ReadOp<'_>> = recycle(std::mem::take(&mut self.read_ops));
+        for (f, buf) in self
+            .fetches
+            .iter()
+            .zip(self.fetch_buf.chunks_exact_mut(PAGE_BYTES))
+        {
+            let home = core.placement.home(f.page);
+            ops.push(ReadOp {
+                node: home.node,
+                offset: home.offset,
+                buf,
+            });
+        }
+        let res = self.session.read_batch(&mut ops);
+        self.read_ops = recycle(ops);
+        res.map_err(RuntimeError::Transport)?;
+        let st = &core.stats;
+        let n = self.fetches.len() as u64;
+        st.remote_read_pages.fetch_add(n, Ordering::Relaxed);
+        st.remote_read_bytes
+            .fetch_add(n * PAGE_BYTES as u64, Ordering::Relaxed);
+        st.remote_read_batches.fetch_add(1, Ordering::Relaxed);
+        let fetches = std::mem::take(&mut self.fetches);
+        for (f, buf) in fetches.iter().zip(self.fetch_buf.chunks_exact(PAGE_BYTES)) {
+            debug_assert_eq!(core.layout.page_of(f.fault.addr), Some(f.page));
+            self.install(core, f.page, f.slot, f.state, buf.as_ptr(), f.writable)?;
+            st.fault_service.record(start.elapsed().as_nanos() as u64);
+        }
+        self.fetches = fetches;
+        Ok(())
+    }
+
+    /// Maps a copy of `src` at `page` (write-protected unless `writable`), publishes the
+    /// new state and wakes waiters. Returns false if the kernel kept refusing (the
+    /// faulting thread then simply faults again).
+    fn install(
+        &self,
+        core: &Core,
+        page: PageNum,
+        slot: Slot,
+        state: PageState,
+        src: *const u8,
+        writable: bool,
+    ) -> Result<bool, RuntimeError> {
+        let addr = core.layout.addr_of(page);
+        for _ in 0..INSTALL_RETRIES {
+            // SAFETY: `src` points at a full page (a fetch buffer or the zero page).
+            match unsafe { core.uffd.copy(addr, src, PAGE_BYTES, !writable, false) } {
+                Ok(Installed::Done) => {
+                    let action = if writable {
+                        FaultAction::Fetch { writable: true }
+                    } else {
+                        FaultAction::Fetch { writable: false }
+                    };
+                    core.table.unlock(page, after_fault(state, action));
+                    return Ok(true);
+                }
+                Ok(Installed::AlreadyPresent) => {
+                    // Mapped behind our back; keep it and treat it as dirty so that whatever
+                    // it holds is written home rather than dropped.
+                    let action = FaultAction::Fetch { writable: true };
+                    core.table.unlock(page, after_fault(state, action));
+                    core.uffd
+                        .wake(addr, PAGE_BYTES)
+                        .map_err(RuntimeError::Uffd)?;
+                    return Ok(true);
+                }
+                Err(e) if is_transient(&e) => std::thread::yield_now(),
+                Err(e) => return Err(RuntimeError::Uffd(e)),
+            }
+        }
+        core.resident.remove(slot, page);
+        core.table.unlock(page, state);
+        core.uffd
+            .wake(addr, PAGE_BYTES)
+            .map_err(RuntimeError::Uffd)?;
+        Ok(false)
+    }
+}
+
+fn count_fault(core: &Core, kind: FaultKind, action: FaultAction) {
+    let st = &core.stats;
+    let counter = match (kind, action) {
+        (_, FaultAction::Wake) => &st.faults_spurious,
+        (FaultKind::MissingRead, _) => &st.faults_read,
+        (FaultKind::MissingWrite, _) => &st.faults_write,
+        (FaultKind::WriteProtect, _) => &st.faults_write_protect,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}

@@ -1,0 +1,11 @@
+//! The fault path: userfaultfd events in, pages installed, threads woken.
+//!
+//! ```text
+//! uffd events -> decode -> page state -> plan (fault action) -> transport batch read
+//!             -> install (UFFDIO_COPY, write-protected for reads) -> wake -> statistics
+//! ```
+
+pub mod handler;
+pub mod uffd;
+
+pub use handler::FaultHandler;

@@ -1,0 +1,100 @@
+//! Starting memory nodes as local processes (the embedded default of `dsmrun`, and the
+//! integration tests).
+
+use crate::node::READY_PREFIX;
+use crate::transport::auth::Secret;
+use std::io::{self, BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// Memory-node processes on this machine; killed and reaped on drop.
+#[derive(Debug)]
+pub struct LocalNodes {
+    children: Vec<Option<Child>>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl LocalNodes {
+    /// Starts `count` nodes of `node_bytes` each by running `exe node ...` (`exe` is the
+    /// `dsmrun` binary), and waits until each listens.
+    pub fn spawn(
+        exe: &Path,
+        count: usize,
+        node_bytes: u64,
+        secret: &Secret,
+    ) -> io::Result<LocalNodes> {
+        let mut nodes = LocalNodes {
+            children: Vec::with_capacity(count),
+            addrs: Vec::with_capacity(count),
+        };
+        for id in 0..count {
+            let mut child = Command::new(exe)
+                .args(["node", "--id", &id.to_string(), "--listen", "127.0.0.1:0"])
+                .args(["--memory", &node_bytes.to_string(), "--die-with-parent"])
+                .env("DSM_SECRET", secret.as_str())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("starting memory node {id} ({}): {e}", exe.display()),
+                    )
+                })?;
+            let stdout = child.stdout.take().expect("piped");
+            nodes.children.push(Some(child));
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line)?;
+            let addr = line
+                .trim()
+                .strip_prefix(READY_PREFIX)
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| {
+                    io::Error::other(format!("memory node {id} failed to start (said {line:?})"))
+                })?;
+            nodes.addrs.push(addr);
+        }
+        Ok(nodes)
+    }
+
+    /// The nodes' addresses, by node index.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Process id of node `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children.get(i)?.as_ref().map(Child::id)
+    }
+
+    /// Kills node `i` (a failure-injection hook for tests and for teardown).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children.get_mut(i).and_then(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether any node exited on its own; returns its index and status.
+    pub fn exited(&mut self) -> Option<(usize, std::process::ExitStatus)> {
+        for (i, c) in self.children.iter_mut().enumerate() {
+            if let Some(child) = c {
+                if let Ok(Some(st)) = child.try_wait() {
+                    *c = None;
+                    return Some((i, st));
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Drop for LocalNodes {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}

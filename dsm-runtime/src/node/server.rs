@@ -1,0 +1,302 @@
+//! The memory node's server: authenticates each connection, then executes batched
+//! one-sided reads and writes, compare-and-swap and control calls on the region.
+//!
+//! One thread per connection: a job has a handful of client threads per node (fault
+//! handlers, reclaimer), so the simplest model is also the fastest here. Every length is
+//! checked before it is trusted; a peer that breaks the protocol is logged and dropped.
+
+use super::region::Region;
+use crate::transport::auth::{self, NodeHello, Secret};
+use crate::transport::vectored::{self, iovec};
+use crate::transport::wire::{
+    self, Entry, Header, Op, WireError, ENTRY_BYTES, HEADER_BYTES, REPLY_BIT, STATUS_OK,
+    STATUS_REJECTED,
+};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a new peer may take to complete the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Counters a node keeps about the traffic it served.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    /// Pages (entries) read.
+    pub reads: AtomicU64,
+    /// Bytes read.
+    pub read_bytes: AtomicU64,
+    /// Entries written.
+    pub writes: AtomicU64,
+    /// Bytes written.
+    pub write_bytes: AtomicU64,
+    /// Compare-and-swap operations.
+    pub atomics: AtomicU64,
+    /// Peers refused at the handshake.
+    pub refused_peers: AtomicU64,
+}
+
+/// A memory node: a region and the identity it announces.
+#[derive(Debug)]
+pub struct NodeServer {
+    region: Region,
+    id: u16,
+    secret: Secret,
+    counters: NodeCounters,
+}
+
+impl NodeServer {
+    /// A node with `region_bytes` of lazily backed memory.
+    pub fn new(id: u16, region_bytes: u64, secret: Secret) -> io::Result<Arc<NodeServer>> {
+        Ok(Arc::new(NodeServer {
+            region: Region::new(region_bytes)?,
+            id,
+            secret,
+            counters: NodeCounters::default(),
+        }))
+    }
+
+    /// Traffic counters.
+    pub fn counters(&self) -> &NodeCounters {
+        &self.counters
+    }
+
+    /// Accepts connections forever, one thread each.
+    pub fn serve(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        loop {
+            let (stream, peer) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let me = Arc::clone(self);
+            std::thread::Builder::new()
+                .name(format!("dsm-node-{}-conn", self.id))
+                .spawn(move || me.connection(stream, peer))?;
+        }
+    }
+
+    fn connection(&self, mut stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
+        let hello = NodeHello {
+            node_id: self.id,
+            region_bytes: self.region.len(),
+        };
+        if let Err(e) = auth::accept(&mut stream, &self.secret, hello) {
+            self.counters.refused_peers.fetch_add(1, Ordering::Relaxed);
+            eprintln!("dsm-node {}: refused peer {peer}: {e}", self.id);
+            return;
+        }
+        // Clients may sit idle for long (a program computing); reads block without limit,
+        // but writes of replies still time out so a stuck client cannot pin a thread.
+        let _ = stream.set_read_timeout(None);
+        let mut conn = ConnState::default();
+        loop {
+            match self.serve_one(&mut stream, &mut conn) {
+                Ok(()) => {}
+                Err(ServeError::Closed) => return,
+                Err(e) => {
+                    eprintln!("dsm-node {}: dropping peer {peer}: {e}", self.id);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn serve_one(&self, s: &mut TcpStream, conn: &mut ConnState) -> Result<(), ServeError> {
+        let mut hb = [0u8; HEADER_BYTES];
+        match s.read_exact(&mut hb) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ServeError::Closed),
+            Err(e) => return Err(e.into()),
+        }
+        let h = Header::decode(&hb)?;
+        let op = h.check_request()?;
+        conn.entries.clear();
+        if h.count > 0 {
+            conn.raw.resize(h.count as usize * ENTRY_BYTES, 0);
+            s.read_exact(&mut conn.raw)?;
+            for chunk in conn.raw.chunks_exact(ENTRY_BYTES) {
+                conn.entries
+                    .push(Entry::decode(chunk.try_into().expect("entry size"))?);
+            }
+        }
+        match op {
+            Op::Read => self.read(s, &h, conn),
+            Op::Write => self.write(s, &h, conn),
+            Op::CompareSwap => self.compare_and_swap(s, &h),
+            Op::Call => self.call(s, &h),
+        }
+    }
+
+    fn out_of_bounds(&self, entries: &[Entry]) -> Option<Entry> {
+        entries
+            .iter()
+            .copied()
+            .find(|e| !e.within(self.region.len()))
+    }
+
+    fn read(&self, s: &mut TcpStream, h: &Header, conn: &mut ConnState) -> Result<(), ServeError> {
+        let total = wire::total_len(&conn.entries)?;
+        if let Some(bad) = self.out_of_bounds(&conn.entries) {
+            return reject(s, h, &self.bounds_message(bad));
+        }
+        let mut rh = [0u8; HEADER_BYTES];
+        reply_header(h, STATUS_OK, total).encode(&mut rh);
+        conn.iov.clear();
+        conn.iov.push(iovec(rh.as_ptr(), rh.len()));
+        for e in &conn.entries {
+            let p = self
+                .region
+                .ptr(e.offset, e.len.into())
+                .expect("checked above");
+            conn.iov.push(iovec(p, e.len as usize));
+        }
+        // SAFETY: the iovecs cover `rh` on our stack and in-bounds parts of the region.
+        unsafe { vectored::write_all(s.as_raw_fd(), &mut conn.iov) }?;
+        self.counters
+            .reads
+            .fetch_add(conn.entries.len() as u64, Ordering::Relaxed);
+        self.counters
+            .read_bytes
+            .fetch_add(total.into(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write(&self, s: &mut TcpStream, h: &Header, conn: &mut ConnState) -> Result<(), ServeError> {
+        let total = wire::total_len(&conn.entries)?;
+        if total != h.payload_len {
+            return Err(WireError::Inconsistent("write payload differs from its entries").into());
+        }
+        if let Some(bad) = self.out_of_bounds(&conn.entries) {
+            // Consume the payload so the stream stays in step, then refuse.
+            io::copy(&mut s.take(total.into()), &mut io::sink())?;
+            return reject(s, h, &self.bounds_message(bad));
+        }
+        conn.iov.clear();
+        for e in &conn.entries {
+            let p = self
+                .region
+                .ptr(e.offset, e.len.into())
+                .expect("checked above");
+            conn.iov.push(iovec(p, e.len as usize));
+        }
+        // SAFETY: the iovecs cover in-bounds parts of the region, which outlives the call.
+        unsafe { vectored::read_exact(s.as_raw_fd(), &mut conn.iov) }?;
+        self.counters
+            .writes
+            .fetch_add(conn.entries.len() as u64, Ordering::Relaxed);
+        self.counters
+            .write_bytes
+            .fetch_add(total.into(), Ordering::Relaxed);
+        let mut rh = [0u8; HEADER_BYTES];
+        reply_header(h, STATUS_OK, 0).encode(&mut rh);
+        s.write_all(&rh)?;
+        Ok(())
+    }
+
+    fn compare_and_swap(&self, s: &mut TcpStream, h: &Header) -> Result<(), ServeError> {
+        let mut args = [0u8; 24];
+        s.read_exact(&mut args)?;
+        let (offset, expected, new) = wire::decode_cas(&args);
+        let Some(old) = self.region.compare_and_swap(offset, expected, new) else {
+            let msg = format!(
+                "compare-and-swap at {offset:#x}: must be 8-byte aligned and inside the {}-byte region",
+                self.region.len()
+            );
+            return reject(s, h, &msg);
+        };
+        self.counters.atomics.fetch_add(1, Ordering::Relaxed);
+        let mut out = [0u8; HEADER_BYTES + 8];
+        let mut rh = [0u8; HEADER_BYTES];
+        reply_header(h, STATUS_OK, 8).encode(&mut rh);
+        out[..HEADER_BYTES].copy_from_slice(&rh);
+        out[HEADER_BYTES..].copy_from_slice(&old.to_le_bytes());
+        s.write_all(&out)?;
+        Ok(())
+    }
+
+    fn call(&self, s: &mut TcpStream, h: &Header) -> Result<(), ServeError> {
+        let mut msg = vec![0u8; h.payload_len as usize];
+        s.read_exact(&mut msg)?;
+        let answer = match msg.as_slice() {
+            b"ping" => b"pong".to_vec(),
+            b"stats" => self.stats_json().into_bytes(),
+            other => {
+                let m = format!("unknown call {:?}", String::from_utf8_lossy(other));
+                return reject(s, h, &m);
+            }
+        };
+        let mut rh = [0u8; HEADER_BYTES];
+        reply_header(h, STATUS_OK, answer.len() as u32).encode(&mut rh);
+        s.write_all(&rh)?;
+        s.write_all(&answer)?;
+        Ok(())
+    }
+
+    /// The node's counters and memory use as JSON.
+    pub fn stats_json(&self) -> String {
+        let c = &self.counters;
+        serde_json::json!({
+            "node": self.id,
+            "region_bytes": self.region.len(),
+            "reads": c.reads.load(Ordering::Relaxed),
+            "read_bytes": c.read_bytes.load(Ordering::Relaxed),
+            "writes": c.writes.load(Ordering::Relaxed),
+            "write_bytes": c.write_bytes.load(Ordering::Relaxed),
+            "atomics": c.atomics.load(Ordering::Relaxed),
+            "refused_peers": c.refused_peers.load(Ordering::Relaxed),
+        })
+        .to_string()
+    }
+
+    fn bounds_message(&self, e: Entry) -> String {
+        format!(
+            "{} bytes at offset {:#x} fall outside the node's {}-byte region",
+            e.len,
+            e.offset,
+            self.region.len()
+        )
+    }
+}
+
+/// Per-connection scratch, reused across requests.
+#[derive(Default)]
+struct ConnState {
+    raw: Vec<u8>,
+    entries: Vec<Entry>,
+    iov: Vec<libc::iovec>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed frame: {0}")]
+    Wire(#[from] WireError),
+}
+
+fn reply_header(req: &Header, status: u8, payload_len: u32) -> Header {
+    Header {
+        op: req.op | REPLY_BIT,
+        status,
+        count: 0,
+        payload_len,
+        seq: req.seq,
+    }
+}
+
+fn reject(s: &mut TcpStream, h: &Header, msg: &str) -> Result<(), ServeError> {
+    let mut rh = [0u8; HEADER_BYTES];
+    reply_header(h, STATUS_REJECTED, msg.len() as u32).encode(&mut rh);
+    s.write_all(&rh)?;
+    s.write_all(msg.as_bytes())?;
+    Ok(())
+}

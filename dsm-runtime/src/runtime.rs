@@ -1,0 +1,309 @@
+//! The runtime: reserves the global range, registers it with userfaultfd, and runs the
+//! fault handlers and the background reclaimer until shut down.
+
+use crate::cache::{Evictor, PageTable, ResidentSet};
+use crate::config::{ConfigError, RuntimeConfig};
+use crate::fault::uffd::{UffdError, Userfaultfd, FEATURE_PAGEFAULT_FLAG_WP, FEATURE_THREAD_ID};
+use crate::fault::FaultHandler;
+use crate::policy::{Interleaved, Placement, PlacementError};
+use crate::space::{Layout, Reservation, ReserveError, PAGE_BYTES};
+use crate::stats::{Stats, StatsSnapshot};
+use crate::transport::{Session, Transport, TransportError};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Exit status of a process whose runtime failed in a way the program cannot observe
+/// (a node died while a thread waited for a page): the fault cannot be completed, so the
+/// process ends with a message instead of hanging.
+pub const EXIT_RUNTIME_FAILURE: i32 = 70;
+
+/// Errors starting or running the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A configuration value is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The global range could not be reserved.
+    #[error(transparent)]
+    Reserve(#[from] ReserveError),
+    /// userfaultfd failed.
+    #[error(transparent)]
+    Uffd(#[from] UffdError),
+    /// The pool is too small for the range.
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    /// A memory node failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// No node to place pages on.
+    #[error("the cluster has no memory nodes")]
+    NoNodes,
+    /// Every cached page stayed locked for too long.
+    #[error(
+        "the local cache ({capacity_pages} pages) stayed full of pages in use; raise --local-cache"
+    )]
+    CacheWedged { capacity_pages: usize },
+    /// A system call outside userfaultfd failed.
+    #[error("{what}: {source}")]
+    Os {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+/// State shared by the handler threads and the reclaimer.
+pub struct Core {
+    pub(crate) config: RuntimeConfig,
+    pub(crate) layout: Layout,
+    pub(crate) uffd: Userfaultfd,
+    pub(crate) table: PageTable,
+    pub(crate) resident: ResidentSet,
+    pub(crate) placement: Box<dyn Placement>,
+    pub(crate) stats: Arc<Stats>,
+    stop: AtomicBool,
+    stop_fd: OwnedFd,
+    reclaim: (Mutex<bool>, Condvar),
+    reclaim_start_free: usize,
+    reclaim_stop_free: usize,
+}
+
+impl Core {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stop_fd(&self) -> RawFd {
+        self.stop_fd.as_raw_fd()
+    }
+
+    /// Wakes the reclaimer when free cache fell below the start watermark.
+    pub(crate) fn kick_reclaim_if_low(&self) {
+        if self.resident.free() < self.reclaim_start_free {
+            let (lock, cv) = &self.reclaim;
+            *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_one();
+        }
+    }
+
+    fn reclaim_loop(&self, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
+        let mut evictor = Evictor::new(self.config.writeback_batch_pages);
+        let (lock, cv) = &self.reclaim;
+        while !self.stopping() {
+            {
+                let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let (mut kicked, _) = cv
+                    .wait_timeout_while(guard, Duration::from_millis(10), |k| {
+                        !*k && !self.stopping()
+                    })
+                    .unwrap_or_else(|e| e.into_inner());
+                *kicked = false;
+            }
+            if self.resident.free() >= self.reclaim_start_free {
+                continue;
+            }
+            self.stats.reclaim_rounds.fetch_add(1, Ordering::Relaxed);
+            while self.resident.free() < self.reclaim_stop_free && !self.stopping() {
+                let want = self.reclaim_stop_free - self.resident.free();
+                if evictor.evict(self, session.as_mut(), want)? == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ends the process after a failure that leaves a faulting thread unservable.
+pub fn fatal(err: &RuntimeError) -> ! {
+    eprintln!("dsm: fatal: {err}");
+    // SAFETY: _exit ends the process without running atexit handlers, which could touch
+    // the global range and wait forever on the very fault we cannot serve.
+    unsafe { libc::_exit(EXIT_RUNTIME_FAILURE) }
+}
+
+/// A running runtime. Dropping it (or [`Runtime::shutdown`]) stops the threads and
+/// releases the range; pages in it become inaccessible.
+pub struct Runtime {
+    core: Arc<Core>,
+    threads: Vec<JoinHandle<()>>,
+    reservation: Option<Reservation>,
+}
+
+impl Runtime {
+    /// Starts the runtime over the nodes of `transport`.
+    pub fn start(
+        config: RuntimeConfig,
+        transport: &dyn Transport,
+    ) -> Result<Runtime, RuntimeError> {
+        config.validate()?;
+        let nodes = transport.nodes();
+        let node_bytes = nodes
+            .iter()
+            .map(|n| n.region_bytes)
+            .min()
+            .ok_or(RuntimeError::NoNodes)?;
+        let page = PAGE_BYTES as u64;
+        let space_bytes = if config.space_bytes == 0 {
+            (node_bytes / page) * page * nodes.len() as u64
+        } else {
+            config.space_bytes.div_ceil(page) * page
+        };
+        let mut config = config;
+        config.space_bytes = space_bytes;
+        config.validate()?;
+        let pages = space_bytes / page;
+        let placement =
+            Interleaved::new(nodes.len(), node_bytes, config.placement_chunk_pages, pages)?;
+
+        // Connect before reserving, so an unreachable node fails fast and leaves nothing.
+        let mut sessions = Vec::with_capacity(config.handler_threads + 1);
+        for _ in 0..=config.handler_threads {
+            sessions.push(transport.connect()?);
+        }
+        let reservation = Reservation::new(config.space_base, space_bytes as usize)?;
+        let uffd = Userfaultfd::open(FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID)?;
+        uffd.register(reservation.base(), reservation.len(), true)?;
+        let table =
+            PageTable::new(pages, config.cache_pages() * 2).map_err(|source| RuntimeError::Os {
+                what: "allocating the page table",
+                source,
+            })?;
+        // SAFETY: eventfd with constant flags; the result is checked before use.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(RuntimeError::Os {
+                what: "eventfd",
+                source: io::Error::last_os_error(),
+            });
+        }
+        let capacity = config.cache_pages();
+        let pct = |p: u8| (capacity * usize::from(p) / 100).max(1);
+        let core = Arc::new(Core {
+            layout: Layout {
+                base: reservation.base(),
+                pages,
+            },
+            uffd,
+            table,
+            resident: ResidentSet::new(capacity),
+            placement: Box::new(placement),
+            stats: Arc::new(Stats::default()),
+            stop: AtomicBool::new(false),
+            // SAFETY: `efd` is a fresh descriptor we own.
+            stop_fd: unsafe { OwnedFd::from_raw_fd(efd) },
+            reclaim: (Mutex::new(false), Condvar::new()),
+            reclaim_start_free: pct(config.reclaim_start_free_pct),
+            reclaim_stop_free: pct(config.reclaim_stop_free_pct),
+            config,
+        });
+        let mut rt = Runtime {
+            core,
+            threads: Vec::new(),
+            reservation: Some(reservation),
+        };
+        let reclaim_session = sessions.pop().expect("one session per thread");
+        for (i, session) in sessions.into_iter().enumerate() {
+            let core = Arc::clone(&rt.core);
+            let t = std::thread::Builder::new()
+                .name(format!("dsm-fault-{i}"))
+                .spawn(move || {
+                    if let Some(cpu) = core.config.handler_cpu {
+                        pin_current_thread(cpu);
+                    }
+                    let mut h = FaultHandler::new(&core, session);
+                    if let Err(e) = h.run(&core) {
+                        fatal(&e);
+                    }
+                })
+                .map_err(|source| RuntimeError::Os {
+                    what: "spawning a fault handler",
+                    source,
+                })?;
+            rt.threads.push(t);
+        }
+        let core = Arc::clone(&rt.core);
+        let t = std::thread::Builder::new()
+            .name("dsm-reclaim".into())
+            .spawn(move || {
+                if let Err(e) = core.reclaim_loop(reclaim_session) {
+                    fatal(&e);
+                }
+            })
+            .map_err(|source| RuntimeError::Os {
+                what: "spawning the reclaimer",
+                source,
+            })?;
+        rt.threads.push(t);
+        Ok(rt)
+    }
+
+    /// First byte of the global range.
+    pub fn base(&self) -> *mut u8 {
+        self.core.layout.base as *mut u8
+    }
+
+    /// Size of the global range in bytes.
+    pub fn len(&self) -> usize {
+        self.core.layout.bytes() as usize
+    }
+
+    /// Whether the range is empty (never, once started).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Live statistics.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.core.stats
+    }
+
+    /// A copy of the statistics.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        self.core.stats.snapshot()
+    }
+
+    /// Stops the threads, releases the range, and returns the final statistics.
+    pub fn shutdown(mut self) -> StatsSnapshot {
+        self.stop();
+        self.core.stats.snapshot()
+    }
+
+    fn stop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.core.stop.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a local to our eventfd.
+        unsafe { libc::write(self.core.stop_fd(), (&one as *const u64).cast(), 8) };
+        self.core.reclaim.1.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(r) = self.reservation.take() {
+            // Unregistering wakes any thread still waiting; it then sees an empty range.
+            let _ = self.core.uffd.unregister(r.base(), r.len());
+            drop(r);
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Pins the calling thread to `cpu` (best effort: a bad CPU number leaves it unpinned).
+pub fn pin_current_thread(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}

@@ -1,0 +1,164 @@
+//! Transports: one-sided access to memory nodes' regions.
+//!
+//! The contract is written once, here, and every backend (`tcp`, later `verbs`) keeps it:
+//!
+//! - A [`Transport`] knows the cluster's nodes and opens [`Session`]s. A session belongs
+//!   to one thread (the fault handler, the reclaimer) so the fast path takes no locks.
+//! - [`Session::read_batch`] and [`Session::write_batch`] are one-sided: the node's CPU
+//!   does no work beyond what its backend needs to emulate RDMA READ/WRITE. A batch may
+//!   span nodes; the backend issues every node's share before waiting for any reply
+//!   (pipelining), and returns only when every operation has completed. The buffers are
+//!   borrowed for the whole call, so none can be reused while a request is in flight.
+//! - Every operation is bounds-checked by the node against its region; an out-of-range
+//!   access is an error, never a partial transfer.
+//! - [`Session::compare_and_swap`] is an 8-byte atomic on an 8-byte-aligned offset.
+//! - [`Session::call`] is a small two-sided message for control and, later, coherence.
+//! - A node that does not answer within the configured timeout, closes the connection, or
+//!   sends something malformed yields an error naming that node. Nothing blocks forever.
+
+pub mod auth;
+pub mod tcp;
+pub mod vectored;
+pub mod wire;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+/// Index of a memory node in the cluster description.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u16);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node {}", self.0)
+    }
+}
+
+/// Where a node is and how much memory it contributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Its index.
+    pub id: NodeId,
+    /// Its transport endpoint.
+    pub addr: SocketAddr,
+    /// Bytes of its region.
+    pub region_bytes: u64,
+}
+
+/// Errors of any transport, always naming the node involved.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Could not reach the node at all.
+    #[error("{node} at {addr}: cannot connect: {source}")]
+    Connect {
+        node: NodeId,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    /// The node did not answer in time.
+    #[error("{node} at {addr}: no answer within {timeout_ms} ms (node dead or stalled?)")]
+    Timeout {
+        node: NodeId,
+        addr: SocketAddr,
+        timeout_ms: u64,
+    },
+    /// The connection broke.
+    #[error("{node} at {addr}: connection lost: {source}")]
+    Io {
+        node: NodeId,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    /// The peer sent something that is not our protocol, or refused us.
+    #[error("{node} at {addr}: protocol error: {detail}")]
+    Protocol {
+        node: NodeId,
+        addr: SocketAddr,
+        detail: String,
+    },
+    /// Authentication failed (wrong job secret on one side).
+    #[error("{node} at {addr}: authentication failed: {detail}")]
+    Auth {
+        node: NodeId,
+        addr: SocketAddr,
+        detail: String,
+    },
+    /// The node rejected an operation (for example out of its region's bounds).
+    #[error("{node}: rejected {op} at offset {offset:#x}: {detail}")]
+    Rejected {
+        node: NodeId,
+        op: &'static str,
+        offset: u64,
+        detail: String,
+    },
+    /// The request names a node that is not in the cluster.
+    #[error("no such node: {0}")]
+    UnknownNode(NodeId),
+}
+
+impl TransportError {
+    /// The node this error is about.
+    pub fn node(&self) -> NodeId {
+        match self {
+            TransportError::Connect { node, .. }
+            | TransportError::Timeout { node, .. }
+            | TransportError::Io { node, .. }
+            | TransportError::Protocol { node, .. }
+            | TransportError::Auth { node, .. }
+            | TransportError::Rejected { node, .. }
+            | TransportError::UnknownNode(node) => *node,
+        }
+    }
+}
+
+/// One read of `buf.len()` bytes at `offset` in `node`'s region.
+#[derive(Debug)]
+pub struct ReadOp<'a> {
+    /// Source node.
+    pub node: NodeId,
+    /// Byte offset in its region.
+    pub offset: u64,
+    /// Destination, filled when the batch returns.
+    pub buf: &'a mut [u8],
+}
+
+/// One write of `data` at `offset` in `node`'s region.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOp<'a> {
+    /// Destination node.
+    pub node: NodeId,
+    /// Byte offset in its region.
+    pub offset: u64,
+    /// Bytes to write.
+    pub data: &'a [u8],
+}
+
+/// A thread's connection set to every node. See the module documentation for the contract.
+pub trait Session: Send {
+    /// Reads every op; returns when all completed, or the first error.
+    fn read_batch(&mut self, ops: &mut [ReadOp<'_>]) -> Result<(), TransportError>;
+    /// Writes every op; returns when all are durable in the nodes' regions.
+    fn write_batch(&mut self, ops: &[WriteOp<'_>]) -> Result<(), TransportError>;
+    /// Atomically replaces the 8 bytes at `offset` by `new` if they equal `expected`;
+    /// returns the value found.
+    fn compare_and_swap(
+        &mut self,
+        node: NodeId,
+        offset: u64,
+        expected: u64,
+        new: u64,
+    ) -> Result<u64, TransportError>;
+    /// Sends a small control message and returns the node's answer.
+    fn call(&mut self, node: NodeId, msg: &[u8]) -> Result<Vec<u8>, TransportError>;
+}
+
+/// A cluster reachable through one backend.
+pub trait Transport: Send + Sync {
+    /// The backend's name as users select it (`tcp`, `verbs`).
+    fn name(&self) -> &'static str;
+    /// The nodes, indexed by `NodeId`.
+    fn nodes(&self) -> &[NodeInfo];
+    /// Opens a session (connections to every node) for the calling thread.
+    fn connect(&self) -> Result<Box<dyn Session>, TransportError>;
+}

@@ -1,0 +1,2 @@
+//! Placeholder example; filled by later work.
+fn main() {}
