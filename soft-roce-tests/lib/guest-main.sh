@@ -1,12 +1,13 @@
 # Runs in each guest (busybox sh) from the 9p share /sr, started by /init.
 # Brings up eth0 + rxe0, then runs every test of /sr/tests.list in order,
 # synchronised with the peer guest, recording results under /sr/out/<test>/.
-ROLE=; MY_IP=; PEER_IP=
+ROLE=; MY_IP=; PEER_IP=; MTU=1500
 for kv in $(cat /proc/cmdline); do
   case $kv in
     sr.role=*) ROLE=${kv#sr.role=} ;;
     sr.ip=*) MY_IP=${kv#sr.ip=} ;;
     sr.peer=*) PEER_IP=${kv#sr.peer=} ;;
+    sr.mtu=*) MTU=${kv#sr.mtu=} ;;
   esac
 done
 [ "$ROLE" = a ] && PEER_ROLE=b || PEER_ROLE=a
@@ -28,6 +29,7 @@ cp /run/sr-insmod.log "$G/insmod.log"
 
 ip link set lo up
 ip addr add "$MY_IP/24" dev eth0 || setup_fail "ip addr add $MY_IP on eth0"
+ip link set eth0 mtu "$MTU" || setup_fail "ip link set eth0 mtu $MTU"
 ip link set eth0 up || setup_fail "ip link set eth0 up"
 rdma link add rxe0 type rxe netdev eth0 || setup_fail "rdma link add rxe0 type rxe netdev eth0 failed"
 rdma link show
@@ -55,6 +57,13 @@ done
 export SR_GID_INDEX
 echo "$SR_GID_INDEX" >"$G/gid-index"
 
+set +x
+counters() {  # name value lines of rxe0's protocol counters
+  for f in /sys/class/infiniband/rxe0/ports/1/hw_counters/*; do
+    echo "${f##*/} $(cat "$f")"
+  done
+}
+
 cut -d' ' -f1 /proc/uptime >"$G/ready"
 con "rxe0 ACTIVE, gid index $SR_GID_INDEX"
 
@@ -73,6 +82,7 @@ for t in $(cat /sr/tests.list); do
     continue
   fi
   con "test $t: start (timeout ${to}s)"
+  counters >/tmp/c0
   t0=$(cut -d' ' -f1 /proc/uptime)
   SR_TEST=$t SR_OUT=$out setsid timeout "$to" sh "/sr/tests/$t.sh" >"$out/log.$ROLE" 2>&1 </dev/null &
   pid=$!
@@ -84,12 +94,19 @@ for t in $(cat /sr/tests.list); do
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ] && awk -v d="$dt" -v t="$to" 'BEGIN{exit !(d >= t)}'; then
     echo "TIMEOUT after ${to}s" >>"$out/log.$ROLE"
   fi
+  counters >/tmp/c1
+  # non-zero counter deltas during this test (retransmissions show up here)
+  awk 'NR == FNR {c0[$1] = $2; next} $2 - c0[$1] != 0 {printf "%s%s=%d", sep, $1, $2 - c0[$1]; sep = " "}
+       END {print ""}' /tmp/c0 /tmp/c1 >"$out/counters.$ROLE"
   echo "$dt" >"$out/time.$ROLE"
   echo "$rc" >"$out/rc.$ROLE"
   con "test $t: rc=$rc in ${dt}s"
 done
 
 SR_TEST=main sr_barrier end 60
+# rxe protocol counters (retransmissions, sequence errors...) and NIC drops
+counters >"$G/hw_counters.txt" 2>&1
+ip -s link show eth0 >"$G/link-stats.txt" 2>&1
 cut -d' ' -f1 /proc/uptime >"$G/done"
 con "all tests done"
 exit 0
