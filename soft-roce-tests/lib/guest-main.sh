@@ -71,16 +71,19 @@ SR_TEST=main sr_barrier ready 60 || setup_fail "peer guest never became ready"
 ping -c 1 -W 5 "$PEER_IP" || setup_fail "cannot ping peer $PEER_IP over eth0"
 
 DEFAULT_TO=$(cat /sr/test-timeout 2>/dev/null || echo 90)
+prev_to=0
 for t in $(cat /sr/tests.list); do
   out=/sr/out/$t
   mkdir -p "$out"
   to=$(sed -n 's/^# *sr-timeout: *\([0-9][0-9]*\).*/\1/p' "/sr/tests/$t.sh" | head -1)
   to=${to:-$DEFAULT_TO}
   # start every test together (the peer may still be in its previous test)
-  if ! SR_TEST=$t sr_barrier start $((to + 30)); then
+  if ! SR_TEST=$t sr_barrier start $((prev_to + 30)); then
     echo 125 >"$out/rc.$ROLE"; echo "peer never started this test" >"$out/log.$ROLE"
+    prev_to=$to
     continue
   fi
+  prev_to=$to
   con "test $t: start (timeout ${to}s)"
   counters >/tmp/c0
   t0=$(cut -d' ' -f1 /proc/uptime)
