@@ -19,7 +19,12 @@ export SR_IBDEV=rxe0 SR_NETDEV=eth0 SR_BIN=/host/bin SR_SHARE=/sr SR_LIB=/sr/sr-
 . /sr/sr-lib.sh
 
 con() { echo "SR[$ROLE $(cut -d' ' -f1 /proc/uptime)]: $*" >/dev/console; }
-setup_fail() { echo "$*" >"$G/failed"; con "SETUP FAILED: $*"; exit 1; }
+setup_fail() {
+  { echo "$*"; echo "-- dmesg (tail) --"; dmesg | tail -n 25; } >"$G/failed.tmp"
+  mv "$G/failed.tmp" "$G/failed"
+  con "SETUP FAILED: $*"
+  exit 1
+}
 exec >"$G/setup.log" 2>&1
 set -x
 
