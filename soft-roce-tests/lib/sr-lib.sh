@@ -54,3 +54,14 @@ sr_wait_listen() {
   done
   return 0
 }
+
+# sr_wait_cm_listen PORT [TIMEOUT_S]: wait until an rdma_cm id listens on PORT
+# (servers using librdmacm have no TCP socket to watch).
+sr_wait_cm_listen() {
+  _end=$(( $(cut -d. -f1 /proc/uptime) + ${2:-30} ))
+  while ! rdma resource show cm_id 2>/dev/null | grep -q "LISTEN.*:$1 "; do
+    [ "$(cut -d. -f1 /proc/uptime)" -ge "$_end" ] && { sr_log "no rdma_cm listener on port $1"; return 1; }
+    sleep 0.1
+  done
+  return 0
+}
