@@ -15,7 +15,7 @@ if [ "$SR_ROLE" = a ]; then
 else
   sr_barrier listening 30 || sr_fail "server never started"
   ok=
-  for i in 1 2 3; do   # the server may not be listening yet: retry
+  for _try in 1 2 3; do   # belt and braces: retry a refused connect
     if ib_read_lat $ARGS "$SR_PEER_IP" >"$SR_OUT/ib_read_lat-R.b.txt" 2>&1; then ok=1; break; fi
     sleep 1
   done

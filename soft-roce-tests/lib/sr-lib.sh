@@ -48,7 +48,7 @@ sr_barrier() {
 sr_wait_listen() {
   _p=$(printf ':%04X ' "$1")
   _end=$(( $(cut -d. -f1 /proc/uptime) + ${2:-30} ))
-  while ! grep -q "^ *[0-9]*: [0-9A-F]*$_p[0-9A-F:]* 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null; do
+  while ! grep -q "^ *[0-9]*: [0-9A-F]*${_p}[0-9A-F:]* 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null; do
     [ "$(cut -d. -f1 /proc/uptime)" -ge "$_end" ] && { sr_log "nothing listens on TCP port $1"; return 1; }
     sleep 0.1
   done
