@@ -20,7 +20,8 @@ pub const SPACE_END_MAX: usize = 0x5000_0000_0000;
 pub enum HandlerWait {
     /// Sleep in `poll(2)` until the kernel queues a fault: no CPU burned while idle.
     Block,
-    /// Spin on a non-blocking read: no wake-up latency, one CPU per handler while running.
+    /// Poll a non-blocking read, yielding the CPU between polls: no wake-up latency for
+    /// the handler, at the price of one busy CPU per handler while the program runs.
     Spin,
 }
 

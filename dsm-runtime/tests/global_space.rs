@@ -138,7 +138,8 @@ fn writes_racing_eviction_are_never_lost() {
         }
     }
     let s = rt.shutdown();
-    assert!(s.evictions > 1000 && s.faults_write_protect > 0, "{s:?}");
+    // (Release builds fuse the increment into one `inc`, so these are missing-write faults.)
+    assert!(s.evictions > 1000 && s.remote_write_pages > 1000, "{s:?}");
 }
 
 /// The kernel itself faults on the range: `read(2)` into and `write(2)` out of pages

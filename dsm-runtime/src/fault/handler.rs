@@ -92,7 +92,9 @@ impl FaultHandler {
     /// Waits for events (or a deferred-fault recheck); false if nothing may be ready.
     fn wait(&self, core: &Core) -> bool {
         if core.config.handler_wait == HandlerWait::Spin && self.deferred.is_empty() {
-            std::hint::spin_loop();
+            // Yield rather than burn the slice: on a shared vCPU the faulting thread (or the
+            // reclaimer) needs it, and yield costs far less than a futex wake-up.
+            std::thread::yield_now();
             return true;
         }
         let mut fds = [

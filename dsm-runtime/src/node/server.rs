@@ -110,7 +110,7 @@ impl NodeServer {
 
     fn serve_one(&self, s: &mut TcpStream, conn: &mut ConnState) -> Result<(), ServeError> {
         let mut hb = [0u8; HEADER_BYTES];
-        match s.read_exact(&mut hb) {
+        match conn.input.read_exact(s, &mut hb) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ServeError::Closed),
             Err(e) => return Err(e.into()),
@@ -120,7 +120,7 @@ impl NodeServer {
         conn.entries.clear();
         if h.count > 0 {
             conn.raw.resize(h.count as usize * ENTRY_BYTES, 0);
-            s.read_exact(&mut conn.raw)?;
+            conn.input.read_exact(s, &mut conn.raw)?;
             for chunk in conn.raw.chunks_exact(ENTRY_BYTES) {
                 conn.entries
                     .push(Entry::decode(chunk.try_into().expect("entry size"))?);
@@ -129,8 +129,8 @@ impl NodeServer {
         match op {
             Op::Read => self.read(s, &h, conn),
             Op::Write => self.write(s, &h, conn),
-            Op::CompareSwap => self.compare_and_swap(s, &h),
-            Op::Call => self.call(s, &h),
+            Op::CompareSwap => self.compare_and_swap(s, &h, conn),
+            Op::Call => self.call(s, &h, conn),
         }
     }
 
@@ -175,7 +175,7 @@ impl NodeServer {
         }
         if let Some(bad) = self.out_of_bounds(&conn.entries) {
             // Consume the payload so the stream stays in step, then refuse.
-            io::copy(&mut s.take(total.into()), &mut io::sink())?;
+            conn.input.skip(s, total as usize)?;
             return reject(s, h, &self.bounds_message(bad));
         }
         conn.iov.clear();
@@ -186,8 +186,7 @@ impl NodeServer {
                 .expect("checked above");
             conn.iov.push(iovec(p, e.len as usize));
         }
-        // SAFETY: the iovecs cover in-bounds parts of the region, which outlives the call.
-        unsafe { vectored::read_exact(s.as_raw_fd(), &mut conn.iov) }?;
+        conn.input.read_into(s, &mut conn.iov)?;
         self.counters
             .writes
             .fetch_add(conn.entries.len() as u64, Ordering::Relaxed);
@@ -200,9 +199,14 @@ impl NodeServer {
         Ok(())
     }
 
-    fn compare_and_swap(&self, s: &mut TcpStream, h: &Header) -> Result<(), ServeError> {
+    fn compare_and_swap(
+        &self,
+        s: &mut TcpStream,
+        h: &Header,
+        conn: &mut ConnState,
+    ) -> Result<(), ServeError> {
         let mut args = [0u8; 24];
-        s.read_exact(&mut args)?;
+        conn.input.read_exact(s, &mut args)?;
         let (offset, expected, new) = wire::decode_cas(&args);
         let Some(old) = self.region.compare_and_swap(offset, expected, new) else {
             let msg = format!(
@@ -221,9 +225,9 @@ impl NodeServer {
         Ok(())
     }
 
-    fn call(&self, s: &mut TcpStream, h: &Header) -> Result<(), ServeError> {
+    fn call(&self, s: &mut TcpStream, h: &Header, conn: &mut ConnState) -> Result<(), ServeError> {
         let mut msg = vec![0u8; h.payload_len as usize];
-        s.read_exact(&mut msg)?;
+        conn.input.read_exact(s, &mut msg)?;
         let answer = match msg.as_slice() {
             b"ping" => b"pong".to_vec(),
             b"stats" => self.stats_json().into_bytes(),
@@ -268,9 +272,90 @@ impl NodeServer {
 /// Per-connection scratch, reused across requests.
 #[derive(Default)]
 struct ConnState {
+    input: InputBuffer,
     raw: Vec<u8>,
     entries: Vec<Entry>,
     iov: Vec<libc::iovec>,
+}
+
+/// Bytes received but not yet consumed. One `read` usually brings a whole request (header,
+/// entries and small payloads), instead of a system call per part.
+struct InputBuffer {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Default for InputBuffer {
+    fn default() -> Self {
+        InputBuffer {
+            buf: vec![0u8; 64 << 10].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl InputBuffer {
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn refill(&mut self, s: &mut TcpStream) -> io::Result<()> {
+        let n = loop {
+            match s.read(&mut self.buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.start = 0;
+        self.end = n;
+        Ok(())
+    }
+
+    fn read_exact(&mut self, s: &mut TcpStream, out: &mut [u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < out.len() {
+            if self.start == self.end {
+                if out.len() - done >= self.buf.len() {
+                    return s.read_exact(&mut out[done..]);
+                }
+                self.refill(s)?;
+            }
+            let n = (self.end - self.start).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&self.buf[self.start..self.start + n]);
+            self.start += n;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Fills raw iovecs (region memory): buffered bytes first, then straight from the socket.
+    fn read_into(&mut self, s: &mut TcpStream, iov: &mut [libc::iovec]) -> io::Result<()> {
+        let total: usize = iov.iter().map(|v| v.iov_len).sum();
+        let n = self.buffered().len().min(total);
+        // SAFETY: the iovecs cover in-bounds parts of the region, which outlives the call and
+        // never overlaps our buffer.
+        unsafe { vectored::fill_from(iov, &self.buf[self.start..self.start + n]) };
+        self.start += n;
+        // SAFETY: as above.
+        unsafe { vectored::read_exact(s.as_raw_fd(), iov) }
+    }
+
+    fn skip(&mut self, s: &mut TcpStream, mut n: usize) -> io::Result<()> {
+        while n > 0 {
+            if self.start == self.end {
+                self.refill(s)?;
+            }
+            let k = (self.end - self.start).min(n);
+            self.start += k;
+            n -= k;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

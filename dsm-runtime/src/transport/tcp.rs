@@ -276,6 +276,84 @@ impl TcpSession {
         Ok(h)
     }
 
+    /// Reads the reply to read request `seq` on connection `i` straight into the buffers of
+    /// that node's ops. One `readv` covering header and data usually brings the whole
+    /// reply, saving a system call per batch; a short read is finished exactly.
+    fn read_data_reply(
+        &mut self,
+        i: usize,
+        seq: u64,
+        ops: &mut [ReadOp<'_>],
+    ) -> Result<(), TransportError> {
+        let node = self.conns[i].info.id;
+        let first = ops.iter().find(|o| o.node == node).map_or(0, |o| o.offset);
+        let want: usize = ops
+            .iter()
+            .filter(|o| o.node == node)
+            .map(|o| o.buf.len())
+            .sum();
+        let mut hb = [0u8; HEADER_BYTES];
+        self.iov.clear();
+        self.iov.push(iovec(hb.as_mut_ptr(), HEADER_BYTES));
+        for o in ops.iter_mut().filter(|o| o.node == node) {
+            self.iov.push(iovec(o.buf.as_mut_ptr(), o.buf.len()));
+        }
+        let fd = self.conns[i].stream.as_raw_fd();
+        // SAFETY: the iovecs cover `hb` and caller buffers borrowed mutably for this call.
+        let got = match unsafe { vectored::read_once(fd, &mut self.iov) } {
+            Ok(n) => n,
+            Err(e) => return Err(self.fail(i, e)),
+        };
+        if got < HEADER_BYTES {
+            // SAFETY: as above; only the rest of the header is read here.
+            if let Err(e) = unsafe { vectored::read_exact(fd, &mut self.iov[..1]) } {
+                return Err(self.fail(i, e));
+            }
+        }
+        let h = match Header::decode(&hb) {
+            Ok(h) => h,
+            Err(e) => return Err(self.protocol(i, e.to_string())),
+        };
+        if h.op != (Op::Read as u8 | REPLY_BIT) || h.seq != seq {
+            return Err(self.protocol(
+                i,
+                format!("reply op {:#x} seq {} to read seq {seq}", h.op, h.seq),
+            ));
+        }
+        if h.status != STATUS_OK {
+            // The message may have landed in the data buffers already.
+            let early = got.saturating_sub(HEADER_BYTES).min(h.payload_len as usize);
+            let mut msg = Vec::with_capacity(h.payload_len as usize);
+            for o in ops.iter().filter(|o| o.node == node) {
+                let take = (early - msg.len()).min(o.buf.len());
+                msg.extend_from_slice(&o.buf[..take]);
+            }
+            let mut rest =
+                vec![0u8; (h.payload_len as usize - early).min(wire::MAX_CALL_BYTES as usize)];
+            if let Err(e) = self.conns[i].stream.read_exact(&mut rest) {
+                return Err(self.fail(i, e));
+            }
+            msg.extend_from_slice(&rest);
+            return Err(TransportError::Rejected {
+                node,
+                op: Op::Read.name(),
+                offset: first,
+                detail: String::from_utf8_lossy(&msg).into_owned(),
+            });
+        }
+        if h.payload_len as usize != want {
+            return Err(self.protocol(
+                i,
+                format!("read reply of {} bytes, expected {want}", h.payload_len),
+            ));
+        }
+        // SAFETY: as above; the iovecs were advanced past what `read_once` filled.
+        if let Err(e) = unsafe { vectored::read_exact(fd, &mut self.iov) } {
+            return Err(self.fail(i, e));
+        }
+        Ok(())
+    }
+
     fn send_frame(&mut self, i: usize) -> Result<(), TransportError> {
         let res = self.conns[i].stream.write_all(&self.frame);
         res.map_err(|e| self.fail(i, e))
@@ -309,29 +387,7 @@ impl Session for TcpSession {
         }
         for p in 0..self.pending.len() {
             let (i, seq) = self.pending[p];
-            let node = self.conns[i].info.id;
-            let first = ops.iter().find(|o| o.node == node).map_or(0, |o| o.offset);
-            let h = self.read_reply(i, Op::Read, seq, first)?;
-            let want: usize = ops
-                .iter()
-                .filter(|o| o.node == node)
-                .map(|o| o.buf.len())
-                .sum();
-            if h.payload_len as usize != want {
-                return Err(self.protocol(
-                    i,
-                    format!("read reply of {} bytes, expected {want}", h.payload_len),
-                ));
-            }
-            self.iov.clear();
-            for o in ops.iter_mut().filter(|o| o.node == node) {
-                self.iov.push(iovec(o.buf.as_mut_ptr(), o.buf.len()));
-            }
-            let fd = self.conns[i].stream.as_raw_fd();
-            // SAFETY: every iovec points into a caller buffer borrowed mutably for this call.
-            if let Err(e) = unsafe { vectored::read_exact(fd, &mut self.iov) } {
-                return Err(self.fail(i, e));
-            }
+            self.read_data_reply(i, seq, ops)?;
         }
         Ok(())
     }

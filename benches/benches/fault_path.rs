@@ -1,0 +1,276 @@
+//! Fault-path benchmark: our remote fault against the physical limits measured in the
+//! same run (raw userfaultfd round trip + raw TCP 4 KiB request/response), and fault
+//! throughput, each pinned to one vCPU and unpinned, for both handler wait designs.
+//!
+//! Run: `cargo build --release -p dsm-runtime && cargo bench -p dsm-benches --bench fault_path`
+//! The summary table at the end gives means per operation and the ratios.
+
+use criterion::{criterion_group, Criterion, Throughput};
+use dsm_benches::{cluster, pin, unpin, RawTcp, RawUffd, PAGE};
+use dsm_runtime::config::HandlerWait;
+use dsm_runtime::launch::LocalNodes;
+use dsm_runtime::{Runtime, RuntimeConfig};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const CACHE_BYTES: u64 = 16 << 20;
+/// Four times the cache: sweeping it in order misses on every page.
+const SPACE_PAGES: usize = 4 * (CACHE_BYTES as usize / PAGE);
+const BASE: usize = 0x1800_0000_0000;
+
+/// Mean ns per operation of every benchmark, for the summary.
+static RESULTS: Mutex<Vec<(String, u64, Duration)>> = Mutex::new(Vec::new());
+
+fn record(name: &str, iters: u64, took: Duration) {
+    let mut r = RESULTS.lock().unwrap();
+    match r.iter_mut().find(|(n, _, _)| n == name) {
+        Some(e) => {
+            e.1 += iters;
+            e.2 += took;
+        }
+        None => r.push((name.to_string(), iters, took)),
+    }
+}
+
+fn mean_ns(name: &str) -> Option<f64> {
+    let r = RESULTS.lock().unwrap();
+    r.iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, i, d)| d.as_nanos() as f64 / *i as f64)
+}
+
+#[derive(Clone, Copy)]
+struct Mode {
+    pinned: bool,
+    wait: HandlerWait,
+}
+
+impl Mode {
+    fn label(&self) -> String {
+        let w = match self.wait {
+            HandlerWait::Block => "block",
+            HandlerWait::Spin => "spin",
+        };
+        format!("{}/{w}", if self.pinned { "pinned" } else { "unpinned" })
+    }
+    fn cpu(&self) -> Option<usize> {
+        self.pinned.then_some(0)
+    }
+    fn apply(&self) {
+        if self.pinned {
+            pin(0)
+        } else {
+            unpin()
+        }
+    }
+}
+
+fn config(c: &mut Criterion) -> &mut Criterion {
+    c
+}
+
+fn raw_limits(c: &mut Criterion) {
+    let mut g = config(c).benchmark_group("raw");
+    g.throughput(Throughput::Elements(1));
+    for pinned in [true, false] {
+        let m = Mode {
+            pinned,
+            wait: HandlerWait::Block,
+        };
+        let tag = if pinned { "pinned" } else { "unpinned" };
+        m.apply();
+        let mut u = RawUffd::new(BASE, 8192, m.cpu());
+        let name = format!("uffd_copy_round_trip/{tag}");
+        g.bench_function(&name, |b| {
+            b.iter_custom(|iters| {
+                let t = u.run(iters);
+                record(&name, iters, t);
+                t
+            })
+        });
+        drop(u);
+        let mut t = RawTcp::new(m.cpu());
+        let name = format!("tcp_4k_request_response/{tag}");
+        g.bench_function(&name, |b| {
+            b.iter_custom(|iters| {
+                let d = t.run(iters);
+                record(&name, iters, d);
+                d
+            })
+        });
+    }
+    g.finish();
+    unpin();
+}
+
+/// A runtime over 2 node processes whose every page has been written home once.
+fn populated_runtime(m: Mode) -> (LocalNodes, Runtime) {
+    let (nodes, t) = cluster(2, (SPACE_PAGES * PAGE) as u64);
+    if m.pinned {
+        for i in 0..2 {
+            if let Some(pid) = nodes.pid(i) {
+                // SAFETY: cpu_set_t is plain data; affinity of our child's main thread,
+                // inherited by the connection threads it spawns later.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(0, &mut set);
+                    libc::sched_setaffinity(pid as i32, size_of::<libc::cpu_set_t>(), &set);
+                }
+            }
+        }
+    }
+    let cfg = RuntimeConfig {
+        space_base: BASE,
+        space_bytes: (SPACE_PAGES * PAGE) as u64,
+        cache_bytes_max: CACHE_BYTES,
+        handler_wait: m.wait,
+        handler_cpu: m.cpu(),
+        ..Default::default()
+    };
+    let rt = Runtime::start(cfg, &t).expect("runtime");
+    let base = rt.base() as usize;
+    for p in 0..SPACE_PAGES {
+        // SAFETY: inside the global range.
+        unsafe { ((base + p * PAGE) as *mut u64).write_volatile(p as u64) };
+    }
+    (nodes, rt)
+}
+
+/// Touches `iters` pages in `order` starting at `*cursor`; returns the time taken.
+fn sweep(base: usize, order: &[u32], cursor: &mut usize, iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let p = order[*cursor] as usize;
+        *cursor = (*cursor + 1) % order.len();
+        // SAFETY: inside the global range.
+        unsafe { std::ptr::read_volatile((base + p * PAGE) as *const u8) };
+    }
+    start.elapsed()
+}
+
+fn permutation(n: usize, seed: u64) -> Vec<u32> {
+    let mut v: Vec<u32> = (0..n as u32).collect();
+    let mut x = seed;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+fn runtime_faults(c: &mut Criterion) {
+    for pinned in [true, false] {
+        for wait in [HandlerWait::Block, HandlerWait::Spin] {
+            let m = Mode { pinned, wait };
+            m.apply();
+            let (_nodes, rt) = populated_runtime(m);
+            let base = rt.base() as usize;
+            let seq: Vec<u32> = (0..SPACE_PAGES as u32).collect();
+            let rnd = permutation(SPACE_PAGES, 0x2545_F491);
+            let mut g = c.benchmark_group(format!("runtime/{}", m.label()));
+            g.throughput(Throughput::Elements(1));
+            let before = rt.snapshot();
+            let mut cursor = 0;
+            let name = format!("remote_fault/{}", m.label());
+            g.bench_function("remote_fault_latency", |b| {
+                b.iter_custom(|iters| {
+                    let d = sweep(base, &seq, &mut cursor, iters);
+                    record(&name, iters, d);
+                    d
+                })
+            });
+            let after = rt.snapshot();
+            let touched = RESULTS
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .map_or(1, |e| e.1);
+            let fetched = after.remote_read_pages - before.remote_read_pages;
+            eprintln!(
+                "  {}: {fetched} remote fetches for {touched} touches ({:.1}% missed), handler-side service mean {} ns",
+                m.label(),
+                100.0 * fetched as f64 / touched as f64,
+                after.fault_service.mean_ns
+            );
+            for (pattern, order) in [("sequential", &seq), ("random", &rnd)] {
+                for threads in [1usize, 2] {
+                    let name = format!("throughput/{pattern}/{threads}t/{}", m.label());
+                    g.bench_function(format!("{pattern}_{threads}_threads"), |b| {
+                        b.iter_custom(|iters| {
+                            let per = iters.div_ceil(threads as u64);
+                            let start = Instant::now();
+                            std::thread::scope(|s| {
+                                for t in 0..threads {
+                                    let order = &order[t * order.len() / threads
+                                        ..(t + 1) * order.len() / threads];
+                                    s.spawn(move || {
+                                        if pinned {
+                                            pin(0);
+                                        }
+                                        let mut cur = 0;
+                                        sweep(base, order, &mut cur, per);
+                                    });
+                                }
+                            });
+                            let d = start.elapsed();
+                            record(&name, per * threads as u64, d);
+                            d
+                        })
+                    });
+                }
+            }
+            g.finish();
+            drop(rt);
+        }
+    }
+    unpin();
+}
+
+fn summary() {
+    println!("\n== Summary (means per operation over every sample of this run)");
+    let r = RESULTS.lock().unwrap().clone();
+    for (name, iters, d) in &r {
+        let ns = d.as_nanos() as f64 / *iters as f64;
+        if name.starts_with("throughput") {
+            println!("{name:<52} {:>10.0} pages/s  ({ns:.0} ns/page)", 1e9 / ns);
+        } else {
+            println!("{name:<52} {ns:>10.0} ns");
+        }
+    }
+    println!("\n== Remote fault vs. raw userfaultfd round trip + raw TCP 4 KiB round trip");
+    for pinned in ["pinned", "unpinned"] {
+        let (Some(u), Some(t)) = (
+            mean_ns(&format!("uffd_copy_round_trip/{pinned}")),
+            mean_ns(&format!("tcp_4k_request_response/{pinned}")),
+        ) else {
+            continue;
+        };
+        for wait in ["block", "spin"] {
+            if let Some(ours) = mean_ns(&format!("remote_fault/{pinned}/{wait}")) {
+                println!(
+                    "{pinned}/{wait}: ours {ours:.0} ns; uffd {u:.0} + tcp {t:.0} = {:.0} ns; ratio {:.2}",
+                    u + t,
+                    ours / (u + t)
+                );
+            }
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    targets = raw_limits, runtime_faults
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    summary();
+}
