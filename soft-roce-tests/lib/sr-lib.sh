@@ -65,3 +65,33 @@ sr_wait_cm_listen() {
   done
   return 0
 }
+
+# ---- the project's memory node (dsmrun node, built with --features verbs) ----------
+# dsm_bin NAME...: fail unless each $SR_BIN/release/NAME exists (soft-roce-tests/run
+# builds them with `cargo build --release --features verbs`).
+dsm_bin() {
+  for _n in "$@"; do
+    [ -x "$SR_BIN/release/$_n" ] || sr_fail "$SR_BIN/release/$_n missing (soft-roce-tests/run builds it unless SOFT_ROCE_NO_BUILD=1)"
+  done
+}
+
+# dsm_node_serve PORT MEMORY [TIMEOUT_S]: (role a) run a memory node on
+# $SR_MY_IP:PORT with a fresh job secret (left in $SR_OUT/secret for role b), wait
+# for role b's "done" barrier, stop the node and print its log.
+dsm_node_serve() {
+  head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$SR_OUT/secret"
+  DSM_SECRET=$(cat "$SR_OUT/secret") "$SR_BIN/release/dsmrun" node --id 0 \
+    --listen "$SR_MY_IP:$1" --memory "$2" >"$SR_OUT/node.out" 2>"$SR_OUT/node.err" &
+  _node=$!
+  sr_wait_listen "$1" 30 || { cat "$SR_OUT/node.err"; sr_fail "memory node did not listen on $1"; }
+  sr_barrier node-up 60 || { kill $_node; sr_fail "client never came"; }
+  sr_barrier done "${3:-120}" || sr_log "client did not reach 'done'"
+  kill $_node 2>/dev/null; wait $_node 2>/dev/null
+  sr_log "memory node log:"; cat "$SR_OUT/node.err"
+}
+
+# dsm_client_ready: (role b) wait for the node; exports DSM_SECRET.
+dsm_client_ready() {
+  sr_barrier node-up 60 || sr_fail "memory node never came up in guest a"
+  DSM_SECRET=$(cat "$SR_OUT/secret"); export DSM_SECRET
+}
