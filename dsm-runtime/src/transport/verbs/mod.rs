@@ -530,9 +530,7 @@ impl Ctl {
         }
     }
 
-    /// Fills `self.descs` with the next chunk of the `count` operations described by
-    /// `desc(i) -> (node, offset, len)`, from `start`: as many as fit the bounce buffer
-    /// and the send queue. Returns the end of the chunk. Allocates nothing.
+    /// Fills `self.descs` with the next chunk; see [`plan_chunk`].
     fn plan(
         &mut self,
         cap: usize,
@@ -540,25 +538,40 @@ impl Ctl {
         desc: impl Fn(usize) -> (usize, u64, usize),
         start: usize,
     ) -> usize {
-        self.descs.clear();
-        let mut boff = 0usize;
-        let mut end = start;
-        while end < count && end - start < MAX_CHAIN {
-            let (node, offset, len) = desc(end);
-            if boff + len > cap {
-                break;
-            }
-            self.descs.push(Desc {
-                node,
-                offset,
-                len,
-                boff,
-            });
-            boff += len;
-            end += 1;
-        }
-        end
+        plan_chunk(&mut self.descs, cap, count, desc, start)
     }
+}
+
+/// Fills `descs` with the next chunk of the `count` operations described by
+/// `desc(i) -> (node, offset, len)`, from `start`: as many as fit `cap` bounce bytes and
+/// the send queue (`MAX_CHAIN`), laid out from bounce offset 0 in op order. Returns the
+/// end of the chunk (always past `start` when an op is left: one op never exceeds the
+/// bounce buffer). Allocates nothing within `descs`' capacity.
+fn plan_chunk(
+    descs: &mut Vec<Desc>,
+    cap: usize,
+    count: usize,
+    desc: impl Fn(usize) -> (usize, u64, usize),
+    start: usize,
+) -> usize {
+    descs.clear();
+    let mut boff = 0usize;
+    let mut end = start;
+    while end < count && end - start < MAX_CHAIN {
+        let (node, offset, len) = desc(end);
+        if boff + len > cap && end > start {
+            break;
+        }
+        descs.push(Desc {
+            node,
+            offset,
+            len,
+            boff,
+        });
+        boff += len;
+        end += 1;
+    }
+    end
 }
 
 impl Session for VerbsSession {
@@ -660,5 +673,61 @@ fn copy_out(done: &Completed<'_>, ops: &mut [ReadOp<'_>]) {
     for o in ops.iter_mut() {
         done.read(boff, o.buf);
         boff += o.buf.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_request_ids_carry_node_and_verb() {
+        for (n, v) in [
+            (0, Verb::Read),
+            (7, Verb::Write),
+            (65535, Verb::CompareSwap),
+        ] {
+            let id = wr_id(n, v, 255);
+            assert_eq!(wr_node(id), n);
+            assert_eq!(wr_verb(id), v);
+        }
+    }
+
+    #[test]
+    fn chunks_respect_the_bounce_buffer_and_the_send_queue() {
+        let mut d = Vec::with_capacity(MAX_CHAIN);
+        // 600 pages over 3 nodes: limited by the send queue first.
+        let page = |i: usize| (i % 3, (i * 4096) as u64, 4096);
+        let mut start = 0;
+        let mut chunks = Vec::new();
+        while start < 600 {
+            let end = plan_chunk(&mut d, BOUNCE_BYTES, 600, page, start);
+            assert!(end > start);
+            assert!(d.len() <= MAX_CHAIN);
+            assert!(d.iter().map(|x| x.len).sum::<usize>() <= BOUNCE_BYTES);
+            assert_eq!(d[0].boff, 0);
+            for w in d.windows(2) {
+                assert_eq!(w[1].boff, w[0].boff + w[0].len);
+            }
+            chunks.push(end - start);
+            start = end;
+        }
+        // 256 pages fill both the send queue and the 1 MiB bounce buffer.
+        assert_eq!(chunks, vec![256, 256, 88]);
+        assert_eq!(chunks.iter().sum::<usize>(), 600);
+        // Large ops: limited by the bounce buffer; one op of the full size fits alone.
+        let big = |i: usize| {
+            (
+                0,
+                (i * MAX_OP_BYTES) as u64,
+                if i == 1 { MAX_OP_BYTES } else { 300_000 },
+            )
+        };
+        let e = plan_chunk(&mut d, BOUNCE_BYTES, 4, big, 0);
+        assert_eq!(e, 1);
+        let e = plan_chunk(&mut d, BOUNCE_BYTES, 4, big, 1);
+        assert_eq!((e, d.len()), (2, 1));
+        let e = plan_chunk(&mut d, BOUNCE_BYTES, 4, big, 2);
+        assert_eq!(e, 4);
     }
 }
