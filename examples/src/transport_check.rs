@@ -32,6 +32,11 @@ struct Cli {
     /// Pages written and verified per node.
     #[arg(long, default_value_t = 600)]
     pages: usize,
+    /// After the checks: open a session, create FILE.armed, wait for FILE.killed (the
+    /// node 0 was killed by someone else), then check that a read fails with an error
+    /// naming node 0 within the timeout, and that the next one fails at once.
+    #[arg(long, value_name = "FILE")]
+    node_death: Option<std::path::PathBuf>,
 }
 
 /// A deterministic byte for (node, offset): every byte of every page differs by position.

@@ -12,7 +12,7 @@ if [ "$SR_ROLE" = a ]; then
 fi
 dsm_client_ready
 "$SR_BIN/release/dsm-pool-job" --nodes "$SR_PEER_IP:$PORT" --transport auto \
-  --space 8M --cache 512K --passes 2 >"$SR_OUT/job.txt" 2>&1
+  --space 4M --cache 256K --passes 2 >"$SR_OUT/job.txt" 2>&1
 rc=$?
 cat "$SR_OUT/job.txt"
 grep -q 'transport: auto: verbs over rxe0' "$SR_OUT/job.txt" || { sr_barrier done 10; sr_fail "--transport auto did not choose verbs"; }

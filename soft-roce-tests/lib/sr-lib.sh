@@ -79,14 +79,25 @@ dsm_bin() {
 # $SR_MY_IP:PORT with a fresh job secret (left in $SR_OUT/secret for role b), wait
 # for role b's "done" barrier, stop the node and print its log.
 dsm_node_serve() {
+  dsm_node_start "$1" "$2"
+  sr_barrier done "${3:-120}" || sr_log "client did not reach 'done'"
+  dsm_node_stop
+}
+
+# dsm_node_start PORT MEMORY: (role a) the first half of dsm_node_serve: start the
+# node, wait until the client came; the node's pid is in $DSM_NODE_PID.
+dsm_node_start() {
   head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$SR_OUT/secret"
   DSM_SECRET=$(cat "$SR_OUT/secret") "$SR_BIN/release/dsmrun" node --id 0 \
     --listen "$SR_MY_IP:$1" --memory "$2" >"$SR_OUT/node.out" 2>"$SR_OUT/node.err" &
-  _node=$!
+  DSM_NODE_PID=$!
   sr_wait_listen "$1" 30 || { cat "$SR_OUT/node.err"; sr_fail "memory node did not listen on $1"; }
-  sr_barrier node-up 60 || { kill $_node; sr_fail "client never came"; }
-  sr_barrier done "${3:-120}" || sr_log "client did not reach 'done'"
-  kill $_node 2>/dev/null; wait $_node 2>/dev/null
+  sr_barrier node-up 60 || { kill $DSM_NODE_PID; sr_fail "client never came"; }
+}
+
+# dsm_node_stop: (role a) kill the node and print its log.
+dsm_node_stop() {
+  kill "$DSM_NODE_PID" 2>/dev/null; wait "$DSM_NODE_PID" 2>/dev/null
   sr_log "memory node log:"; cat "$SR_OUT/node.err"
 }
 

@@ -15,7 +15,8 @@
 //!   the same rejections as TCP; the memory region's bounds remain the hard check.
 //! - Completion errors name the verb, the node and the status; a node whose CQ entries do
 //!   not arrive within the timeout yields [`TransportError::Timeout`]. Polling spins
-//!   briefly, then yields the CPU (Soft-RoCE runs in the kernel of the same machine).
+//!   for 50 us, then yields the CPU between polls (Soft-RoCE runs in the kernel of the
+//!   same machine).
 //!
 //! [`TcpSession`]: super::tcp::TcpSession
 
@@ -43,6 +44,8 @@ pub const BOUNCE_BYTES: usize = 1 << 20;
 pub const MAX_OP_BYTES: usize = super::wire::MAX_ENTRY_BYTES as usize;
 /// Most work requests in one chunk (over all nodes), and the send queue depth.
 pub const MAX_CHAIN: usize = 256;
+/// How long a completion wait busy-polls before it starts yielding the CPU.
+const SPIN: Duration = Duration::from_micros(50);
 /// Responder resources asked of a node: outstanding READs/atomics per QP.
 const RD_ATOMIC_MAX: u8 = 16;
 
@@ -452,7 +455,8 @@ impl Ctl {
     /// completions are in, but one failed (its QP is now in the error state). `Err`:
     /// the timeout passed with requests outstanding.
     fn reap(&mut self) -> Result<Option<TransportError>, TransportError> {
-        let deadline = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let deadline = started + self.timeout;
         let mut outstanding = self.chains.iter().filter(|c| c.awaited.is_some()).count();
         let mut failure: Option<TransportError> = None;
         let mut idle = 0u32;
@@ -491,10 +495,12 @@ impl Ctl {
             }
             if n == 0 {
                 idle += 1;
-                if idle < 64 {
-                    std::hint::spin_loop();
-                } else {
-                    if Instant::now() > deadline {
+                // Spin for the first SPIN of a wait (a READ on hardware takes a few us),
+                // then give the CPU away between polls: Soft-RoCE, and anything else on
+                // this core, needs it to make progress.
+                if idle % 64 == 0 {
+                    let now = Instant::now();
+                    if now > deadline {
                         let c = self
                             .chains
                             .iter()
@@ -507,7 +513,11 @@ impl Ctl {
                             timeout_ms: self.timeout.as_millis() as u64,
                         });
                     }
-                    std::thread::yield_now();
+                    if now.duration_since(started) > SPIN {
+                        std::thread::yield_now();
+                    }
+                } else {
+                    std::hint::spin_loop();
                 }
             } else {
                 idle = 0;
