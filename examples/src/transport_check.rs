@@ -13,7 +13,8 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use cluster_args::ClusterArgs;
 use dsm_runtime::transport::tcp::TcpTransport;
-use dsm_runtime::transport::{NodeId, ReadOp, TransportError, WriteOp};
+use dsm_runtime::transport::{NodeId, ReadOp, Session, Transport, TransportError, WriteOp};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PAGE: usize = 4096;
@@ -356,7 +357,7 @@ fn main() -> Result<()> {
         cli.cluster.secret()?,
         Duration::from_millis(cli.cluster.timeout_ms),
     )?;
-    let mut ts = dsm_runtime::transport::Transport::connect(&tcp)?;
+    let mut ts = tcp.connect()?;
     for &(n, _) in &nodes {
         for p in (0..pages).step_by(7) {
             if n == n0 && (3..52).contains(&p) {
@@ -375,10 +376,65 @@ fn main() -> Result<()> {
     println!("node {n0} stats: {}", String::from_utf8_lossy(&stats));
     c.pass("pages written over the transport read back over TCP", t0);
     drop(s);
+    if let Some(f) = &cli.node_death {
+        let t0 = Instant::now();
+        node_death(&*t, f, cli.cluster.timeout_ms)?;
+        c.pass("node killed mid-session: error names the node, no hang", t0);
+    }
     println!(
         "transport-check: {} passed, 0 failed ({})",
         c.passed,
         t.name()
     );
+    Ok(())
+}
+
+/// Opens a session, announces it (`FILE.armed`), waits for `FILE.killed`, then expects
+/// a read of node 0 to fail naming node 0 within the timeout, and the next one too.
+fn node_death(t: &dyn Transport, f: &Path, timeout_ms: u64) -> Result<()> {
+    let mut s = t.connect()?;
+    let mut b = vec![0u8; PAGE];
+    let mut read = |s: &mut Box<dyn Session>| {
+        s.read_batch(&mut [ReadOp {
+            node: NodeId(0),
+            offset: 0,
+            buf: &mut b,
+        }])
+    };
+    read(&mut s)?;
+    let armed = f.with_extension("armed");
+    let killed = f.with_extension("killed");
+    std::fs::write(&armed, b"")?;
+    let t0 = Instant::now();
+    while !killed.exists() {
+        ensure!(
+            t0.elapsed() < Duration::from_secs(120),
+            "nobody killed the node"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t0 = Instant::now();
+    let err = match read(&mut s) {
+        Ok(()) => bail!("read from a killed node succeeded"),
+        Err(e) => e,
+    };
+    let ms = t0.elapsed().as_millis();
+    println!("node death: first read failed after {ms} ms: {err}");
+    ensure!(err.node() == NodeId(0), "error does not name node 0: {err}");
+    ensure!(
+        ms <= u128::from(timeout_ms) + 2000,
+        "the error took {ms} ms, more than the {timeout_ms} ms timeout"
+    );
+    let t0 = Instant::now();
+    let again = read(&mut s);
+    println!(
+        "node death: next read after {} ms: {}",
+        t0.elapsed().as_millis(),
+        match &again {
+            Ok(()) => "succeeded".to_string(),
+            Err(e) => e.to_string(),
+        }
+    );
+    ensure!(again.is_err(), "a read after the failure succeeded");
     Ok(())
 }
