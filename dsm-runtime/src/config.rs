@@ -52,6 +52,11 @@ pub struct RuntimeConfig {
     pub node_timeout_ms: u64,
     /// CPU to pin handler threads to (`None`: let the scheduler decide).
     pub handler_cpu: Option<usize>,
+    /// Most pages the prefetch policy may request per fault (0 disables prefetch).
+    pub prefetch_max_pages: usize,
+    /// Staging slots (pages prefetched or sampled, not yet mapped); 0 = a quarter of the
+    /// cache, at most 16384.
+    pub staging_pages: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -69,6 +74,8 @@ impl Default for RuntimeConfig {
             placement_chunk_pages: 1,
             node_timeout_ms: 5000,
             handler_cpu: None,
+            prefetch_max_pages: 32,
+            staging_pages: 0,
         }
     }
 }
@@ -152,6 +159,20 @@ impl RuntimeConfig {
         if self.placement_chunk_pages == 0 {
             return Err(invalid("placement_chunk_pages", 0, "use at least 1"));
         }
+        if self.prefetch_max_pages > 1024 {
+            return Err(invalid(
+                "prefetch_max_pages",
+                self.prefetch_max_pages,
+                "use 0 to 1024",
+            ));
+        }
+        if self.staging_pages > self.cache_pages() {
+            return Err(invalid(
+                "staging_pages",
+                self.staging_pages,
+                "staged pages count against the cache: use at most the cache size",
+            ));
+        }
         if self.node_timeout_ms == 0 {
             return Err(invalid("node_timeout_ms", 0, "use a positive timeout"));
         }
@@ -161,6 +182,15 @@ impl RuntimeConfig {
     /// Cache capacity in pages.
     pub fn cache_pages(&self) -> usize {
         (self.cache_bytes_max / PAGE_BYTES as u64) as usize
+    }
+
+    /// Staging slots to allocate.
+    pub fn staging_slots(&self) -> usize {
+        if self.staging_pages == 0 {
+            (self.cache_pages() / 4).clamp(1, 16384)
+        } else {
+            self.staging_pages
+        }
     }
 }
 
