@@ -57,6 +57,11 @@ pub struct RuntimeConfig {
     /// Staging slots (pages prefetched or sampled, not yet mapped); 0 = a quarter of the
     /// cache, at most 16384.
     pub staging_pages: usize,
+    /// Access sampling: clean pages parked per round to learn whether they are still used
+    /// (0 = off; eviction then sees only faults).
+    pub sample_pages: usize,
+    /// Access sampling: time between rounds.
+    pub sample_interval_ms: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -76,6 +81,8 @@ impl Default for RuntimeConfig {
             handler_cpu: None,
             prefetch_max_pages: 32,
             staging_pages: 0,
+            sample_pages: 0,
+            sample_interval_ms: 20,
         }
     }
 }
@@ -171,6 +178,13 @@ impl RuntimeConfig {
                 "staging_pages",
                 self.staging_pages,
                 "staged pages count against the cache: use at most the cache size",
+            ));
+        }
+        if self.sample_pages > 4096 || (self.sample_pages > 0 && self.sample_interval_ms == 0) {
+            return Err(invalid(
+                "sample_pages",
+                self.sample_pages,
+                "use 0 (off) to 4096 pages per round, with a positive sample_interval_ms",
             ));
         }
         if self.node_timeout_ms == 0 {

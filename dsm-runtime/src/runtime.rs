@@ -108,6 +108,7 @@ impl Core {
 
     fn reclaim_loop(&self, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
         let mut evictor = Evictor::new(self.config.writeback_batch_pages);
+        let mut last_sample = std::time::Instant::now();
         let (lock, cv) = &self.reclaim;
         while !self.stopping() {
             {
@@ -119,6 +120,7 @@ impl Core {
                     .unwrap_or_else(|e| e.into_inner());
                 *kicked = false;
             }
+            self.maybe_sample(&mut evictor, &mut last_sample);
             if self.budget.free() >= self.reclaim_start_free {
                 continue;
             }
@@ -131,6 +133,22 @@ impl Core {
             }
         }
         Ok(())
+    }
+}
+
+impl Core {
+    /// Samples recency (see [`Evictor::sample`]) every `sample_interval_ms`, and only when
+    /// the cache is under pressure: without pressure nothing is evicted, so recency is
+    /// not worth its faults.
+    fn maybe_sample(&self, evictor: &mut Evictor, last: &mut std::time::Instant) {
+        let n = self.config.sample_pages;
+        if n == 0 || last.elapsed() < Duration::from_millis(self.config.sample_interval_ms) {
+            return;
+        }
+        *last = std::time::Instant::now();
+        if self.budget.free() < 2 * self.reclaim_stop_free {
+            evictor.sample(self, n);
+        }
     }
 }
 

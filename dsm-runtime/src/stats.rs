@@ -157,6 +157,12 @@ counters! {
     prefetch_unused,
     /// Prefetch requests dropped (queue full, or no room in the cache or staging).
     prefetch_dropped,
+    /// Pages parked in staging by access sampling.
+    sampled_pages,
+    /// Sampled pages used again before eviction (each such use cost one local fault).
+    sampled_hits,
+    /// Time the reclaimer spent parking sampled pages.
+    sampling_ns,
     /// Pages cached now (mapped or staged).
     resident_pages,
     /// Highest number of pages resident at once.

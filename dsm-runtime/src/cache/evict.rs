@@ -59,6 +59,55 @@ impl Evictor {
         Ok(n)
     }
 
+    /// Access sampling: parks up to `n` of the pages the policy would evict next, if
+    /// clean, in the staging tier (copy out, unmap). A page used again soon traps into a
+    /// cheap local install that reports the use to the policy, which then keeps it;
+    /// one not used is evicted later at no cost. Returns the pages parked.
+    pub fn sample(&mut self, core: &Core, n: usize) -> usize {
+        let start = std::time::Instant::now();
+        self.candidates.clear();
+        core.eviction().select_victims(n, &mut self.candidates);
+        let mut parked = 0;
+        for &page in &self.candidates {
+            let Some(state) = core.table.try_lock(page) else {
+                continue;
+            };
+            if state.access() != crate::coherence::Access::Shared {
+                core.table.unlock(page, state);
+                continue;
+            }
+            let Some(slot) = core.staging.alloc() else {
+                core.table.unlock(page, state);
+                break;
+            };
+            let addr = core.layout.addr_of(page);
+            // SAFETY: we popped `slot`; the page is mapped write-protected and locked by us,
+            // so its bytes are stable while we copy them.
+            unsafe {
+                let dst = core.staging.slot_mut(slot);
+                std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), PAGE_BYTES);
+            }
+            // SAFETY: one page of the global range, locked by us; private anonymous memory.
+            let rc = unsafe {
+                libc::madvise(addr as *mut libc::c_void, PAGE_BYTES, libc::MADV_DONTNEED)
+            };
+            assert_eq!(rc, 0, "madvise(DONTNEED) on the global range failed");
+            let next = state
+                .with_access(crate::coherence::Access::Invalid)
+                .with_staged(slot)
+                .with_prefetched(false)
+                .with_referenced(false)
+                .with_busy(false);
+            core.table.unlock(page, next);
+            parked += 1;
+        }
+        let st = &core.stats;
+        st.sampled_pages.fetch_add(parked as u64, Ordering::Relaxed);
+        st.sampling_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        parked
+    }
+
     /// Asks the eviction policy for candidates and locks those nobody else holds.
     /// Candidates the policy still tracks but that are no longer cached (state changed
     /// behind its back) are forgotten.

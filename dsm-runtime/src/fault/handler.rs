@@ -247,6 +247,8 @@ impl FaultHandler {
         st.staged_hits.fetch_add(1, Ordering::Relaxed);
         if state.prefetched() {
             st.prefetch_used.fetch_add(1, Ordering::Relaxed);
+        } else {
+            st.sampled_hits.fetch_add(1, Ordering::Relaxed);
         }
         core.eviction().on_access(page);
         self.consult_prefetch(core, page, state.prefetched());
