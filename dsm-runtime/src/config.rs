@@ -4,6 +4,8 @@
 //! from flags, `DSM_*` environment variables and profile files; every path ends in
 //! [`RuntimeConfig::validate`].
 
+pub mod job;
+
 use crate::space::PAGE_BYTES;
 
 /// Default base of the global range: 16 TiB, above where non-PIE programs and their
@@ -32,6 +34,10 @@ pub struct RuntimeConfig {
     pub space_base: usize,
     /// Size of the global range in bytes; `0` means the sum of the nodes' regions.
     pub space_bytes: u64,
+    /// Global page number of this process's first page: placement maps page `p` of this
+    /// range as global page `space_page_offset + p`, so processes of one job that use
+    /// disjoint slices of the global space also use disjoint node memory.
+    pub space_page_offset: u64,
     /// Most bytes of the global range resident locally at once.
     pub cache_bytes_max: u64,
     /// Background reclaim starts when free cache falls below this percentage.
@@ -69,6 +75,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             space_base: DEFAULT_SPACE_BASE,
             space_bytes: 0,
+            space_page_offset: 0,
             cache_bytes_max: 256 << 20,
             reclaim_start_free_pct: 3,
             reclaim_stop_free_pct: 8,

@@ -7,11 +7,13 @@ use crate::fault::prefetcher::{self, PrefetchQueue};
 use crate::fault::uffd::{UffdError, Userfaultfd, FEATURE_PAGEFAULT_FLAG_WP, FEATURE_THREAD_ID};
 use crate::fault::FaultHandler;
 use crate::policy::eviction::Clock;
+use crate::policy::placement::Shifted;
 use crate::policy::prefetch::NoPrefetch;
 use crate::policy::{EvictionPolicy, Interleaved, Placement, PlacementError, PrefetchPolicy};
 use crate::space::{Layout, Reservation, ReserveError, PAGE_BYTES};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::transport::{Session, Transport, TransportError};
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,6 +154,24 @@ impl Core {
     }
 }
 
+thread_local! {
+    /// Set on the runtime's own threads (fault handlers, reclaimer).
+    static INTERNAL_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread is one of the runtime's own (a fault handler or the
+/// reclaimer). An allocator that serves the program from the global range must send these
+/// threads' allocations elsewhere: a handler that faults on the global range waits for
+/// itself.
+pub fn current_thread_is_internal() -> bool {
+    INTERNAL_THREAD.with(Cell::get)
+}
+
+/// Marks the calling thread as the runtime's own; see [`current_thread_is_internal`].
+pub fn mark_current_thread_internal() {
+    INTERNAL_THREAD.with(|c| c.set(true));
+}
+
 /// Ends the process after a failure that leaves a faulting thread unservable.
 pub fn fatal(err: &RuntimeError) -> ! {
     eprintln!("dsm: fatal: {err}");
@@ -214,7 +234,8 @@ impl Runtime {
             .ok_or(RuntimeError::NoNodes)?;
         let page = PAGE_BYTES as u64;
         let space_bytes = if config.space_bytes == 0 {
-            (node_bytes / page) * page * nodes.len() as u64
+            ((node_bytes / page) * nodes.len() as u64).saturating_sub(config.space_page_offset)
+                * page
         } else {
             config.space_bytes.div_ceil(page) * page
         };
@@ -222,15 +243,19 @@ impl Runtime {
         config.space_bytes = space_bytes;
         config.validate()?;
         let pages = space_bytes / page;
+        // Pages below `space_page_offset` belong to other processes of the job (or are
+        // reserved), so placement sees this range shifted up by that many pages. A
+        // placement given in `policies` must be built for `space_page_offset + pages`.
         let placement: Box<dyn Placement> = match policies.placement {
             Some(p) => p,
             None => Box::new(Interleaved::new(
                 nodes.len(),
                 node_bytes,
                 config.placement_chunk_pages,
-                pages,
+                config.space_page_offset + pages,
             )?),
         };
+        let placement = Box::new(Shifted::new(placement, config.space_page_offset));
 
         // Connect before reserving, so an unreachable node fails fast and leaves nothing.
         let mut sessions = Vec::with_capacity(config.handler_threads + 2);
@@ -292,6 +317,7 @@ impl Runtime {
             let t = std::thread::Builder::new()
                 .name(format!("dsm-fault-{i}"))
                 .spawn(move || {
+                    mark_current_thread_internal();
                     if let Some(cpu) = core.config.handler_cpu {
                         pin_current_thread(cpu);
                     }
@@ -323,6 +349,7 @@ impl Runtime {
         let t = std::thread::Builder::new()
             .name("dsm-reclaim".into())
             .spawn(move || {
+                mark_current_thread_internal();
                 if let Err(e) = core.reclaim_loop(reclaim_session) {
                     fatal(&e);
                 }
