@@ -5,7 +5,7 @@
 //! are allocated when the thread starts; serving a fault allocates nothing.
 
 use super::uffd::{is_transient, Fault, FaultKind, Installed, UffdMsg};
-use crate::cache::{recycle, Evictor, Slot};
+use crate::cache::{recycle, Evictor};
 use crate::coherence::state::{after_fault, on_fault, FaultAction};
 use crate::coherence::PageState;
 use crate::config::HandlerWait;
@@ -30,7 +30,6 @@ const RECLAIM_ATTEMPTS: usize = 10_000;
 struct Fetch {
     fault: Fault,
     page: PageNum,
-    slot: Slot,
     state: PageState,
     writable: bool,
 }
@@ -47,6 +46,8 @@ pub struct FaultHandler {
     fetches: Vec<Fetch>,
     fetch_buf: Vec<u8>,
     read_ops: Vec<ReadOp<'static>>,
+    /// Pages the prefetch policy asked for, handed to the prefetcher.
+    prefetch_out: Vec<PageNum>,
 }
 
 impl FaultHandler {
@@ -62,6 +63,7 @@ impl FaultHandler {
             fetches: Vec::with_capacity(batch * 5),
             fetch_buf: vec![0u8; batch * 5 * PAGE_BYTES],
             read_ops: Vec::with_capacity(batch * 5),
+            prefetch_out: Vec::with_capacity(core.config.prefetch_max_pages),
         }
     }
 
@@ -163,6 +165,7 @@ impl FaultHandler {
                 core.uffd
                     .wake(addr, PAGE_BYTES)
                     .map_err(RuntimeError::Uffd)?;
+                core.eviction().on_access(page);
             }
             FaultAction::Upgrade => {
                 // Mode 1: this process owns every page, so the upgrade is granted locally.
@@ -170,21 +173,25 @@ impl FaultHandler {
                     .write_protect(addr, PAGE_BYTES, false, false)
                     .map_err(RuntimeError::Uffd)?;
                 core.table.unlock(page, after_fault(state, action));
+                core.eviction().on_access(page);
+            }
+            FaultAction::InstallStaged { writable } => {
+                self.install_staged(core, page, state, writable)?
             }
             FaultAction::ZeroFill { writable } => {
-                let slot = self.take_slot(core, page)?;
-                let installed =
-                    self.install(core, page, slot, state, ZERO_PAGE.as_ptr(), writable)?;
-                if installed {
+                self.take_budget(core)?;
+                if self.install(core, page, state, ZERO_PAGE.as_ptr(), writable)? {
                     core.stats.zero_fills.fetch_add(1, Ordering::Relaxed);
+                    core.eviction().on_insert(page, false);
+                } else {
+                    core.budget.give_back();
                 }
             }
             FaultAction::Fetch { writable } => {
-                let slot = self.take_slot(core, page)?;
+                self.take_budget(core)?;
                 self.fetches.push(Fetch {
                     fault,
                     page,
-                    slot,
                     state,
                     writable,
                 });
@@ -197,27 +204,70 @@ impl FaultHandler {
         Ok(())
     }
 
-    /// A free cache slot for `page`, reclaiming on this thread if the cache is full.
-    fn take_slot(&mut self, core: &Core, page: PageNum) -> Result<Slot, RuntimeError> {
+    /// One page of cache budget, reclaiming on this thread if the cache is full.
+    fn take_budget(&mut self, core: &Core) -> Result<(), RuntimeError> {
         for _ in 0..RECLAIM_ATTEMPTS {
-            if let Some(slot) = core.resident.insert(page) {
-                let n = core.resident.len() as u64;
+            if core.budget.try_take() {
+                let n = core.budget.used() as u64;
                 core.stats.resident_pages.store(n, Ordering::Relaxed);
                 core.stats
                     .resident_pages_peak
                     .fetch_max(n, Ordering::Relaxed);
-                return Ok(slot);
+                return Ok(());
             }
             core.stats.direct_reclaims.fetch_add(1, Ordering::Relaxed);
             let want = core.config.writeback_batch_pages;
             if self.evictor.evict(core, self.session.as_mut(), want)? == 0 {
-                // Every resident page is locked by someone mid-operation; let them finish.
+                // Every cached page is locked by someone mid-operation; let them finish.
                 std::thread::yield_now();
             }
         }
         Err(RuntimeError::CacheWedged {
-            capacity_pages: core.resident.capacity(),
+            capacity_pages: core.budget.capacity(),
         })
+    }
+
+    /// Maps a page's staged local copy: a prefetched page's first use, or a sampled
+    /// page's next use. No network; the budget was taken when it was staged.
+    fn install_staged(
+        &mut self,
+        core: &Core,
+        page: PageNum,
+        state: PageState,
+        writable: bool,
+    ) -> Result<(), RuntimeError> {
+        let slot = state.staged().expect("planned as staged");
+        // SAFETY: we hold the page's lock, which owns its staging slot.
+        let src = unsafe { core.staging.slot_mut(slot) }.as_ptr();
+        if !self.install(core, page, state, src, writable)? {
+            return Ok(()); // still staged; the thread faults again
+        }
+        core.staging.release(slot);
+        let st = &core.stats;
+        st.staged_hits.fetch_add(1, Ordering::Relaxed);
+        if state.prefetched() {
+            st.prefetch_used.fetch_add(1, Ordering::Relaxed);
+        } else {
+            st.sampled_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        core.eviction().on_access(page);
+        self.consult_prefetch(core, page, state.prefetched());
+        Ok(())
+    }
+
+    /// Tells the prefetch policy about a fault and queues what it asks for.
+    fn consult_prefetch(&mut self, core: &Core, page: PageNum, hit_prefetched: bool) {
+        let max = core.config.prefetch_max_pages;
+        if max == 0 {
+            return;
+        }
+        self.prefetch_out.clear();
+        core.prefetch_policy()
+            .on_fault(page, hit_prefetched, max, &mut self.prefetch_out);
+        if !self.prefetch_out.is_empty() {
+            core.prefetcher
+                .enqueue(&self.prefetch_out, core.layout.pages, &core.stats);
+        }
     }
 
     fn fetch_and_install(&mut self, core: &Core, start: Instant) -> Result<(), RuntimeError> {
@@ -246,21 +296,27 @@ impl FaultHandler {
         let fetches = std::mem::take(&mut self.fetches);
         for (f, buf) in fetches.iter().zip(self.fetch_buf.chunks_exact(PAGE_BYTES)) {
             debug_assert_eq!(core.layout.page_of(f.fault.addr), Some(f.page));
-            self.install(core, f.page, f.slot, f.state, buf.as_ptr(), f.writable)?;
+            if self.install(core, f.page, f.state, buf.as_ptr(), f.writable)? {
+                core.eviction().on_insert(f.page, false);
+            } else {
+                core.budget.give_back();
+            }
             st.fault_service.record(start.elapsed().as_nanos() as u64);
+        }
+        for f in &fetches {
+            self.consult_prefetch(core, f.page, false);
         }
         self.fetches = fetches;
         Ok(())
     }
 
     /// Maps a copy of `src` at `page` (write-protected unless `writable`), publishes the
-    /// new state and wakes waiters. Returns false if the kernel kept refusing (the
-    /// faulting thread then simply faults again).
+    /// new state and wakes waiters. Returns false if the kernel kept refusing: the page is
+    /// unlocked unchanged and the faulting thread simply faults again.
     fn install(
         &self,
         core: &Core,
         page: PageNum,
-        slot: Slot,
         state: PageState,
         src: *const u8,
         writable: bool,
@@ -292,7 +348,6 @@ impl FaultHandler {
                 Err(e) => return Err(RuntimeError::Uffd(e)),
             }
         }
-        core.resident.remove(slot, page);
         core.table.unlock(page, state);
         core.uffd
             .wake(addr, PAGE_BYTES)
@@ -309,5 +364,8 @@ fn count_fault(core: &Core, kind: FaultKind, action: FaultAction) {
         (FaultKind::MissingWrite, _) => &st.faults_write,
         (FaultKind::WriteProtect, _) => &st.faults_write_protect,
     };
+    if matches!(action, FaultAction::Fetch { .. }) {
+        st.faults_network_wait.fetch_add(1, Ordering::Relaxed);
+    }
     counter.fetch_add(1, Ordering::Relaxed);
 }

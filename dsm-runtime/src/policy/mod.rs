@@ -1,5 +1,10 @@
-//! Policies: pure decisions the fault path acts on. They do no I/O.
+//! Policies: pure decisions the fault path acts on. They do no I/O, so the same code
+//! drives the runtime and the offline cache simulator.
 
+pub mod eviction;
 pub mod placement;
+pub mod prefetch;
 
+pub use eviction::EvictionPolicy;
 pub use placement::{Interleaved, Placement, PlacementError};
+pub use prefetch::PrefetchPolicy;
