@@ -4,8 +4,8 @@
 use crate::route::{self, FORKED, OFF, READY, STARTING, UNINIT};
 use dsm_runtime::config::job::{pid_alive, JobConfig, JobError};
 use dsm_runtime::runtime::EXIT_RUNTIME_FAILURE;
-use dsm_runtime::transport::tcp::TcpTransport;
-use dsm_runtime::transport::Transport;
+use dsm_runtime::config::job::TransportKind;
+use dsm_runtime::transport::{select, SelectError, Transport};
 use dsm_runtime::{Runtime, RuntimeError};
 use libc::{c_long, pid_t};
 use libmimalloc_sys as mi;
@@ -27,6 +27,8 @@ enum StartError {
     Job(#[from] JobError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Select(#[from] SelectError),
     #[error("mimalloc refused the global range {base:#x}+{len:#x} as an arena")]
     Arena { base: usize, len: usize },
 }
@@ -36,7 +38,7 @@ struct Running {
     runtime: Runtime,
     job: JobConfig,
     slot: usize,
-    _transport: TcpTransport,
+    _transport: Box<dyn Transport>,
 }
 
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
@@ -87,14 +89,21 @@ pub extern "C" fn on_load() {
 fn start() -> Result<Running, StartError> {
     let job = JobConfig::from_env()?;
     let timeout = Duration::from_millis(job.node_timeout_ms);
-    let transport = TcpTransport::discover(&job.nodes, job.secret.clone(), timeout)
-        .map_err(RuntimeError::from)?;
+    let selected = select(job.transport, &job.nodes, job.secret.clone(), timeout)?;
+    let transport = selected.transport;
     let pid = std::process::id();
+    if job.verbose || job.transport == TransportKind::Auto {
+        eprintln!(
+            "dsm: {} (pid {pid}): transport {}",
+            program_name(),
+            selected.reason
+        );
+    }
     let slot = {
         let mut session = transport.connect().map_err(RuntimeError::from)?;
         job.claim_slot(session.as_mut(), pid, pid_alive)?
     };
-    let runtime = Runtime::start(job.runtime_config(slot), &transport)?;
+    let runtime = Runtime::start(job.runtime_config(slot), transport.as_ref())?;
     let base = runtime.base() as usize;
     let len = runtime.len();
     // SAFETY: plain option setters, called before mimalloc serves anything.

@@ -378,7 +378,7 @@ fn report(opts: &RunOptions, stats_dir: &Path, code: i32, wall: Duration) {
             "nodes": opts.nodes,
             "node_bytes": opts.node_bytes,
             "cache_bytes_max": opts.cache_bytes_max,
-            "transport": "tcp",
+            "transport": opts.transport.to_string(),
             "exit_status": code,
             "wall_time_s": wall.as_secs_f64(),
             "fault_hit_rate": summary::fault_hit_rate(&total),
