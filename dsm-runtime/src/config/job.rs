@@ -404,6 +404,37 @@ mod tests {
     }
 
     #[test]
+    fn transport_and_rdma_variables_are_read() {
+        let base = [("DSM_NODES", "127.0.0.1:1"), ("DSM_SECRET", "x")];
+        assert_eq!(
+            JobConfig::from_vars(vars(&base)).unwrap().transport,
+            TransportKind::Tcp
+        );
+        for (text, kind) in [
+            ("tcp", TransportKind::Tcp),
+            ("verbs", TransportKind::Verbs),
+            ("auto", TransportKind::Auto),
+        ] {
+            let mut v = base.to_vec();
+            v.push(("DSM_TRANSPORT", text));
+            v.push(("DSM_RDMA_DEVICE", "rxe0"));
+            v.push(("DSM_RDMA_GID_INDEX", "1"));
+            let job = JobConfig::from_vars(vars(&v)).unwrap();
+            assert_eq!(job.transport, kind);
+            let round: Vec<_> = job.to_vars();
+            assert!(round.contains(&("DSM_TRANSPORT", text.to_string())));
+        }
+        let mut v = base.to_vec();
+        v.push(("DSM_TRANSPORT", "infiniband"));
+        let err = JobConfig::from_vars(vars(&v)).unwrap_err();
+        assert!(
+            matches!(err, JobError::BadVar { name: "DSM_TRANSPORT", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("tcp, verbs or auto"), "{err}");
+    }
+
+    #[test]
     fn slots_use_disjoint_addresses_and_node_pages() {
         let job = JobConfig::from_vars(vars(&[
             ("DSM_NODES", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"),
