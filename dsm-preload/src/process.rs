@@ -2,9 +2,9 @@
 //! the slot to mimalloc), `fork`, and the statistics written at exit.
 
 use crate::route::{self, FORKED, OFF, READY, STARTING, UNINIT};
+use dsm_runtime::config::job::TransportKind;
 use dsm_runtime::config::job::{pid_alive, JobConfig, JobError};
 use dsm_runtime::runtime::EXIT_RUNTIME_FAILURE;
-use dsm_runtime::config::job::TransportKind;
 use dsm_runtime::transport::{select, SelectError, Transport};
 use dsm_runtime::{Runtime, RuntimeError};
 use libc::{c_long, pid_t};

@@ -428,7 +428,13 @@ mod tests {
         v.push(("DSM_TRANSPORT", "infiniband"));
         let err = JobConfig::from_vars(vars(&v)).unwrap_err();
         assert!(
-            matches!(err, JobError::BadVar { name: "DSM_TRANSPORT", .. }),
+            matches!(
+                err,
+                JobError::BadVar {
+                    name: "DSM_TRANSPORT",
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("tcp, verbs or auto"), "{err}");
