@@ -92,3 +92,64 @@ fn a_node_that_cannot_do_rdma_rejects_the_queue_pair_exchange_clearly() {
     // The connection is still usable.
     assert_eq!(s.call(NodeId(0), b"ping").unwrap(), b"pong");
 }
+
+/// Compare-and-swap through whatever `auto` picks (TCP here; verbs on a machine with a
+/// device): the same semantics the Soft-RoCE guests check on rxe's atomics, so the
+/// operation stays covered on the host whatever rxe does.
+#[test]
+fn compare_and_swap_semantics_and_contention_through_the_selected_transport() {
+    let (nodes, secret) = common::nodes(1, 1 << 20);
+    let t = select(TransportKind::Auto, nodes.addrs(), secret, TIMEOUT)
+        .unwrap()
+        .transport;
+    let node = NodeId(0);
+    let mut s = t.connect().unwrap();
+    let word = 4096 * 3;
+    for (exp, new, found) in [
+        (0, 5, 0),
+        (0, 6, 5),
+        (5, 7, 5),
+        (7, u64::MAX - 1, 7),
+        (u64::MAX - 1, 0x0123_4567_89ab_cdef, u64::MAX - 1),
+    ] {
+        assert_eq!(s.compare_and_swap(node, word, exp, new).unwrap(), found);
+    }
+    let mut v = [0u8; 8];
+    s.read_batch(&mut [dsm_runtime::transport::ReadOp {
+        node,
+        offset: word,
+        buf: &mut v,
+    }])
+    .unwrap();
+    assert_eq!(u64::from_le_bytes(v), 0x0123_4567_89ab_cdef);
+    assert!(matches!(
+        s.compare_and_swap(node, word + 4, 0, 1),
+        Err(TransportError::Rejected { .. })
+    ));
+
+    const THREADS: u64 = 3;
+    const EACH: u64 = 300;
+    let counter = word + 64;
+    std::thread::scope(|sc| {
+        for _ in 0..THREADS {
+            let t = &t;
+            sc.spawn(move || {
+                let mut s = t.connect().unwrap();
+                for _ in 0..EACH {
+                    let mut cur = 0;
+                    loop {
+                        let got = s.compare_and_swap(node, counter, cur, cur + 1).unwrap();
+                        if got == cur {
+                            break;
+                        }
+                        cur = got;
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(
+        s.compare_and_swap(node, counter, 0, 0).unwrap(),
+        THREADS * EACH
+    );
+}
