@@ -82,7 +82,9 @@ impl EvictionPolicy for Clock {
                 break;
             }
             self.hand = (self.hand + 1) % len;
-            let Some(e) = self.ring[self.hand].as_mut() else { continue };
+            let Some(e) = self.ring[self.hand].as_mut() else {
+                continue;
+            };
             if e.referenced {
                 e.referenced = false;
             } else if !out[start..].contains(&e.page) {
