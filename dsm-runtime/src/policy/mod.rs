@@ -5,6 +5,6 @@ pub mod eviction;
 pub mod placement;
 pub mod prefetch;
 
-pub use eviction::EvictionPolicy;
+pub use eviction::{Clock, EvictionPolicy, Fifo, TwoQ};
 pub use placement::{Interleaved, Placement, PlacementError};
-pub use prefetch::PrefetchPolicy;
+pub use prefetch::{Leap, NoPrefetch, PrefetchPolicy, Readahead, Stride};
