@@ -6,5 +6,5 @@ pub mod placement;
 pub mod prefetch;
 
 pub use eviction::{Clock, EvictionPolicy, Fifo, TwoQ};
-pub use placement::{Interleaved, Placement, PlacementError};
+pub use placement::{Blocked, FirstTouch, Home, Interleaved, Placement, PlacementError};
 pub use prefetch::{Leap, NoPrefetch, PrefetchPolicy, Readahead, Stride};
