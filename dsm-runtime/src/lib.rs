@@ -17,6 +17,7 @@ pub mod policy;
 pub mod runtime;
 pub mod space;
 pub mod stats;
+pub mod trace;
 pub mod transport;
 
 pub use config::RuntimeConfig;
