@@ -1,25 +1,51 @@
-//! Adaptive sequential readahead, after Linux's: two consecutive faults start a window
-//! of `window_pages_initial` pages ahead; each fault that lands on a prefetched page
-//! doubles it (up to `window_pages_max`); a fault that breaks the sequence halves it, and
-//! below the initial size readahead stops until the next sequence shows up. The window is
-//! topped up only once half of it has been consumed, so requests go out in batches.
+//! Adaptive sequential readahead, after Linux's, following up to four streams at once.
 //!
-//! A fault on a page that was issued but not staged (evicted before use, or still in
-//! flight) continues the sequence but halves the window: those pages were wasted or late.
+//! A fault on the page after one that faulted recently starts a stream with a window of
+//! `window_pages_initial` pages ahead. A fault that lands on a page the stream prefetched
+//! doubles its window (up to `window_pages_max`); a fault on a page it issued that was
+//! not there when needed (evicted before use, or late) halves it. The window is topped up
+//! only once half of it has been consumed, so requests go out in batches. When a fifth
+//! stream starts, the least recently advanced one is forgotten.
+//!
+//! Streams rather than "the last fault" because the runtime sees one fault stream for the
+//! whole program: a sequential scan interleaved with another thread's random faults (the
+//! Velvet assembler reads its input in order while it hashes at random) would otherwise
+//! never look sequential. Faults that continue no stream prefetch nothing and leave the
+//! streams alone.
 
 use crate::policy::prefetch::{PrefetchPolicy, Run};
 use crate::space::PageNum;
 
-/// Sequential readahead with a window that adapts to how well it is doing.
+/// Streams followed at once.
+const STREAMS: usize = 4;
+/// Recent faults remembered for spotting the start of a stream.
+const RECENT_FAULTS: usize = 16;
+
+#[derive(Debug, Clone)]
+struct Stream {
+    /// Last page of the stream that faulted.
+    cursor: u64,
+    window_pages: usize,
+    run: Run,
+    last_used: u64,
+}
+
+impl Stream {
+    /// How far past the cursor a fault may land and still continue the stream.
+    fn reach(&self) -> u64 {
+        self.run.ahead(self.cursor, 1).max(1)
+    }
+}
+
+/// Sequential readahead with windows that adapt to how well they are doing.
 #[derive(Debug, Clone)]
 pub struct Readahead {
     window_pages_initial: usize,
     window_pages_max: usize,
-    window_pages: usize,
-    last: Option<u64>,
-    /// Last page of the sequence being followed (`None`: not following one).
-    cursor: Option<u64>,
-    run: Run,
+    streams: Vec<Stream>,
+    recent: [Option<u64>; RECENT_FAULTS],
+    recent_next: usize,
+    tick: u64,
 }
 
 impl Readahead {
@@ -30,16 +56,46 @@ impl Readahead {
         Readahead {
             window_pages_initial: initial,
             window_pages_max: window_pages_max.max(initial),
-            window_pages: 0,
-            last: None,
-            cursor: None,
-            run: Run::default(),
+            streams: Vec::with_capacity(STREAMS),
+            recent: [None; RECENT_FAULTS],
+            recent_next: 0,
+            tick: 0,
         }
     }
 
-    /// Current window in pages (0 while no sequence is followed).
+    /// Window of the stream advanced last (0 while no stream is followed).
     pub fn window_pages(&self) -> usize {
-        self.window_pages
+        self.streams
+            .iter()
+            .max_by_key(|s| s.last_used)
+            .map_or(0, |s| s.window_pages)
+    }
+
+    fn remember(&mut self, page: u64) {
+        self.recent[self.recent_next] = Some(page);
+        self.recent_next = (self.recent_next + 1) % RECENT_FAULTS;
+    }
+
+    /// A new stream at `page`, replacing the least recently advanced one if all are taken.
+    fn start(&mut self, page: u64) -> &mut Stream {
+        let s = Stream {
+            cursor: page,
+            window_pages: self.window_pages_initial,
+            run: Run::default(),
+            last_used: self.tick,
+        };
+        if self.streams.len() < STREAMS {
+            self.streams.push(s);
+            let last = self.streams.len() - 1;
+            return &mut self.streams[last];
+        }
+        let lru = self
+            .streams
+            .iter_mut()
+            .min_by_key(|s| s.last_used)
+            .expect("STREAMS > 0");
+        *lru = s;
+        lru
     }
 }
 
@@ -56,38 +112,32 @@ impl PrefetchPolicy for Readahead {
         out: &mut Vec<PageNum>,
     ) {
         let p = page.0;
-        let Some(last) = self.last.replace(p) else {
-            return;
-        };
-        if p == last {
-            return;
-        }
-        let ahead = |c: u64| self.run.ahead(c, 1);
-        let in_run = self
-            .cursor
-            .is_some_and(|c| p > c && p - c <= ahead(c).max(1));
-        let sequential = p == last.wrapping_add(1) || in_run;
-        if !sequential {
-            self.window_pages /= 2;
-            if self.window_pages < self.window_pages_initial {
-                self.window_pages = 0;
-                self.cursor = None;
-                self.run.reset();
+        self.tick += 1;
+        let (initial, window_max, tick) =
+            (self.window_pages_initial, self.window_pages_max, self.tick);
+        let continued = self
+            .streams
+            .iter_mut()
+            .find(|s| p > s.cursor && p - s.cursor <= s.reach());
+        let stream = match continued {
+            Some(s) => {
+                let issued = p - s.cursor <= s.run.ahead(s.cursor, 1);
+                if hit_prefetched {
+                    s.window_pages = (s.window_pages * 2).min(window_max);
+                } else if issued {
+                    s.window_pages = (s.window_pages / 2).max(initial);
+                }
+                s.cursor = p;
+                s.last_used = tick;
+                Some(s)
             }
-            return;
-        }
-        let issued = self.cursor.is_some_and(|c| p - c <= ahead(c));
-        self.window_pages = if self.window_pages == 0 {
-            self.window_pages_initial
-        } else if hit_prefetched {
-            (self.window_pages * 2).min(self.window_pages_max)
-        } else if issued {
-            (self.window_pages / 2).max(self.window_pages_initial)
-        } else {
-            self.window_pages
+            None if p > 0 && self.recent.contains(&Some(p - 1)) => Some(self.start(p)),
+            None => None,
         };
-        self.cursor = Some(p);
-        self.run.top_up(p, 1, self.window_pages, max, out);
+        if let Some(s) = stream {
+            s.run.top_up(p, 1, s.window_pages, max, out);
+        }
+        self.remember(p);
     }
 }
 
@@ -102,8 +152,8 @@ mod tests {
         let got = feed(
             &mut r,
             &[
-                (10, false), // alone: no sequence yet
-                (11, false), // sequence: window 2
+                (10, false), // alone: no stream yet
+                (11, false), // follows 10: a stream, window 2
                 (12, true),  // hit: window 4, 1 of 4 ahead: top up
                 (13, true),  // hit: window 8, 3 of 8 ahead: top up
                 (14, true),  // 7 ahead: more than half, wait
@@ -130,28 +180,54 @@ mod tests {
     }
 
     #[test]
-    fn breaks_shrink_the_window_and_late_pages_halve_it() {
+    fn random_faults_between_do_not_break_a_stream_but_late_pages_halve_it() {
         let mut r = Readahead::new(2, 16);
-        feed(&mut r, &[(0, false), (1, false), (2, true), (3, true)], 64);
-        assert_eq!(r.window_pages(), 8);
-        // 4 was issued but faulted as a miss: evicted or late.
-        feed(&mut r, &[(4, false)], 64);
+        let got = feed(
+            &mut r,
+            &[
+                (0, false),
+                (1, false), // window 2: 2 3
+                (2, true),  // window 4: 4 5 6
+                (900, false),
+                (3, true), // window 8, 3 ahead: 7..=11
+                (77, false),
+                (4, false), // issued but missing: window 4, 7 ahead
+            ],
+            64,
+        );
+        let want: Vec<Vec<u64>> = vec![
+            vec![],
+            vec![2, 3],
+            vec![4, 5, 6],
+            vec![],
+            vec![7, 8, 9, 10, 11],
+            vec![],
+            vec![],
+        ];
+        assert_eq!(got, want);
         assert_eq!(r.window_pages(), 4);
-        // Random faults halve it, then stop readahead altogether.
-        let got = feed(&mut r, &[(900, false), (77, false)], 64);
-        assert_eq!(got, vec![Vec::<u64>::new(), vec![]]);
-        assert_eq!(r.window_pages(), 0);
-        // A new sequence starts from the initial window.
-        let got = feed(&mut r, &[(500, false), (501, false)], 64);
-        assert_eq!(got, vec![vec![], vec![502, 503]]);
+        // A second stream starts beside the first.
+        let got = feed(&mut r, &[(500, false), (501, false), (5, true)], 64);
+        assert_eq!(got, vec![vec![], vec![502, 503], vec![]]);
+        assert_eq!(r.window_pages(), 8, "the first stream kept its state");
     }
 
     #[test]
-    fn skipping_ahead_inside_the_window_continues_the_sequence() {
+    fn skipping_ahead_inside_the_window_continues_the_stream() {
         let mut r = Readahead::new(4, 4);
         feed(&mut r, &[(0, false), (1, false)], 64); // issued 2..=5
         let got = feed(&mut r, &[(4, true)], 64);
         assert_eq!(got, vec![vec![6, 7, 8]]);
+    }
+
+    #[test]
+    fn the_least_recently_advanced_stream_is_forgotten() {
+        let mut r = Readahead::new(2, 2);
+        for base in [100, 200, 300, 400, 500] {
+            feed(&mut r, &[(base, false), (base + 1, false)], 64);
+        }
+        assert_eq!(r.streams.len(), STREAMS);
+        assert!(r.streams.iter().all(|s| s.cursor != 101));
     }
 
     #[test]
