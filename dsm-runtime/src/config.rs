@@ -52,7 +52,17 @@ pub struct RuntimeConfig {
     pub node_timeout_ms: u64,
     /// CPU to pin handler threads to (`None`: let the scheduler decide).
     pub handler_cpu: Option<usize>,
+    /// Pages fetched per demand fault: the aligned block of this many pages around the
+    /// faulting page (a power of two, 1 to [`FETCH_GRANULARITY_PAGES_MAX`]).
+    pub fetch_granularity_pages: usize,
+    /// Most pages the prefetch policy may ask for per fault (0 disables prefetch).
+    pub prefetch_max_pages: usize,
 }
+
+/// Largest fetch granularity: 64 pages (256 KiB) per demand fault.
+pub const FETCH_GRANULARITY_PAGES_MAX: usize = 64;
+/// Largest prefetch request per fault.
+pub const PREFETCH_PAGES_MAX: usize = 1024;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -69,6 +79,8 @@ impl Default for RuntimeConfig {
             placement_chunk_pages: 1,
             node_timeout_ms: 5000,
             handler_cpu: None,
+            fetch_granularity_pages: 1,
+            prefetch_max_pages: 32,
         }
     }
 }
@@ -151,6 +163,22 @@ impl RuntimeConfig {
         }
         if self.placement_chunk_pages == 0 {
             return Err(invalid("placement_chunk_pages", 0, "use at least 1"));
+        }
+        if !self.fetch_granularity_pages.is_power_of_two()
+            || self.fetch_granularity_pages > FETCH_GRANULARITY_PAGES_MAX
+        {
+            return Err(invalid(
+                "fetch_granularity_pages",
+                self.fetch_granularity_pages,
+                format!("use a power of two from 1 to {FETCH_GRANULARITY_PAGES_MAX}"),
+            ));
+        }
+        if self.prefetch_max_pages > PREFETCH_PAGES_MAX {
+            return Err(invalid(
+                "prefetch_max_pages",
+                self.prefetch_max_pages,
+                format!("use 0 (no prefetch) to {PREFETCH_PAGES_MAX}"),
+            ));
         }
         if self.node_timeout_ms == 0 {
             return Err(invalid("node_timeout_ms", 0, "use a positive timeout"));
@@ -237,5 +265,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.validate().unwrap_err().field, "space_bytes");
+        let c = RuntimeConfig {
+            fetch_granularity_pages: 3,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "fetch_granularity_pages");
+        let c = RuntimeConfig {
+            prefetch_max_pages: 5000,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "prefetch_max_pages");
     }
 }
