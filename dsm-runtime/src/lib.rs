@@ -19,6 +19,7 @@ pub mod space;
 pub mod stats;
 pub mod trace;
 pub mod transport;
+pub mod tune;
 
 pub use config::RuntimeConfig;
 pub use runtime::{Runtime, RuntimeError};

@@ -46,12 +46,15 @@ impl PrefetchPolicy for NoPrefetch {
 pub(crate) struct Run {
     delta: i64,
     issued_until: Option<u64>,
+    /// Largest window the run was topped up to.
+    depth_issued: u64,
 }
 
 impl Run {
     /// Forgets what was issued.
     pub(crate) fn reset(&mut self) {
         self.issued_until = None;
+        self.depth_issued = 0;
     }
 
     /// Whether pages were issued since the last reset.
@@ -79,6 +82,8 @@ impl Run {
     /// Tops the run up to `depth` steps of `delta` past `page`, when fewer than half of
     /// them are issued (batching the requests, like Linux's asynchronous readahead
     /// marker); pushes at most `max` pages. Stops at the ends of the page-number range.
+    /// A run further ahead than any window it was issued with is stale (a loop went back
+    /// to its start) and restarts from `page`.
     pub(crate) fn top_up(
         &mut self,
         page: u64,
@@ -87,7 +92,12 @@ impl Run {
         max: usize,
         out: &mut Vec<PageNum>,
     ) {
-        let ahead = self.ahead(page, delta);
+        let mut ahead = self.ahead(page, delta);
+        if ahead > self.depth_issued {
+            // Further ahead than any window issued it: a run left over from an earlier
+            // pass over the same pages (a loop restarted). Start again from here.
+            ahead = 0;
+        }
         if delta == 0 || ahead > depth as u64 / 2 {
             return;
         }
@@ -97,6 +107,7 @@ impl Run {
             out.push(PageNum(next));
             self.delta = delta;
             self.issued_until = Some(next);
+            self.depth_issued = self.depth_issued.max(depth as u64);
         }
     }
 }

@@ -186,6 +186,17 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_loop_is_prefetched_again() {
+        let mut l = Leap::new(32, 4, 4);
+        let pass: Vec<(u64, bool)> = (0..20).map(|i| (100 + 3 * i, i >= 4)).collect();
+        feed(&mut l, &pass, 64);
+        // Back to the start: the trend (3) still holds the majority, and the run issued
+        // during the first pass is far ahead, so it is stale. A miss: window 4 -> 2.
+        let got = feed(&mut l, &[(100, false)], 64);
+        assert_eq!(got, vec![vec![103, 106]]);
+    }
+
+    #[test]
     fn backward_trend() {
         let mut l = Leap::new(8, 8, 8);
         let got = feed(
