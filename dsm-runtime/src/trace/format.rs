@@ -70,6 +70,17 @@ pub struct TraceHeader {
     pub profile: String,
 }
 
+impl TraceHeader {
+    /// The header for a run with this page size, cache capacity and profile.
+    pub fn for_run(cache_pages: u64, profile: &str) -> TraceHeader {
+        TraceHeader {
+            page_bytes: crate::space::PAGE_BYTES as u32,
+            cache_pages,
+            profile: profile.to_owned(),
+        }
+    }
+}
+
 /// Why a trace could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
