@@ -74,7 +74,9 @@ pub fn sequence(pattern: Pattern, pages: usize, cache_pages: usize, accesses: us
                 })
                 .collect()
         }
-        Pattern::Random => (0..accesses).map(|_| (rng.next() % pages as u64) as u32).collect(),
+        Pattern::Random => (0..accesses)
+            .map(|_| (rng.next() % pages as u64) as u32)
+            .collect(),
         Pattern::Zipf => {
             // Inverse-CDF sampling over ranks, then a fixed shuffle of ranks to pages so
             // popular pages are not adjacent (no free ride from readahead).

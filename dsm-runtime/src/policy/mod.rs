@@ -4,7 +4,9 @@
 pub mod eviction;
 pub mod placement;
 pub mod prefetch;
+pub mod profile;
 
-pub use eviction::EvictionPolicy;
-pub use placement::{Interleaved, Placement, PlacementError};
-pub use prefetch::PrefetchPolicy;
+pub use eviction::{Clock, EvictionPolicy, Fifo, TwoQ};
+pub use placement::{Blocked, FirstTouch, Home, Interleaved, Placement, PlacementError};
+pub use prefetch::{Leap, NoPrefetch, PrefetchPolicy, Readahead, Stride};
+pub use profile::{Profile, ProfileError};
