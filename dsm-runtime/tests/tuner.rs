@@ -98,10 +98,8 @@ fn the_simulator_predicts_a_sequential_run_within_10_percent() {
         for _ in 0..3 {
             for p in 0..PAGES {
                 // SAFETY: inside the global range.
-                assert_eq!(
-                    unsafe { ((base + p * PAGE) as *const u64).read_volatile() },
-                    p as u64
-                );
+                let v = unsafe { ((base + p * PAGE) as *const u64).read_volatile() };
+                assert_eq!(v, p as u64);
             }
         }
     });
