@@ -23,6 +23,8 @@ const SHIPPED: &[(&str, &str)] = &[
         include_str!("../../../profiles/sequential.toml"),
     ),
     ("random", include_str!("../../../profiles/random.toml")),
+    ("strided", include_str!("../../../profiles/strided.toml")),
+    ("loop", include_str!("../../../profiles/loop.toml")),
     ("velvet", include_str!("../../../profiles/velvet.toml")),
 ];
 
@@ -110,6 +112,10 @@ pub struct Profile {
     pub reclaim_start_free_pct: u8,
     /// Background reclaim stops at this much free cache, percent.
     pub reclaim_stop_free_pct: u8,
+    /// Access sampling: clean pages parked per round (0 = off).
+    pub sample_pages: usize,
+    /// Access sampling: milliseconds between rounds.
+    pub sample_interval_ms: u64,
 }
 
 /// What kind of mistake a profile file holds.
@@ -232,6 +238,8 @@ impl Profile {
         config.writeback_batch_pages = self.writeback_batch_pages;
         config.reclaim_start_free_pct = self.reclaim_start_free_pct;
         config.reclaim_stop_free_pct = self.reclaim_stop_free_pct;
+        config.sample_pages = self.sample_pages;
+        config.sample_interval_ms = self.sample_interval_ms;
     }
 
     /// Most pages the prefetch policy asks for per fault (0 for none).
@@ -429,6 +437,8 @@ struct RawWriteback {
 struct RawCache {
     reclaim_start_free_pct: Option<Spanned<i64>>,
     reclaim_stop_free_pct: Option<Spanned<i64>>,
+    sample_pages: Option<Spanned<i64>>,
+    sample_interval_ms: Option<Spanned<i64>>,
 }
 
 /// Defaults of keys left out: the `default` profile's values.
@@ -600,6 +610,13 @@ impl RawProfile {
             8,
             1..=50,
         )?;
+        let sample_pages = ctx.int("sample_pages", &cache.sample_pages, 0, 0..=4096)?;
+        let sample_interval_ms = ctx.int(
+            "sample_interval_ms",
+            &cache.sample_interval_ms,
+            20,
+            1..=60_000,
+        )?;
         if start >= stop {
             let span = cache
                 .reclaim_stop_free_pct
@@ -624,6 +641,8 @@ impl RawProfile {
             writeback_batch_pages: batch as usize,
             reclaim_start_free_pct: start as u8,
             reclaim_stop_free_pct: stop as u8,
+            sample_pages: sample_pages as usize,
+            sample_interval_ms: sample_interval_ms as u64,
         })
     }
 }
@@ -804,7 +823,7 @@ mod tests {
         assert!(matches!(e, ProfileError::Unknown { .. }));
         assert!(
             e.to_string()
-                .contains("default, sequential, random, velvet"),
+                .contains("default, sequential, random, strided, loop, velvet"),
             "{e}"
         );
         let e = Profile::load("/nonexistent/p.toml").unwrap_err();
