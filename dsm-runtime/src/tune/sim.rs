@@ -12,15 +12,16 @@
 //!   not home-valid are not prefetched (a demand zero-fill costs the same as a staged hit).
 //! - Background reclaim: when free cache falls below the start mark, evict down to the
 //!   stop mark, never evicting the page being served.
+//! - Clean pages are mapped write-protected, so the first write to one costs a local
+//!   fault; a sampled access (the runtime parked the page to learn whether it is still
+//!   used) costs a local re-fault and is shown to the prefetch policy as a fault.
 //!
 //! Every event of a trace is an access by the program: a page the simulated cache does
 //! not hold is a miss even if the recorded run had it (a sampled access, say).
 
 use crate::policy::{EvictionPolicy, PrefetchPolicy, Profile};
 use crate::space::PageNum;
-#[cfg(test)]
-use crate::trace::EventKind;
-use crate::trace::TraceEvent;
+use crate::trace::{EventKind, TraceEvent};
 use std::collections::{HashMap, HashSet};
 
 /// Costs the simulator charges.
@@ -50,6 +51,10 @@ pub struct SimCounts {
     pub accesses: u64,
     /// Accesses to resident, already used pages: no fault at all.
     pub hits: u64,
+    /// Sampled accesses to resident pages: a local re-fault each (the price of recency).
+    pub sampled_hits: u64,
+    /// First writes to clean resident pages: a local write-protect fault each.
+    pub write_protect_faults: u64,
     /// Demand misses served from a memory node (the stalls prefetch tries to avoid).
     pub remote_fetches: u64,
     /// Demand misses on pages never written back: zero-filled locally.
@@ -140,9 +145,22 @@ impl Simulator {
                 self.run_prefetch(page, true, e.time_ns);
             }
             Some(r) => {
+                // Clean pages are mapped write-protected: the first write traps.
+                let wp_fault = write && !r.dirty;
                 r.dirty |= write;
-                self.counts.hits += 1;
                 self.eviction.on_access(page);
+                if e.kind == EventKind::Sampled {
+                    // The runtime parked the page to watch it: its next use re-faults
+                    // locally and, like any served fault, is shown to the prefetcher.
+                    self.counts.sampled_hits += 1;
+                    self.counts.stall_ns += self.latencies.local_fault_ns;
+                    self.run_prefetch(page, false, e.time_ns);
+                } else if wp_fault {
+                    self.counts.write_protect_faults += 1;
+                    self.counts.stall_ns += self.latencies.local_fault_ns;
+                } else {
+                    self.counts.hits += 1;
+                }
             }
             None => self.miss(page, write, e.time_ns),
         }
@@ -341,20 +359,22 @@ mod tests {
         );
         use EventKind::*;
         let ev = events(&[
-            (FaultWrite, 1), // zero-fill
-            (FaultRead, 2),  // zero-fill
-            (Sampled, 1),    // hit
+            (FaultWrite, 1), // zero-fill, mapped writable
+            (FaultRead, 2),  // zero-fill, mapped write-protected
+            (Sampled, 1),    // parked and used again: a local re-fault
+            (FaultRead, 1),  // a plain hit
+            (FaultWrite, 2), // first write to a clean page: a write-protect fault
             (FaultRead, 3),  // zero-fill; evicts 1 (dirty: written home)
-            (FaultRead, 1),  // remote fetch; evicts 2 (clean: dropped)
-            (FaultRead, 2),  // zero-fill again: never written
+            (FaultRead, 1),  // remote fetch; evicts 2 (dirty: written home)
+            (FaultRead, 2),  // remote fetch; evicts 3 (clean: dropped)
         ]);
         let c = replay(&p, 2, &ev);
-        assert_eq!(c.zero_fills, 4);
-        assert_eq!(c.remote_fetches, 1);
-        assert_eq!(c.hits, 1);
-        assert_eq!(c.writebacks, 1);
+        assert_eq!(c.zero_fills, 3);
+        assert_eq!(c.remote_fetches, 2);
+        assert_eq!((c.hits, c.sampled_hits, c.write_protect_faults), (1, 1, 1));
+        assert_eq!(c.writebacks, 2);
         assert_eq!(c.evictions, 3);
-        assert_eq!(c.stall_ns, 4 * 13_000 + 35_000);
+        assert_eq!(c.stall_ns, 5 * 13_000 + 2 * 35_000);
     }
 
     #[test]
