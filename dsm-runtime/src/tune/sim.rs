@@ -19,10 +19,9 @@
 //! Every event of a trace is an access by the program: a page the simulated cache does
 //! not hold is a miss even if the recorded run had it (a sampled access, say).
 
-use crate::policy::{EvictionPolicy, PrefetchPolicy, Profile};
+use crate::policy::{EvictionPolicy, PageMap, PageSet, PrefetchPolicy, Profile};
 use crate::space::PageNum;
 use crate::trace::{EventKind, TraceEvent};
-use std::collections::{HashMap, HashSet};
 
 /// Costs the simulator charges.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -91,12 +90,13 @@ pub struct Simulator {
     prefetch: Box<dyn PrefetchPolicy>,
     prefetch_max_pages: usize,
     granularity_pages: u64,
+    batch_pages: usize,
     capacity_pages: usize,
     reclaim_start_free_pages: usize,
     reclaim_stop_free_pages: usize,
     latencies: Latencies,
-    resident: HashMap<PageNum, Resident>,
-    home_valid: HashSet<PageNum>,
+    resident: PageMap<Resident>,
+    home_valid: PageSet,
     counts: SimCounts,
     victims: Vec<PageNum>,
     prefetched: Vec<PageNum>,
@@ -112,12 +112,13 @@ impl Simulator {
             prefetch: profile.prefetch(),
             prefetch_max_pages: profile.prefetch_max_pages(),
             granularity_pages: profile.fetch_granularity_pages.max(1) as u64,
+            batch_pages: profile.writeback_batch_pages.max(1),
             capacity_pages,
             reclaim_start_free_pages: pct(profile.reclaim_start_free_pct),
             reclaim_stop_free_pages: pct(profile.reclaim_stop_free_pct).max(1),
             latencies,
-            resident: HashMap::with_capacity(capacity_pages),
-            home_valid: HashSet::new(),
+            resident: PageMap::with_capacity_and_hasher(capacity_pages, Default::default()),
+            home_valid: PageSet::default(),
             counts: SimCounts::default(),
             victims: Vec::new(),
             prefetched: Vec::new(),
@@ -266,9 +267,12 @@ impl Simulator {
             return;
         }
         let target = self.reclaim_stop_free_pages.min(self.capacity_pages);
+        // Victims are chosen a write-back batch at a time, as the runtime's evictor does.
         // Each round evicts at least one page or gives up: bounded by the cache size.
         for _ in 0..=self.capacity_pages {
-            let need = target.saturating_sub(self.free_pages());
+            let need = target
+                .saturating_sub(self.free_pages())
+                .min(self.batch_pages);
             if need == 0 {
                 return;
             }
@@ -304,7 +308,7 @@ impl Simulator {
     }
 
     #[cfg(test)]
-    fn check_invariants(&self, written: &HashSet<PageNum>) {
+    fn check_invariants(&self, written: &std::collections::HashSet<PageNum>) {
         assert!(self.resident.len() <= self.capacity_pages);
         assert_eq!(self.eviction.len(), self.resident.len());
         assert_eq!(self.counts.bogus_victims, 0);
@@ -448,7 +452,7 @@ mod tests {
             );
             let p = profile(&text);
             let mut s = Simulator::new(&p, capacity, Latencies::default());
-            let mut written = HashSet::new();
+            let mut written = std::collections::HashSet::new();
             for e in &ev {
                 s.access(e);
                 if e.kind.is_write() {

@@ -2,8 +2,8 @@
 //! another round.
 
 use crate::policy::eviction::EvictionPolicy;
+use crate::policy::PageMap;
 use crate::space::PageNum;
-use std::collections::HashMap;
 
 #[derive(Clone, Copy)]
 struct Entry {
@@ -15,7 +15,7 @@ struct Entry {
 #[derive(Default)]
 pub struct Clock {
     ring: Vec<Option<Entry>>,
-    index: HashMap<PageNum, usize>,
+    index: PageMap<usize>,
     free: Vec<usize>,
     hand: usize,
 }
@@ -25,7 +25,7 @@ impl Clock {
     pub fn with_capacity(capacity: usize) -> Clock {
         Clock {
             ring: Vec::with_capacity(capacity),
-            index: HashMap::with_capacity(capacity),
+            index: PageMap::with_capacity_and_hasher(capacity, Default::default()),
             free: Vec::with_capacity(capacity),
             hand: 0,
         }
