@@ -51,18 +51,14 @@ pub type PageSet = HashSet<PageNum, BuildHasherDefault<PageHasher>>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::hash::{BuildHasher, Hash};
+    use std::hash::BuildHasher;
 
     #[test]
     fn page_hashes_spread_power_of_two_strides_over_buckets() {
         let build = BuildHasherDefault::<PageHasher>::default();
         for shift in [0, 9, 20, 33] {
             let buckets: HashSet<u64> = (0..1024u64)
-                .map(|k| {
-                    let mut h = build.build_hasher();
-                    PageNum(k << shift).hash(&mut h);
-                    h.finish() & 1023
-                })
+                .map(|k| build.hash_one(PageNum(k << shift)) & 1023)
                 .collect();
             assert!(
                 buckets.len() > 550,
