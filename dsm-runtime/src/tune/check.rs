@@ -58,7 +58,7 @@ pub fn compare_with_stats(prediction: &Prediction, stats: &serde_json::Value) ->
         Comparison {
             counter: "remote_read_pages - prefetch_issued",
             measured: demand,
-            predicted: c.remote_fetches + c.granularity_fetches,
+            predicted: c.remote_fetches,
         },
         Comparison {
             counter: "zero_fills",

@@ -62,11 +62,11 @@ pub struct Prediction {
 }
 
 impl Prediction {
-    /// Pages read from memory nodes: demand fetches, extra pages of each fetch, and
-    /// prefetches.
+    /// Pages read from memory nodes: demand fetches and prefetches (which include the
+    /// extra pages of each fetch).
     pub fn remote_pages(&self) -> u64 {
         let c = &self.counts;
-        c.remote_fetches + c.granularity_fetches + c.prefetch_issued
+        c.remote_fetches + c.prefetch_issued
     }
 
     /// Share of prefetched pages used before eviction.
