@@ -2,6 +2,8 @@
 //! userfaultfd round trip, a raw TCP request/response) and a cluster of real node
 //! processes.
 
+pub mod patterns;
+
 use dsm_runtime::fault::uffd::Userfaultfd;
 use dsm_runtime::launch::LocalNodes;
 use dsm_runtime::space::Reservation;

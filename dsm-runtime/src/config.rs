@@ -4,6 +4,8 @@
 //! from flags, `DSM_*` environment variables and profile files; every path ends in
 //! [`RuntimeConfig::validate`].
 
+pub mod job;
+
 use crate::space::PAGE_BYTES;
 
 /// Default base of the global range: 16 TiB, above where non-PIE programs and their
@@ -32,6 +34,10 @@ pub struct RuntimeConfig {
     pub space_base: usize,
     /// Size of the global range in bytes; `0` means the sum of the nodes' regions.
     pub space_bytes: u64,
+    /// Global page number of this process's first page: placement maps page `p` of this
+    /// range as global page `space_page_offset + p`, so processes of one job that use
+    /// disjoint slices of the global space also use disjoint node memory.
+    pub space_page_offset: u64,
     /// Most bytes of the global range resident locally at once.
     pub cache_bytes_max: u64,
     /// Background reclaim starts when free cache falls below this percentage.
@@ -55,8 +61,16 @@ pub struct RuntimeConfig {
     /// Pages fetched per demand fault: the aligned block of this many pages around the
     /// faulting page (a power of two, 1 to [`FETCH_GRANULARITY_PAGES_MAX`]).
     pub fetch_granularity_pages: usize,
-    /// Most pages the prefetch policy may ask for per fault (0 disables prefetch).
+    /// Most pages the prefetch policy may request per fault (0 disables prefetch).
     pub prefetch_max_pages: usize,
+    /// Staging slots (pages prefetched or sampled, not yet mapped); 0 = a quarter of the
+    /// cache, at most 16384.
+    pub staging_pages: usize,
+    /// Access sampling: clean pages parked per round to learn whether they are still used
+    /// (0 = off; eviction then sees only faults).
+    pub sample_pages: usize,
+    /// Access sampling: time between rounds.
+    pub sample_interval_ms: u64,
 }
 
 /// Largest fetch granularity: 64 pages (256 KiB) per demand fault.
@@ -69,6 +83,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             space_base: DEFAULT_SPACE_BASE,
             space_bytes: 0,
+            space_page_offset: 0,
             cache_bytes_max: 256 << 20,
             reclaim_start_free_pct: 3,
             reclaim_stop_free_pct: 8,
@@ -81,6 +96,9 @@ impl Default for RuntimeConfig {
             handler_cpu: None,
             fetch_granularity_pages: 1,
             prefetch_max_pages: 32,
+            staging_pages: 0,
+            sample_pages: 0,
+            sample_interval_ms: 20,
         }
     }
 }
@@ -180,6 +198,20 @@ impl RuntimeConfig {
                 format!("use 0 (no prefetch) to {PREFETCH_PAGES_MAX}"),
             ));
         }
+        if self.staging_pages > self.cache_pages() {
+            return Err(invalid(
+                "staging_pages",
+                self.staging_pages,
+                "staged pages count against the cache: use at most the cache size",
+            ));
+        }
+        if self.sample_pages > 4096 || (self.sample_pages > 0 && self.sample_interval_ms == 0) {
+            return Err(invalid(
+                "sample_pages",
+                self.sample_pages,
+                "use 0 (off) to 4096 pages per round, with a positive sample_interval_ms",
+            ));
+        }
         if self.node_timeout_ms == 0 {
             return Err(invalid("node_timeout_ms", 0, "use a positive timeout"));
         }
@@ -189,6 +221,15 @@ impl RuntimeConfig {
     /// Cache capacity in pages.
     pub fn cache_pages(&self) -> usize {
         (self.cache_bytes_max / PAGE_BYTES as u64) as usize
+    }
+
+    /// Staging slots to allocate.
+    pub fn staging_slots(&self) -> usize {
+        if self.staging_pages == 0 {
+            (self.cache_pages() / 4).clamp(1, 16384)
+        } else {
+            self.staging_pages
+        }
     }
 }
 

@@ -5,8 +5,24 @@ use crate::node::READY_PREFIX;
 use crate::transport::auth::Secret;
 use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+
+/// Makes a child start with no signals blocked, whatever its launcher blocks (`dsmrun`
+/// blocks the signals it forwards, and the mask survives `exec`).
+pub fn unblock_signals_in_child(cmd: &mut Command) {
+    // SAFETY: the hook runs between fork and exec and calls only sigemptyset and
+    // sigprocmask, which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
 
 /// Memory-node processes on this machine; killed and reaped on drop.
 #[derive(Debug)]
@@ -29,20 +45,25 @@ impl LocalNodes {
             addrs: Vec::with_capacity(count),
         };
         for id in 0..count {
-            let mut child = Command::new(exe)
-                .args(["node", "--id", &id.to_string(), "--listen", "127.0.0.1:0"])
+            let mut cmd = Command::new(exe);
+            cmd.args(["node", "--id", &id.to_string(), "--listen", "127.0.0.1:0"])
                 .args(["--memory", &node_bytes.to_string(), "--die-with-parent"])
                 .env("DSM_SECRET", secret.as_str())
+                // A node is not part of the program: no preloaded runtime, and its own
+                // process group, so a Ctrl-C meant for the program does not kill the
+                // memory the program is still writing back.
+                .env_remove("LD_PRELOAD")
+                .process_group(0)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("starting memory node {id} ({}): {e}", exe.display()),
-                    )
-                })?;
+                .stderr(Stdio::inherit());
+            unblock_signals_in_child(&mut cmd);
+            let mut child = cmd.spawn().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("starting memory node {id} ({}): {e}", exe.display()),
+                )
+            })?;
             let stdout = child.stdout.take().expect("piped");
             nodes.children.push(Some(child));
             let mut line = String::new();

@@ -12,6 +12,7 @@ pub mod coherence;
 pub mod config;
 pub mod fault;
 pub mod launch;
+pub mod launcher;
 pub mod node;
 pub mod policy;
 pub mod runtime;

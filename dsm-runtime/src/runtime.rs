@@ -1,18 +1,23 @@
 //! The runtime: reserves the global range, registers it with userfaultfd, and runs the
 //! fault handlers and the background reclaimer until shut down.
 
-use crate::cache::{Evictor, PageTable, ResidentSet};
+use crate::cache::{CacheBudget, Evictor, PageTable, Staging};
 use crate::config::{ConfigError, RuntimeConfig};
+use crate::fault::prefetcher::{self, PrefetchQueue};
 use crate::fault::uffd::{UffdError, Userfaultfd, FEATURE_PAGEFAULT_FLAG_WP, FEATURE_THREAD_ID};
 use crate::fault::FaultHandler;
-use crate::policy::{Interleaved, Placement, PlacementError};
+use crate::policy::eviction::Clock;
+use crate::policy::placement::Shifted;
+use crate::policy::prefetch::NoPrefetch;
+use crate::policy::{EvictionPolicy, Interleaved, Placement, PlacementError, PrefetchPolicy};
 use crate::space::{Layout, Reservation, ReserveError, PAGE_BYTES};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::transport::{Session, Transport, TransportError};
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -61,8 +66,13 @@ pub struct Core {
     pub(crate) layout: Layout,
     pub(crate) uffd: Userfaultfd,
     pub(crate) table: PageTable,
-    pub(crate) resident: ResidentSet,
+    pub(crate) budget: CacheBudget,
+    pub(crate) staging: Staging,
     pub(crate) placement: Box<dyn Placement>,
+    eviction: Mutex<Box<dyn EvictionPolicy>>,
+    prefetch: Mutex<Box<dyn PrefetchPolicy>>,
+    pub(crate) prefetcher: PrefetchQueue,
+    pub(crate) trace: Option<crate::trace::TraceWriter>,
     pub(crate) stats: Arc<Stats>,
     stop: AtomicBool,
     stop_fd: OwnedFd,
@@ -80,9 +90,19 @@ impl Core {
         self.stop_fd.as_raw_fd()
     }
 
+    /// The eviction policy (one lock; its calls are short bookkeeping).
+    pub(crate) fn eviction(&self) -> MutexGuard<'_, Box<dyn EvictionPolicy>> {
+        self.eviction.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The prefetch policy.
+    pub(crate) fn prefetch_policy(&self) -> MutexGuard<'_, Box<dyn PrefetchPolicy>> {
+        self.prefetch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Wakes the reclaimer when free cache fell below the start watermark.
     pub(crate) fn kick_reclaim_if_low(&self) {
-        if self.resident.free() < self.reclaim_start_free {
+        if self.budget.free() < self.reclaim_start_free {
             let (lock, cv) = &self.reclaim;
             *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
             cv.notify_one();
@@ -91,6 +111,7 @@ impl Core {
 
     fn reclaim_loop(&self, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
         let mut evictor = Evictor::new(self.config.writeback_batch_pages);
+        let mut last_sample = std::time::Instant::now();
         let (lock, cv) = &self.reclaim;
         while !self.stopping() {
             {
@@ -102,12 +123,13 @@ impl Core {
                     .unwrap_or_else(|e| e.into_inner());
                 *kicked = false;
             }
-            if self.resident.free() >= self.reclaim_start_free {
+            self.maybe_sample(&mut evictor, &mut last_sample);
+            if self.budget.free() >= self.reclaim_start_free {
                 continue;
             }
             self.stats.reclaim_rounds.fetch_add(1, Ordering::Relaxed);
-            while self.resident.free() < self.reclaim_stop_free && !self.stopping() {
-                let want = self.reclaim_stop_free - self.resident.free();
+            while self.budget.free() < self.reclaim_stop_free && !self.stopping() {
+                let want = self.reclaim_stop_free - self.budget.free();
                 if evictor.evict(self, session.as_mut(), want)? == 0 {
                     break;
                 }
@@ -117,12 +139,70 @@ impl Core {
     }
 }
 
+impl Core {
+    /// Samples recency (see [`Evictor::sample`]) every `sample_interval_ms`, and only when
+    /// the cache is under pressure: without pressure nothing is evicted, so recency is
+    /// not worth its faults.
+    fn maybe_sample(&self, evictor: &mut Evictor, last: &mut std::time::Instant) {
+        let n = self.config.sample_pages;
+        if n == 0 || last.elapsed() < Duration::from_millis(self.config.sample_interval_ms) {
+            return;
+        }
+        *last = std::time::Instant::now();
+        if self.budget.free() < 2 * self.reclaim_stop_free {
+            evictor.sample(self, n);
+        }
+    }
+}
+
+thread_local! {
+    /// Set on the runtime's own threads (fault handlers, reclaimer).
+    static INTERNAL_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread is one of the runtime's own (a fault handler or the
+/// reclaimer). An allocator that serves the program from the global range must send these
+/// threads' allocations elsewhere: a handler that faults on the global range waits for
+/// itself.
+pub fn current_thread_is_internal() -> bool {
+    INTERNAL_THREAD.with(Cell::get)
+}
+
+/// Marks the calling thread as the runtime's own; see [`current_thread_is_internal`].
+pub fn mark_current_thread_internal() {
+    INTERNAL_THREAD.with(|c| c.set(true));
+}
+
 /// Ends the process after a failure that leaves a faulting thread unservable.
 pub fn fatal(err: &RuntimeError) -> ! {
     eprintln!("dsm: fatal: {err}");
     // SAFETY: _exit ends the process without running atexit handlers, which could touch
     // the global range and wait forever on the very fault we cannot serve.
     unsafe { libc::_exit(EXIT_RUNTIME_FAILURE) }
+}
+
+/// The policies a runtime runs with (see [`crate::policy`]).
+pub struct Policies {
+    /// Victim choice.
+    pub eviction: Box<dyn EvictionPolicy>,
+    /// What to fetch along with a fault.
+    pub prefetch: Box<dyn PrefetchPolicy>,
+    /// Where pages live; `None` for interleaving with the configured chunk size.
+    pub placement: Option<Box<dyn Placement>>,
+    /// Where to record the page-access stream for the tuner (`--record-trace`).
+    pub trace: Option<crate::trace::TraceWriter>,
+}
+
+impl Policies {
+    /// CLOCK, no prefetch, interleaved placement.
+    pub fn defaults(config: &RuntimeConfig) -> Policies {
+        Policies {
+            eviction: Box::new(Clock::with_capacity(config.cache_pages())),
+            prefetch: Box::new(NoPrefetch),
+            placement: None,
+            trace: None,
+        }
+    }
 }
 
 /// A running runtime. Dropping it (or [`Runtime::shutdown`]) stops the threads and
@@ -134,10 +214,20 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Starts the runtime over the nodes of `transport`.
+    /// Starts the runtime over the nodes of `transport` with the default policies.
     pub fn start(
         config: RuntimeConfig,
         transport: &dyn Transport,
+    ) -> Result<Runtime, RuntimeError> {
+        let policies = Policies::defaults(&config);
+        Runtime::start_with(config, transport, policies)
+    }
+
+    /// Starts the runtime over the nodes of `transport` with `policies`.
+    pub fn start_with(
+        config: RuntimeConfig,
+        transport: &dyn Transport,
+        policies: Policies,
     ) -> Result<Runtime, RuntimeError> {
         config.validate()?;
         let nodes = transport.nodes();
@@ -148,7 +238,8 @@ impl Runtime {
             .ok_or(RuntimeError::NoNodes)?;
         let page = PAGE_BYTES as u64;
         let space_bytes = if config.space_bytes == 0 {
-            (node_bytes / page) * page * nodes.len() as u64
+            ((node_bytes / page) * nodes.len() as u64).saturating_sub(config.space_page_offset)
+                * page
         } else {
             config.space_bytes.div_ceil(page) * page
         };
@@ -156,12 +247,23 @@ impl Runtime {
         config.space_bytes = space_bytes;
         config.validate()?;
         let pages = space_bytes / page;
-        let placement =
-            Interleaved::new(nodes.len(), node_bytes, config.placement_chunk_pages, pages)?;
+        // Pages below `space_page_offset` belong to other processes of the job (or are
+        // reserved), so placement sees this range shifted up by that many pages. A
+        // placement given in `policies` must be built for `space_page_offset + pages`.
+        let placement: Box<dyn Placement> = match policies.placement {
+            Some(p) => p,
+            None => Box::new(Interleaved::new(
+                nodes.len(),
+                node_bytes,
+                config.placement_chunk_pages,
+                config.space_page_offset + pages,
+            )?),
+        };
+        let placement = Box::new(Shifted::new(placement, config.space_page_offset));
 
         // Connect before reserving, so an unreachable node fails fast and leaves nothing.
-        let mut sessions = Vec::with_capacity(config.handler_threads + 1);
-        for _ in 0..=config.handler_threads {
+        let mut sessions = Vec::with_capacity(config.handler_threads + 2);
+        for _ in 0..config.handler_threads + 2 {
             sessions.push(transport.connect()?);
         }
         let reservation = Reservation::new(config.space_base, space_bytes as usize)?;
@@ -189,8 +291,16 @@ impl Runtime {
             },
             uffd,
             table,
-            resident: ResidentSet::new(capacity),
-            placement: Box::new(placement),
+            budget: CacheBudget::new(capacity),
+            staging: Staging::new(config.staging_slots()).map_err(|source| RuntimeError::Os {
+                what: "allocating the staging pool",
+                source,
+            })?,
+            placement,
+            eviction: Mutex::new(policies.eviction),
+            prefetch: Mutex::new(policies.prefetch),
+            prefetcher: PrefetchQueue::new(4 * config.prefetch_max_pages.max(16)),
+            trace: policies.trace,
             stats: Arc::new(Stats::default()),
             stop: AtomicBool::new(false),
             // SAFETY: `efd` is a fresh descriptor we own.
@@ -206,11 +316,13 @@ impl Runtime {
             reservation: Some(reservation),
         };
         let reclaim_session = sessions.pop().expect("one session per thread");
+        let prefetch_session = sessions.pop().expect("one session per thread");
         for (i, session) in sessions.into_iter().enumerate() {
             let core = Arc::clone(&rt.core);
             let t = std::thread::Builder::new()
                 .name(format!("dsm-fault-{i}"))
                 .spawn(move || {
+                    mark_current_thread_internal();
                     if let Some(cpu) = core.config.handler_cpu {
                         pin_current_thread(cpu);
                     }
@@ -227,8 +339,22 @@ impl Runtime {
         }
         let core = Arc::clone(&rt.core);
         let t = std::thread::Builder::new()
+            .name("dsm-prefetch".into())
+            .spawn(move || {
+                if let Err(e) = prefetcher::run(&core, prefetch_session) {
+                    fatal(&e);
+                }
+            })
+            .map_err(|source| RuntimeError::Os {
+                what: "spawning the prefetcher",
+                source,
+            })?;
+        rt.threads.push(t);
+        let core = Arc::clone(&rt.core);
+        let t = std::thread::Builder::new()
             .name("dsm-reclaim".into())
             .spawn(move || {
+                mark_current_thread_internal();
                 if let Err(e) = core.reclaim_loop(reclaim_session) {
                     fatal(&e);
                 }
@@ -281,6 +407,7 @@ impl Runtime {
         // SAFETY: writing 8 bytes from a local to our eventfd.
         unsafe { libc::write(self.core.stop_fd(), (&one as *const u64).cast(), 8) };
         self.core.reclaim.1.notify_all();
+        self.core.prefetcher.wake();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -145,7 +145,25 @@ counters! {
     direct_reclaims,
     /// Background reclaim rounds.
     reclaim_rounds,
-    /// Pages resident now.
+    /// Faults whose thread waited for a network fetch.
+    faults_network_wait,
+    /// Faults served from a staged local copy (prefetched or sampled).
+    staged_hits,
+    /// Pages fetched by the prefetcher.
+    prefetch_issued,
+    /// Prefetched pages used before eviction (accuracy = used / issued).
+    prefetch_used,
+    /// Prefetched pages evicted without being used.
+    prefetch_unused,
+    /// Prefetch requests dropped (queue full, or no room in the cache or staging).
+    prefetch_dropped,
+    /// Pages parked in staging by access sampling.
+    sampled_pages,
+    /// Sampled pages used again before eviction (each such use cost one local fault).
+    sampled_hits,
+    /// Time the reclaimer spent parking sampled pages.
+    sampling_ns,
+    /// Pages cached now (mapped or staged).
     resident_pages,
     /// Highest number of pages resident at once.
     resident_pages_peak,
@@ -157,9 +175,30 @@ impl StatsSnapshot {
         serde_json::to_string_pretty(self).expect("stats serialise")
     }
 
+    /// Fraction of prefetched pages used before eviction.
+    pub fn prefetch_accuracy(&self) -> f64 {
+        ratio(self.prefetch_used, self.prefetch_issued)
+    }
+
+    /// Fraction of would-be network waits that prefetch avoided.
+    pub fn prefetch_coverage(&self) -> f64 {
+        ratio(
+            self.prefetch_used,
+            self.prefetch_used + self.faults_network_wait,
+        )
+    }
+
     /// Faults of every kind that needed the handler.
     pub fn faults_total(&self) -> u64 {
         self.faults_read + self.faults_write + self.faults_write_protect
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
     }
 }
 

@@ -121,6 +121,16 @@ fn a_peer_with_the_wrong_secret_is_refused_and_logged() {
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     let addr: SocketAddr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
 
+    // Collect the node's log as it comes: the refusal is logged by the node's connection
+    // thread, which may run after our side has already seen the refusal.
+    let stderr = node.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+
     let wrong = Secret::new("not-the-secret").unwrap();
     let err = TcpTransport::discover(&[addr], wrong, Duration::from_secs(2)).unwrap_err();
     assert!(
@@ -133,19 +143,21 @@ fn a_peer_with_the_wrong_secret_is_refused_and_logged() {
         ),
         "{err}"
     );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut log = String::new();
+    while !log.contains("refused peer") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => log.push_str(&line),
+            Err(_) => panic!("the node never logged the refusal: {log:?}"),
+        }
+    }
     // The node keeps serving peers that know the secret.
     let t = TcpTransport::discover(&[addr], secret, Duration::from_secs(2)).unwrap();
     let mut s = t.connect().unwrap();
     assert_eq!(s.call(NodeId(0), b"ping").unwrap(), b"pong");
     node.kill().unwrap();
     node.wait().unwrap();
-    let mut log = String::new();
-    node.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    assert!(log.contains("refused peer"), "node log: {log}");
 }
 
 #[test]

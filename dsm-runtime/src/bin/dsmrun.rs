@@ -1,62 +1,200 @@
-//! `dsmrun`: the launcher. For now it only runs a memory node (`dsmrun node`).
+//! `dsmrun`: runs an unmodified program with its heap on pooled memory
+//! (`dsmrun -n N -- PROGRAM ARGS...`), and runs memory nodes (`dsmrun node ...`).
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
-use dsm_runtime::config::parse_size;
+use clap::{Parser, ValueEnum};
+use dsm_runtime::config::job::TransportKind;
+use dsm_runtime::config::{parse_size, physical_memory_bytes, DEFAULT_SPACE_BASE};
+use dsm_runtime::launcher::{self, RunOptions, EXIT_SETUP};
 use dsm_runtime::transport::auth::Secret;
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-#[derive(Parser)]
+const EXAMPLES: &str = "\
+Examples:
+  dsmrun -n 4 -- sort big.txt -o sorted.txt
+      sort on 4 local memory nodes, with a local cache of half the machine's memory
+  dsmrun -n 16 --local-cache 25% --stats run.json velvetg out_dir -exp_cov auto
+      velvetg with its heap spread over 16 nodes and a cache of a quarter of RAM
+  dsmrun -n 4 --local-cache 64M -- sh -c 'velveth out 31 -short reads.fa; velvetg out'
+      every program the shell runs gets its own part of the pooled memory
+
+Sizes accept 4096, 64K, 64M, 8G, 1T, and for --local-cache and --node-memory a share of
+this machine's memory such as 25%.
+
+Exit status: the program's own; 128+N if signal N killed it; 127 if it was not found;
+70 if the runtime failed (a memory node died); 1 if the job could not be set up.";
+
+#[derive(Parser, Debug)]
 #[command(
     name = "dsmrun",
     version,
-    about = "Run programs on distributed shared memory"
+    about = "Run an unmodified program with its heap on distributed shared memory",
+    long_about = "Runs PROGRAM with its heap (malloc and large anonymous mmaps) in a global \
+                  address space whose memory is spread over N memory nodes; a bounded local \
+                  cache holds the pages in use and the rest live on the nodes. With no host \
+                  list, the nodes are started on this machine. Needs userfaultfd: root, \
+                  CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1, or access to /dev/userfaultfd.",
+    after_help = EXAMPLES,
+    trailing_var_arg = true
 )]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+struct RunCli {
+    /// Number of memory nodes to spread the heap over (e.g. -n 16).
+    #[arg(short = 'n', long = "nodes", value_name = "N")]
+    nodes: usize,
+    /// Most of a process's heap kept in local memory at once; the rest lives on the nodes.
+    /// Applies to each process of the job (e.g. 512M, 8G, 25%).
+    #[arg(long, value_name = "SIZE", default_value = "50%")]
+    local_cache: String,
+    /// Memory each node contributes to the pool; reserved lazily, so only what is written
+    /// back costs memory (e.g. 64G, 100%).
+    #[arg(long, value_name = "SIZE", default_value = "100%")]
+    node_memory: String,
+    /// How processes reach the nodes (e.g. --transport tcp).
+    #[arg(long, value_enum, default_value = "tcp")]
+    transport: TransportArg,
+    /// Write every counter of every process, and the job's totals, as JSON to FILE
+    /// (e.g. --stats run.json).
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
+    /// Report the nodes, and each process's slot and counters, on stderr.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Print no summary at the end.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Most processes of the job on pooled memory at once (a shell and the programs it
+    /// runs count one each); each gets an equal share of the pool (e.g. --max-procs 4).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    max_procs: usize,
+    /// Base address of the job's global range (e.g. 0x100000000000).
+    #[arg(long, value_name = "ADDR", default_value_t = format!("{DEFAULT_SPACE_BASE:#x}"))]
+    space_base: String,
+    /// Fault-handler threads per process (e.g. --handler-threads 2).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    handler_threads: usize,
+    /// Anonymous mmaps at least this large are pooled too; 0 turns that off (e.g. 1M).
+    #[arg(long, value_name = "SIZE", default_value = "128K")]
+    mmap_min: String,
+    /// The preload library (default: libdsm_preload.so next to dsmrun).
+    #[arg(long, value_name = "PATH")]
+    preload_lib: Option<PathBuf>,
+    /// The program and its arguments.
+    #[arg(required = true, value_name = "PROGRAM [ARGS]...")]
+    program: Vec<OsString>,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Run a memory node (normally started by dsmrun itself). The job secret is read from
-    /// the DSM_SECRET environment variable.
-    Node {
-        /// Node index in the cluster.
-        #[arg(long)]
-        id: u16,
-        /// Address to listen on, e.g. 127.0.0.1:0 (port 0 picks a free port).
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: SocketAddr,
-        /// Memory this node contributes (e.g. 64G); lazily backed.
-        #[arg(long, default_value = "16G")]
-        memory: String,
-        /// Exit when the launching process exits.
-        #[arg(long)]
-        die_with_parent: bool,
-    },
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TransportArg {
+    /// TCP (works everywhere; the default).
+    Tcp,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Node {
-            id,
-            listen,
-            memory,
-            die_with_parent,
-        } => {
-            let bytes = parse_size(&memory, None).map_err(anyhow::Error::msg)?;
-            if bytes == 0 || bytes % 4096 != 0 {
-                bail!("--memory {memory}: must be a positive multiple of 4 KiB");
-            }
-            let secret = std::env::var("DSM_SECRET")
-                .ok()
-                .and_then(Secret::new)
-                .context("DSM_SECRET is not set: a memory node needs the job secret")?;
-            dsm_runtime::node::run(id, listen, bytes, secret, die_with_parent)
-                .with_context(|| format!("memory node {id} on {listen}"))?;
-            Ok(())
-        }
+#[derive(Parser, Debug)]
+#[command(
+    name = "dsmrun node",
+    about = "Run a memory node (normally started by dsmrun itself). The job secret is read \
+             from the DSM_SECRET environment variable."
+)]
+struct NodeCli {
+    /// Node index in the cluster.
+    #[arg(long)]
+    id: u16,
+    /// Address to listen on, e.g. 127.0.0.1:0 (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Memory this node contributes (e.g. 64G); lazily backed.
+    #[arg(long, default_value = "16G")]
+    memory: String,
+    /// Exit when the launching process exits.
+    #[arg(long)]
+    die_with_parent: bool,
+}
+
+fn size_arg(flag: &str, text: &str, percent: bool) -> Result<u64> {
+    let ram = percent.then(physical_memory_bytes);
+    parse_size(text, ram).map_err(|e| anyhow::anyhow!("{flag} {e}"))
+}
+
+fn run_options(cli: RunCli) -> Result<RunOptions> {
+    let page = 4096;
+    let cache = size_arg("--local-cache", &cli.local_cache, true)? / page * page;
+    let node = size_arg("--node-memory", &cli.node_memory, true)? / page * page;
+    if node == 0 {
+        bail!("--node-memory {}: must be at least 4 KiB", cli.node_memory);
     }
+    let base_text = cli.space_base.trim();
+    let space_base = match base_text.strip_prefix("0x") {
+        Some(h) => usize::from_str_radix(h, 16),
+        None => base_text.parse(),
+    }
+    .with_context(|| {
+        format!("--space-base {base_text}: expected an address like 0x100000000000")
+    })?;
+    Ok(RunOptions {
+        nodes: cli.nodes,
+        cache_bytes_max: cache,
+        node_bytes: node,
+        transport: match cli.transport {
+            TransportArg::Tcp => TransportKind::Tcp,
+        },
+        stats_path: cli.stats,
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+        max_procs: cli.max_procs,
+        space_base,
+        handler_threads: cli.handler_threads,
+        mmap_min_bytes: size_arg("--mmap-min", &cli.mmap_min, false)?,
+        preload_lib: cli.preload_lib,
+        program: cli.program,
+    })
+}
+
+fn node_main(args: Vec<OsString>) -> Result<()> {
+    let cli = NodeCli::parse_from(args);
+    let bytes = parse_size(&cli.memory, None).map_err(anyhow::Error::msg)?;
+    if bytes == 0 || bytes % 4096 != 0 {
+        bail!(
+            "--memory {}: must be a positive multiple of 4 KiB",
+            cli.memory
+        );
+    }
+    let secret = std::env::var("DSM_SECRET")
+        .ok()
+        .and_then(Secret::new)
+        .context("DSM_SECRET is not set: a memory node needs the job secret")?;
+    dsm_runtime::node::run(cli.id, cli.listen, bytes, secret, cli.die_with_parent)
+        .with_context(|| format!("memory node {} on {}", cli.id, cli.listen))?;
+    Ok(())
+}
+
+fn main() {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "node") {
+        args.remove(1);
+        if let Err(e) = node_main(args) {
+            eprintln!("dsmrun node: {e:#}");
+            std::process::exit(EXIT_SETUP);
+        }
+        return;
+    }
+    let cli = RunCli::parse_from(args);
+    let code = match run_options(cli) {
+        Err(e) => {
+            eprintln!("dsmrun: {e:#}");
+            EXIT_SETUP
+        }
+        Ok(opts) => {
+            let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("dsmrun"));
+            match launcher::run(&opts, &exe) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("dsmrun: {e}");
+                    e.exit_code()
+                }
+            }
+        }
+    };
+    std::process::exit(code);
 }

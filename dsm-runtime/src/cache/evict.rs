@@ -6,7 +6,7 @@
 //! says Invalid, so that thread's retried access faults as missing and fetches the copy
 //! that was just written home.
 
-use super::{recycle, Slot};
+use super::recycle;
 use crate::coherence::state::{after_evict, on_evict, EvictAction};
 use crate::coherence::PageState;
 use crate::runtime::{Core, RuntimeError};
@@ -15,7 +15,6 @@ use crate::transport::{Session, WriteOp};
 use std::sync::atomic::Ordering;
 
 struct Victim {
-    slot: Slot,
     page: PageNum,
     state: PageState,
     action: EvictAction,
@@ -24,6 +23,7 @@ struct Victim {
 /// A thread's eviction machinery, with buffers allocated once.
 pub struct Evictor {
     batch_max: usize,
+    candidates: Vec<PageNum>,
     victims: Vec<Victim>,
     buf: Vec<u8>,
     ops: Vec<WriteOp<'static>>,
@@ -34,6 +34,7 @@ impl Evictor {
     pub fn new(batch_max: usize) -> Evictor {
         Evictor {
             batch_max,
+            candidates: Vec::with_capacity(2 * batch_max),
             victims: Vec::with_capacity(batch_max),
             buf: vec![0u8; batch_max * PAGE_BYTES],
             ops: Vec::with_capacity(batch_max),
@@ -58,32 +59,76 @@ impl Evictor {
         Ok(n)
     }
 
-    /// CLOCK: sweep the hand, giving referenced pages a second chance and skipping locked
-    /// ones; bounded to two sweeps so a cache of busy pages cannot spin forever.
-    fn select(&mut self, core: &Core, want: usize) {
-        self.victims.clear();
-        let sweeps = 2 * core.resident.capacity();
-        for _ in 0..sweeps {
-            if self.victims.len() >= want {
-                break;
-            }
-            let slot = core.resident.tick();
-            let Some(page) = core.resident.get(slot) else {
+    /// Access sampling: parks up to `n` of the pages the policy would evict next, if
+    /// clean, in the staging tier (copy out, unmap). A page used again soon traps into a
+    /// cheap local install that reports the use to the policy, which then keeps it;
+    /// one not used is evicted later at no cost. Returns the pages parked.
+    pub fn sample(&mut self, core: &Core, n: usize) -> usize {
+        let start = std::time::Instant::now();
+        self.candidates.clear();
+        core.eviction().select_victims(n, &mut self.candidates);
+        let mut parked = 0;
+        for &page in &self.candidates {
+            let Some(state) = core.table.try_lock(page) else {
                 continue;
             };
-            if core.table.test_and_clear_referenced(page) {
+            if state.access() != crate::coherence::Access::Shared {
+                core.table.unlock(page, state);
                 continue;
+            }
+            let Some(slot) = core.staging.alloc() else {
+                core.table.unlock(page, state);
+                break;
+            };
+            let addr = core.layout.addr_of(page);
+            // SAFETY: we popped `slot`; the page is mapped write-protected and locked by us,
+            // so its bytes are stable while we copy them.
+            unsafe {
+                let dst = core.staging.slot_mut(slot);
+                std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), PAGE_BYTES);
+            }
+            // SAFETY: one page of the global range, locked by us; private anonymous memory.
+            let rc = unsafe {
+                libc::madvise(addr as *mut libc::c_void, PAGE_BYTES, libc::MADV_DONTNEED)
+            };
+            assert_eq!(rc, 0, "madvise(DONTNEED) on the global range failed");
+            let next = state
+                .with_access(crate::coherence::Access::Invalid)
+                .with_staged(slot)
+                .with_prefetched(false)
+                .with_referenced(false)
+                .with_busy(false);
+            core.table.unlock(page, next);
+            parked += 1;
+        }
+        let st = &core.stats;
+        st.sampled_pages.fetch_add(parked as u64, Ordering::Relaxed);
+        st.sampling_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        parked
+    }
+
+    /// Asks the eviction policy for candidates and locks those nobody else holds.
+    /// Candidates the policy still tracks but that are no longer cached (state changed
+    /// behind its back) are forgotten.
+    fn select(&mut self, core: &Core, want: usize) {
+        self.victims.clear();
+        self.candidates.clear();
+        core.eviction()
+            .select_victims(2 * want, &mut self.candidates);
+        for &page in &self.candidates {
+            if self.victims.len() >= want {
+                break;
             }
             let Some(state) = core.table.try_lock(page) else {
                 continue;
             };
-            if !state.resident() || core.resident.get(slot) != Some(page) {
-                // Lost a race with another evictor between reading the slot and locking.
+            if !state.resident() && state.staged().is_none() {
                 core.table.unlock(page, state);
+                core.eviction().on_remove(page);
                 continue;
             }
             self.victims.push(Victim {
-                slot,
                 page,
                 state,
                 action: on_evict(state),
@@ -140,13 +185,19 @@ impl Evictor {
     }
 
     fn unmap(&mut self, core: &Core) {
-        // Unmap runs of adjacent pages with one madvise each.
-        self.victims.sort_unstable_by_key(|v| v.page);
+        // Unmap runs of adjacent mapped pages with one madvise each; staged pages have
+        // nothing mapped.
+        self.victims
+            .sort_unstable_by_key(|v| (v.action == EvictAction::DropStaged, v.page));
+        let mapped = self
+            .victims
+            .iter()
+            .take_while(|v| v.action != EvictAction::DropStaged)
+            .count();
         let mut i = 0;
-        while i < self.victims.len() {
+        while i < mapped {
             let mut j = i + 1;
-            while j < self.victims.len() && self.victims[j].page.0 == self.victims[j - 1].page.0 + 1
-            {
+            while j < mapped && self.victims[j].page.0 == self.victims[j - 1].page.0 + 1 {
                 j += 1;
             }
             let addr = core.layout.addr_of(self.victims[i].page);
@@ -163,16 +214,26 @@ impl Evictor {
             i = j;
         }
         let st = &core.stats;
+        let mut policy = core.eviction();
         for v in &self.victims {
+            policy.on_remove(v.page);
+        }
+        drop(policy);
+        for v in &self.victims {
+            if let Some(slot) = v.state.staged() {
+                core.staging.release(slot);
+                st.prefetch_unused
+                    .fetch_add(u64::from(v.state.prefetched()), Ordering::Relaxed);
+            }
             let next = after_evict(v.state, v.action);
-            core.resident.remove(v.slot, v.page);
             core.table.unlock(v.page, next);
+            core.budget.give_back();
             st.evictions.fetch_add(1, Ordering::Relaxed);
-            if v.action == EvictAction::Drop {
+            if v.action != EvictAction::WriteBack {
                 st.evictions_clean.fetch_add(1, Ordering::Relaxed);
             }
         }
         st.resident_pages
-            .store(core.resident.len() as u64, Ordering::Relaxed);
+            .store(core.budget.used() as u64, Ordering::Relaxed);
     }
 }

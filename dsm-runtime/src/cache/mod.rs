@@ -1,12 +1,15 @@
-//! The bounded local cache: page states, the resident set, and eviction with write-back.
+//! The bounded local cache: page states, the budget, the staging tier, and eviction with
+//! write-back.
 
+pub mod budget;
 pub mod evict;
 pub mod page_table;
-pub mod resident;
+pub mod staging;
 
+pub use budget::CacheBudget;
 pub use evict::Evictor;
 pub use page_table::PageTable;
-pub use resident::{ResidentSet, Slot};
+pub use staging::Staging;
 
 /// Empties a vector and gives its allocation back with another lifetime parameter.
 ///

@@ -18,6 +18,10 @@
 //! write-back it does not, and a fault is served by zero-filling without a network trip.
 //! `busy` is the per-page lock: whoever sets it owns the page until it stores the next
 //! state. `referenced` is the recency hint that eviction policies consume.
+//!
+//! A *staged* page is Invalid (not mapped) but has a clean local copy in a staging slot:
+//! prefetched pages wait there for their first use, and sampled pages are parked there so
+//! that their next use traps cheaply. A fault on it installs the local copy; no network.
 
 /// What this process may do with a page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,6 +39,10 @@ const HOME_VALID: u32 = 1 << 2;
 const BUSY: u32 = 1 << 3;
 const REFERENCED: u32 = 1 << 4;
 const PREFETCHED: u32 = 1 << 5;
+const STAGED: u32 = 1 << 6;
+const SLOT_SHIFT: u32 = 8;
+/// Most staging slots a state word can name.
+pub const MAX_STAGING_SLOTS: u32 = 1 << (32 - SLOT_SHIFT);
 
 /// A page's state, packed in 32 bits so the page table is one atomic word per page.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -47,6 +55,7 @@ impl std::fmt::Debug for PageState {
             .field("home_valid", &self.home_valid())
             .field("busy", &self.busy())
             .field("referenced", &self.referenced())
+            .field("staged", &self.staged())
             .finish()
     }
 }
@@ -100,6 +109,25 @@ impl PageState {
         self.0 & PREFETCHED != 0
     }
 
+    /// The staging slot holding the page's local copy, if staged.
+    pub fn staged(self) -> Option<u32> {
+        (self.0 & STAGED != 0).then_some(self.0 >> SLOT_SHIFT)
+    }
+
+    /// Invalid with a clean local copy in staging slot `slot`.
+    pub fn with_staged(self, slot: u32) -> PageState {
+        debug_assert!(slot < MAX_STAGING_SLOTS);
+        debug_assert!(
+            self.access() == Access::Invalid,
+            "only unmapped pages are staged"
+        );
+        PageState((self.0 & ((1 << SLOT_SHIFT) - 1)) | STAGED | (slot << SLOT_SHIFT))
+    }
+
+    fn without_staged(self) -> PageState {
+        PageState(self.0 & ((1 << SLOT_SHIFT) - 1) & !STAGED)
+    }
+
     fn set(self, bit: u32, on: bool) -> PageState {
         PageState(if on { self.0 | bit } else { self.0 & !bit })
     }
@@ -135,6 +163,8 @@ pub enum FaultAction {
     Fetch { writable: bool },
     /// Shared copy present and the thread wants to write: lift write protection.
     Upgrade,
+    /// A local copy waits in staging: install it, writable if the access was a write.
+    InstallStaged { writable: bool },
 }
 
 /// Decides a fault on a page in state `s` (not busy). `write` is the access kind; `wp`
@@ -144,6 +174,9 @@ pub fn on_fault(s: PageState, write: bool, wp: bool) -> FaultAction {
     match (s.access(), write || wp) {
         // A WP fault on a page evicted meanwhile: the retried access faults as missing.
         (Access::Invalid, _) if wp => FaultAction::Wake,
+        (Access::Invalid, writable) if s.staged().is_some() => {
+            FaultAction::InstallStaged { writable }
+        }
         (Access::Invalid, writable) if s.home_valid() => FaultAction::Fetch { writable },
         (Access::Invalid, writable) => FaultAction::ZeroFill { writable },
         (Access::Shared, true) => FaultAction::Upgrade,
@@ -155,13 +188,13 @@ pub fn on_fault(s: PageState, write: bool, wp: bool) -> FaultAction {
 pub fn after_fault(s: PageState, action: FaultAction) -> PageState {
     let next = match action {
         FaultAction::Wake => s,
-        FaultAction::ZeroFill { writable } | FaultAction::Fetch { writable } => {
-            s.with_access(if writable {
-                Access::Exclusive
-            } else {
-                Access::Shared
-            })
-        }
+        FaultAction::ZeroFill { writable }
+        | FaultAction::Fetch { writable }
+        | FaultAction::InstallStaged { writable } => s.without_staged().with_access(if writable {
+            Access::Exclusive
+        } else {
+            Access::Shared
+        }),
         FaultAction::Upgrade => s.with_access(Access::Exclusive),
     };
     next.with_referenced(true).with_busy(false)
@@ -174,21 +207,28 @@ pub enum EvictAction {
     Drop,
     /// Dirty: write-protect, write home, then unmap.
     WriteBack,
+    /// Staged and never used: free the staging slot, no traffic.
+    DropStaged,
 }
 
-/// Decides the eviction of resident page `s`.
+/// Decides the eviction of cached page `s` (mapped or staged).
 pub fn on_evict(s: PageState) -> EvictAction {
-    debug_assert!(s.resident(), "evicting a page that is not resident");
+    debug_assert!(
+        s.resident() || s.staged().is_some(),
+        "evicting a page that is not cached"
+    );
     match s.access() {
         Access::Exclusive => EvictAction::WriteBack,
-        _ => EvictAction::Drop,
+        Access::Shared => EvictAction::Drop,
+        Access::Invalid => EvictAction::DropStaged,
     }
 }
 
 /// State after an eviction completed.
 pub fn after_evict(s: PageState, action: EvictAction) -> PageState {
     let home_valid = s.home_valid() || action == EvictAction::WriteBack;
-    s.with_access(Access::Invalid)
+    s.without_staged()
+        .with_access(Access::Invalid)
         .with_home_valid(home_valid)
         .with_referenced(false)
         .with_prefetched(false)
@@ -201,7 +241,12 @@ mod tests {
 
     fn all_states() -> impl Iterator<Item = PageState> {
         // Every combination of the defined bits with valid access values.
-        (0u32..64).map(PageState).filter(|s| s.0 & ACCESS_MASK != 3)
+        let plain = (0u32..64).map(PageState).filter(|s| s.0 & ACCESS_MASK != 3);
+        let staged = (0u32..64)
+            .map(PageState)
+            .filter(|s| s.0 & ACCESS_MASK == 0 && s.home_valid())
+            .map(|s| s.with_staged(5));
+        plain.chain(staged).collect::<Vec<_>>().into_iter()
     }
 
     /// Exhaustive check of the machine: every reachable state and event keeps the
@@ -212,7 +257,7 @@ mod tests {
         for s in all_states().filter(|s| !s.busy()) {
             for (write, wp) in [(false, false), (true, false), (true, true)] {
                 let a = on_fault(s, write, wp);
-                if s.access() == Access::Invalid && s.home_valid() && !wp {
+                if s.access() == Access::Invalid && s.home_valid() && s.staged().is_none() && !wp {
                     assert!(
                         matches!(a, FaultAction::Fetch { .. }),
                         "{s:?}: must fetch, got {a:?}"
@@ -230,11 +275,19 @@ mod tests {
                     assert_eq!(n.access(), Access::Exclusive, "{s:?} {a:?}");
                 }
                 assert_eq!(n.home_valid(), s.home_valid(), "faults never change home");
+                if s.staged().is_some() && !wp {
+                    assert!(
+                        matches!(a, FaultAction::InstallStaged { .. }),
+                        "{s:?}: local copy first"
+                    );
+                    assert_eq!(n.staged(), None, "the staging slot is released on install");
+                }
             }
-            if s.resident() {
+            if s.resident() || s.staged().is_some() {
                 let a = on_evict(s);
                 let n = after_evict(s, a);
                 assert_eq!(n.access(), Access::Invalid);
+                assert_eq!(n.staged(), None);
                 if s.access() == Access::Exclusive {
                     assert_eq!(a, EvictAction::WriteBack, "dirty pages are written back");
                     assert!(n.home_valid());

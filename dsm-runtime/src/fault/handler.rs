@@ -5,12 +5,14 @@
 //! are allocated when the thread starts; serving a fault allocates nothing.
 
 use super::uffd::{is_transient, Fault, FaultKind, Installed, UffdMsg};
-use crate::cache::{recycle, Evictor, Slot};
+use crate::cache::{recycle, Evictor};
 use crate::coherence::state::{after_fault, on_fault, FaultAction};
 use crate::coherence::PageState;
 use crate::config::HandlerWait;
+use crate::fault::prefetcher;
 use crate::runtime::{Core, RuntimeError};
 use crate::space::{PageNum, PAGE_BYTES};
+use crate::trace::EventKind;
 use crate::transport::{ReadOp, Session};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -30,7 +32,6 @@ const RECLAIM_ATTEMPTS: usize = 10_000;
 struct Fetch {
     fault: Fault,
     page: PageNum,
-    slot: Slot,
     state: PageState,
     writable: bool,
 }
@@ -47,6 +48,12 @@ pub struct FaultHandler {
     fetches: Vec<Fetch>,
     fetch_buf: Vec<u8>,
     read_ops: Vec<ReadOp<'static>>,
+    /// Pages the prefetch policy asked for, handed to the prefetcher.
+    prefetch_out: Vec<PageNum>,
+    /// Neighbours of this round's fetches within their fetch-granularity block, fetched in
+    /// the same batch and staged.
+    block: Vec<prefetcher::Staged>,
+    block_pages: Vec<PageNum>,
 }
 
 impl FaultHandler {
@@ -62,6 +69,9 @@ impl FaultHandler {
             fetches: Vec::with_capacity(batch * 5),
             fetch_buf: vec![0u8; batch * 5 * PAGE_BYTES],
             read_ops: Vec::with_capacity(batch * 5),
+            prefetch_out: Vec::with_capacity(core.config.prefetch_max_pages),
+            block: Vec::with_capacity(batch * 5 * core.config.fetch_granularity_pages),
+            block_pages: Vec::with_capacity(core.config.fetch_granularity_pages),
         }
     }
 
@@ -156,6 +166,9 @@ impl FaultHandler {
         let write = fault.kind != FaultKind::MissingRead;
         let action = on_fault(state, write, wp);
         count_fault(core, fault.kind, action);
+        if let Some(trace) = &core.trace {
+            trace.record(trace_kind(fault.kind, action, state), page);
+        }
         let addr = core.layout.addr_of(page);
         match action {
             FaultAction::Wake => {
@@ -163,6 +176,7 @@ impl FaultHandler {
                 core.uffd
                     .wake(addr, PAGE_BYTES)
                     .map_err(RuntimeError::Uffd)?;
+                core.eviction().on_access(page);
             }
             FaultAction::Upgrade => {
                 // Mode 1: this process owns every page, so the upgrade is granted locally.
@@ -170,21 +184,25 @@ impl FaultHandler {
                     .write_protect(addr, PAGE_BYTES, false, false)
                     .map_err(RuntimeError::Uffd)?;
                 core.table.unlock(page, after_fault(state, action));
+                core.eviction().on_access(page);
+            }
+            FaultAction::InstallStaged { writable } => {
+                self.install_staged(core, page, state, writable)?
             }
             FaultAction::ZeroFill { writable } => {
-                let slot = self.take_slot(core, page)?;
-                let installed =
-                    self.install(core, page, slot, state, ZERO_PAGE.as_ptr(), writable)?;
-                if installed {
+                self.take_budget(core)?;
+                if self.install(core, page, state, ZERO_PAGE.as_ptr(), writable)? {
                     core.stats.zero_fills.fetch_add(1, Ordering::Relaxed);
+                    core.eviction().on_insert(page, false);
+                } else {
+                    core.budget.give_back();
                 }
             }
             FaultAction::Fetch { writable } => {
-                let slot = self.take_slot(core, page)?;
+                self.take_budget(core)?;
                 self.fetches.push(Fetch {
                     fault,
                     page,
-                    slot,
                     state,
                     writable,
                 });
@@ -197,31 +215,103 @@ impl FaultHandler {
         Ok(())
     }
 
-    /// A free cache slot for `page`, reclaiming on this thread if the cache is full.
-    fn take_slot(&mut self, core: &Core, page: PageNum) -> Result<Slot, RuntimeError> {
+    /// One page of cache budget, reclaiming on this thread if the cache is full.
+    fn take_budget(&mut self, core: &Core) -> Result<(), RuntimeError> {
         for _ in 0..RECLAIM_ATTEMPTS {
-            if let Some(slot) = core.resident.insert(page) {
-                let n = core.resident.len() as u64;
+            if core.budget.try_take() {
+                let n = core.budget.used() as u64;
                 core.stats.resident_pages.store(n, Ordering::Relaxed);
                 core.stats
                     .resident_pages_peak
                     .fetch_max(n, Ordering::Relaxed);
-                return Ok(slot);
+                return Ok(());
             }
             core.stats.direct_reclaims.fetch_add(1, Ordering::Relaxed);
             let want = core.config.writeback_batch_pages;
             if self.evictor.evict(core, self.session.as_mut(), want)? == 0 {
-                // Every resident page is locked by someone mid-operation; let them finish.
+                // Every cached page is locked by someone mid-operation; let them finish.
                 std::thread::yield_now();
             }
         }
         Err(RuntimeError::CacheWedged {
-            capacity_pages: core.resident.capacity(),
+            capacity_pages: core.budget.capacity(),
         })
     }
 
+    /// Maps a page's staged local copy: a prefetched page's first use, or a sampled
+    /// page's next use. No network; the budget was taken when it was staged.
+    fn install_staged(
+        &mut self,
+        core: &Core,
+        page: PageNum,
+        state: PageState,
+        writable: bool,
+    ) -> Result<(), RuntimeError> {
+        let slot = state.staged().expect("planned as staged");
+        // SAFETY: we hold the page's lock, which owns its staging slot.
+        let src = unsafe { core.staging.slot_mut(slot) }.as_ptr();
+        if !self.install(core, page, state, src, writable)? {
+            return Ok(()); // still staged; the thread faults again
+        }
+        core.staging.release(slot);
+        let st = &core.stats;
+        st.staged_hits.fetch_add(1, Ordering::Relaxed);
+        if state.prefetched() {
+            st.prefetch_used.fetch_add(1, Ordering::Relaxed);
+        } else {
+            st.sampled_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        core.eviction().on_access(page);
+        self.consult_prefetch(core, page, state.prefetched());
+        Ok(())
+    }
+
+    /// Tells the prefetch policy about a fault and queues what it asks for.
+    fn consult_prefetch(&mut self, core: &Core, page: PageNum, hit_prefetched: bool) {
+        let max = core.config.prefetch_max_pages;
+        if max == 0 {
+            return;
+        }
+        self.prefetch_out.clear();
+        core.prefetch_policy()
+            .on_fault(page, hit_prefetched, max, &mut self.prefetch_out);
+        if !self.prefetch_out.is_empty() {
+            core.prefetcher
+                .enqueue(&self.prefetch_out, core.layout.pages, &core.stats);
+        }
+    }
+
+    /// Claims the other pages of each fetched page's aligned block of
+    /// `fetch_granularity_pages`, to be fetched in the same batch and staged.
+    fn claim_blocks(&mut self, core: &Core) {
+        let g = core.config.fetch_granularity_pages as u64;
+        if g <= 1 {
+            return;
+        }
+        for f in &self.fetches {
+            let first = f.page.0 & !(g - 1);
+            self.block_pages.clear();
+            self.block_pages.extend(
+                (first..(first + g).min(core.layout.pages))
+                    .filter(|&p| p != f.page.0)
+                    .map(PageNum),
+            );
+            prefetcher::claim(core, &self.block_pages, &mut self.block);
+        }
+    }
+
     fn fetch_and_install(&mut self, core: &Core, start: Instant) -> Result<(), RuntimeError> {
+        self.claim_blocks(core);
         let mut ops: Vec<ReadOp<'_>> = recycle(std::mem::take(&mut self.read_ops));
+        for b in &self.block {
+            let home = core.placement.home(b.page);
+            ops.push(ReadOp {
+                node: home.node,
+                offset: home.offset,
+                // SAFETY: the slot was claimed for a page this thread holds locked.
+                buf: unsafe { core.staging.slot_mut(b.slot) },
+            });
+        }
         for (f, buf) in self
             .fetches
             .iter()
@@ -237,6 +327,10 @@ impl FaultHandler {
         let res = self.session.read_batch(&mut ops);
         self.read_ops = recycle(ops);
         res.map_err(RuntimeError::Transport)?;
+        if !self.block.is_empty() {
+            prefetcher::count_fetch(core, self.block.len());
+            prefetcher::publish(core, &mut self.block);
+        }
         let st = &core.stats;
         let n = self.fetches.len() as u64;
         st.remote_read_pages.fetch_add(n, Ordering::Relaxed);
@@ -246,21 +340,27 @@ impl FaultHandler {
         let fetches = std::mem::take(&mut self.fetches);
         for (f, buf) in fetches.iter().zip(self.fetch_buf.chunks_exact(PAGE_BYTES)) {
             debug_assert_eq!(core.layout.page_of(f.fault.addr), Some(f.page));
-            self.install(core, f.page, f.slot, f.state, buf.as_ptr(), f.writable)?;
+            if self.install(core, f.page, f.state, buf.as_ptr(), f.writable)? {
+                core.eviction().on_insert(f.page, false);
+            } else {
+                core.budget.give_back();
+            }
             st.fault_service.record(start.elapsed().as_nanos() as u64);
+        }
+        for f in &fetches {
+            self.consult_prefetch(core, f.page, false);
         }
         self.fetches = fetches;
         Ok(())
     }
 
     /// Maps a copy of `src` at `page` (write-protected unless `writable`), publishes the
-    /// new state and wakes waiters. Returns false if the kernel kept refusing (the
-    /// faulting thread then simply faults again).
+    /// new state and wakes waiters. Returns false if the kernel kept refusing: the page is
+    /// unlocked unchanged and the faulting thread simply faults again.
     fn install(
         &self,
         core: &Core,
         page: PageNum,
-        slot: Slot,
         state: PageState,
         src: *const u8,
         writable: bool,
@@ -292,12 +392,23 @@ impl FaultHandler {
                 Err(e) => return Err(RuntimeError::Uffd(e)),
             }
         }
-        core.resident.remove(slot, page);
         core.table.unlock(page, state);
         core.uffd
             .wake(addr, PAGE_BYTES)
             .map_err(RuntimeError::Uffd)?;
         Ok(false)
+    }
+}
+
+/// How a fault appears in a recorded trace: staged pages' uses are told apart from
+/// demand faults, because the simulator must know the page was present.
+fn trace_kind(kind: FaultKind, action: FaultAction, state: PageState) -> EventKind {
+    match (action, kind) {
+        (FaultAction::InstallStaged { .. }, _) if state.prefetched() => EventKind::StagedHit,
+        (FaultAction::InstallStaged { .. }, _) => EventKind::Sampled,
+        (_, FaultKind::MissingRead) => EventKind::FaultRead,
+        (_, FaultKind::MissingWrite) => EventKind::FaultWrite,
+        (_, FaultKind::WriteProtect) => EventKind::FaultWriteProtect,
     }
 }
 
@@ -309,5 +420,8 @@ fn count_fault(core: &Core, kind: FaultKind, action: FaultAction) {
         (FaultKind::MissingWrite, _) => &st.faults_write,
         (FaultKind::WriteProtect, _) => &st.faults_write_protect,
     };
+    if matches!(action, FaultAction::Fetch { .. }) {
+        st.faults_network_wait.fetch_add(1, Ordering::Relaxed);
+    }
     counter.fetch_add(1, Ordering::Relaxed);
 }

@@ -6,6 +6,7 @@
 //! ```
 
 pub mod handler;
+pub mod prefetcher;
 pub mod uffd;
 
 pub use handler::FaultHandler;

@@ -21,6 +21,12 @@ pub trait Placement: Send + Sync + std::fmt::Debug {
     fn home(&self, page: PageNum) -> Home;
 }
 
+impl<P: Placement + ?Sized> Placement for Box<P> {
+    fn home(&self, page: PageNum) -> Home {
+        (**self).home(page)
+    }
+}
+
 /// The pool cannot hold the requested range.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("a {space_bytes}-byte global range does not fit in the pool: {nodes} nodes of {node_bytes} bytes hold {pool_bytes} (placement chunk {chunk_pages} pages)")]
@@ -81,6 +87,28 @@ impl Placement for Interleaved {
             node: NodeId(node as u16),
             offset: (local_chunk * self.chunk_pages + within) * PAGE_BYTES as u64,
         }
+    }
+}
+
+/// Another placement seen through a shift: page `p` is placed as page `p + first_page`.
+/// Lets each process of a job place its own slice of the global space (whose pages it
+/// numbers from 0) on node memory that no other process uses.
+#[derive(Debug, Clone)]
+pub struct Shifted<P> {
+    inner: P,
+    first_page: u64,
+}
+
+impl<P: Placement> Shifted<P> {
+    /// `inner` must have been built for `first_page` + this range's pages.
+    pub fn new(inner: P, first_page: u64) -> Shifted<P> {
+        Shifted { inner, first_page }
+    }
+}
+
+impl<P: Placement> Placement for Shifted<P> {
+    fn home(&self, page: PageNum) -> Home {
+        self.inner.home(PageNum(page.0 + self.first_page))
     }
 }
 
@@ -233,6 +261,19 @@ mod tests {
                 offset: 8192
             }
         );
+    }
+
+    #[test]
+    fn shifted_slices_do_not_overlap() {
+        let node_bytes = 64 * 4096;
+        let a = Shifted::new(Interleaved::new(4, node_bytes, 1, 128).unwrap(), 0);
+        let b = Shifted::new(Interleaved::new(4, node_bytes, 1, 256).unwrap(), 128);
+        let mut seen = HashSet::new();
+        for i in 0..128 {
+            for h in [a.home(PageNum(i)), b.home(PageNum(i))] {
+                assert!(seen.insert((h.node, h.offset)));
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,280 @@
+//! Large anonymous `mmap`s: programs (Python's arenas, many allocators, big scratch
+//! buffers) ask the kernel for memory directly, and that memory should be pooled too.
+//!
+//! A private, anonymous, read-write mapping of at least `DSM_MMAP_MIN_BYTES`, with no
+//! address hint and no special flags, becomes a zeroed, page-aligned block of the global
+//! heap; its `munmap` frees the block. Blocks are remembered in a fixed table (no
+//! allocation, no lock); when it is full, mappings go to the kernel as usual. Everything
+//! else, and every call from the runtime's threads or from inside the allocator, goes
+//! straight to the kernel with a raw system call (our own `mmap` symbol shadows libc's,
+//! also for this library).
+//!
+//! Within the global range, `mprotect` and `madvise` are accepted and ignored, except that
+//! `MADV_DONTNEED` zeroes the pages as the kernel would: the runtime must be able to read
+//! every resident page to write it back, and must be the only one to drop pages.
+
+use crate::route::{global_heap_serves, overlaps, owns, state, READY};
+use dsm_runtime::runtime::current_thread_is_internal;
+use libc::{c_int, c_long, c_void, off_t, size_t};
+use libmimalloc_sys as mi;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const PAGE: usize = dsm_runtime::space::PAGE_BYTES;
+const SLOTS: usize = 16384;
+const EMPTY: usize = 0;
+const GONE: usize = 1;
+
+static BASES: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(EMPTY) }; SLOTS];
+static LENS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+static MIN_BYTES: AtomicUsize = AtomicUsize::new(usize::MAX);
+static MAX_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Set while this thread is inside our mmap: if mimalloc itself maps memory, it goes
+    /// to the kernel.
+    static INSIDE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Enables redirection of anonymous mappings of `min..=max` bytes.
+pub fn configure(min: usize, max: usize) {
+    MIN_BYTES.store(if min == 0 { usize::MAX } else { min }, Ordering::Relaxed);
+    MAX_BYTES.store(max, Ordering::Relaxed);
+}
+
+fn slot_of(base: usize) -> usize {
+    (base / PAGE).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 14)
+}
+
+fn remember(base: usize, len: usize) -> bool {
+    let start = slot_of(base);
+    for i in 0..SLOTS {
+        let s = (start + i) % SLOTS;
+        let cur = BASES[s].load(Ordering::Acquire);
+        if (cur == EMPTY || cur == GONE)
+            && BASES[s]
+                .compare_exchange(cur, base, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            LENS[s].store(len, Ordering::Release);
+            return true;
+        }
+    }
+    false
+}
+
+/// Forgets the block at `base`; returns its length if it was one of ours.
+fn forget(base: usize) -> Option<usize> {
+    let start = slot_of(base);
+    for i in 0..SLOTS {
+        let s = (start + i) % SLOTS;
+        let cur = BASES[s].load(Ordering::Acquire);
+        if cur == EMPTY {
+            return None;
+        }
+        if cur == base {
+            let len = LENS[s].load(Ordering::Acquire);
+            if BASES[s]
+                .compare_exchange(base, GONE, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Some(len);
+            }
+            return None;
+        }
+    }
+    None
+}
+
+fn length_of(base: usize) -> Option<usize> {
+    let start = slot_of(base);
+    for i in 0..SLOTS {
+        let s = (start + i) % SLOTS;
+        match BASES[s].load(Ordering::Acquire) {
+            EMPTY => return None,
+            b if b == base => return Some(LENS[s].load(Ordering::Acquire)),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn redirectable(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int) -> bool {
+    let special = libc::MAP_FIXED
+        | libc::MAP_FIXED_NOREPLACE
+        | libc::MAP_SHARED
+        | libc::MAP_SHARED_VALIDATE
+        | libc::MAP_HUGETLB
+        | libc::MAP_STACK
+        | libc::MAP_GROWSDOWN
+        | libc::MAP_NORESERVE;
+    addr.is_null()
+        && fd == -1
+        && flags & libc::MAP_ANONYMOUS != 0
+        && flags & libc::MAP_PRIVATE != 0
+        && flags & special == 0
+        && prot == libc::PROT_READ | libc::PROT_WRITE
+        && len >= MIN_BYTES.load(Ordering::Relaxed)
+        && len <= MAX_BYTES.load(Ordering::Relaxed)
+        && state() == READY
+        && global_heap_serves()
+        && !INSIDE.with(Cell::get)
+}
+
+fn sys_mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    // SAFETY: the raw system call with the caller's arguments, as libc's mmap would make it.
+    unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) as *mut c_void }
+}
+
+fn sys_munmap(addr: *mut c_void, len: size_t) -> c_int {
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_munmap, addr, len) as c_int }
+}
+
+/// A zeroed heap block standing in for an anonymous mapping, or None to map normally.
+fn heap_mapping(len: usize) -> Option<*mut c_void> {
+    let len = len.checked_next_multiple_of(PAGE)?;
+    INSIDE.with(|c| c.set(true));
+    // SAFETY: PAGE is a power of two; mimalloc zeroes only what is not known to be zero.
+    let p = unsafe { mi::mi_zalloc_aligned(len, PAGE) };
+    INSIDE.with(|c| c.set(false));
+    if p.is_null() {
+        return None;
+    }
+    if !remember(p as usize, len) {
+        // SAFETY: the block we just allocated.
+        unsafe { mi::mi_free(p) };
+        return None;
+    }
+    Some(p)
+}
+
+/// # Safety
+/// C `mmap`.
+#[no_mangle]
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    if redirectable(addr, len, prot, flags, fd) {
+        if let Some(p) = heap_mapping(len) {
+            return p;
+        }
+    }
+    sys_mmap(addr, len, prot, flags, fd, off)
+}
+
+/// # Safety
+/// C `mmap64` (the same call on 64-bit Linux).
+#[no_mangle]
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    // SAFETY: same contract.
+    unsafe { mmap(addr, len, prot, flags, fd, off) }
+}
+
+/// # Safety
+/// C `munmap`.
+#[no_mangle]
+pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
+    if owns(addr as usize) && !current_thread_is_internal() {
+        if let Some(block_len) = length_of(addr as usize) {
+            if len >= block_len && forget(addr as usize).is_some() {
+                // SAFETY: a block our mmap handed out, unmapped whole.
+                unsafe { mi::mi_free(addr) };
+            }
+        }
+        // Partial unmaps of a block keep the block (it is freed with its head); unmaps of
+        // heap memory we never handed out are ignored rather than punching holes in the
+        // global range.
+        return 0;
+    }
+    sys_munmap(addr, len)
+}
+
+/// # Safety
+/// C `mremap`. Declared with its optional fifth argument: on x86-64 a variadic caller
+/// passes it in the same register, and it is only read with `MREMAP_FIXED`.
+#[no_mangle]
+pub unsafe extern "C" fn mremap(
+    old: *mut c_void,
+    old_len: size_t,
+    new_len: size_t,
+    flags: c_int,
+    new_addr: *mut c_void,
+) -> *mut c_void {
+    if !owns(old as usize) || current_thread_is_internal() {
+        // SAFETY: the raw system call with the caller's arguments.
+        return unsafe {
+            libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) as *mut c_void
+        };
+    }
+    let Some(block_len) = length_of(old as usize) else {
+        // SAFETY: errno slot of this thread.
+        unsafe { *libc::__errno_location() = libc::EINVAL };
+        return libc::MAP_FAILED;
+    };
+    if new_len <= block_len {
+        return old;
+    }
+    if flags & libc::MREMAP_MAYMOVE == 0 || flags & libc::MREMAP_FIXED != 0 {
+        // SAFETY: errno slot of this thread.
+        unsafe { *libc::__errno_location() = libc::ENOMEM };
+        return libc::MAP_FAILED;
+    }
+    let Some(new) = heap_mapping(new_len) else {
+        // SAFETY: errno slot of this thread.
+        unsafe { *libc::__errno_location() = libc::ENOMEM };
+        return libc::MAP_FAILED;
+    };
+    // SAFETY: both blocks are ours and distinct; `old` holds `block_len` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(old.cast::<u8>(), new.cast::<u8>(), block_len) };
+    // SAFETY: the old block, which nobody may use after a moving mremap.
+    unsafe { munmap(old, block_len) };
+    new
+}
+
+/// # Safety
+/// C `mprotect`.
+#[no_mangle]
+pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: size_t, prot: c_int) -> c_int {
+    if overlaps(addr as usize, len) && !current_thread_is_internal() {
+        return 0;
+    }
+    // SAFETY: the raw system call with the caller's arguments.
+    unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot as c_long) as c_int }
+}
+
+/// # Safety
+/// C `madvise`.
+#[no_mangle]
+pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
+    // The runtime's own threads drop evicted pages with MADV_DONTNEED: let them through.
+    if overlaps(addr as usize, len) && !current_thread_is_internal() {
+        if advice == libc::MADV_DONTNEED && owns(addr as usize) && owns(addr as usize + len - 1) {
+            // SAFETY: the caller gives up the contents of this range of its own memory,
+            // which then reads as zeros.
+            unsafe { std::ptr::write_bytes(addr.cast::<u8>(), 0, len) };
+        }
+        return 0;
+    }
+    // SAFETY: the raw system call with the caller's arguments.
+    unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice as c_long) as c_int }
+}

@@ -1,0 +1,248 @@
+//! The process's life under the runtime: start-up (claim a slot, start the runtime, hand
+//! the slot to mimalloc), `fork`, and the statistics written at exit.
+
+use crate::route::{self, FORKED, OFF, READY, STARTING, UNINIT};
+use dsm_runtime::config::job::{pid_alive, JobConfig, JobError};
+use dsm_runtime::runtime::EXIT_RUNTIME_FAILURE;
+use dsm_runtime::transport::tcp::TcpTransport;
+use dsm_runtime::transport::Transport;
+use dsm_runtime::{Runtime, RuntimeError};
+use libc::{c_long, pid_t};
+use libmimalloc_sys as mi;
+use std::io::Write;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+// mimalloc v3 option numbers (`mi_option_e` in its mimalloc.h; the sys crate's constants
+// follow v2's numbering, so they are spelled out here).
+const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
+const MI_OPTION_DISALLOW_OS_ALLOC: mi::mi_option_t = 17;
+const MI_OPTION_ALLOW_THP: mi::mi_option_t = 43;
+const MI_OPTION_ARENA_MAX_OBJECT_SIZE: mi::mi_option_t = 45;
+
+/// Why this process runs without the runtime, or cannot run at all.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("mimalloc refused the global range {base:#x}+{len:#x} as an arena")]
+    Arena { base: usize, len: usize },
+}
+
+/// The running job of this process; set once by `start`, then only read.
+struct Running {
+    runtime: Runtime,
+    job: JobConfig,
+    slot: usize,
+    _transport: TcpTransport,
+}
+
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// The process that started the runtime (a forked child is not it).
+static OWNER_PID: AtomicI32 = AtomicI32::new(0);
+
+fn running() -> Option<&'static Running> {
+    let p = RUNNING.load(Ordering::Acquire) as *const Running;
+    // SAFETY: set once from a leaked Box and never freed.
+    unsafe { p.as_ref() }
+}
+
+fn program_name() -> String {
+    std::env::args()
+        .next()
+        .unwrap_or_else(|| "<unknown>".to_string())
+}
+
+/// Runs at load (an `.init_array` entry): starts the runtime if this process is part of a
+/// job, and exits with a message if it is but cannot start, since the user asked for the
+/// program to run on pooled memory and running it elsewhere would hide the problem.
+pub extern "C" fn on_load() {
+    if route::state() != UNINIT {
+        return;
+    }
+    route::set_state(STARTING);
+    match start() {
+        Ok(r) => {
+            let base = r.runtime.base() as usize;
+            route::set_range(base, base + r.runtime.len());
+            OWNER_PID.store(std::process::id() as i32, Ordering::Relaxed);
+            RUNNING.store(Box::into_raw(Box::new(r)) as usize, Ordering::Release);
+            route::set_state(READY);
+        }
+        Err(StartError::Job(JobError::NotInJob)) => route::set_state(OFF),
+        Err(e) => {
+            eprintln!(
+                "dsm: cannot run {} (pid {}) on pooled memory: {e}",
+                program_name(),
+                std::process::id()
+            );
+            // SAFETY: ends the process at once; nothing has run yet that needs cleanup.
+            unsafe { libc::_exit(EXIT_RUNTIME_FAILURE) };
+        }
+    }
+}
+
+fn start() -> Result<Running, StartError> {
+    let job = JobConfig::from_env()?;
+    let timeout = Duration::from_millis(job.node_timeout_ms);
+    let transport = TcpTransport::discover(&job.nodes, job.secret.clone(), timeout)
+        .map_err(RuntimeError::from)?;
+    let pid = std::process::id();
+    let slot = {
+        let mut session = transport.connect().map_err(RuntimeError::from)?;
+        job.claim_slot(session.as_mut(), pid, pid_alive)?
+    };
+    let runtime = Runtime::start(job.runtime_config(slot), &transport)?;
+    let base = runtime.base() as usize;
+    let len = runtime.len();
+    // SAFETY: plain option setters, called before mimalloc serves anything.
+    unsafe {
+        // Never purge (MADV_DONTNEED) or decommit: the runtime alone decides which pages
+        // of the range are resident.
+        mi::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        // The global range is the only memory the program's heap may use.
+        mi::mi_option_set(MI_OPTION_DISALLOW_OS_ALLOC, 1);
+        mi::mi_option_set(MI_OPTION_ALLOW_THP, 0);
+        mi::mi_option_set(MI_OPTION_ARENA_MAX_OBJECT_SIZE, (len >> 10) as c_long);
+    }
+    let mut arena: mi::mi_arena_id_t = std::ptr::null_mut();
+    // SAFETY: [base, base+len) is our reservation, readable and writable (faults are
+    // served by the runtime started above), zero until written, and never unmapped while
+    // the process lives. Pinned: mimalloc must not decommit it.
+    let ok = unsafe {
+        mi::mi_manage_os_memory_ex(
+            base as *mut libc::c_void,
+            len,
+            true,
+            true,
+            true,
+            -1,
+            false,
+            &mut arena,
+        )
+    };
+    if !ok {
+        return Err(StartError::Arena { base, len });
+    }
+    crate::mmap::configure(job.mmap_min_bytes as usize, len / 2);
+    if job.verbose {
+        eprintln!(
+            "dsm: {} (pid {pid}) slot {slot}: heap {base:#x}..{:#x}, local cache {} MiB",
+            program_name(),
+            base + len,
+            job.cache_bytes_max >> 20
+        );
+    }
+    Ok(Running {
+        runtime,
+        job,
+        slot,
+        _transport: transport,
+    })
+}
+
+/// Runs at exit (a `.fini_array` entry, after the program's `atexit` handlers): writes
+/// this process's statistics for `dsmrun`. The runtime keeps running: libc still flushes
+/// stdio buffers, which live in the global heap, after this.
+pub extern "C" fn on_exit() {
+    let Some(r) = running() else { return };
+    if route::state() != READY || OWNER_PID.load(Ordering::Relaxed) != std::process::id() as i32 {
+        return;
+    }
+    let snap = r.runtime.snapshot();
+    if r.job.verbose {
+        eprintln!(
+            "dsm: {} (pid {}) slot {} done: {} faults, {} remote reads, {} write-backs, {} evictions",
+            program_name(),
+            std::process::id(),
+            r.slot,
+            snap.faults_total(),
+            snap.remote_read_pages,
+            snap.remote_write_pages,
+            snap.evictions
+        );
+    }
+    let Some(dir) = &r.job.stats_dir else { return };
+    let path = dir.join(format!("{}.json", std::process::id()));
+    let text = format!(
+        "{{\"pid\":{},\"program\":{:?},\"slot\":{},\"stats\":{}}}",
+        std::process::id(),
+        program_name(),
+        r.slot,
+        snap.to_json()
+    );
+    let res = std::fs::File::create(&path).and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = res {
+        eprintln!("dsm: writing statistics to {}: {e}", path.display());
+    }
+}
+
+extern "C" {
+    /// glibc's fork under its public alias (our `fork` shadows the plain name).
+    fn __fork() -> pid_t;
+}
+
+/// Whether any page of this process has ever left its local cache. Each path that evicts
+/// bumps one of these counters before it touches a page.
+fn eviction_started(r: &Running) -> bool {
+    let st = r.runtime.stats();
+    st.reclaim_rounds.load(Ordering::Relaxed) != 0
+        || st.direct_reclaims.load(Ordering::Relaxed) != 0
+        || st.evictions.load(Ordering::Relaxed) != 0
+}
+
+/// `fork` without `exec`: the child gets a copy of the parent's resident pages, but no
+/// userfaultfd registration and no runtime threads (the kernel drops both), so a page
+/// whose only copy is on a memory node would read as zeros in the child. While nothing
+/// has been evicted, every page with data is resident and the child is a faithful copy:
+/// fork is allowed, and the child's heap is ordinary local memory from then on (an `exec`
+/// starts a fresh runtime in a fresh slot). Once pages live remotely, fork fails with
+/// ENOSYS and a message, instead of handing the child a corrupt heap. `vfork`,
+/// `posix_spawn`, `system` and `popen` share the parent's memory until `exec` and always
+/// work.
+///
+/// # Safety
+/// C `fork`.
+#[no_mangle]
+pub unsafe extern "C" fn fork() -> pid_t {
+    let Some(r) = running().filter(|_| route::state() == READY) else {
+        // SAFETY: glibc's fork, as the program would have called it.
+        return unsafe { __fork() };
+    };
+    if eviction_started(r) {
+        refuse_fork(r);
+        return -1;
+    }
+    // SAFETY: glibc's fork.
+    let pid = unsafe { __fork() };
+    if pid == 0 {
+        // The child's memory is the parent's at the instant of the fork: if an eviction
+        // had begun by then, some page may be missing here.
+        if eviction_started(r) {
+            eprintln!(
+                "dsm: {}: fork() raced with the first eviction; the child cannot have an \
+                 intact heap and exits",
+                program_name()
+            );
+            // SAFETY: ends the child at once, before it runs on a damaged heap.
+            unsafe { libc::_exit(EXIT_RUNTIME_FAILURE) };
+        }
+        route::set_state(FORKED);
+    }
+    pid
+}
+
+fn refuse_fork(r: &Running) {
+    eprintln!(
+        "dsm: {} (pid {}): fork() without exec is not supported once the heap has outgrown \
+         the local cache ({} MiB): the child would not see pages held on memory nodes. \
+         Use posix_spawn/system/vfork+exec, or raise --local-cache.",
+        program_name(),
+        std::process::id(),
+        r.job.cache_bytes_max >> 20
+    );
+    // SAFETY: this thread's errno slot.
+    unsafe { *libc::__errno_location() = libc::ENOSYS };
+}

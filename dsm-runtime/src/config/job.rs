@@ -1,0 +1,426 @@
+//! The job: what `dsmrun` tells every process that loads the runtime, through `DSM_*`
+//! environment variables, and how each process claims its own slice of the global space.
+//!
+//! `dsmrun` decides the job's global range once: `slots` slices of `slot_bytes` each,
+//! starting at `space_base`. A process that loads the runtime (the program, and every
+//! program it `exec`s) claims a free slot with a compare-and-swap on a table of `slots`
+//! 8-byte words at the start of node 0's region; the word holds the owner's pid. A slot
+//! whose owner has exited is free again, so a shell script that runs many programs one
+//! after another never runs out of slots, and a crashed process frees its slot by dying.
+//! Slot `k` maps `[space_base + k * slot_bytes, +slot_bytes)` and places its pages as
+//! global pages `reserved + k * slot_pages ..`, so slots never share node memory; the
+//! `reserved` pages (one placement chunk per node) hold the slot table.
+//!
+//! Variables (unknown `DSM_*` names are rejected, so a typo is an error, not a default):
+//!
+//! | variable | meaning |
+//! | --- | --- |
+//! | `DSM_NODES` | comma-separated node addresses, node 0 first (required) |
+//! | `DSM_SECRET` | the job secret (required) |
+//! | `DSM_TRANSPORT` | `tcp` |
+//! | `DSM_SPACE_BASE` | base of the job's range (hex with `0x`, or decimal) |
+//! | `DSM_SLOT_BYTES` | size of each process's slice |
+//! | `DSM_SLOTS` | most processes of the job that use the runtime at once (1-64) |
+//! | `DSM_CACHE_BYTES` | local cache of each process |
+//! | `DSM_HANDLER_THREADS` | fault-handler threads per process |
+//! | `DSM_NODE_TIMEOUT_MS` | node operation timeout |
+//! | `DSM_MMAP_MIN_BYTES` | anonymous `mmap`s at least this large are served from the global range (`0`: none) |
+//! | `DSM_STATS_DIR` | where each process writes its statistics at exit |
+//! | `DSM_VERBOSE` | `1` to report each process's start and end on stderr |
+
+use super::{parse_size, ConfigError, RuntimeConfig, DEFAULT_SPACE_BASE, SPACE_END_MAX};
+use crate::space::PAGE_BYTES;
+use crate::transport::auth::Secret;
+use crate::transport::{NodeId, Session, TransportError};
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Most slots a job can have: the slot table is one page of 8-byte words, and 64 is plenty.
+pub const SLOTS_MAX: usize = 64;
+
+/// Every variable a process of a job reads.
+pub const KNOWN_VARS: &[&str] = &[
+    "DSM_NODES",
+    "DSM_SECRET",
+    "DSM_TRANSPORT",
+    "DSM_SPACE_BASE",
+    "DSM_SLOT_BYTES",
+    "DSM_SLOTS",
+    "DSM_CACHE_BYTES",
+    "DSM_HANDLER_THREADS",
+    "DSM_NODE_TIMEOUT_MS",
+    "DSM_MMAP_MIN_BYTES",
+    "DSM_STATS_DIR",
+    "DSM_VERBOSE",
+];
+
+/// Errors reading the job description or claiming a slot.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// No `DSM_NODES`: this process is not part of a job.
+    #[error("DSM_NODES is not set: not started by dsmrun")]
+    NotInJob,
+    /// A `DSM_*` variable nobody reads.
+    #[error("unknown environment variable {name}: the runtime reads only {}", KNOWN_VARS.join(", "))]
+    UnknownVar { name: String },
+    /// A variable with an unusable value.
+    #[error("{name}={value:?}: {hint}")]
+    BadVar {
+        name: &'static str,
+        value: String,
+        hint: String,
+    },
+    /// The resulting runtime configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Every slot is held by a live process.
+    #[error(
+        "all {slots} slots of the job's global space are in use by running processes; \
+         raise dsmrun --max-procs"
+    )]
+    SlotsFull { slots: usize },
+    /// Node 0 failed while claiming a slot.
+    #[error("claiming a slot on node 0: {0}")]
+    Transport(#[from] TransportError),
+}
+
+/// The transport backends a job can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// TCP, the embedded default.
+    Tcp,
+}
+
+/// The job description every process of the job reads from its environment.
+#[derive(Clone, Debug)]
+pub struct JobConfig {
+    /// Node addresses, by node index.
+    pub nodes: Vec<SocketAddr>,
+    /// The job secret.
+    pub secret: Secret,
+    /// Transport backend.
+    pub transport: TransportKind,
+    /// Base of the job's global range.
+    pub space_base: usize,
+    /// Bytes of each process's slice.
+    pub slot_bytes: u64,
+    /// Number of slices.
+    pub slots: usize,
+    /// Local cache of each process.
+    pub cache_bytes_max: u64,
+    /// Fault-handler threads per process.
+    pub handler_threads: usize,
+    /// Node operation timeout.
+    pub node_timeout_ms: u64,
+    /// Smallest anonymous mmap served from the global range (0: none).
+    pub mmap_min_bytes: u64,
+    /// Where processes write statistics at exit.
+    pub stats_dir: Option<PathBuf>,
+    /// Report starts and ends on stderr.
+    pub verbose: bool,
+    /// Pages per placement chunk.
+    pub placement_chunk_pages: u64,
+}
+
+fn bad(name: &'static str, value: &str, hint: impl Into<String>) -> JobError {
+    JobError::BadVar {
+        name,
+        value: value.to_string(),
+        hint: hint.into(),
+    }
+}
+
+fn parse_addr(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => usize::from_str_radix(hex, 16).map_err(|e| e.to_string()),
+        None => t
+            .parse()
+            .map_err(|e: std::num::ParseIntError| e.to_string()),
+    }
+}
+
+impl JobConfig {
+    /// Reads the job from the process environment.
+    pub fn from_env() -> Result<JobConfig, JobError> {
+        Self::from_vars(std::env::vars_os())
+    }
+
+    /// Reads the job from `vars` (name, value pairs); only `DSM_*` names are looked at.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<JobConfig, JobError> {
+        let mut found: Vec<(&'static str, String)> = Vec::new();
+        for (k, v) in vars {
+            let Some(k) = k.to_str() else { continue };
+            if !k.starts_with("DSM_") {
+                continue;
+            }
+            let Some(known) = KNOWN_VARS.iter().find(|n| **n == k) else {
+                return Err(JobError::UnknownVar { name: k.into() });
+            };
+            found.push((known, v.to_string_lossy().into_owned()));
+        }
+        let get = |name: &str| {
+            found
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let nodes_text = get("DSM_NODES").ok_or(JobError::NotInJob)?;
+        let nodes = nodes_text
+            .split(',')
+            .map(|a| a.trim().parse::<SocketAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                bad(
+                    "DSM_NODES",
+                    nodes_text,
+                    format!("{e}: expect host:port,..."),
+                )
+            })?;
+        if nodes.is_empty() {
+            return Err(bad("DSM_NODES", nodes_text, "no nodes"));
+        }
+        let secret_text = get("DSM_SECRET").unwrap_or("");
+        let secret = Secret::new(secret_text).ok_or_else(|| {
+            bad(
+                "DSM_SECRET",
+                "<hidden>",
+                "the job secret is missing or empty",
+            )
+        })?;
+        let transport = match get("DSM_TRANSPORT").unwrap_or("tcp") {
+            "tcp" => TransportKind::Tcp,
+            other => {
+                return Err(bad(
+                    "DSM_TRANSPORT",
+                    other,
+                    "the only transport built is tcp",
+                ))
+            }
+        };
+        let size = |name: &'static str, default: u64| -> Result<u64, JobError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => parse_size(v, None).map_err(|e| bad(name, v, e)),
+            }
+        };
+        let number = |name: &'static str, default: u64| -> Result<u64, JobError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|_| bad(name, v, "not a number")),
+            }
+        };
+        let space_base = match get("DSM_SPACE_BASE") {
+            None => DEFAULT_SPACE_BASE,
+            Some(v) => parse_addr(v).map_err(|e| bad("DSM_SPACE_BASE", v, e))?,
+        };
+        let defaults = RuntimeConfig::default();
+        let job = JobConfig {
+            nodes,
+            secret,
+            transport,
+            space_base,
+            slot_bytes: size("DSM_SLOT_BYTES", 1 << 30)?,
+            slots: number("DSM_SLOTS", 8)? as usize,
+            cache_bytes_max: size("DSM_CACHE_BYTES", defaults.cache_bytes_max)?,
+            handler_threads: number("DSM_HANDLER_THREADS", defaults.handler_threads as u64)?
+                as usize,
+            node_timeout_ms: number("DSM_NODE_TIMEOUT_MS", defaults.node_timeout_ms)?,
+            mmap_min_bytes: size("DSM_MMAP_MIN_BYTES", 128 << 10)?,
+            stats_dir: get("DSM_STATS_DIR").map(PathBuf::from),
+            verbose: matches!(get("DSM_VERBOSE"), Some("1" | "yes" | "true")),
+            placement_chunk_pages: defaults.placement_chunk_pages,
+        };
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// The variables that describe this job, for a launcher to set.
+    pub fn to_vars(&self) -> Vec<(&'static str, String)> {
+        let nodes: Vec<String> = self.nodes.iter().map(ToString::to_string).collect();
+        let mut v = vec![
+            ("DSM_NODES", nodes.join(",")),
+            ("DSM_SECRET", self.secret.as_str().to_string()),
+            ("DSM_TRANSPORT", "tcp".to_string()),
+            ("DSM_SPACE_BASE", format!("{:#x}", self.space_base)),
+            ("DSM_SLOT_BYTES", self.slot_bytes.to_string()),
+            ("DSM_SLOTS", self.slots.to_string()),
+            ("DSM_CACHE_BYTES", self.cache_bytes_max.to_string()),
+            ("DSM_HANDLER_THREADS", self.handler_threads.to_string()),
+            ("DSM_NODE_TIMEOUT_MS", self.node_timeout_ms.to_string()),
+            ("DSM_MMAP_MIN_BYTES", self.mmap_min_bytes.to_string()),
+            ("DSM_VERBOSE", u8::from(self.verbose).to_string()),
+        ];
+        if let Some(d) = &self.stats_dir {
+            v.push(("DSM_STATS_DIR", d.display().to_string()));
+        }
+        v
+    }
+
+    /// Checks the job as a whole, and that every slot makes a valid runtime.
+    pub fn validate(&self) -> Result<(), JobError> {
+        if self.slots == 0 || self.slots > SLOTS_MAX {
+            return Err(bad(
+                "DSM_SLOTS",
+                &self.slots.to_string(),
+                format!("use 1 to {SLOTS_MAX}"),
+            ));
+        }
+        if self.slot_bytes == 0 || self.slot_bytes % SLOT_ALIGN_BYTES != 0 {
+            return Err(bad(
+                "DSM_SLOT_BYTES",
+                &self.slot_bytes.to_string(),
+                "use a positive multiple of 64 MiB",
+            ));
+        }
+        let end = (self.slot_bytes as u128) * self.slots as u128 + self.space_base as u128;
+        if end > SPACE_END_MAX as u128 {
+            return Err(bad(
+                "DSM_SLOT_BYTES",
+                &self.slot_bytes.to_string(),
+                format!(
+                    "{} slots of this size from {:#x} pass {SPACE_END_MAX:#x}",
+                    self.slots, self.space_base
+                ),
+            ));
+        }
+        for slot in [0, self.slots - 1] {
+            self.runtime_config(slot).validate()?;
+        }
+        Ok(())
+    }
+
+    /// Pages reserved at the start of the global page numbering (the slot table).
+    pub fn reserved_pages(&self) -> u64 {
+        self.nodes.len() as u64 * self.placement_chunk_pages
+    }
+
+    /// Pages of node memory the whole job needs: what the pool must hold.
+    pub fn pool_pages_needed(&self) -> u64 {
+        self.reserved_pages() + self.slots as u64 * (self.slot_bytes / PAGE_BYTES as u64)
+    }
+
+    /// The runtime configuration of the process holding `slot`.
+    pub fn runtime_config(&self, slot: usize) -> RuntimeConfig {
+        let slot_pages = self.slot_bytes / PAGE_BYTES as u64;
+        RuntimeConfig {
+            space_base: self
+                .space_base
+                .wrapping_add(slot.wrapping_mul(self.slot_bytes as usize)),
+            space_bytes: self.slot_bytes,
+            space_page_offset: self.reserved_pages() + slot as u64 * slot_pages,
+            cache_bytes_max: self.cache_bytes_max,
+            handler_threads: self.handler_threads,
+            node_timeout_ms: self.node_timeout_ms,
+            placement_chunk_pages: self.placement_chunk_pages,
+            ..RuntimeConfig::default()
+        }
+    }
+
+    /// Claims a free slot for process `pid`, using `alive` to tell whether a slot's
+    /// previous owner still runs.
+    pub fn claim_slot(
+        &self,
+        session: &mut dyn Session,
+        pid: u32,
+        alive: impl Fn(u32) -> bool,
+    ) -> Result<usize, JobError> {
+        // Two passes: a slot freed by an exit between our read and our swap is seen again.
+        for _ in 0..2 {
+            for slot in 0..self.slots {
+                let offset = (slot * 8) as u64;
+                let owner = session.compare_and_swap(NodeId(0), offset, 0, 0)?;
+                if owner != 0 && alive(owner as u32) {
+                    continue;
+                }
+                if session.compare_and_swap(NodeId(0), offset, owner, u64::from(pid))? == owner {
+                    return Ok(slot);
+                }
+            }
+        }
+        Err(JobError::SlotsFull { slots: self.slots })
+    }
+}
+
+/// Slot sizes are multiples of this, so that each slot starts where an allocator's arena
+/// may start (mimalloc wants 64 KiB; a round size keeps addresses readable).
+pub const SLOT_ALIGN_BYTES: u64 = 64 << 20;
+
+/// Whether process `pid` exists on this machine (processes of a job run where `dsmrun`
+/// started them, so the pid space is shared).
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        list.iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    #[test]
+    fn reads_a_job_and_rejects_unknown_keys() {
+        let base = [
+            ("DSM_NODES", "127.0.0.1:1,127.0.0.1:2"),
+            ("DSM_SECRET", "s3cret"),
+            ("DSM_SLOT_BYTES", "1G"),
+            ("DSM_CACHE_BYTES", "64M"),
+            ("PATH", "/bin"),
+        ];
+        let job = JobConfig::from_vars(vars(&base)).unwrap();
+        assert_eq!(job.nodes.len(), 2);
+        assert_eq!(job.cache_bytes_max, 64 << 20);
+        let round = JobConfig::from_vars(
+            job.to_vars()
+                .into_iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+        )
+        .unwrap();
+        assert_eq!(round.slot_bytes, job.slot_bytes);
+
+        let mut typo = base.to_vec();
+        typo.push(("DSM_CACHE_BYTE", "1G"));
+        let err = JobConfig::from_vars(vars(&typo)).unwrap_err();
+        assert!(err.to_string().contains("DSM_CACHE_BYTE"), "{err}");
+
+        let mut badsize = base.to_vec();
+        badsize[2] = ("DSM_SLOT_BYTES", "100M");
+        assert!(matches!(
+            JobConfig::from_vars(vars(&badsize)),
+            Err(JobError::BadVar {
+                name: "DSM_SLOT_BYTES",
+                ..
+            })
+        ));
+        assert!(matches!(
+            JobConfig::from_vars(vars(&[("PATH", "/bin")])),
+            Err(JobError::NotInJob)
+        ));
+    }
+
+    #[test]
+    fn slots_use_disjoint_addresses_and_node_pages() {
+        let job = JobConfig::from_vars(vars(&[
+            ("DSM_NODES", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"),
+            ("DSM_SECRET", "x"),
+            ("DSM_SLOT_BYTES", "128M"),
+            ("DSM_SLOTS", "4"),
+        ]))
+        .unwrap();
+        let a = job.runtime_config(0);
+        let b = job.runtime_config(1);
+        assert_eq!(a.space_base + (128 << 20), b.space_base);
+        assert_eq!(a.space_page_offset, 3);
+        assert_eq!(b.space_page_offset, 3 + (128 << 20) / 4096);
+        assert_eq!(job.pool_pages_needed(), 3 + 4 * (128 << 20) / 4096);
+    }
+}

@@ -1,0 +1,164 @@
+//! The prefetcher: fetches the pages the prefetch policy asked for, on its own thread and
+//! connection, so a faulting thread never waits for them. Fetched pages are staged (not
+//! mapped); their first use is a local install, which is how the runtime learns that a
+//! prefetch was used.
+
+use crate::cache::recycle;
+use crate::coherence::Access;
+use crate::runtime::{Core, RuntimeError};
+use crate::space::{PageNum, PAGE_BYTES};
+use crate::stats::Stats;
+use crate::transport::{ReadOp, Session};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// Requests from the fault handlers, bounded: when it is full, new requests are dropped
+/// (a prefetch is a hint; the demand fault will fetch the page anyway).
+pub struct PrefetchQueue {
+    queue: Mutex<VecDeque<PageNum>>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+impl PrefetchQueue {
+    /// A queue of at most `capacity` pending pages.
+    pub fn new(capacity: usize) -> PrefetchQueue {
+        PrefetchQueue {
+            queue: Mutex::new(VecDeque::with_capacity(capacity)),
+            ready: Condvar::new(),
+            capacity,
+        }
+    }
+
+    /// Queues `pages` (those inside a range of `range_pages`); drops what does not fit.
+    pub fn enqueue(&self, pages: &[PageNum], range_pages: u64, stats: &Stats) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        for &p in pages.iter().filter(|p| p.0 < range_pages) {
+            if q.len() < self.capacity {
+                q.push_back(p);
+            } else {
+                stats.prefetch_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// Waits up to `timeout` for requests and moves up to `max` of them into `out`.
+    fn take(&self, out: &mut Vec<PageNum>, max: usize, timeout: Duration) {
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut q, _) = self
+            .ready
+            .wait_timeout_while(q, timeout, |q| q.is_empty())
+            .unwrap_or_else(|e| e.into_inner());
+        while out.len() < max {
+            let Some(p) = q.pop_front() else { break };
+            out.push(p);
+        }
+    }
+
+    /// Wakes the prefetcher (for shutdown).
+    pub fn wake(&self) {
+        self.ready.notify_all();
+    }
+}
+
+/// A page claimed for staging: locked, with budget and a staging slot.
+pub(crate) struct Staged {
+    pub(crate) page: PageNum,
+    pub(crate) slot: u32,
+    state: crate::coherence::PageState,
+}
+
+/// Runs the prefetcher until the runtime stops.
+pub fn run(core: &Core, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
+    let batch = core.config.prefetch_max_pages.clamp(1, 256);
+    let mut requested = Vec::with_capacity(batch);
+    let mut staged: Vec<Staged> = Vec::with_capacity(batch);
+    let mut ops_store: Vec<ReadOp<'static>> = Vec::with_capacity(batch);
+    while !core.stopping() {
+        requested.clear();
+        core.prefetcher
+            .take(&mut requested, batch, Duration::from_millis(50));
+        if requested.is_empty() {
+            continue;
+        }
+        claim(core, &requested, &mut staged);
+        if staged.is_empty() {
+            continue;
+        }
+        let mut ops: Vec<ReadOp<'_>> = recycle(std::mem::take(&mut ops_store));
+        for s in &staged {
+            let home = core.placement.home(s.page);
+            ops.push(ReadOp {
+                node: home.node,
+                offset: home.offset,
+                // SAFETY: the slot was just taken from the pool by this thread and the
+                // page it will stage is locked by us; nobody else touches it.
+                buf: unsafe { core.staging.slot_mut(s.slot) },
+            });
+        }
+        let res = session.read_batch(&mut ops);
+        ops_store = recycle(ops);
+        res.map_err(RuntimeError::Transport)?;
+        count_fetch(core, staged.len());
+        publish(core, &mut staged);
+    }
+    Ok(())
+}
+
+/// Counts `n` pages fetched for staging.
+pub(crate) fn count_fetch(core: &Core, n: usize) {
+    let st = &core.stats;
+    let n = n as u64;
+    st.remote_read_pages.fetch_add(n, Ordering::Relaxed);
+    st.remote_read_bytes
+        .fetch_add(n * PAGE_BYTES as u64, Ordering::Relaxed);
+    st.remote_read_batches.fetch_add(1, Ordering::Relaxed);
+    st.prefetch_issued.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Publishes fetched pages as staged prefetches and unlocks them.
+pub(crate) fn publish(core: &Core, staged: &mut Vec<Staged>) {
+    for s in staged.drain(..) {
+        let next = s
+            .state
+            .with_staged(s.slot)
+            .with_prefetched(true)
+            .with_busy(false);
+        core.table.unlock(s.page, next);
+        core.eviction().on_insert(s.page, true);
+    }
+}
+
+/// Locks each requested page that is worth fetching (not cached, data at home), and
+/// gives it budget and a staging slot. Pages that are busy, cached, never written, or
+/// that find the cache full are skipped.
+pub(crate) fn claim(core: &Core, requested: &[PageNum], staged: &mut Vec<Staged>) {
+    for &page in requested {
+        let Some(state) = core.table.try_lock(page) else {
+            continue;
+        };
+        let worth =
+            state.access() == Access::Invalid && state.home_valid() && state.staged().is_none();
+        if !worth {
+            core.table.unlock(page, state);
+            continue;
+        }
+        if !core.budget.try_take() {
+            core.table.unlock(page, state);
+            core.stats.prefetch_dropped.fetch_add(1, Ordering::Relaxed);
+            core.kick_reclaim_if_low();
+            continue;
+        }
+        let Some(slot) = core.staging.alloc() else {
+            core.budget.give_back();
+            core.table.unlock(page, state);
+            core.stats.prefetch_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        staged.push(Staged { page, slot, state });
+    }
+}

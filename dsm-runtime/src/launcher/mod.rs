@@ -1,0 +1,398 @@
+//! `dsmrun`'s run mode: start the memory nodes, run the program on pooled memory with the
+//! preload library, forward signals, return the program's exit status, tear everything
+//! down, and report.
+//!
+//! Order matters for "nothing left running": the forwarded signals are blocked before any
+//! thread or child exists; nodes are started in their own process group with
+//! `PR_SET_PDEATHSIG` (they die with `dsmrun`, even on `SIGKILL`); the program gets
+//! `PR_SET_PDEATHSIG` too; every exit path drops [`LocalNodes`], which kills and reaps them.
+
+pub mod signals;
+pub mod summary;
+
+use crate::config::job::{JobConfig, TransportKind, SLOTS_MAX, SLOT_ALIGN_BYTES};
+use crate::config::{physical_memory_bytes, SPACE_END_MAX};
+use crate::fault::uffd::{Userfaultfd, FEATURE_PAGEFAULT_FLAG_WP, FEATURE_THREAD_ID};
+use crate::launch::{unblock_signals_in_child, LocalNodes};
+use crate::runtime::EXIT_RUNTIME_FAILURE;
+use crate::space::PAGE_BYTES;
+use crate::transport::auth::Secret;
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// Exit status when the program cannot be found (as shells use).
+pub const EXIT_NOT_FOUND: i32 = 127;
+/// Exit status when the program is not executable.
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+/// Exit status when `dsmrun` could not set the job up.
+pub const EXIT_SETUP: i32 = 1;
+
+/// Everything `dsmrun` needs to run a program; built from its command line.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Number of memory nodes.
+    pub nodes: usize,
+    /// Local cache of each process.
+    pub cache_bytes_max: u64,
+    /// Memory each node contributes (lazily backed).
+    pub node_bytes: u64,
+    /// Transport backend.
+    pub transport: TransportKind,
+    /// Where to write the job's statistics as JSON.
+    pub stats_path: Option<PathBuf>,
+    /// Report each process and the nodes on stderr.
+    pub verbose: bool,
+    /// Print no summary.
+    pub quiet: bool,
+    /// Most processes of the job that use the runtime at once.
+    pub max_procs: usize,
+    /// Base of the job's global range.
+    pub space_base: usize,
+    /// Fault-handler threads per process.
+    pub handler_threads: usize,
+    /// Smallest anonymous mmap served from the global range.
+    pub mmap_min_bytes: u64,
+    /// The preload library (default: next to the `dsmrun` executable).
+    pub preload_lib: Option<PathBuf>,
+    /// The program and its arguments.
+    pub program: Vec<OsString>,
+}
+
+/// Why the job could not start; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The program does not exist.
+    #[error("{0}: command not found")]
+    NotFound(String),
+    /// The program is not executable.
+    #[error("{0}: permission denied (not an executable file)")]
+    NotExecutable(String),
+    /// The preload library is missing.
+    #[error(
+        "the preload library {0} does not exist; build it with `cargo build --release \
+         --workspace` or pass --preload-lib"
+    )]
+    NoPreload(PathBuf),
+    /// userfaultfd cannot be used by this user.
+    #[error("{0}")]
+    Uffd(#[from] crate::fault::uffd::UffdError),
+    /// The pool cannot hold the processes' slots.
+    #[error(
+        "the pool ({nodes} nodes x {node_mib} MiB) is too small for {procs} processes of at \
+         least 64 MiB each: raise --node-memory or lower --max-procs"
+    )]
+    PoolTooSmall {
+        nodes: usize,
+        node_mib: u64,
+        procs: usize,
+    },
+    /// A setting is unusable.
+    #[error("{0}")]
+    Invalid(String),
+    /// Starting the nodes or the program failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl LaunchError {
+    /// The exit status `dsmrun` ends with.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LaunchError::NotFound(_) => EXIT_NOT_FOUND,
+            LaunchError::NotExecutable(_) => EXIT_NOT_EXECUTABLE,
+            _ => EXIT_SETUP,
+        }
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
+    let what = what.into();
+    move |source| LaunchError::Io { what, source }
+}
+
+/// Finds `program` as `execvp` would: a path if it has a slash, else on `PATH`.
+pub fn resolve_program(program: &OsString) -> Result<PathBuf, LaunchError> {
+    let name = program.to_string_lossy().into_owned();
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(program);
+        if !p.exists() {
+            return Err(LaunchError::NotFound(name));
+        }
+        if !executable(&p) {
+            return Err(LaunchError::NotExecutable(name));
+        }
+        return Ok(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let mut found_non_exec = false;
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(program);
+        if executable(&p) {
+            return Ok(p);
+        }
+        found_non_exec |= p.exists();
+    }
+    if found_non_exec {
+        Err(LaunchError::NotExecutable(name))
+    } else {
+        Err(LaunchError::NotFound(name))
+    }
+}
+
+fn default_preload() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    // `cargo test` runs binaries from target/<profile>/, tests from .../deps/.
+    [dir.to_path_buf(), dir.join(".."), dir.join("../lib/dsm")]
+        .into_iter()
+        .map(|d| d.join("libdsm_preload.so"))
+        .find(|p| p.exists())
+}
+
+/// Slices of the job's global range: as large as the pool and the address space allow.
+fn plan_job(opts: &RunOptions) -> Result<(u64, usize), LaunchError> {
+    let page = PAGE_BYTES as u64;
+    if opts.max_procs == 0 || opts.max_procs > SLOTS_MAX {
+        return Err(LaunchError::Invalid(format!(
+            "--max-procs {}: use 1 to {SLOTS_MAX}",
+            opts.max_procs
+        )));
+    }
+    let pool_pages = (opts.node_bytes / page) * opts.nodes as u64;
+    let usable = pool_pages.saturating_sub(opts.nodes as u64) * page;
+    let by_pool = usable / opts.max_procs as u64;
+    let by_space = (SPACE_END_MAX.saturating_sub(opts.space_base) as u64) / opts.max_procs as u64;
+    let slot = by_pool.min(by_space) / SLOT_ALIGN_BYTES * SLOT_ALIGN_BYTES;
+    if slot == 0 {
+        return Err(LaunchError::PoolTooSmall {
+            nodes: opts.nodes,
+            node_mib: opts.node_bytes >> 20,
+            procs: opts.max_procs,
+        });
+    }
+    Ok((slot, opts.max_procs))
+}
+
+/// Runs the program as `opts` says and returns the exit status for `dsmrun`.
+pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
+    let started = Instant::now();
+    if opts.nodes == 0 || opts.nodes > usize::from(u16::MAX) {
+        return Err(LaunchError::Invalid(format!(
+            "-n {}: use at least one node",
+            opts.nodes
+        )));
+    }
+    let program = opts
+        .program
+        .first()
+        .ok_or_else(|| LaunchError::Invalid("no program given: dsmrun -n N -- PROGRAM".into()))?;
+    let program_path = resolve_program(program)?;
+    let preload = match &opts.preload_lib {
+        Some(p) => p.clone(),
+        None => default_preload().unwrap_or_else(|| PathBuf::from("libdsm_preload.so")),
+    };
+    if !preload.exists() {
+        return Err(LaunchError::NoPreload(preload));
+    }
+    let preload = preload.canonicalize().map_err(io_err("preload library"))?;
+    // The program's processes run as this user: if we cannot open a userfaultfd, neither
+    // can they. Say so before starting anything.
+    drop(Userfaultfd::open(
+        FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID,
+    )?);
+    let (slot_bytes, slots) = plan_job(opts)?;
+
+    signals::start_forwarding().map_err(io_err("blocking forwarded signals"))?;
+    let secret = Secret::generate().map_err(io_err("generating the job secret"))?;
+    let mut nodes = LocalNodes::spawn(dsmrun_exe, opts.nodes, opts.node_bytes, &secret)
+        .map_err(io_err("starting memory nodes"))?;
+    if opts.verbose {
+        for i in 0..opts.nodes {
+            eprintln!(
+                "dsmrun: node {i} pid {} at {} ({} MiB)",
+                nodes.pid(i).unwrap_or(0),
+                nodes.addrs()[i],
+                opts.node_bytes >> 20
+            );
+        }
+    }
+    let stats_dir = std::env::temp_dir().join(format!(
+        "dsmrun-{}-{}",
+        std::process::id(),
+        &secret.as_str()[..8.min(secret.as_str().len())]
+    ));
+    std::fs::create_dir_all(&stats_dir).map_err(io_err("creating the statistics directory"))?;
+    let job = JobConfig {
+        nodes: nodes.addrs().to_vec(),
+        secret,
+        transport: opts.transport,
+        space_base: opts.space_base,
+        slot_bytes,
+        slots,
+        cache_bytes_max: opts.cache_bytes_max,
+        handler_threads: opts.handler_threads,
+        node_timeout_ms: crate::RuntimeConfig::default().node_timeout_ms,
+        mmap_min_bytes: opts.mmap_min_bytes,
+        stats_dir: Some(stats_dir.clone()),
+        verbose: opts.verbose,
+        placement_chunk_pages: crate::RuntimeConfig::default().placement_chunk_pages,
+    };
+    let result = job
+        .validate()
+        .map_err(|e| LaunchError::Invalid(e.to_string()))
+        .and_then(|()| run_program(opts, &job, &program_path, &preload, &mut nodes));
+    drop(nodes);
+    let code = match result {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&stats_dir);
+            return Err(e);
+        }
+    };
+    report(opts, &stats_dir, code, started.elapsed());
+    let _ = std::fs::remove_dir_all(&stats_dir);
+    Ok(code)
+}
+
+fn run_program(
+    opts: &RunOptions,
+    job: &JobConfig,
+    program_path: &Path,
+    preload: &Path,
+    nodes: &mut LocalNodes,
+) -> Result<i32, LaunchError> {
+    let mut cmd = Command::new(program_path);
+    cmd.arg0(&opts.program[0]).args(&opts.program[1..]);
+    // Stale job variables from an enclosing dsmrun must not leak into this job.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("DSM_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in job.to_vars() {
+        cmd.env(k, v);
+    }
+    let mut ld = preload.as_os_str().to_owned();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
+        ld.push(":");
+        ld.push(old);
+    }
+    cmd.env("LD_PRELOAD", ld);
+    unblock_signals_in_child(&mut cmd);
+    // SAFETY: prctl with integer arguments is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The program dies with dsmrun: without its nodes it could not go on.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(io_err(format!(
+        "starting {}",
+        opts.program[0].to_string_lossy()
+    )))?;
+    signals::forward_to(child.id());
+    let status = wait_watching_nodes(&mut child, nodes, opts);
+    signals::stop_forwarding();
+    Ok(status)
+}
+
+/// Waits for the program; if a node dies first, says which and stops the program.
+fn wait_watching_nodes(child: &mut Child, nodes: &mut LocalNodes, opts: &RunOptions) -> i32 {
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return exit_code_of(st, opts),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("dsmrun: waiting for the program: {e}");
+                return EXIT_RUNTIME_FAILURE;
+            }
+        }
+        if let Some((i, st)) = nodes.exited() {
+            // Give the program a moment to report the failure itself (it names the node
+            // it was waiting on), then stop it.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!(
+                "dsmrun: memory node {i} exited during the run ({st}); the program cannot \
+                 continue without its memory"
+            );
+            if let Ok(None) = child.try_wait() {
+                // SAFETY: signalling the child we started.
+                unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            }
+            let _ = child.wait();
+            return EXIT_RUNTIME_FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn exit_code_of(st: ExitStatus, opts: &RunOptions) -> i32 {
+    if let Some(c) = st.code() {
+        return c;
+    }
+    let sig = st.signal().unwrap_or(0);
+    // SAFETY: strsignal returns a pointer to a static or thread-local string.
+    let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }
+        .to_string_lossy()
+        .into_owned();
+    eprintln!(
+        "dsmrun: {} was killed by signal {sig} ({name}){}",
+        opts.program[0].to_string_lossy(),
+        if st.core_dumped() {
+            " and dumped core"
+        } else {
+            ""
+        }
+    );
+    128 + sig
+}
+
+fn report(opts: &RunOptions, stats_dir: &Path, code: i32, wall: Duration) {
+    let processes = summary::read_processes(stats_dir);
+    let total = summary::total(&processes);
+    if !opts.quiet {
+        eprint!("{}", summary::render(&total, processes.len()));
+    }
+    let Some(path) = &opts.stats_path else { return };
+    let doc = serde_json::json!({
+        "job": {
+            "program": opts.program.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
+            "nodes": opts.nodes,
+            "node_bytes": opts.node_bytes,
+            "cache_bytes_max": opts.cache_bytes_max,
+            "transport": "tcp",
+            "exit_status": code,
+            "wall_time_s": wall.as_secs_f64(),
+            "fault_hit_rate": summary::fault_hit_rate(&total),
+        },
+        "total": total,
+        "processes": processes,
+    });
+    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("dsmrun: writing --stats {}: {e}", path.display());
+    }
+}
+
+/// The default local cache: half of this machine's memory.
+pub fn default_cache_bytes() -> u64 {
+    physical_memory_bytes() / 2
+}

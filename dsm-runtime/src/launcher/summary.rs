@@ -1,0 +1,172 @@
+//! Collecting the statistics every process of a job wrote at exit, adding them up, and
+//! the short summary `dsmrun` prints.
+
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+/// Counters that are high-water marks: combined with `max`, not summed.
+const MAXIMA: &[&str] = &["resident_pages_peak"];
+/// Counters that describe the final state of one process: not meaningful as a sum.
+const DROPPED: &[&str] = &["resident_pages"];
+
+/// Statistics of every process found in `dir` (files `<pid>.json`), sorted by pid.
+pub fn read_processes(dir: &Path) -> Vec<Value> {
+    let mut out: Vec<Value> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str::<Value>(&t).ok())
+        .collect();
+    out.sort_by_key(|v| v["pid"].as_u64().unwrap_or(0));
+    out
+}
+
+fn add_into(total: &mut Map<String, Value>, stats: &Map<String, Value>) {
+    for (k, v) in stats {
+        if DROPPED.contains(&k.as_str()) {
+            continue;
+        }
+        match v {
+            Value::Number(n) => {
+                let a = total.get(k).and_then(Value::as_u64).unwrap_or(0);
+                let b = n.as_u64().unwrap_or(0);
+                let c = if MAXIMA.contains(&k.as_str()) {
+                    a.max(b)
+                } else {
+                    a + b
+                };
+                total.insert(k.clone(), json!(c));
+            }
+            Value::Array(items) => {
+                let entry = total
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::Array(vec![json!(0); items.len()]));
+                if let Value::Array(acc) = entry {
+                    acc.resize(acc.len().max(items.len()), json!(0));
+                    for (a, b) in acc.iter_mut().zip(items) {
+                        *a = json!(a.as_u64().unwrap_or(0) + b.as_u64().unwrap_or(0));
+                    }
+                }
+            }
+            Value::Object(inner) => {
+                let entry = total
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(acc) = entry {
+                    add_into(acc, inner);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Recomputes a summed histogram's mean and quantiles from its buckets and totals.
+fn fix_histogram(h: &mut Map<String, Value>) {
+    let count = h.get("count").and_then(Value::as_u64).unwrap_or(0);
+    let sum = h.get("sum_ns").and_then(Value::as_u64).unwrap_or(0);
+    h.insert("mean_ns".into(), json!(sum.checked_div(count).unwrap_or(0)));
+    let buckets: Vec<u64> = h
+        .get("log2_buckets")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(0)).collect())
+        .unwrap_or_default();
+    let quantile = |q: f64| -> u64 {
+        if count == 0 {
+            return 0;
+        }
+        let target = ((count as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in buckets.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return 1u64 << (i + 1);
+            }
+        }
+        0
+    };
+    h.insert("p50_ns_upper".into(), json!(quantile(0.5)));
+    h.insert("p99_ns_upper".into(), json!(quantile(0.99)));
+}
+
+/// The job-wide totals of the processes' statistics.
+pub fn total(processes: &[Value]) -> Value {
+    let mut acc = Map::new();
+    for p in processes {
+        if let Some(stats) = p["stats"].as_object() {
+            add_into(&mut acc, stats);
+        }
+    }
+    if let Some(Value::Object(h)) = acc.get_mut("fault_service") {
+        fix_histogram(h);
+    }
+    Value::Object(acc)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// Fraction of faults served locally (zero-fill, write-protect upgrade, already present)
+/// rather than by fetching the page from a node. Accesses to resident pages never fault
+/// and are not counted, so this understates how often the cache hits.
+pub fn fault_hit_rate(total: &Value) -> Option<f64> {
+    let g = |k: &str| total[k].as_u64().unwrap_or(0);
+    let faults = g("faults_read") + g("faults_write") + g("faults_write_protect");
+    (faults > 0).then(|| 1.0 - g("remote_read_pages") as f64 / faults as f64)
+}
+
+/// The summary lines `dsmrun` prints.
+pub fn render(total: &Value, processes: usize) -> String {
+    let g = |k: &str| total[k].as_u64().unwrap_or(0);
+    let faults = g("faults_read") + g("faults_write") + g("faults_write_protect");
+    let hit = fault_hit_rate(total)
+        .map(|h| format!("{:.1}%", h * 100.0))
+        .unwrap_or_else(|| "n/a".into());
+    let stalled_s = total["fault_service"]["sum_ns"].as_u64().unwrap_or(0) as f64 / 1e9;
+    format!(
+        "dsmrun: {processes} process(es) on pooled memory: {faults} faults (read {}, write {}, \
+         write-protect {}), fault hit rate {hit}, {stalled_s:.2} s stalled in faults\n\
+         dsmrun: remote reads {} pages ({}), write-backs {} pages ({}), evictions {} \
+         ({} clean), zero-fills {}, peak resident {}\n",
+        g("faults_read"),
+        g("faults_write"),
+        g("faults_write_protect"),
+        g("remote_read_pages"),
+        mib(g("remote_read_bytes")),
+        g("remote_write_pages"),
+        mib(g("remote_write_bytes")),
+        g("evictions"),
+        g("evictions_clean"),
+        g("zero_fills"),
+        mib(g("resident_pages_peak") * crate::space::PAGE_BYTES as u64),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_counters_and_take_peaks() {
+        let a = json!({"pid": 1, "stats": {"faults_read": 3, "resident_pages_peak": 10,
+            "resident_pages": 4,
+            "fault_service": {"count": 2, "sum_ns": 300, "mean_ns": 150, "p50_ns_upper": 0,
+                "p99_ns_upper": 0, "log2_buckets": [0, 2]}}});
+        let b = json!({"pid": 2, "stats": {"faults_read": 4, "resident_pages_peak": 7,
+            "resident_pages": 4,
+            "fault_service": {"count": 1, "sum_ns": 100, "mean_ns": 100, "p50_ns_upper": 0,
+                "p99_ns_upper": 0, "log2_buckets": [1, 0]}}});
+        let t = total(&[a, b]);
+        assert_eq!(t["faults_read"], 7);
+        assert_eq!(t["resident_pages_peak"], 10);
+        assert!(t.get("resident_pages").is_none());
+        assert_eq!(t["fault_service"]["count"], 3);
+        assert_eq!(t["fault_service"]["mean_ns"], 133);
+        assert_eq!(t["fault_service"]["log2_buckets"], json!([1, 2]));
+        assert_eq!(t["fault_service"]["p99_ns_upper"], 4);
+        assert!(render(&t, 2).contains("7 faults"));
+    }
+}
