@@ -214,13 +214,6 @@ impl Simulator {
         out.clear();
         self.prefetch
             .on_fault(page, hit, self.prefetch_max_pages, &mut out);
-        {
-            eprintln!(
-                "pf {} hit={hit} -> {:?}",
-                page.0,
-                out.iter().map(|q| q.0).collect::<Vec<_>>()
-            );
-        }
         for &q in &out {
             if self.resident.contains_key(&q) || !self.home_valid.contains(&q) {
                 continue;
