@@ -77,7 +77,7 @@ impl EvictionPolicy for Clock {
         let start = out.len();
         let len = self.ring.len();
         // Two sweeps: the first may only clear reference bits.
-        for _ in 0..2 * len {
+        for step in 0..2 * len {
             if out.len() - start >= n.min(self.index.len()) {
                 break;
             }
@@ -85,9 +85,12 @@ impl EvictionPolicy for Clock {
             let Some(e) = self.ring[self.hand].as_mut() else {
                 continue;
             };
+            // In the first sweep every slot is visited once, so only the second can meet
+            // a page already proposed: checking earlier would make a batch quadratic.
+            let seen = step >= len && out[start..].contains(&e.page);
             if e.referenced {
                 e.referenced = false;
-            } else if !out[start..].contains(&e.page) {
+            } else if !seen {
                 out.push(e.page);
             }
         }
