@@ -1,8 +1,8 @@
 //! Placement: which node is a page's home, and where on that node it lives.
 
+use crate::policy::PageMap;
 use crate::space::{PageNum, PAGE_BYTES};
 use crate::transport::NodeId;
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// A page's home: node and byte offset in that node's region.
@@ -169,7 +169,7 @@ pub struct FirstTouch {
 
 #[derive(Debug, Default)]
 struct Assigned {
-    homes: HashMap<PageNum, Home>,
+    homes: PageMap<Home>,
     next_slot: u64,
 }
 

@@ -271,7 +271,10 @@ impl Profile {
             PrefetchSpec::Readahead {
                 window_initial_pages,
                 max_pages,
-            } => Box::new(Readahead::new(window_initial_pages, max_pages)),
+            } => Box::new(
+                Readahead::new(window_initial_pages, max_pages)
+                    .with_fetch_granularity(self.fetch_granularity_pages),
+            ),
             PrefetchSpec::Stride { max_pages } => Box::new(Stride::new(max_pages)),
             PrefetchSpec::Leap {
                 history_deltas,

@@ -6,6 +6,7 @@
 //! cost is one decode plus one cache simulation per profile, and the progress bar
 //! follows the bytes read.
 
+pub mod check;
 pub mod sim;
 
 use crate::config::parse_size;
@@ -61,11 +62,11 @@ pub struct Prediction {
 }
 
 impl Prediction {
-    /// Pages read from memory nodes: demand fetches, extra pages of each fetch, and
-    /// prefetches.
+    /// Pages read from memory nodes: demand fetches and prefetches (which include the
+    /// extra pages of each fetch).
     pub fn remote_pages(&self) -> u64 {
         let c = &self.counts;
-        c.remote_fetches + c.granularity_fetches + c.prefetch_issued
+        c.remote_fetches + c.prefetch_issued
     }
 
     /// Share of prefetched pages used before eviction.
@@ -262,6 +263,11 @@ pub struct TuneArgs {
     /// Simulate this local cache size (e.g. 512M) instead of the recorded run's.
     #[arg(long)]
     pub local_cache: Option<String>,
+    /// Statistics of the recorded run (`dsmrun --stats FILE`): also print the
+    /// prediction for the profile the trace was recorded with next to what the run
+    /// measured, to check the simulator on this program.
+    #[arg(long, value_name = "STATS_JSON")]
+    pub check_stats: Option<PathBuf>,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -287,12 +293,32 @@ fn micros_to_ns(field: &str, us: f64) -> anyhow::Result<u64> {
 /// Runs `dsmrun tune`: ranks the profiles on the trace and prints the table.
 pub fn run(args: TuneArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    let profiles = match &args.profiles {
+    let mut profiles: Vec<Profile> = match &args.profiles {
         Some(list) => load_profiles(list)?,
         None => Profile::list()
             .into_iter()
             .map(|(name, _)| Profile::load(name))
             .collect::<Result<_, _>>()?,
+    };
+    let header = TraceReader::open(&args.trace)?.header().clone();
+    let stats = match &args.check_stats {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading statistics {}", path.display()))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a --stats JSON file", path.display()))?;
+            if !profiles.iter().any(|p| p.name == header.profile) {
+                let recorded = Profile::load(&header.profile).with_context(|| {
+                    format!(
+                        "the trace was recorded with profile {:?}, needed for --check-stats",
+                        header.profile
+                    )
+                })?;
+                profiles.push(recorded);
+            }
+            Some(json)
+        }
+        None => None,
     };
     let cache_pages = match &args.local_cache {
         Some(size) => {
@@ -308,7 +334,6 @@ pub fn run(args: TuneArgs) -> anyhow::Result<()> {
         },
         cache_pages,
     };
-    let header = TraceReader::open(&args.trace)?.header().clone();
     let progress = !args.quiet && std::io::stderr().is_terminal();
     let predictions = rank_with(&args.trace, &profiles, &params, progress)
         .with_context(|| format!("tuning on {}", args.trace.display()))?;
@@ -324,6 +349,18 @@ pub fn run(args: TuneArgs) -> anyhow::Result<()> {
     print_table(&predictions);
     if let Some(best) = predictions.first() {
         println!("best: dsmrun --profile {} ...", best.profile);
+    }
+    if let Some(stats) = stats {
+        let recorded = predictions
+            .iter()
+            .find(|p| p.profile == header.profile)
+            .context("the recorded profile was not simulated")?;
+        println!(
+            "\nsimulator vs the recorded run (profile {:?}):",
+            header.profile
+        );
+        let rows = check::compare_with_stats(recorded, &stats);
+        let _ = check::write_comparison(&mut std::io::stdout().lock(), &rows);
     }
     Ok(())
 }
@@ -467,6 +504,33 @@ mod tests {
         ));
         let e = load_profiles("default,nope").unwrap_err();
         assert!(e.to_string().contains("nope"));
+    }
+
+    #[test]
+    fn run_ranks_and_checks_against_a_runs_statistics() {
+        let trace = write_trace("run", 64, passes((0..300).collect(), 2));
+        let stats = trace.with_extension("json");
+        std::fs::write(&stats, r#"{"remote_read_pages": 600, "zero_fills": 300}"#).unwrap();
+        let args = |check_stats| TuneArgs {
+            trace: trace.clone(),
+            profiles: Some("random".into()),
+            fetch_latency_us: 35.0,
+            local_fault_us: 13.0,
+            local_cache: Some("1M".into()),
+            check_stats,
+            quiet: true,
+        };
+        run(args(Some(stats.clone()))).unwrap();
+        let e = run(args(Some(PathBuf::from("/nonexistent/stats.json")))).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("/nonexistent/stats.json"),
+            "{e:#}"
+        );
+        let mut bad = args(None);
+        bad.fetch_latency_us = -1.0;
+        assert!(run(bad).is_err());
+        std::fs::remove_file(trace).unwrap();
+        std::fs::remove_file(stats).unwrap();
     }
 
     #[test]

@@ -12,16 +12,16 @@
 //!   not home-valid are not prefetched (a demand zero-fill costs the same as a staged hit).
 //! - Background reclaim: when free cache falls below the start mark, evict down to the
 //!   stop mark, never evicting the page being served.
+//! - Clean pages are mapped write-protected, so the first write to one costs a local
+//!   fault; a sampled access (the runtime parked the page to learn whether it is still
+//!   used) costs a local re-fault and is shown to the prefetch policy as a fault.
 //!
 //! Every event of a trace is an access by the program: a page the simulated cache does
 //! not hold is a miss even if the recorded run had it (a sampled access, say).
 
-use crate::policy::{EvictionPolicy, PrefetchPolicy, Profile};
+use crate::policy::{EvictionPolicy, PageMap, PageSet, PrefetchPolicy, Profile};
 use crate::space::PageNum;
-#[cfg(test)]
-use crate::trace::EventKind;
-use crate::trace::TraceEvent;
-use std::collections::{HashMap, HashSet};
+use crate::trace::{EventKind, TraceEvent};
 
 /// Costs the simulator charges.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -50,13 +50,18 @@ pub struct SimCounts {
     pub accesses: u64,
     /// Accesses to resident, already used pages: no fault at all.
     pub hits: u64,
+    /// Sampled accesses to resident pages: a local re-fault each (the price of recency).
+    pub sampled_hits: u64,
+    /// First writes to clean resident pages: a local write-protect fault each.
+    pub write_protect_faults: u64,
     /// Demand misses served from a memory node (the stalls prefetch tries to avoid).
     pub remote_fetches: u64,
     /// Demand misses on pages never written back: zero-filled locally.
     pub zero_fills: u64,
-    /// Extra pages fetched with demand misses (fetch granularity above one page).
+    /// Extra pages fetched with demand misses (fetch granularity above one page); they
+    /// are staged and also counted in `prefetch_issued`.
     pub granularity_fetches: u64,
-    /// Pages prefetched.
+    /// Pages prefetched, including the extra pages of each fetch.
     pub prefetch_issued: u64,
     /// Prefetched pages used before eviction (each one a remote fetch avoided).
     pub prefetch_used: u64,
@@ -86,12 +91,13 @@ pub struct Simulator {
     prefetch: Box<dyn PrefetchPolicy>,
     prefetch_max_pages: usize,
     granularity_pages: u64,
+    batch_pages: usize,
     capacity_pages: usize,
     reclaim_start_free_pages: usize,
     reclaim_stop_free_pages: usize,
     latencies: Latencies,
-    resident: HashMap<PageNum, Resident>,
-    home_valid: HashSet<PageNum>,
+    resident: PageMap<Resident>,
+    home_valid: PageSet,
     counts: SimCounts,
     victims: Vec<PageNum>,
     prefetched: Vec<PageNum>,
@@ -107,12 +113,13 @@ impl Simulator {
             prefetch: profile.prefetch(),
             prefetch_max_pages: profile.prefetch_max_pages(),
             granularity_pages: profile.fetch_granularity_pages.max(1) as u64,
+            batch_pages: profile.writeback_batch_pages.max(1),
             capacity_pages,
             reclaim_start_free_pages: pct(profile.reclaim_start_free_pct),
             reclaim_stop_free_pages: pct(profile.reclaim_stop_free_pct).max(1),
             latencies,
-            resident: HashMap::with_capacity(capacity_pages),
-            home_valid: HashSet::new(),
+            resident: PageMap::with_capacity_and_hasher(capacity_pages, Default::default()),
+            home_valid: PageSet::default(),
             counts: SimCounts::default(),
             victims: Vec::new(),
             prefetched: Vec::new(),
@@ -140,9 +147,22 @@ impl Simulator {
                 self.run_prefetch(page, true, e.time_ns);
             }
             Some(r) => {
+                // Clean pages are mapped write-protected: the first write traps.
+                let wp_fault = write && !r.dirty;
                 r.dirty |= write;
-                self.counts.hits += 1;
                 self.eviction.on_access(page);
+                if e.kind == EventKind::Sampled {
+                    // The runtime parked the page to watch it: its next use re-faults
+                    // locally and, like any served fault, is shown to the prefetcher.
+                    self.counts.sampled_hits += 1;
+                    self.counts.stall_ns += self.latencies.local_fault_ns;
+                    self.run_prefetch(page, false, e.time_ns);
+                } else if wp_fault {
+                    self.counts.write_protect_faults += 1;
+                    self.counts.stall_ns += self.latencies.local_fault_ns;
+                } else {
+                    self.counts.hits += 1;
+                }
             }
             None => self.miss(page, write, e.time_ns),
         }
@@ -158,13 +178,16 @@ impl Simulator {
             self.counts.stall_ns += self.latencies.local_fault_ns;
         }
         self.install(page, write, false, now_ns, page);
-        self.fetch_block(page, now_ns);
         if remote {
+            self.fetch_block(page, now_ns);
             self.run_prefetch(page, false, now_ns);
         }
     }
 
-    /// The rest of the aligned block a demand fault brings in.
+    /// The rest of the aligned block a remote fetch brings in with the faulting page:
+    /// the neighbours that have data at home (the others would be zeros, which a later
+    /// fault fills as cheaply). As in the runtime, they come in the same batch and are
+    /// staged like prefetches: counted as issued, and their first use is a staged hit.
     fn fetch_block(&mut self, page: PageNum, now_ns: u64) {
         let g = self.granularity_pages;
         if g == 1 {
@@ -174,10 +197,11 @@ impl Simulator {
         for q in (first..first.saturating_add(g)).map(PageNum) {
             if q != page
                 && !self.resident.contains_key(&q)
-                && self.install(q, false, false, now_ns, page)
                 && self.home_valid.contains(&q)
+                && self.install(q, false, true, now_ns, page)
             {
                 self.counts.granularity_fetches += 1;
+                self.counts.prefetch_issued += 1;
             }
         }
     }
@@ -239,9 +263,12 @@ impl Simulator {
             return;
         }
         let target = self.reclaim_stop_free_pages.min(self.capacity_pages);
+        // Victims are chosen a write-back batch at a time, as the runtime's evictor does.
         // Each round evicts at least one page or gives up: bounded by the cache size.
         for _ in 0..=self.capacity_pages {
-            let need = target.saturating_sub(self.free_pages());
+            let need = target
+                .saturating_sub(self.free_pages())
+                .min(self.batch_pages);
             if need == 0 {
                 return;
             }
@@ -277,7 +304,7 @@ impl Simulator {
     }
 
     #[cfg(test)]
-    fn check_invariants(&self, written: &HashSet<PageNum>) {
+    fn check_invariants(&self, written: &std::collections::HashSet<PageNum>) {
         assert!(self.resident.len() <= self.capacity_pages);
         assert_eq!(self.eviction.len(), self.resident.len());
         assert_eq!(self.counts.bogus_victims, 0);
@@ -332,20 +359,22 @@ mod tests {
         );
         use EventKind::*;
         let ev = events(&[
-            (FaultWrite, 1), // zero-fill
-            (FaultRead, 2),  // zero-fill
-            (Sampled, 1),    // hit
+            (FaultWrite, 1), // zero-fill, mapped writable
+            (FaultRead, 2),  // zero-fill, mapped write-protected
+            (Sampled, 1),    // parked and used again: a local re-fault
+            (FaultRead, 1),  // a plain hit
+            (FaultWrite, 2), // first write to a clean page: a write-protect fault
             (FaultRead, 3),  // zero-fill; evicts 1 (dirty: written home)
-            (FaultRead, 1),  // remote fetch; evicts 2 (clean: dropped)
-            (FaultRead, 2),  // zero-fill again: never written
+            (FaultRead, 1),  // remote fetch; evicts 2 (dirty: written home)
+            (FaultRead, 2),  // remote fetch; evicts 3 (clean: dropped)
         ]);
         let c = replay(&p, 2, &ev);
-        assert_eq!(c.zero_fills, 4);
-        assert_eq!(c.remote_fetches, 1);
-        assert_eq!(c.hits, 1);
-        assert_eq!(c.writebacks, 1);
+        assert_eq!(c.zero_fills, 3);
+        assert_eq!(c.remote_fetches, 2);
+        assert_eq!((c.hits, c.sampled_hits, c.write_protect_faults), (1, 1, 1));
+        assert_eq!(c.writebacks, 2);
         assert_eq!(c.evictions, 3);
-        assert_eq!(c.stall_ns, 4 * 13_000 + 35_000);
+        assert_eq!(c.stall_ns, 5 * 13_000 + 2 * 35_000);
     }
 
     #[test]
@@ -373,15 +402,26 @@ mod tests {
     }
 
     #[test]
-    fn granularity_brings_the_aligned_block() {
+    fn granularity_brings_the_home_valid_part_of_the_aligned_block() {
         let p = profile("[prefetch]\npolicy = \"none\"\n[fetch]\ngranularity_pages = 4\n");
-        let c = replay(
-            &p,
-            64,
-            &events(&[(EventKind::FaultRead, 6), (EventKind::FaultRead, 4)]),
-        );
-        assert_eq!(c.zero_fills, 1);
-        assert_eq!(c.hits, 1);
+        let mut s = Simulator::new(&p, 64, Latencies::default());
+        for q in [4, 6, 7] {
+            s.home_valid.insert(PageNum(q));
+        }
+        use EventKind::FaultRead;
+        for e in events(&[
+            (FaultRead, 6),
+            (FaultRead, 4),
+            (FaultRead, 5),
+            (FaultRead, 9),
+        ]) {
+            s.access(&e);
+        }
+        let c = s.counts();
+        assert_eq!(c.remote_fetches, 1, "6 brought 4 and 7, staged");
+        assert_eq!((c.granularity_fetches, c.prefetch_issued), (2, 2));
+        assert_eq!((c.hits, c.prefetch_used), (0, 1));
+        assert_eq!(c.zero_fills, 2, "5 and 9 were never written: not fetched");
     }
 
     fn arb_events() -> impl Strategy<Value = Vec<TraceEvent>> {
@@ -408,7 +448,7 @@ mod tests {
             );
             let p = profile(&text);
             let mut s = Simulator::new(&p, capacity, Latencies::default());
-            let mut written = HashSet::new();
+            let mut written = std::collections::HashSet::new();
             for e in &ev {
                 s.access(e);
                 if e.kind.is_write() {

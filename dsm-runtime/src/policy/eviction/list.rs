@@ -3,8 +3,8 @@
 //! slab, so removing from the middle (the evictor took a page, or it was invalidated)
 //! does not shift anything.
 
+use crate::policy::PageMap;
 use crate::space::PageNum;
-use std::collections::HashMap;
 
 const NIL: usize = usize::MAX;
 
@@ -20,7 +20,7 @@ struct Node {
 pub(crate) struct OrderedSet {
     nodes: Vec<Node>,
     free: Vec<usize>,
-    index: HashMap<PageNum, usize>,
+    index: PageMap<usize>,
     head: usize,
     tail: usize,
 }
@@ -30,7 +30,7 @@ impl OrderedSet {
         OrderedSet {
             nodes: Vec::with_capacity(capacity),
             free: Vec::new(),
-            index: HashMap::with_capacity(capacity),
+            index: PageMap::with_capacity_and_hasher(capacity, Default::default()),
             head: NIL,
             tail: NIL,
         }

@@ -15,8 +15,8 @@
 
 use super::list::OrderedSet;
 use crate::policy::eviction::EvictionPolicy;
+use crate::policy::PageSet;
 use crate::space::PageNum;
-use std::collections::HashSet;
 
 /// Default share of the cache for `A1in`, in percent (the paper's recommendation).
 pub const A1IN_PCT_DEFAULT: u8 = 25;
@@ -29,7 +29,7 @@ pub struct TwoQ {
     a1out: OrderedSet,
     am: OrderedSet,
     /// Prefetched pages (in `a1in`) that were ghosts when they arrived.
-    promote_on_use: HashSet<PageNum>,
+    promote_on_use: PageSet,
     a1in_pages_max: usize,
     a1out_pages_max: usize,
 }
@@ -45,7 +45,7 @@ impl TwoQ {
             a1in: OrderedSet::with_capacity(a1in_pages_max),
             a1out: OrderedSet::with_capacity(a1out_pages_max),
             am: OrderedSet::with_capacity(capacity),
-            promote_on_use: HashSet::new(),
+            promote_on_use: PageSet::default(),
             a1in_pages_max,
             a1out_pages_max,
         }
