@@ -159,7 +159,7 @@ pub unsafe extern "C" fn posix_memalign(
     align: size_t,
     size: size_t,
 ) -> c_int {
-    if !valid_alignment(align) || align % size_of::<*mut c_void>() != 0 {
+    if !valid_alignment(align) || !align.is_multiple_of(size_of::<*mut c_void>()) {
         return libc::EINVAL;
     }
     let p = aligned(align, size);

@@ -267,8 +267,7 @@ pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: size_t, prot: c_int) -
 pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
     // The runtime's own threads drop evicted pages with MADV_DONTNEED: let them through.
     if overlaps(addr as usize, len) && !current_thread_is_internal() {
-        if advice == libc::MADV_DONTNEED && owns(addr as usize) && owns(addr as usize + len - 1)
-        {
+        if advice == libc::MADV_DONTNEED && owns(addr as usize) && owns(addr as usize + len - 1) {
             // SAFETY: the caller gives up the contents of this range of its own memory,
             // which then reads as zeros.
             unsafe { std::ptr::write_bytes(addr.cast::<u8>(), 0, len) };

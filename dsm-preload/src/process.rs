@@ -148,8 +148,7 @@ fn start() -> Result<Running, StartError> {
 /// stdio buffers, which live in the global heap, after this.
 pub extern "C" fn on_exit() {
     let Some(r) = running() else { return };
-    if route::state() != READY || OWNER_PID.load(Ordering::Relaxed) != std::process::id() as i32
-    {
+    if route::state() != READY || OWNER_PID.load(Ordering::Relaxed) != std::process::id() as i32 {
         return;
     }
     let snap = r.runtime.snapshot();

@@ -58,14 +58,12 @@ impl LocalNodes {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
             unblock_signals_in_child(&mut cmd);
-            let mut child = cmd
-                .spawn()
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("starting memory node {id} ({}): {e}", exe.display()),
-                    )
-                })?;
+            let mut child = cmd.spawn().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("starting memory node {id} ({}): {e}", exe.display()),
+                )
+            })?;
             let stdout = child.stdout.take().expect("piped");
             nodes.children.push(Some(child));
             let mut line = String::new();

@@ -42,8 +42,16 @@ fn quick(args: &[&str]) -> Ran {
 fn program_not_found_is_127_and_starts_nothing() {
     let r = quick(&["-n", "2", "-v", "--", "no-such-program-dsm"]);
     assert_eq!(r.code, 127, "{}", r.stderr);
-    assert!(r.stderr.contains("no-such-program-dsm: command not found"), "{}", r.stderr);
-    assert!(node_pids(&r.stderr).is_empty(), "nodes were started: {}", r.stderr);
+    assert!(
+        r.stderr.contains("no-such-program-dsm: command not found"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        node_pids(&r.stderr).is_empty(),
+        "nodes were started: {}",
+        r.stderr
+    );
     let r = quick(&["-n", "2", "--", "/nonexistent/prog"]);
     assert_eq!(r.code, 127, "{}", r.stderr);
 }
@@ -56,7 +64,14 @@ fn bad_sizes_and_help_are_clear() {
     let r = quick(&["--help"]);
     assert_eq!(r.code, 0);
     let help = String::from_utf8_lossy(&r.stdout);
-    for opt in ["--local-cache", "--node-memory", "--transport", "--stats", "--verbose", "Examples"] {
+    for opt in [
+        "--local-cache",
+        "--node-memory",
+        "--transport",
+        "--stats",
+        "--verbose",
+        "Examples",
+    ] {
         assert!(help.contains(opt), "--help lacks {opt}");
     }
 }
@@ -65,11 +80,18 @@ fn bad_sizes_and_help_are_clear() {
 fn no_userfaultfd_permission_says_which_fix_applies() {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 || !have("setpriv") {
-        return skip("no_userfaultfd_permission", "needs root and setpriv to drop to an unprivileged user");
+        return skip(
+            "no_userfaultfd_permission",
+            "needs root and setpriv to drop to an unprivileged user",
+        );
     }
-    let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap_or_default();
+    let sysctl =
+        std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap_or_default();
     if sysctl.trim() != "0" {
-        return skip("no_userfaultfd_permission", "vm.unprivileged_userfaultfd=1: every user may use userfaultfd");
+        return skip(
+            "no_userfaultfd_permission",
+            "vm.unprivileged_userfaultfd=1: every user may use userfaultfd",
+        );
     }
     // A copy the unprivileged user can run (the build tree may be private).
     let dir = std::env::temp_dir().join(format!("dsm-test-{}-uffd", std::process::id()));
@@ -77,7 +99,11 @@ fn no_userfaultfd_permission_says_which_fix_applies() {
     for f in ["dsmrun", "libdsm_preload.so"] {
         std::fs::copy(dsmrun().with_file_name(f), dir.join(f)).unwrap();
     }
-    Command::new("chmod").args(["-R", "a+rX"]).arg(&dir).status().unwrap();
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&dir)
+        .status()
+        .unwrap();
     let r = run_measured(
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -87,7 +113,11 @@ fn no_userfaultfd_permission_says_which_fix_applies() {
     );
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    for fix in ["CAP_SYS_PTRACE", "vm.unprivileged_userfaultfd=1", "/dev/userfaultfd"] {
+    for fix in [
+        "CAP_SYS_PTRACE",
+        "vm.unprivileged_userfaultfd=1",
+        "/dev/userfaultfd",
+    ] {
         assert!(r.stderr.contains(fix), "message lacks {fix}: {}", r.stderr);
     }
 }
@@ -98,17 +128,28 @@ fn base_address_taken_is_reported() {
     let Some(exe) = compile_c("oom", &["-no-pie"]) else {
         return skip("base_address_taken", "no C compiler");
     };
-    let r = quick(&["-n", "2", "-v", "--space-base", "0x400000", "--"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([exe.to_string_lossy().into_owned()])
-        .collect::<Vec<_>>()
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>());
+    let r = quick(
+        &["-n", "2", "-v", "--space-base", "0x400000", "--"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([exe.to_string_lossy().into_owned()])
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     let _ = std::fs::remove_file(&exe);
-    assert_eq!(r.code, dsm_runtime::runtime::EXIT_RUNTIME_FAILURE, "{}", r.stderr);
-    assert!(r.stderr.contains("overlaps an existing mapping"), "{}", r.stderr);
+    assert_eq!(
+        r.code,
+        dsm_runtime::runtime::EXIT_RUNTIME_FAILURE,
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("overlaps an existing mapping"),
+        "{}",
+        r.stderr
+    );
     assert_gone(&node_pids(&r.stderr));
 }
 
@@ -136,7 +177,13 @@ fn pool_exhausted_malloc_returns_null_with_enomem() {
 
 /// Starts dsmrun -v on a long-running heapwalk; returns it and the node pids once the
 /// program runs.
-fn start_long_job(exe: &Path) -> (std::process::Child, Vec<i32>, std::thread::JoinHandle<String>) {
+fn start_long_job(
+    exe: &Path,
+) -> (
+    std::process::Child,
+    Vec<i32>,
+    std::thread::JoinHandle<String>,
+) {
     require_preload();
     let mut child = Command::new(dsmrun())
         .args(["-n", "3", "-v", "--local-cache", "2M", "--"])
@@ -151,7 +198,10 @@ fn start_long_job(exe: &Path) -> (std::process::Child, Vec<i32>, std::thread::Jo
     let mut line = String::new();
     while !seen.contains(" slot ") {
         line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "dsmrun ended early: {seen}");
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "dsmrun ended early: {seen}"
+        );
         seen.push_str(&line);
     }
     let pids = node_pids(&seen);
@@ -178,8 +228,16 @@ fn a_dead_node_ends_the_job_naming_it() {
     let st = child.wait().unwrap();
     let stderr = rest.join().unwrap();
     let _ = std::fs::remove_file(&exe);
-    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
-    assert_eq!(st.code(), Some(dsm_runtime::runtime::EXIT_RUNTIME_FAILURE), "{stderr}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        st.code(),
+        Some(dsm_runtime::runtime::EXIT_RUNTIME_FAILURE),
+        "{stderr}"
+    );
     assert!(stderr.contains("node 1"), "{stderr}");
     assert_gone(&pids);
 }

@@ -47,7 +47,10 @@ fn native_vs_pooled(name: &str, program: &std::path::Path, args: &[&str]) -> ser
 #[test]
 fn multithreaded_c_program_with_random_access() {
     let Some(exe) = compile_c("heapwalk", &[]) else {
-        return skip("multithreaded_c_program", "no C compiler (apt-get install gcc)");
+        return skip(
+            "multithreaded_c_program",
+            "no C compiler (apt-get install gcc)",
+        );
     };
     let total = native_vs_pooled(
         "heapwalk",
@@ -116,7 +119,10 @@ print(len(d), h.hexdigest())
 #[test]
 fn shell_running_programs_and_fork_without_exec() {
     let Some(exe) = compile_c("heapwalk", &[]) else {
-        return skip("shell_running_programs", "no C compiler (apt-get install gcc)");
+        return skip(
+            "shell_running_programs",
+            "no C compiler (apt-get install gcc)",
+        );
     };
     let Some(forker) = compile_c("forker", &[]) else {
         return skip("shell_running_programs", "no C compiler");
@@ -170,7 +176,9 @@ fn fork_after_eviction_is_refused_clearly() {
     let out = String::from_utf8_lossy(&pooled.stdout);
     assert!(out.contains("fork refused: errno"), "{out}");
     assert!(
-        pooled.stderr.contains("fork() without exec is not supported"),
+        pooled
+            .stderr
+            .contains("fork() without exec is not supported"),
         "{}",
         pooled.stderr
     );

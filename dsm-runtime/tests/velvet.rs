@@ -88,7 +88,10 @@ fn assemble(name: &str, dir: &Path, velveth_args: &[&str], velvetg_args: &[&str]
     }
     // velveth's heap is mostly a hash table it fills: it must have left the cache too.
     let total = stats_total(&stats_h);
-    assert!(total["evictions"].as_u64().unwrap_or(0) > 0, "velveth: {total}");
+    assert!(
+        total["evictions"].as_u64().unwrap_or(0) > 0,
+        "velveth: {total}"
+    );
 
     let native_g = dir.join("g-native");
     fresh(&native_h, &native_g);
@@ -115,7 +118,10 @@ fn assemble(name: &str, dir: &Path, velveth_args: &[&str], velvetg_args: &[&str]
         pooled.secs / ran.secs
     );
     let native_contigs = std::fs::read(native_g.join("contigs.fa")).unwrap();
-    assert!(!native_contigs.is_empty(), "{name}: velvetg assembled nothing");
+    assert!(
+        !native_contigs.is_empty(),
+        "{name}: velvetg assembled nothing"
+    );
     for f in ["contigs.fa", "stats.txt"] {
         let a = std::fs::read(native_g.join(f)).unwrap();
         let b = std::fs::read(pooled_g.join(f)).unwrap();

@@ -129,7 +129,9 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
         Some(h) => usize::from_str_radix(h, 16),
         None => base_text.parse(),
     }
-    .with_context(|| format!("--space-base {base_text}: expected an address like 0x100000000000"))?;
+    .with_context(|| {
+        format!("--space-base {base_text}: expected an address like 0x100000000000")
+    })?;
     Ok(RunOptions {
         nodes: cli.nodes,
         cache_bytes_max: cache,
@@ -153,7 +155,10 @@ fn node_main(args: Vec<OsString>) -> Result<()> {
     let cli = NodeCli::parse_from(args);
     let bytes = parse_size(&cli.memory, None).map_err(anyhow::Error::msg)?;
     if bytes == 0 || bytes % 4096 != 0 {
-        bail!("--memory {}: must be a positive multiple of 4 KiB", cli.memory);
+        bail!(
+            "--memory {}: must be a positive multiple of 4 KiB",
+            cli.memory
+        );
     }
     let secret = std::env::var("DSM_SECRET")
         .ok()

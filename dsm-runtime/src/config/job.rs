@@ -135,7 +135,9 @@ fn parse_addr(text: &str) -> Result<usize, String> {
     let t = text.trim();
     match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
         Some(hex) => usize::from_str_radix(hex, 16).map_err(|e| e.to_string()),
-        None => t.parse().map_err(|e: std::num::ParseIntError| e.to_string()),
+        None => t
+            .parse()
+            .map_err(|e: std::num::ParseIntError| e.to_string()),
     }
 }
 
@@ -171,16 +173,33 @@ impl JobConfig {
             .split(',')
             .map(|a| a.trim().parse::<SocketAddr>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("DSM_NODES", nodes_text, format!("{e}: expect host:port,...")))?;
+            .map_err(|e| {
+                bad(
+                    "DSM_NODES",
+                    nodes_text,
+                    format!("{e}: expect host:port,..."),
+                )
+            })?;
         if nodes.is_empty() {
             return Err(bad("DSM_NODES", nodes_text, "no nodes"));
         }
         let secret_text = get("DSM_SECRET").unwrap_or("");
-        let secret = Secret::new(secret_text)
-            .ok_or_else(|| bad("DSM_SECRET", "<hidden>", "the job secret is missing or empty"))?;
+        let secret = Secret::new(secret_text).ok_or_else(|| {
+            bad(
+                "DSM_SECRET",
+                "<hidden>",
+                "the job secret is missing or empty",
+            )
+        })?;
         let transport = match get("DSM_TRANSPORT").unwrap_or("tcp") {
             "tcp" => TransportKind::Tcp,
-            other => return Err(bad("DSM_TRANSPORT", other, "the only transport built is tcp")),
+            other => {
+                return Err(bad(
+                    "DSM_TRANSPORT",
+                    other,
+                    "the only transport built is tcp",
+                ))
+            }
         };
         let size = |name: &'static str, default: u64| -> Result<u64, JobError> {
             match get(name) {

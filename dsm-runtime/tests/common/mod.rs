@@ -112,6 +112,8 @@ pub struct Ran {
 }
 
 /// Runs `cmd` to completion, measuring its peak RSS with wait4.
+// The child is reaped with wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 pub fn run_measured(cmd: &mut Command) -> Ran {
     let start = std::time::Instant::now();
     let mut child = cmd
@@ -156,9 +158,14 @@ pub fn run_measured(cmd: &mut Command) -> Ran {
 pub fn dsmrun_cmd(nodes: usize, cache_bytes: u64, stats: &std::path::Path) -> Command {
     require_preload();
     let mut c = Command::new(dsmrun());
-    c.args(["-n", &nodes.to_string(), "--local-cache", &cache_bytes.to_string()])
-        .arg("--stats")
-        .arg(stats);
+    c.args([
+        "-n",
+        &nodes.to_string(),
+        "--local-cache",
+        &cache_bytes.to_string(),
+    ])
+    .arg("--stats")
+    .arg(stats);
     c
 }
 
