@@ -349,6 +349,10 @@ fn exit_code_of(st: ExitStatus, opts: &RunOptions) -> i32 {
         return c;
     }
     let sig = st.signal().unwrap_or(0);
+    if sig == libc::SIGPIPE {
+        // `dsmrun prog | head`: the reader left; shells do not report this either.
+        return 128 + sig;
+    }
     // SAFETY: strsignal returns a pointer to a static or thread-local string.
     let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }
         .to_string_lossy()
