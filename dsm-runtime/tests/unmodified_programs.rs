@@ -10,8 +10,23 @@ use std::process::Command;
 /// Runs `program args` natively, then under dsmrun with a quarter of its peak RSS as
 /// cache; checks identical stdout and real remote traffic. Returns the stats totals.
 fn native_vs_pooled(name: &str, program: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    native_vs_pooled_env(name, program, args, &[])
+}
+
+/// [`native_vs_pooled`] with extra environment variables for both runs.
+fn native_vs_pooled_env(
+    name: &str,
+    program: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let _turn = heavy();
-    let native = run_measured(Command::new(program).args(args).env("LC_ALL", "C"));
+    let native = run_measured(
+        Command::new(program)
+            .args(args)
+            .env("LC_ALL", "C")
+            .envs(env.iter().copied()),
+    );
     assert_eq!(native.code, 0, "{name} natively: {}", native.stderr);
     let cache = quarter_of(native.peak_rss);
     let dir = scratch(name);
@@ -19,6 +34,7 @@ fn native_vs_pooled(name: &str, program: &std::path::Path, args: &[&str]) -> ser
     let pooled = run_measured(
         dsmrun_cmd(4, cache, &stats)
             .env("LC_ALL", "C")
+            .envs(env.iter().copied())
             .arg("--")
             .arg(program)
             .args(args),
@@ -58,6 +74,17 @@ fn multithreaded_c_program_with_random_access() {
         &["96", "4", "2", "42"], // 96 MiB over 4 threads
     );
     assert!(total["faults_write"].as_u64().unwrap() > 0);
+    let _ = std::fs::remove_file(exe);
+}
+
+#[test]
+fn openmp_program() {
+    let Some(exe) = compile_c("omp", &["-fopenmp"]) else {
+        return skip("openmp_program", "no C compiler (apt-get install gcc)");
+    };
+    // Two OpenMP threads whatever the machine, so native and pooled runs do the same work.
+    let total = native_vs_pooled_env("openmp", &exe, &["48"], &[("OMP_NUM_THREADS", "2")]);
+    assert!(total["faults_read"].as_u64().unwrap() > 0);
     let _ = std::fs::remove_file(exe);
 }
 
