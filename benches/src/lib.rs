@@ -20,17 +20,22 @@ use std::time::{Duration, Instant};
 /// Bytes of a page.
 pub const PAGE: usize = 4096;
 
-/// The `dsmrun` binary built beside the benchmark (`cargo bench` builds it first).
+/// The `dsmrun` binary built beside the benchmark: next to it (a bin in
+/// `target/release`) or one level up (a bench in `target/release/deps`).
 pub fn dsmrun_exe() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join("dsmrun");
-    assert!(
-        p.exists(),
-        "{} not found: run `cargo build --release -p dsm-runtime` first",
-        p.display()
-    );
-    p
+    let dir = exe.parent().expect("exe dir");
+    let candidates = [dir.join("dsmrun"), dir.join("../dsmrun")];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "dsmrun not found near {}: run `cargo build --release -p dsm-runtime` first",
+                dir.display()
+            )
+        })
 }
 
 /// Real node processes and a transport to them.

@@ -102,8 +102,6 @@ fn length_of(base: usize) -> Option<usize> {
 fn redirectable(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int) -> bool {
     let special = libc::MAP_FIXED
         | libc::MAP_FIXED_NOREPLACE
-        | libc::MAP_SHARED
-        | libc::MAP_SHARED_VALIDATE
         | libc::MAP_HUGETLB
         | libc::MAP_STACK
         | libc::MAP_GROWSDOWN
@@ -111,7 +109,8 @@ fn redirectable(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c
     addr.is_null()
         && fd == -1
         && flags & libc::MAP_ANONYMOUS != 0
-        && flags & libc::MAP_PRIVATE != 0
+        // The mapping type is a 4-bit field (MAP_SHARED_VALIDATE is 3), not a flag.
+        && flags & 0xf == libc::MAP_PRIVATE
         && flags & special == 0
         && prot == libc::PROT_READ | libc::PROT_WRITE
         && len >= MIN_BYTES.load(Ordering::Relaxed)

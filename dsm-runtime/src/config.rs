@@ -58,6 +58,9 @@ pub struct RuntimeConfig {
     pub node_timeout_ms: u64,
     /// CPU to pin handler threads to (`None`: let the scheduler decide).
     pub handler_cpu: Option<usize>,
+    /// Pages fetched per demand fault: the aligned block of this many pages around the
+    /// faulting page (a power of two, 1 to [`FETCH_GRANULARITY_PAGES_MAX`]).
+    pub fetch_granularity_pages: usize,
     /// Most pages the prefetch policy may request per fault (0 disables prefetch).
     pub prefetch_max_pages: usize,
     /// Staging slots (pages prefetched or sampled, not yet mapped); 0 = a quarter of the
@@ -69,6 +72,11 @@ pub struct RuntimeConfig {
     /// Access sampling: time between rounds.
     pub sample_interval_ms: u64,
 }
+
+/// Largest fetch granularity: 64 pages (256 KiB) per demand fault.
+pub const FETCH_GRANULARITY_PAGES_MAX: usize = 64;
+/// Largest prefetch request per fault.
+pub const PREFETCH_PAGES_MAX: usize = 1024;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -86,6 +94,7 @@ impl Default for RuntimeConfig {
             placement_chunk_pages: 1,
             node_timeout_ms: 5000,
             handler_cpu: None,
+            fetch_granularity_pages: 1,
             prefetch_max_pages: 32,
             staging_pages: 0,
             sample_pages: 0,
@@ -173,11 +182,20 @@ impl RuntimeConfig {
         if self.placement_chunk_pages == 0 {
             return Err(invalid("placement_chunk_pages", 0, "use at least 1"));
         }
-        if self.prefetch_max_pages > 1024 {
+        if !self.fetch_granularity_pages.is_power_of_two()
+            || self.fetch_granularity_pages > FETCH_GRANULARITY_PAGES_MAX
+        {
+            return Err(invalid(
+                "fetch_granularity_pages",
+                self.fetch_granularity_pages,
+                format!("use a power of two from 1 to {FETCH_GRANULARITY_PAGES_MAX}"),
+            ));
+        }
+        if self.prefetch_max_pages > PREFETCH_PAGES_MAX {
             return Err(invalid(
                 "prefetch_max_pages",
                 self.prefetch_max_pages,
-                "use 0 to 1024",
+                format!("use 0 (no prefetch) to {PREFETCH_PAGES_MAX}"),
             ));
         }
         if self.staging_pages > self.cache_pages() {
@@ -288,5 +306,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.validate().unwrap_err().field, "space_bytes");
+        let c = RuntimeConfig {
+            fetch_granularity_pages: 3,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "fetch_granularity_pages");
+        let c = RuntimeConfig {
+            prefetch_max_pages: 5000,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "prefetch_max_pages");
     }
 }

@@ -18,7 +18,9 @@ pub mod policy;
 pub mod runtime;
 pub mod space;
 pub mod stats;
+pub mod trace;
 pub mod transport;
+pub mod tune;
 
 pub use config::RuntimeConfig;
 pub use runtime::{Runtime, RuntimeError};

@@ -72,6 +72,7 @@ pub struct Core {
     eviction: Mutex<Box<dyn EvictionPolicy>>,
     prefetch: Mutex<Box<dyn PrefetchPolicy>>,
     pub(crate) prefetcher: PrefetchQueue,
+    pub(crate) trace: Option<crate::trace::TraceWriter>,
     pub(crate) stats: Arc<Stats>,
     stop: AtomicBool,
     stop_fd: OwnedFd,
@@ -188,6 +189,8 @@ pub struct Policies {
     pub prefetch: Box<dyn PrefetchPolicy>,
     /// Where pages live; `None` for interleaving with the configured chunk size.
     pub placement: Option<Box<dyn Placement>>,
+    /// Where to record the page-access stream for the tuner (`--record-trace`).
+    pub trace: Option<crate::trace::TraceWriter>,
 }
 
 impl Policies {
@@ -197,6 +200,7 @@ impl Policies {
             eviction: Box::new(Clock::with_capacity(config.cache_pages())),
             prefetch: Box::new(NoPrefetch),
             placement: None,
+            trace: None,
         }
     }
 }
@@ -296,6 +300,7 @@ impl Runtime {
             eviction: Mutex::new(policies.eviction),
             prefetch: Mutex::new(policies.prefetch),
             prefetcher: PrefetchQueue::new(4 * config.prefetch_max_pages.max(16)),
+            trace: policies.trace,
             stats: Arc::new(Stats::default()),
             stop: AtomicBool::new(false),
             // SAFETY: `efd` is a fresh descriptor we own.

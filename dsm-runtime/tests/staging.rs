@@ -58,6 +58,7 @@ fn start_with(
         eviction: Box::new(Clock::with_capacity(config.cache_pages())),
         prefetch: Box::new(NextN(n)),
         placement: None,
+        trace: None,
     };
     (nodes, Runtime::start_with(config, &t, policies).unwrap())
 }

@@ -317,7 +317,8 @@ impl JobConfig {
     }
 
     /// Claims a free slot for process `pid`, using `alive` to tell whether a slot's
-    /// previous owner still runs.
+    /// previous owner still runs. A slot held by `pid` itself was claimed by the program
+    /// this process ran before an `exec`; it is reused.
     pub fn claim_slot(
         &self,
         session: &mut dyn Session,
@@ -329,7 +330,8 @@ impl JobConfig {
             for slot in 0..self.slots {
                 let offset = (slot * 8) as u64;
                 let owner = session.compare_and_swap(NodeId(0), offset, 0, 0)?;
-                if owner != 0 && alive(owner as u32) {
+                // Our own pid: the image we replaced with exec held it, and is gone.
+                if owner != 0 && owner != u64::from(pid) && alive(owner as u32) {
                     continue;
                 }
                 if session.compare_and_swap(NodeId(0), offset, owner, u64::from(pid))? == owner {

@@ -9,8 +9,10 @@ use crate::cache::{recycle, Evictor};
 use crate::coherence::state::{after_fault, on_fault, FaultAction};
 use crate::coherence::PageState;
 use crate::config::HandlerWait;
+use crate::fault::prefetcher;
 use crate::runtime::{Core, RuntimeError};
 use crate::space::{PageNum, PAGE_BYTES};
+use crate::trace::EventKind;
 use crate::transport::{ReadOp, Session};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -48,6 +50,10 @@ pub struct FaultHandler {
     read_ops: Vec<ReadOp<'static>>,
     /// Pages the prefetch policy asked for, handed to the prefetcher.
     prefetch_out: Vec<PageNum>,
+    /// Neighbours of this round's fetches within their fetch-granularity block, fetched in
+    /// the same batch and staged.
+    block: Vec<prefetcher::Staged>,
+    block_pages: Vec<PageNum>,
 }
 
 impl FaultHandler {
@@ -64,6 +70,8 @@ impl FaultHandler {
             fetch_buf: vec![0u8; batch * 5 * PAGE_BYTES],
             read_ops: Vec::with_capacity(batch * 5),
             prefetch_out: Vec::with_capacity(core.config.prefetch_max_pages),
+            block: Vec::with_capacity(batch * 5 * core.config.fetch_granularity_pages),
+            block_pages: Vec::with_capacity(core.config.fetch_granularity_pages),
         }
     }
 
@@ -158,6 +166,9 @@ impl FaultHandler {
         let write = fault.kind != FaultKind::MissingRead;
         let action = on_fault(state, write, wp);
         count_fault(core, fault.kind, action);
+        if let Some(trace) = &core.trace {
+            trace.record(trace_kind(fault.kind, action, state), page);
+        }
         let addr = core.layout.addr_of(page);
         match action {
             FaultAction::Wake => {
@@ -270,8 +281,37 @@ impl FaultHandler {
         }
     }
 
+    /// Claims the other pages of each fetched page's aligned block of
+    /// `fetch_granularity_pages`, to be fetched in the same batch and staged.
+    fn claim_blocks(&mut self, core: &Core) {
+        let g = core.config.fetch_granularity_pages as u64;
+        if g <= 1 {
+            return;
+        }
+        for f in &self.fetches {
+            let first = f.page.0 & !(g - 1);
+            self.block_pages.clear();
+            self.block_pages.extend(
+                (first..(first + g).min(core.layout.pages))
+                    .filter(|&p| p != f.page.0)
+                    .map(PageNum),
+            );
+            prefetcher::claim(core, &self.block_pages, &mut self.block);
+        }
+    }
+
     fn fetch_and_install(&mut self, core: &Core, start: Instant) -> Result<(), RuntimeError> {
+        self.claim_blocks(core);
         let mut ops: Vec<ReadOp<'_>> = recycle(std::mem::take(&mut self.read_ops));
+        for b in &self.block {
+            let home = core.placement.home(b.page);
+            ops.push(ReadOp {
+                node: home.node,
+                offset: home.offset,
+                // SAFETY: the slot was claimed for a page this thread holds locked.
+                buf: unsafe { core.staging.slot_mut(b.slot) },
+            });
+        }
         for (f, buf) in self
             .fetches
             .iter()
@@ -287,6 +327,10 @@ impl FaultHandler {
         let res = self.session.read_batch(&mut ops);
         self.read_ops = recycle(ops);
         res.map_err(RuntimeError::Transport)?;
+        if !self.block.is_empty() {
+            prefetcher::count_fetch(core, self.block.len());
+            prefetcher::publish(core, &mut self.block);
+        }
         let st = &core.stats;
         let n = self.fetches.len() as u64;
         st.remote_read_pages.fetch_add(n, Ordering::Relaxed);
@@ -353,6 +397,18 @@ impl FaultHandler {
             .wake(addr, PAGE_BYTES)
             .map_err(RuntimeError::Uffd)?;
         Ok(false)
+    }
+}
+
+/// How a fault appears in a recorded trace: staged pages' uses are told apart from
+/// demand faults, because the simulator must know the page was present.
+fn trace_kind(kind: FaultKind, action: FaultAction, state: PageState) -> EventKind {
+    match (action, kind) {
+        (FaultAction::InstallStaged { .. }, _) if state.prefetched() => EventKind::StagedHit,
+        (FaultAction::InstallStaged { .. }, _) => EventKind::Sampled,
+        (_, FaultKind::MissingRead) => EventKind::FaultRead,
+        (_, FaultKind::MissingWrite) => EventKind::FaultWrite,
+        (_, FaultKind::WriteProtect) => EventKind::FaultWriteProtect,
     }
 }
 

@@ -65,9 +65,10 @@ impl PrefetchQueue {
     }
 }
 
-struct Staged {
-    page: PageNum,
-    slot: u32,
+/// A page claimed for staging: locked, with budget and a staging slot.
+pub(crate) struct Staged {
+    pub(crate) page: PageNum,
+    pub(crate) slot: u32,
     state: crate::coherence::PageState,
 }
 
@@ -102,30 +103,40 @@ pub fn run(core: &Core, mut session: Box<dyn Session>) -> Result<(), RuntimeErro
         let res = session.read_batch(&mut ops);
         ops_store = recycle(ops);
         res.map_err(RuntimeError::Transport)?;
-        let st = &core.stats;
-        let n = staged.len() as u64;
-        st.remote_read_pages.fetch_add(n, Ordering::Relaxed);
-        st.remote_read_bytes
-            .fetch_add(n * PAGE_BYTES as u64, Ordering::Relaxed);
-        st.remote_read_batches.fetch_add(1, Ordering::Relaxed);
-        st.prefetch_issued.fetch_add(n, Ordering::Relaxed);
-        for s in staged.drain(..) {
-            let next = s
-                .state
-                .with_staged(s.slot)
-                .with_prefetched(true)
-                .with_busy(false);
-            core.table.unlock(s.page, next);
-            core.eviction().on_insert(s.page, true);
-        }
+        count_fetch(core, staged.len());
+        publish(core, &mut staged);
     }
     Ok(())
+}
+
+/// Counts `n` pages fetched for staging.
+pub(crate) fn count_fetch(core: &Core, n: usize) {
+    let st = &core.stats;
+    let n = n as u64;
+    st.remote_read_pages.fetch_add(n, Ordering::Relaxed);
+    st.remote_read_bytes
+        .fetch_add(n * PAGE_BYTES as u64, Ordering::Relaxed);
+    st.remote_read_batches.fetch_add(1, Ordering::Relaxed);
+    st.prefetch_issued.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Publishes fetched pages as staged prefetches and unlocks them.
+pub(crate) fn publish(core: &Core, staged: &mut Vec<Staged>) {
+    for s in staged.drain(..) {
+        let next = s
+            .state
+            .with_staged(s.slot)
+            .with_prefetched(true)
+            .with_busy(false);
+        core.table.unlock(s.page, next);
+        core.eviction().on_insert(s.page, true);
+    }
 }
 
 /// Locks each requested page that is worth fetching (not cached, data at home), and
 /// gives it budget and a staging slot. Pages that are busy, cached, never written, or
 /// that find the cache full are skipped.
-fn claim(core: &Core, requested: &[PageNum], staged: &mut Vec<Staged>) {
+pub(crate) fn claim(core: &Core, requested: &[PageNum], staged: &mut Vec<Staged>) {
     for &page in requested {
         let Some(state) = core.table.try_lock(page) else {
             continue;

@@ -12,7 +12,7 @@ pub mod summary;
 
 use crate::config::job::{JobConfig, TransportKind, SLOTS_MAX, SLOT_ALIGN_BYTES};
 use crate::config::{physical_memory_bytes, SPACE_END_MAX};
-use crate::fault::uffd::{Userfaultfd, FEATURE_PAGEFAULT_FLAG_WP, FEATURE_THREAD_ID};
+use crate::fault::uffd::{UffdError, Userfaultfd, FEATURE_PAGEFAULT_FLAG_WP, FEATURE_THREAD_ID};
 use crate::launch::{unblock_signals_in_child, LocalNodes};
 use crate::runtime::EXIT_RUNTIME_FAILURE;
 use crate::space::PAGE_BYTES;
@@ -80,6 +80,9 @@ pub enum LaunchError {
     /// userfaultfd cannot be used by this user.
     #[error("{0}")]
     Uffd(#[from] crate::fault::uffd::UffdError),
+    /// userfaultfd is not permitted; the text says which fix applies on this machine.
+    #[error("{0}")]
+    UffdPermission(String),
     /// The pool cannot hold the processes' slots.
     #[error(
         "the pool ({nodes} nodes x {node_mib} MiB) is too small for {procs} processes of at \
@@ -160,6 +163,50 @@ fn default_preload() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// Capability number of CAP_SYS_PTRACE (linux/capability.h).
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// What stands between this user and userfaultfd here, and which fix applies.
+fn diagnose_uffd_permission() -> String {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let ptrace = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0);
+    let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let dev = Path::new("/dev/userfaultfd");
+    let mut lines = vec![format!(
+        "here: uid {uid}, {} CAP_SYS_PTRACE; vm.unprivileged_userfaultfd = {sysctl}",
+        if ptrace { "with" } else { "without" }
+    )];
+    if sysctl == "0" {
+        lines.push(
+            "fix (as root): sysctl -w vm.unprivileged_userfaultfd=1, or run dsmrun as root / \
+             with CAP_SYS_PTRACE"
+                .into(),
+        );
+    }
+    if dev.exists() {
+        let c = std::ffi::CString::new("/dev/userfaultfd").expect("no NUL");
+        // SAFETY: access with a NUL-terminated path.
+        let ok = unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) } == 0;
+        if !ok {
+            lines.push(format!(
+                "or (as root) give this user read/write access to /dev/userfaultfd, e.g. \
+                 setfacl -m u:{uid}:rw /dev/userfaultfd"
+            ));
+        }
+    } else {
+        lines.push("/dev/userfaultfd does not exist on this kernel".into());
+    }
+    lines.join("\n")
+}
+
 /// Slices of the job's global range: as large as the pool and the address space allow.
 fn plan_job(opts: &RunOptions) -> Result<(u64, usize), LaunchError> {
     let page = PAGE_BYTES as u64;
@@ -208,9 +255,16 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
     let preload = preload.canonicalize().map_err(io_err("preload library"))?;
     // The program's processes run as this user: if we cannot open a userfaultfd, neither
     // can they. Say so before starting anything.
-    drop(Userfaultfd::open(
-        FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID,
-    )?);
+    match Userfaultfd::open(FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID) {
+        Ok(_) => {}
+        Err(e @ UffdError::PermissionDenied { .. }) => {
+            return Err(LaunchError::UffdPermission(format!(
+                "{e}\n{}",
+                diagnose_uffd_permission()
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
     let (slot_bytes, slots) = plan_job(opts)?;
 
     signals::start_forwarding().map_err(io_err("blocking forwarded signals"))?;
@@ -351,6 +405,10 @@ fn exit_code_of(st: ExitStatus, opts: &RunOptions) -> i32 {
         return c;
     }
     let sig = st.signal().unwrap_or(0);
+    if sig == libc::SIGPIPE {
+        // `dsmrun prog | head`: the reader left; shells do not report this either.
+        return 128 + sig;
+    }
     // SAFETY: strsignal returns a pointer to a static or thread-local string.
     let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }
         .to_string_lossy()

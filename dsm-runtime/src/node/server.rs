@@ -105,6 +105,9 @@ impl NodeServer {
             match self.serve_one(&mut stream, &mut conn) {
                 Ok(()) => {}
                 Err(ServeError::Closed) => return,
+                // How a process's connections end when it exits with data unread: the
+                // normal end of every program under dsmrun, not worth a message.
+                Err(ServeError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => return,
                 Err(e) => {
                     eprintln!("dsm-node {}: dropping peer {peer}: {e}", self.id);
                     return;

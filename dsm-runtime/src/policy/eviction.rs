@@ -18,8 +18,13 @@
 use crate::space::PageNum;
 
 mod clock;
+mod fifo;
+mod list;
+mod two_q;
 
 pub use clock::Clock;
+pub use fifo::Fifo;
+pub use two_q::{TwoQ, A1IN_PCT_DEFAULT, A1OUT_PCT_DEFAULT};
 
 /// Chooses victims among resident pages.
 pub trait EvictionPolicy: Send {
@@ -38,5 +43,79 @@ pub trait EvictionPolicy: Send {
     /// Whether no page is tracked.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u64, bool),
+        Access(u64),
+        Remove(u64),
+        Select(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Few distinct pages, so that re-inserts, ghost hits and removals of
+        // untracked pages all happen often.
+        prop_oneof![
+            (0u64..24, any::<bool>()).prop_map(|(p, f)| Op::Insert(p, f)),
+            (0u64..24).prop_map(Op::Access),
+            (0u64..24).prop_map(Op::Remove),
+            (0usize..12).prop_map(Op::Select),
+        ]
+    }
+
+    fn every_policy(capacity: usize) -> Vec<Box<dyn EvictionPolicy>> {
+        vec![
+            Box::new(Fifo::with_capacity(capacity)),
+            Box::new(Clock::with_capacity(capacity)),
+            Box::new(TwoQ::with_capacity(capacity)),
+            Box::new(TwoQ::new(capacity, 50, 200)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn policies_only_propose_tracked_pages_once_and_count_right(
+            capacity in 1usize..16,
+            ops in proptest::collection::vec(op(), 0..200),
+        ) {
+            for mut policy in every_policy(capacity) {
+                let mut tracked = HashSet::new();
+                for op in &ops {
+                    match *op {
+                        Op::Insert(p, f) => {
+                            policy.on_insert(PageNum(p), f);
+                            tracked.insert(p);
+                        }
+                        Op::Access(p) => policy.on_access(PageNum(p)),
+                        Op::Remove(p) => {
+                            policy.on_remove(PageNum(p));
+                            tracked.remove(&p);
+                        }
+                        Op::Select(n) => {
+                            // Something already in `out` must be left alone.
+                            let mut out = vec![PageNum(u64::MAX)];
+                            policy.select_victims(n, &mut out);
+                            prop_assert_eq!(out[0], PageNum(u64::MAX));
+                            let got = &out[1..];
+                            let distinct: HashSet<_> = got.iter().collect();
+                            prop_assert_eq!(distinct.len(), got.len(), "{} proposed a page twice", policy.name());
+                            for v in got {
+                                prop_assert!(tracked.contains(&v.0), "{} proposed untracked {}", policy.name(), v.0);
+                            }
+                            prop_assert_eq!(got.len(), n.min(tracked.len()), "{} proposed too few", policy.name());
+                        }
+                    }
+                    prop_assert_eq!(policy.len(), tracked.len(), "{} miscounts", policy.name());
+                }
+            }
+        }
     }
 }

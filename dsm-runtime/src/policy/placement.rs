@@ -1,10 +1,12 @@
 //! Placement: which node is a page's home, and where on that node it lives.
 
+use crate::policy::PageMap;
 use crate::space::{PageNum, PAGE_BYTES};
 use crate::transport::NodeId;
+use std::sync::Mutex;
 
 /// A page's home: node and byte offset in that node's region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Home {
     /// Home node.
     pub node: NodeId,
@@ -110,6 +112,118 @@ impl<P: Placement> Placement for Shifted<P> {
     }
 }
 
+/// Contiguous ranges: node 0 is home to the first `space_pages / nodes` pages (rounded
+/// up), node 1 to the next range, and so on. Keeps a program's neighbouring pages on one
+/// node, so a batch of readahead goes to one node instead of all of them.
+#[derive(Debug, Clone)]
+pub struct Blocked {
+    pages_per_node: u64,
+}
+
+impl Blocked {
+    /// Splits `space_pages` pages into `nodes` ranges of equal size (the last may be
+    /// shorter), each within `node_bytes`.
+    pub fn new(nodes: usize, node_bytes: u64, space_pages: u64) -> Result<Blocked, PlacementError> {
+        let page = PAGE_BYTES as u64;
+        let pages_per_node = space_pages.div_ceil(nodes.max(1) as u64).max(1);
+        if nodes == 0 || pages_per_node > node_bytes / page {
+            return Err(PlacementError {
+                space_bytes: space_pages * page,
+                nodes,
+                node_bytes,
+                pool_bytes: (node_bytes / page) * page * nodes as u64,
+                chunk_pages: pages_per_node,
+            });
+        }
+        Ok(Blocked { pages_per_node })
+    }
+}
+
+impl Placement for Blocked {
+    fn home(&self, page: PageNum) -> Home {
+        Home {
+            node: NodeId((page.0 / self.pages_per_node) as u16),
+            offset: (page.0 % self.pages_per_node) * PAGE_BYTES as u64,
+        }
+    }
+}
+
+/// First touch: a page gets its home the first time anyone asks for it (which is its
+/// first write-back: a page never written back needs no home), taking the next free
+/// slot of node 0 (the local node) and spilling to nodes 1, 2, ... in order when a node
+/// is full. A program whose working set fits the local node's region then never leaves
+/// it.
+///
+/// For single-process pooled mode only: homes depend on the order of write-backs, so
+/// two processes would not agree on them, which breaks the [`Placement`] rule that every
+/// process computes the same answer. Deterministic for a given order of calls, and no
+/// two pages of the range it was built for ever share a home (the pool is checked to hold
+/// the whole range). Asking for a page outside that range is a caller's bug: debug builds
+/// assert, release builds wrap around to node 0.
+#[derive(Debug)]
+pub struct FirstTouch {
+    pages_per_node: u64,
+    slots: u64,
+    assigned: Mutex<Assigned>,
+}
+
+#[derive(Debug, Default)]
+struct Assigned {
+    homes: PageMap<Home>,
+    next_slot: u64,
+}
+
+impl FirstTouch {
+    /// A pool of `nodes` regions of `node_bytes` for a range of `space_pages` pages.
+    pub fn new(
+        nodes: usize,
+        node_bytes: u64,
+        space_pages: u64,
+    ) -> Result<FirstTouch, PlacementError> {
+        let page = PAGE_BYTES as u64;
+        let pages_per_node = node_bytes / page;
+        let slots = pages_per_node * nodes as u64;
+        if nodes == 0 || pages_per_node == 0 || space_pages > slots {
+            return Err(PlacementError {
+                space_bytes: space_pages * page,
+                nodes,
+                node_bytes,
+                pool_bytes: slots * page,
+                chunk_pages: 1,
+            });
+        }
+        Ok(FirstTouch {
+            pages_per_node,
+            slots,
+            assigned: Mutex::new(Assigned::default()),
+        })
+    }
+}
+
+impl Placement for FirstTouch {
+    fn home(&self, page: PageNum) -> Home {
+        // A panic elsewhere while holding the lock leaves the map consistent (every
+        // update is one insert after the slot is computed), so poisoning is ignored.
+        let mut a = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&h) = a.homes.get(&page) {
+            return h;
+        }
+        debug_assert!(
+            a.next_slot < self.slots,
+            "first-touch pool exhausted at page {}",
+            page.0
+        );
+        let slot = a.next_slot % self.slots;
+        a.next_slot += 1;
+        let h = Home {
+            node: NodeId((slot / self.pages_per_node) as u16),
+            offset: (slot % self.pages_per_node) * PAGE_BYTES as u64,
+        };
+        a.homes.insert(page, h);
+        h
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +287,80 @@ mod tests {
             assert!(seen.insert((h.node, h.offset)));
         }
         assert!(Interleaved::new(4, node_bytes, 4, 257).is_err());
+    }
+
+    #[test]
+    fn blocked_gives_each_node_one_contiguous_range() {
+        let p = Blocked::new(3, 4 * 4096, 10).unwrap(); // 4 pages per node
+        let nodes: Vec<u16> = (0..10).map(|i| p.home(PageNum(i)).node.0).collect();
+        assert_eq!(nodes, [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]);
+        assert_eq!(p.home(PageNum(5)).offset, 4096);
+        let mut seen = HashSet::new();
+        for i in 0..10 {
+            assert!(seen.insert(p.home(PageNum(i))));
+        }
+        assert!(
+            Blocked::new(3, 4 * 4096, 13).is_err(),
+            "5 pages per node do not fit"
+        );
+        assert!(Blocked::new(0, 4096, 1).is_err());
+    }
+
+    #[test]
+    fn first_touch_fills_node_zero_first_in_order_of_asking() {
+        let p = FirstTouch::new(2, 2 * 4096, 4).unwrap();
+        let h = |i| p.home(PageNum(i));
+        assert_eq!(
+            h(9),
+            Home {
+                node: NodeId(0),
+                offset: 0
+            }
+        );
+        assert_eq!(
+            h(3),
+            Home {
+                node: NodeId(0),
+                offset: 4096
+            }
+        );
+        assert_eq!(
+            h(9),
+            Home {
+                node: NodeId(0),
+                offset: 0
+            },
+            "stable once given"
+        );
+        assert_eq!(
+            h(0),
+            Home {
+                node: NodeId(1),
+                offset: 0
+            }
+        );
+        assert_eq!(
+            h(1),
+            Home {
+                node: NodeId(1),
+                offset: 4096
+            }
+        );
+        assert!(FirstTouch::new(2, 2 * 4096, 5).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn first_touch_never_shares_a_home(order in proptest::collection::vec(0u64..64, 0..300)) {
+            let p = FirstTouch::new(3, 22 * 4096, 64).unwrap();
+            let mut homes = std::collections::HashMap::new();
+            for i in order {
+                let h = p.home(PageNum(i));
+                proptest::prop_assert!(h.offset + 4096 <= 22 * 4096);
+                if let Some(prev) = homes.insert(h, i) {
+                    proptest::prop_assert_eq!(prev, i, "two pages share {:?}", h);
+                }
+            }
+        }
     }
 }

@@ -56,3 +56,170 @@ impl Rng {
         self.next() % n
     }
 }
+
+// ---- Running unmodified programs natively and under dsmrun --------------------------
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+/// Heavy program runs take turns: the machine has two cores, and timing-sensitive
+/// native/dsm pairs should not fight each other.
+pub static HEAVY: Mutex<()> = Mutex::new(());
+
+/// Takes the heavy-run lock (a failed test elsewhere does not poison it for the rest).
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The dsmrun binary under test.
+pub fn dsmrun() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dsmrun"))
+}
+
+/// Panics with a clear message unless the preload library was built next to dsmrun
+/// (`cargo build --release --workspace`; scripts/test-all does it).
+pub fn require_preload() {
+    let lib = dsmrun().with_file_name("libdsm_preload.so");
+    assert!(
+        lib.exists(),
+        "{} is missing: run `cargo build --release --workspace` before the tests",
+        lib.display()
+    );
+}
+
+/// Prints why a test did not run; the test then returns without asserting anything.
+pub fn skip(test: &str, reason: &str) {
+    println!("SKIPPED {test}: {reason}");
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// Whether `program` is on PATH.
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| {
+            let f = d.join(program);
+            f.is_file()
+        })
+    })
+}
+
+/// What a finished process did.
+#[derive(Debug)]
+pub struct Ran {
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    /// Exit code, or 128+signal.
+    pub code: i32,
+    /// Peak resident set of the process and its waited-for descendants, in bytes.
+    pub peak_rss: u64,
+    pub secs: f64,
+}
+
+/// Runs `cmd` to completion, measuring its peak RSS with wait4.
+// The child is reaped with wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+pub fn run_measured(cmd: &mut Command) -> Ran {
+    let start = std::time::Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        out.read_to_end(&mut v).unwrap();
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        err.read_to_end(&mut v).unwrap();
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    let mut status = 0;
+    // SAFETY: rusage is plain data the kernel fills.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child; pointers to locals.
+    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(rc > 0, "wait4 failed");
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    Ran {
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+        code,
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+        secs: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// A dsmrun command line: `-n nodes --local-cache cache --stats stats_path` + `extra`.
+pub fn dsmrun_cmd(nodes: usize, cache_bytes: u64, stats: &std::path::Path) -> Command {
+    require_preload();
+    let mut c = Command::new(dsmrun());
+    c.args([
+        "-n",
+        &nodes.to_string(),
+        "--local-cache",
+        &cache_bytes.to_string(),
+    ])
+    .arg("--stats")
+    .arg(stats);
+    c
+}
+
+/// Reads a --stats file's job totals.
+pub fn stats_total(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading stats {}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["total"].clone()
+}
+
+/// Asserts that pages really went to the nodes and came back.
+pub fn assert_pooled(total: &serde_json::Value, what: &str) {
+    for k in ["evictions", "remote_write_pages", "remote_read_pages"] {
+        let n = total[k].as_u64().unwrap_or(0);
+        assert!(n > 0, "{what}: {k} is {n}; stats: {total}");
+    }
+}
+
+/// A quarter of `peak_rss`, in whole pages, at least the runtime's minimum cache.
+pub fn quarter_of(peak_rss: u64) -> u64 {
+    (peak_rss / 4 / 4096 * 4096).max(256 << 10)
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dsm-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Compiles a C program from tests/programs; None (after printing why) without a compiler.
+pub fn compile_c(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    if !have("cc") {
+        return None;
+    }
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = std::env::temp_dir().join(format!("dsm-test-{}-{name}.{n}.bin", std::process::id()));
+    let st = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(extra)
+        .status()
+        .unwrap();
+    assert!(st.success(), "compiling {}", src.display());
+    Some(out)
+}

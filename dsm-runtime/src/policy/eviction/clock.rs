@@ -2,8 +2,8 @@
 //! another round.
 
 use crate::policy::eviction::EvictionPolicy;
+use crate::policy::PageMap;
 use crate::space::PageNum;
-use std::collections::HashMap;
 
 #[derive(Clone, Copy)]
 struct Entry {
@@ -15,7 +15,7 @@ struct Entry {
 #[derive(Default)]
 pub struct Clock {
     ring: Vec<Option<Entry>>,
-    index: HashMap<PageNum, usize>,
+    index: PageMap<usize>,
     free: Vec<usize>,
     hand: usize,
 }
@@ -25,7 +25,7 @@ impl Clock {
     pub fn with_capacity(capacity: usize) -> Clock {
         Clock {
             ring: Vec::with_capacity(capacity),
-            index: HashMap::with_capacity(capacity),
+            index: PageMap::with_capacity_and_hasher(capacity, Default::default()),
             free: Vec::with_capacity(capacity),
             hand: 0,
         }
@@ -77,7 +77,7 @@ impl EvictionPolicy for Clock {
         let start = out.len();
         let len = self.ring.len();
         // Two sweeps: the first may only clear reference bits.
-        for _ in 0..2 * len {
+        for step in 0..2 * len {
             if out.len() - start >= n.min(self.index.len()) {
                 break;
             }
@@ -85,9 +85,12 @@ impl EvictionPolicy for Clock {
             let Some(e) = self.ring[self.hand].as_mut() else {
                 continue;
             };
+            // In the first sweep every slot is visited once, so only the second can meet
+            // a page already proposed: checking earlier would make a batch quadratic.
+            let seen = step >= len && out[start..].contains(&e.page);
             if e.referenced {
                 e.referenced = false;
-            } else if !out[start..].contains(&e.page) {
+            } else if !seen {
                 out.push(e.page);
             }
         }

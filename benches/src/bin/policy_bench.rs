@@ -1,0 +1,313 @@
+//! Policy benchmark: every access pattern under every shipped profile, with the cache at
+//! 25% of the working set, over real memory-node processes. Reports remote fetches,
+//! faults that waited on the network, prefetch accuracy and coverage, and wall time
+//! relative to the same pattern on plain local memory; writes a markdown table, a CSV
+//! and an SVG plot.
+//!
+//! Run: `cargo build --release -p dsm-runtime && cargo run --release -p dsm-benches --bin policy_bench -- [--out DIR] [--profiles a,b] [--pages N]`
+
+use dsm_benches::patterns::{self, Pattern};
+use dsm_benches::{cluster, PAGE};
+use dsm_runtime::policy::profile::Profile;
+use dsm_runtime::runtime::Policies;
+use dsm_runtime::{Runtime, RuntimeConfig};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+struct Row {
+    pattern: &'static str,
+    profile: String,
+    remote_fetches: u64,
+    network_waits: u64,
+    prefetch_issued: u64,
+    accuracy: f64,
+    coverage: f64,
+    slowdown: f64,
+}
+
+fn main() {
+    let mut out = PathBuf::from("docs/bench");
+    let mut profiles: Vec<String> = Profile::list()
+        .into_iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let mut pages = 16384usize;
+    let mut only: Option<Vec<String>> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--out" => out = args.next().expect("--out DIR").into(),
+            "--profiles" => {
+                profiles = args
+                    .next()
+                    .expect("--profiles a,b")
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
+            "--pages" => pages = args.next().expect("--pages N").parse().expect("a number"),
+            "--patterns" => {
+                only = Some(
+                    args.next()
+                        .expect("--patterns a,b")
+                        .split(',')
+                        .map(String::from)
+                        .collect(),
+                )
+            }
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let cache_pages = pages / 4;
+    let accesses = 2 * pages;
+    let mut rows = Vec::new();
+    for pattern in Pattern::ALL {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|n| n == pattern.name()))
+        {
+            continue;
+        }
+        let seq = patterns::sequence(pattern, pages, cache_pages, accesses);
+        let native = native_time(pattern, &seq, pages, accesses);
+        for name in &profiles {
+            let profile = Profile::load(name).unwrap_or_else(|e| panic!("profile {name}: {e}"));
+            let row = run_one(
+                pattern,
+                &seq,
+                pages,
+                cache_pages,
+                accesses,
+                name,
+                &profile,
+                native,
+            );
+            eprintln!(
+                "{:<18} {:<12} fetches {:>7} waits {:>7} accuracy {:>5.2} coverage {:>5.2} x{:.0}",
+                row.pattern,
+                row.profile,
+                row.remote_fetches,
+                row.network_waits,
+                row.accuracy,
+                row.coverage,
+                row.slowdown
+            );
+            rows.push(row);
+        }
+    }
+    std::fs::create_dir_all(&out).expect("output dir");
+    std::fs::write(out.join("policies.md"), table(&rows, pages, cache_pages)).expect("write table");
+    std::fs::write(out.join("policies.csv"), csv(&rows)).expect("write csv");
+    std::fs::write(out.join("policies.svg"), svg(&rows, &profiles)).expect("write plot");
+    println!("{}", table(&rows, pages, cache_pages));
+}
+
+fn native_time(
+    pattern: Pattern,
+    seq: &[u32],
+    pages: usize,
+    accesses: usize,
+) -> std::time::Duration {
+    let mut mem = vec![0u8; pages * PAGE];
+    let base = mem.as_mut_ptr() as usize;
+    // SAFETY: `mem` spans the pages.
+    unsafe { patterns::initialise(base, pages) };
+    // SAFETY: initialised above.
+    let t = unsafe { patterns::run(base, pattern, seq, accesses) };
+    drop(mem);
+    t
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_one(
+    pattern: Pattern,
+    seq: &[u32],
+    pages: usize,
+    cache_pages: usize,
+    accesses: usize,
+    name: &str,
+    profile: &Profile,
+    native: std::time::Duration,
+) -> Row {
+    let space = (pages * PAGE) as u64;
+    let (_nodes, t) = cluster(2, space);
+    let mut config = RuntimeConfig {
+        space_base: 0x1800_0000_0000,
+        space_bytes: space,
+        cache_bytes_max: (cache_pages * PAGE) as u64,
+        ..Default::default()
+    };
+    profile.apply(&mut config);
+    let policies = Policies {
+        eviction: profile.eviction(config.cache_pages()),
+        prefetch: profile.prefetch(),
+        placement: Some(
+            profile
+                .placement(2, space, pages as u64)
+                .expect("placement"),
+        ),
+        trace: None,
+    };
+    let rt = Runtime::start_with(config, &t, policies).expect("runtime");
+    let base = rt.base() as usize;
+    // SAFETY: the global range spans the pages.
+    unsafe { patterns::initialise(base, pages) };
+    let before = rt.snapshot();
+    // SAFETY: initialised above.
+    let took = unsafe { patterns::run(base, pattern, seq, accesses) };
+    let s = rt.shutdown();
+    eprintln!(
+        "  dropped prefetches {}, deferred faults {}",
+        s.prefetch_dropped - before.prefetch_dropped,
+        s.faults_deferred - before.faults_deferred
+    );
+    let fetched = s.remote_read_pages - before.remote_read_pages;
+    let waits = s.faults_network_wait - before.faults_network_wait;
+    let issued = s.prefetch_issued - before.prefetch_issued;
+    let used = s.prefetch_used - before.prefetch_used;
+    Row {
+        pattern: pattern.name(),
+        profile: name.to_string(),
+        remote_fetches: fetched,
+        network_waits: waits,
+        prefetch_issued: issued,
+        accuracy: if issued == 0 {
+            0.0
+        } else {
+            used as f64 / issued as f64
+        },
+        coverage: if used + waits == 0 {
+            0.0
+        } else {
+            used as f64 / (used + waits) as f64
+        },
+        slowdown: took.as_secs_f64() / native.as_secs_f64().max(1e-9),
+    }
+}
+
+fn table(rows: &[Row], pages: usize, cache_pages: usize) -> String {
+    let mut t = format!(
+        "Working set {pages} pages ({} MiB), cache {cache_pages} pages (25%), {} accesses per run, 2 memory nodes on loopback.\n\n",
+        (pages * PAGE) >> 20,
+        2 * pages
+    );
+    t.push_str("| pattern | profile | remote fetches | faults waiting on the network | prefetches issued | accuracy | coverage | time vs native |\n");
+    t.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0}x |",
+            r.pattern,
+            r.profile,
+            r.remote_fetches,
+            r.network_waits,
+            r.prefetch_issued,
+            r.accuracy,
+            r.coverage,
+            r.slowdown
+        );
+    }
+    t
+}
+
+fn csv(rows: &[Row]) -> String {
+    let mut c = String::from(
+        "pattern,profile,remote_fetches,network_waits,prefetch_issued,accuracy,coverage,slowdown\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            c,
+            "{},{},{},{},{},{:.4},{:.4},{:.2}",
+            r.pattern,
+            r.profile,
+            r.remote_fetches,
+            r.network_waits,
+            r.prefetch_issued,
+            r.accuracy,
+            r.coverage,
+            r.slowdown
+        );
+    }
+    c
+}
+
+/// Grouped bars: faults that waited on the network, per pattern and profile.
+fn svg(rows: &[Row], profiles: &[String]) -> String {
+    const W: f64 = 900.0;
+    const H: f64 = 360.0;
+    const LEFT: f64 = 60.0;
+    const BOTTOM: f64 = 60.0;
+    let colors = [
+        "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948",
+    ];
+    let max = rows
+        .iter()
+        .map(|r| r.network_waits)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let groups = Pattern::ALL.len() as f64;
+    let gw = (W - LEFT - 20.0) / groups;
+    let bw = gw * 0.8 / profiles.len().max(1) as f64;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <text x=\"{LEFT}\" y=\"16\" font-size=\"13\">Faults that waited on the network (lower is better), cache = 25% of working set</text>\n"
+    );
+    let plot_h = H - BOTTOM - 30.0;
+    for (gi, p) in Pattern::ALL.iter().enumerate() {
+        let gx = LEFT + gi as f64 * gw;
+        for (pi, prof) in profiles.iter().enumerate() {
+            let Some(r) = rows
+                .iter()
+                .find(|r| r.pattern == p.name() && &r.profile == prof)
+            else {
+                continue;
+            };
+            let h = plot_h * r.network_waits as f64 / max;
+            let x = gx + gw * 0.1 + pi as f64 * bw;
+            let y = H - BOTTOM - h;
+            let _ = writeln!(
+                s,
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"><title>{} / {}: {}</title></rect>",
+                bw * 0.9,
+                colors[pi % colors.len()],
+                p.name(),
+                prof,
+                r.network_waits
+            );
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            gx + gw / 2.0,
+            H - BOTTOM + 16.0,
+            p.name()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<line x1=\"{LEFT}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
+        H - BOTTOM,
+        W - 20.0,
+        H - BOTTOM
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"5\" y=\"{:.1}\">{}</text>",
+        H - BOTTOM - plot_h,
+        max as u64
+    );
+    for (pi, prof) in profiles.iter().enumerate() {
+        let x = LEFT + pi as f64 * 140.0;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{x}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{prof}</text>",
+            H - 22.0,
+            colors[pi % colors.len()],
+            x + 14.0,
+            H - 13.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}

@@ -1,0 +1,267 @@
+//! Every way a job can fail ends with a clear message, a non-zero exit status, and no
+//! process left running.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Node pids that dsmrun -v reported on stderr.
+fn node_pids(stderr: &str) -> Vec<i32> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("dsmrun: node "))
+        .filter_map(|l| l.split(" pid ").nth(1))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn assert_gone(pids: &[i32]) {
+    for &pid in pids {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "memory node {pid} outlived dsmrun"
+        );
+    }
+}
+
+fn quick(args: &[&str]) -> Ran {
+    require_preload();
+    run_measured(Command::new(dsmrun()).args(args))
+}
+
+#[test]
+fn program_not_found_is_127_and_starts_nothing() {
+    let r = quick(&["-n", "2", "-v", "--", "no-such-program-dsm"]);
+    assert_eq!(r.code, 127, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no-such-program-dsm: command not found"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        node_pids(&r.stderr).is_empty(),
+        "nodes were started: {}",
+        r.stderr
+    );
+    let r = quick(&["-n", "2", "--", "/nonexistent/prog"]);
+    assert_eq!(r.code, 127, "{}", r.stderr);
+}
+
+#[test]
+fn bad_sizes_and_help_are_clear() {
+    let r = quick(&["-n", "2", "--local-cache", "lots", "--", "true"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("--local-cache"), "{}", r.stderr);
+    let r = quick(&["--help"]);
+    assert_eq!(r.code, 0);
+    let help = String::from_utf8_lossy(&r.stdout);
+    for opt in [
+        "--local-cache",
+        "--node-memory",
+        "--transport",
+        "--stats",
+        "--verbose",
+        "Examples",
+    ] {
+        assert!(help.contains(opt), "--help lacks {opt}");
+    }
+}
+
+#[test]
+fn no_userfaultfd_permission_says_which_fix_applies() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 || !have("setpriv") {
+        return skip(
+            "no_userfaultfd_permission",
+            "needs root and setpriv to drop to an unprivileged user",
+        );
+    }
+    let sysctl =
+        std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap_or_default();
+    if sysctl.trim() != "0" {
+        return skip(
+            "no_userfaultfd_permission",
+            "vm.unprivileged_userfaultfd=1: every user may use userfaultfd",
+        );
+    }
+    // A copy the unprivileged user can run (the build tree may be private).
+    let dir = std::env::temp_dir().join(format!("dsm-test-{}-uffd", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["dsmrun", "libdsm_preload.so"] {
+        std::fs::copy(dsmrun().with_file_name(f), dir.join(f)).unwrap();
+    }
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    let r = run_measured(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(dir.join("dsmrun"))
+            .args(["-n", "2", "--", "true"])
+            .current_dir("/"),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    for fix in [
+        "CAP_SYS_PTRACE",
+        "vm.unprivileged_userfaultfd=1",
+        "/dev/userfaultfd",
+    ] {
+        assert!(r.stderr.contains(fix), "message lacks {fix}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn base_address_taken_is_reported() {
+    // A non-PIE program sits at 0x400000: a global range there overlaps it.
+    let Some(exe) = compile_c("oom", &["-no-pie"]) else {
+        return skip("base_address_taken", "no C compiler");
+    };
+    let r = quick(
+        &["-n", "2", "-v", "--space-base", "0x400000", "--"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([exe.to_string_lossy().into_owned()])
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let _ = std::fs::remove_file(&exe);
+    assert_eq!(
+        r.code,
+        dsm_runtime::runtime::EXIT_RUNTIME_FAILURE,
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("overlaps an existing mapping"),
+        "{}",
+        r.stderr
+    );
+    assert_gone(&node_pids(&r.stderr));
+}
+
+#[test]
+fn pool_exhausted_malloc_returns_null_with_enomem() {
+    let Some(exe) = compile_c("oom", &[]) else {
+        return skip("pool_exhausted", "no C compiler");
+    };
+    let _turn = heavy();
+    let dir = scratch("oom");
+    let stats = dir.join("s.json");
+    // 2 nodes x 64 MiB, one process: a 64 MiB slot, fully backed by the pool.
+    let r = run_measured(
+        dsmrun_cmd(2, 16 << 20, &stats)
+            .args(["--node-memory", "64M", "--max-procs", "1", "--"])
+            .arg(&exe),
+    );
+    let _ = std::fs::remove_file(&exe);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(r.code, 0, "{out}{}", r.stderr);
+    assert!(out.contains("errno 12"), "{out}");
+    assert!(out.contains("after: calloc ok"), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Starts dsmrun -v on a long-running heapwalk; returns it and the node pids once the
+/// program runs.
+fn start_long_job(
+    exe: &Path,
+) -> (
+    std::process::Child,
+    Vec<i32>,
+    std::thread::JoinHandle<String>,
+) {
+    require_preload();
+    let mut child = Command::new(dsmrun())
+        .args(["-n", "3", "-v", "--local-cache", "2M", "--"])
+        .arg(exe)
+        .args(["32", "2", "100000", "3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains(" slot ") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "dsmrun ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    let pids = node_pids(&seen);
+    assert_eq!(pids.len(), 3, "{seen}");
+    let rest = std::thread::spawn(move || {
+        let mut s = seen;
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    (child, pids, rest)
+}
+
+#[test]
+fn a_dead_node_ends_the_job_naming_it() {
+    let Some(exe) = compile_c("heapwalk", &[]) else {
+        return skip("a_dead_node", "no C compiler");
+    };
+    let _turn = heavy();
+    let (mut child, pids, rest) = start_long_job(&exe);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: killing a node process this test's dsmrun started.
+    unsafe { libc::kill(pids[1], libc::SIGKILL) };
+    let start = Instant::now();
+    let st = child.wait().unwrap();
+    let stderr = rest.join().unwrap();
+    let _ = std::fs::remove_file(&exe);
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        st.code(),
+        Some(dsm_runtime::runtime::EXIT_RUNTIME_FAILURE),
+        "{stderr}"
+    );
+    assert!(stderr.contains("node 1"), "{stderr}");
+    assert_gone(&pids);
+}
+
+#[test]
+fn sigterm_is_forwarded_and_everything_is_torn_down() {
+    let Some(exe) = compile_c("heapwalk", &[]) else {
+        return skip("sigterm_is_forwarded", "no C compiler");
+    };
+    let _turn = heavy();
+    let (mut child, pids, rest) = start_long_job(&exe);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling the dsmrun this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    let stderr = rest.join().unwrap();
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(stderr.contains("killed by signal 15"), "{stderr}");
+    assert_gone(&pids);
+
+    // A crashing program: its signal is reported and the nodes go too.
+    let r = quick(&["-n", "2", "-v", "--", "sh", "-c", "kill -SEGV $$"]);
+    let _ = std::fs::remove_file(&exe);
+    assert_eq!(r.code, 128 + libc::SIGSEGV, "{}", r.stderr);
+    assert!(r.stderr.contains("signal 11"), "{}", r.stderr);
+    assert_gone(&node_pids(&r.stderr));
+}
