@@ -17,7 +17,12 @@ if [ "$SR_ROLE" = a ]; then
     [ "$(cut -d. -f1 /proc/uptime)" -ge "$end" ] && break
     sleep 0.2
   done
-  [ -e "$SR_OUT/death.armed" ] && { kill -9 "$DSM_NODE_PID"; sr_log "node killed"; : >"$SR_OUT/death.killed"; }
+  if [ -e "$SR_OUT/death.armed" ]; then
+    # Reaped before announcing: until the process is gone its queue pair and memory
+    # region live on in the kernel, and a READ to it still succeeds.
+    kill -9 "$DSM_NODE_PID"; wait "$DSM_NODE_PID" 2>/dev/null
+    sr_log "node killed"; : >"$SR_OUT/death.killed"
+  fi
   sr_barrier done 100 || sr_log "client did not reach 'done'"
   dsm_node_stop
   for i in 0 1; do
