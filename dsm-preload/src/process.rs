@@ -2,13 +2,13 @@
 //! the slot to mimalloc), `fork`, and the statistics written at exit.
 
 use crate::route::{self, FORKED, OFF, READY, STARTING, UNINIT};
+use dsm_runtime::config::job::TransportKind;
 use dsm_runtime::config::job::{pid_alive, JobConfig, JobError};
 use dsm_runtime::policy::profile::{PlacementSpec, Profile};
 use dsm_runtime::runtime::{Policies, EXIT_RUNTIME_FAILURE};
 use dsm_runtime::space::PAGE_BYTES;
 use dsm_runtime::trace::{TraceHeader, TraceWriter};
-use dsm_runtime::transport::tcp::TcpTransport;
-use dsm_runtime::transport::Transport;
+use dsm_runtime::transport::{select, SelectError, Transport};
 use dsm_runtime::RuntimeConfig;
 use dsm_runtime::{Runtime, RuntimeError};
 use libc::{c_long, pid_t};
@@ -31,6 +31,8 @@ enum StartError {
     Job(#[from] JobError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Select(#[from] SelectError),
     #[error("mimalloc refused the global range {base:#x}+{len:#x} as an arena")]
     Arena { base: usize, len: usize },
     #[error("profile: {0}")]
@@ -44,7 +46,7 @@ struct Running {
     runtime: Runtime,
     job: JobConfig,
     slot: usize,
-    _transport: TcpTransport,
+    _transport: Box<dyn Transport>,
 }
 
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
@@ -96,7 +98,7 @@ pub extern "C" fn on_load() {
 fn start_runtime(
     job: &JobConfig,
     slot: usize,
-    transport: &TcpTransport,
+    transport: &dyn Transport,
 ) -> Result<Runtime, StartError> {
     let mut config = job.runtime_config(slot);
     let Some(name) = &job.profile else {
@@ -151,14 +153,21 @@ fn open_trace(
 fn start() -> Result<Running, StartError> {
     let job = JobConfig::from_env()?;
     let timeout = Duration::from_millis(job.node_timeout_ms);
-    let transport = TcpTransport::discover(&job.nodes, job.secret.clone(), timeout)
-        .map_err(RuntimeError::from)?;
+    let selected = select(job.transport, &job.nodes, job.secret.clone(), timeout)?;
+    let transport = selected.transport;
     let pid = std::process::id();
+    if job.verbose || job.transport == TransportKind::Auto {
+        eprintln!(
+            "dsm: {} (pid {pid}): transport {}",
+            program_name(),
+            selected.reason
+        );
+    }
     let slot = {
         let mut session = transport.connect().map_err(RuntimeError::from)?;
         job.claim_slot(session.as_mut(), pid, pid_alive)?
     };
-    let runtime = start_runtime(&job, slot, &transport)?;
+    let runtime = start_runtime(&job, slot, transport.as_ref())?;
     let base = runtime.base() as usize;
     let len = runtime.len();
     // SAFETY: plain option setters, called before mimalloc serves anything.

@@ -65,3 +65,54 @@ sr_wait_cm_listen() {
   done
   return 0
 }
+
+# ---- the project's memory node (dsmrun node, built with --features verbs) ----------
+# dsm_bin NAME...: fail unless each $SR_BIN/release/NAME exists (soft-roce-tests/run
+# builds them with `cargo build --release --features verbs`).
+dsm_bin() {
+  for _n in "$@"; do
+    [ -x "$SR_BIN/release/$_n" ] || sr_fail "$SR_BIN/release/$_n missing (soft-roce-tests/run builds it unless SOFT_ROCE_NO_BUILD=1)"
+  done
+}
+
+# dsm_node_serve PORT MEMORY [TIMEOUT_S]: (role a) run a memory node (id 0) on
+# $SR_MY_IP:PORT with a fresh job secret (left in $SR_OUT/secret for role b), wait
+# for role b's "done" barrier, stop the node and print its log.
+dsm_node_serve() {
+  dsm_node_start "$1" "$2"
+  sr_barrier done "${3:-120}" || sr_log "client did not reach 'done'"
+  dsm_node_stop
+}
+
+# dsm_node_start PORT MEMORY [COUNT]: (role a) the first half of dsm_node_serve:
+# start COUNT nodes (ids 0.., ports PORT, PORT+1 ..; default 1), wait until the
+# client came. Pids in $DSM_NODE_PIDS, node 0's in $DSM_NODE_PID; logs node.<id>.err
+# (node 0's also as node.err).
+dsm_node_start() {
+  head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$SR_OUT/secret"
+  DSM_NODE_PIDS=
+  _i=0
+  while [ $_i -lt "${3:-1}" ]; do
+    DSM_SECRET=$(cat "$SR_OUT/secret") "$SR_BIN/release/dsmrun" node --id $_i \
+      --listen "$SR_MY_IP:$(( $1 + _i ))" --memory "$2" >"$SR_OUT/node.$_i.out" 2>"$SR_OUT/node.$_i.err" &
+    DSM_NODE_PIDS="$DSM_NODE_PIDS $!"
+    [ $_i = 0 ] && DSM_NODE_PID=$!
+    sr_wait_listen $(( $1 + _i )) 30 || { cat "$SR_OUT/node.$_i.err"; sr_fail "memory node $_i did not listen on $(( $1 + _i ))"; }
+    _i=$(( _i + 1 ))
+  done
+  sr_barrier node-up 60 || { kill $DSM_NODE_PIDS; sr_fail "client never came"; }
+}
+
+# dsm_node_stop: (role a) kill the nodes and print their logs.
+dsm_node_stop() {
+  for _p in $DSM_NODE_PIDS; do kill "$_p" 2>/dev/null; wait "$_p" 2>/dev/null; done
+  for _f in "$SR_OUT"/node.*.err; do sr_log "memory node log ${_f##*/}:"; cat "$_f"; done
+  cp "$SR_OUT/node.0.err" "$SR_OUT/node.err" 2>/dev/null
+  return 0
+}
+
+# dsm_client_ready: (role b) wait for the node; exports DSM_SECRET.
+dsm_client_ready() {
+  sr_barrier node-up 60 || sr_fail "memory node never came up in guest a"
+  DSM_SECRET=$(cat "$SR_OUT/secret"); export DSM_SECRET
+}

@@ -54,7 +54,8 @@ struct RunCli {
     /// back costs memory (e.g. 64G, 100%).
     #[arg(long, value_name = "SIZE", default_value = "100%")]
     node_memory: String,
-    /// How processes reach the nodes (e.g. --transport tcp).
+    /// How processes reach the nodes: tcp, verbs (RDMA; fails clearly without a device) or
+    /// auto (verbs when an RDMA device is active, else tcp; says which).
     #[arg(long, value_enum, default_value = "tcp")]
     transport: TransportArg,
     /// Write every counter of every process, and the job's totals, as JSON to FILE
@@ -100,6 +101,10 @@ struct RunCli {
 enum TransportArg {
     /// TCP (works everywhere; the default).
     Tcp,
+    /// RDMA verbs (a build with `--features verbs` and an active RDMA device).
+    Verbs,
+    /// Verbs when usable, else TCP; each process says which it chose.
+    Auto,
 }
 
 #[derive(Parser, Debug)]
@@ -149,6 +154,8 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
         node_bytes: node,
         transport: match cli.transport {
             TransportArg::Tcp => TransportKind::Tcp,
+            TransportArg::Verbs => TransportKind::Verbs,
+            TransportArg::Auto => TransportKind::Auto,
         },
         stats_path: cli.stats,
         verbose: cli.verbose,

@@ -17,7 +17,8 @@
 //! | --- | --- |
 //! | `DSM_NODES` | comma-separated node addresses, node 0 first (required) |
 //! | `DSM_SECRET` | the job secret (required) |
-//! | `DSM_TRANSPORT` | `tcp` |
+//! | `DSM_TRANSPORT` | `tcp` (default), `verbs`, or `auto` (verbs when usable, else tcp) |
+//! | `DSM_RDMA_DEVICE`, `DSM_RDMA_PORT`, `DSM_RDMA_GID_INDEX`, `DSM_RDMA_QP_TIMEOUT` | RDMA device, port, GID and QP timeout for `verbs` (docs/rdma.md) |
 //! | `DSM_SPACE_BASE` | base of the job's range (hex with `0x`, or decimal) |
 //! | `DSM_SLOT_BYTES` | size of each process's slice |
 //! | `DSM_SLOTS` | most processes of the job that use the runtime at once (1-64) |
@@ -57,6 +58,11 @@ pub const KNOWN_VARS: &[&str] = &[
     "DSM_VERBOSE",
     "DSM_PROFILE",
     "DSM_TRACE",
+    // RDMA device selection, read by the verbs transport (transport/verbs/device.rs).
+    "DSM_RDMA_DEVICE",
+    "DSM_RDMA_PORT",
+    "DSM_RDMA_GID_INDEX",
+    "DSM_RDMA_QP_TIMEOUT",
 ];
 
 /// Errors reading the job description or claiming a slot.
@@ -89,12 +95,8 @@ pub enum JobError {
     Transport(#[from] TransportError),
 }
 
-/// The transport backends a job can use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransportKind {
-    /// TCP, the embedded default.
-    Tcp,
-}
+/// The transport backends a job can use (`tcp`, `verbs`, `auto`).
+pub use crate::transport::TransportKind;
 
 /// The job description every process of the job reads from its environment.
 #[derive(Clone, Debug)]
@@ -199,16 +201,10 @@ impl JobConfig {
                 "the job secret is missing or empty",
             )
         })?;
-        let transport = match get("DSM_TRANSPORT").unwrap_or("tcp") {
-            "tcp" => TransportKind::Tcp,
-            other => {
-                return Err(bad(
-                    "DSM_TRANSPORT",
-                    other,
-                    "the only transport built is tcp",
-                ))
-            }
-        };
+        let transport_text = get("DSM_TRANSPORT").unwrap_or("tcp");
+        let transport: TransportKind = transport_text
+            .parse()
+            .map_err(|e: String| bad("DSM_TRANSPORT", transport_text, e))?;
         let size = |name: &'static str, default: u64| -> Result<u64, JobError> {
             match get(name) {
                 None => Ok(default),
@@ -254,7 +250,7 @@ impl JobConfig {
         let mut v = vec![
             ("DSM_NODES", nodes.join(",")),
             ("DSM_SECRET", self.secret.as_str().to_string()),
-            ("DSM_TRANSPORT", "tcp".to_string()),
+            ("DSM_TRANSPORT", self.transport.to_string()),
             ("DSM_SPACE_BASE", format!("{:#x}", self.space_base)),
             ("DSM_SLOT_BYTES", self.slot_bytes.to_string()),
             ("DSM_SLOTS", self.slots.to_string()),
@@ -435,6 +431,43 @@ mod tests {
             JobConfig::from_vars(vars(&[("PATH", "/bin")])),
             Err(JobError::NotInJob)
         ));
+    }
+
+    #[test]
+    fn transport_and_rdma_variables_are_read() {
+        let base = [("DSM_NODES", "127.0.0.1:1"), ("DSM_SECRET", "x")];
+        assert_eq!(
+            JobConfig::from_vars(vars(&base)).unwrap().transport,
+            TransportKind::Tcp
+        );
+        for (text, kind) in [
+            ("tcp", TransportKind::Tcp),
+            ("verbs", TransportKind::Verbs),
+            ("auto", TransportKind::Auto),
+        ] {
+            let mut v = base.to_vec();
+            v.push(("DSM_TRANSPORT", text));
+            v.push(("DSM_RDMA_DEVICE", "rxe0"));
+            v.push(("DSM_RDMA_GID_INDEX", "1"));
+            let job = JobConfig::from_vars(vars(&v)).unwrap();
+            assert_eq!(job.transport, kind);
+            let round: Vec<_> = job.to_vars();
+            assert!(round.contains(&("DSM_TRANSPORT", text.to_string())));
+        }
+        let mut v = base.to_vec();
+        v.push(("DSM_TRANSPORT", "infiniband"));
+        let err = JobConfig::from_vars(vars(&v)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                JobError::BadVar {
+                    name: "DSM_TRANSPORT",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("tcp, verbs or auto"), "{err}");
     }
 
     #[test]

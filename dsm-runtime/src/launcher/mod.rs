@@ -334,9 +334,11 @@ fn run_program(
 ) -> Result<i32, LaunchError> {
     let mut cmd = Command::new(program_path);
     cmd.arg0(&opts.program[0]).args(&opts.program[1..]);
-    // Stale job variables from an enclosing dsmrun must not leak into this job.
+    // Stale job variables from an enclosing dsmrun must not leak into this job. The
+    // user's RDMA device choice (DSM_RDMA_*) is not the job's and passes through.
     for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("DSM_") {
+        let k_text = k.to_string_lossy();
+        if k_text.starts_with("DSM_") && !k_text.starts_with("DSM_RDMA_") {
             cmd.env_remove(k);
         }
     }
@@ -442,7 +444,7 @@ fn report(opts: &RunOptions, stats_dir: &Path, code: i32, wall: Duration) {
             "nodes": opts.nodes,
             "node_bytes": opts.node_bytes,
             "cache_bytes_max": opts.cache_bytes_max,
-            "transport": "tcp",
+            "transport": opts.transport.to_string(),
             "exit_status": code,
             "wall_time_s": wall.as_secs_f64(),
             "fault_hit_rate": summary::fault_hit_rate(&total),

@@ -3,6 +3,8 @@
 
 pub mod region;
 pub mod server;
+#[cfg(feature = "verbs")]
+pub mod verbs;
 
 pub use server::NodeServer;
 

@@ -42,6 +42,9 @@ pub struct NodeCounters {
 /// A memory node: a region and the identity it announces.
 #[derive(Debug)]
 pub struct NodeServer {
+    /// RDMA state; declared before `region` so its registration is dropped first.
+    #[cfg(feature = "verbs")]
+    verbs: super::verbs::NodeVerbs,
     region: Region,
     id: u16,
     secret: Secret,
@@ -52,6 +55,8 @@ impl NodeServer {
     /// A node with `region_bytes` of lazily backed memory.
     pub fn new(id: u16, region_bytes: u64, secret: Secret) -> io::Result<Arc<NodeServer>> {
         Ok(Arc::new(NodeServer {
+            #[cfg(feature = "verbs")]
+            verbs: Default::default(),
             region: Region::new(region_bytes)?,
             id,
             secret,
@@ -234,6 +239,10 @@ impl NodeServer {
         let answer = match msg.as_slice() {
             b"ping" => b"pong".to_vec(),
             b"stats" => self.stats_json().into_bytes(),
+            m if m.starts_with(b"verbs-connect") => match self.verbs_connect(m, conn) {
+                Ok(a) => a,
+                Err(why) => return reject(s, h, &why),
+            },
             other => {
                 let m = format!("unknown call {:?}", String::from_utf8_lossy(other));
                 return reject(s, h, &m);
@@ -246,9 +255,39 @@ impl NodeServer {
         Ok(())
     }
 
+    #[cfg(feature = "verbs")]
+    fn verbs_connect(&self, msg: &[u8], conn: &mut ConnState) -> Result<Vec<u8>, String> {
+        if !super::verbs::NodeVerbs::is_connect_call(msg) {
+            return Err("malformed verbs-connect call".into());
+        }
+        if conn.qps.len() >= super::verbs::MAX_QPS_PER_CONNECTION {
+            return Err(format!(
+                "at most {} queue pairs per connection",
+                super::verbs::MAX_QPS_PER_CONNECTION
+            ));
+        }
+        // SAFETY: `self.region` lives as long as `self.verbs` (same struct, dropped after
+        // it) and is the only region ever passed.
+        let (qp, answer) = unsafe { self.verbs.accept(self.id, &self.region, msg) }?;
+        conn.qps.push(qp);
+        Ok(answer)
+    }
+
+    #[cfg(not(feature = "verbs"))]
+    fn verbs_connect(&self, _msg: &[u8], _conn: &mut ConnState) -> Result<Vec<u8>, String> {
+        Err(format!(
+            "node {} was built without RDMA support (the `verbs` cargo feature)",
+            self.id
+        ))
+    }
+
     /// The node's counters and memory use as JSON.
     pub fn stats_json(&self) -> String {
         let c = &self.counters;
+        #[cfg(feature = "verbs")]
+        let rdma = self.verbs.stats();
+        #[cfg(not(feature = "verbs"))]
+        let rdma = serde_json::json!({"state": "not built"});
         serde_json::json!({
             "node": self.id,
             "region_bytes": self.region.len(),
@@ -258,6 +297,8 @@ impl NodeServer {
             "write_bytes": c.write_bytes.load(Ordering::Relaxed),
             "atomics": c.atomics.load(Ordering::Relaxed),
             "refused_peers": c.refused_peers.load(Ordering::Relaxed),
+            "resident_bytes": self.region.resident_bytes(),
+            "rdma": rdma,
         })
         .to_string()
     }
@@ -275,6 +316,9 @@ impl NodeServer {
 /// Per-connection scratch, reused across requests.
 #[derive(Default)]
 struct ConnState {
+    /// Queue pairs this connection set up; destroyed when it closes.
+    #[cfg(feature = "verbs")]
+    qps: Vec<crate::transport::verbs::ffi::QueuePair>,
     input: InputBuffer,
     raw: Vec<u8>,
     entries: Vec<Entry>,

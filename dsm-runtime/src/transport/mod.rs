@@ -1,6 +1,6 @@
 //! Transports: one-sided access to memory nodes' regions.
 //!
-//! The contract is written once, here, and every backend (`tcp`, later `verbs`) keeps it:
+//! The contract is written once, here, and every backend (`tcp`, `verbs`) keeps it:
 //!
 //! - A [`Transport`] knows the cluster's nodes and opens [`Session`]s. A session belongs
 //!   to one thread (the fault handler, the reclaimer) so the fast path takes no locks.
@@ -17,9 +17,14 @@
 //!   sends something malformed yields an error naming that node. Nothing blocks forever.
 
 pub mod auth;
+pub mod select;
 pub mod tcp;
 pub mod vectored;
+#[cfg(feature = "verbs")]
+pub mod verbs;
 pub mod wire;
+
+pub use select::{select, verbs_device, SelectError, Selected, TransportKind};
 
 use std::fmt;
 use std::io;
@@ -95,6 +100,15 @@ pub enum TransportError {
     /// The request names a node that is not in the cluster.
     #[error("no such node: {0}")]
     UnknownNode(NodeId),
+    /// An RDMA verb, or the completion of a work request, failed.
+    #[error("{node}: {verb} failed: {status}")]
+    Verbs {
+        node: NodeId,
+        /// The verb (`ibv_create_qp`, `RDMA READ` ...).
+        verb: &'static str,
+        /// errno or completion status, as libibverbs names it.
+        status: String,
+    },
 }
 
 impl TransportError {
@@ -107,6 +121,7 @@ impl TransportError {
             | TransportError::Protocol { node, .. }
             | TransportError::Auth { node, .. }
             | TransportError::Rejected { node, .. }
+            | TransportError::Verbs { node, .. }
             | TransportError::UnknownNode(node) => *node,
         }
     }

@@ -10,6 +10,13 @@ use std::time::Duration;
 
 /// Starts `n` node processes of `node_bytes` each and a transport to them.
 pub fn cluster(n: usize, node_bytes: u64) -> (LocalNodes, TcpTransport) {
+    let (nodes, secret) = nodes(n, node_bytes);
+    let t = TcpTransport::discover(nodes.addrs(), secret, Duration::from_secs(3)).unwrap();
+    (nodes, t)
+}
+
+/// Starts `n` node processes of `node_bytes` each; returns them and the job secret.
+pub fn nodes(n: usize, node_bytes: u64) -> (LocalNodes, Secret) {
     let secret = Secret::generate().unwrap();
     let nodes = LocalNodes::spawn(
         Path::new(env!("CARGO_BIN_EXE_dsmrun")),
@@ -18,8 +25,7 @@ pub fn cluster(n: usize, node_bytes: u64) -> (LocalNodes, TcpTransport) {
         &secret,
     )
     .unwrap();
-    let t = TcpTransport::discover(nodes.addrs(), secret, Duration::from_secs(3)).unwrap();
-    (nodes, t)
+    (nodes, secret)
 }
 
 /// A runtime at its own base (tests in one binary run concurrently in one process).

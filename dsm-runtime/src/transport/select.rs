@@ -1,0 +1,173 @@
+//! Choosing the backend at run time: `--transport tcp|verbs|auto`.
+//!
+//! `auto` takes verbs when this build has it, an RDMA device with an active port is
+//! present, and every node accepts a queue pair; otherwise TCP. Whatever it picks, the
+//! reason is returned so the launcher can say it. Asking for `verbs` where it cannot work
+//! is an error that says why and what to do.
+
+use super::auth::Secret;
+use super::tcp::TcpTransport;
+use super::{Transport, TransportError};
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The transport a job asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// TCP: works everywhere.
+    Tcp,
+    /// RDMA verbs; an error when no device is usable.
+    Verbs,
+    /// Verbs when usable, else TCP.
+    #[default]
+    Auto,
+}
+
+impl FromStr for TransportKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "tcp" => Ok(TransportKind::Tcp),
+            "verbs" | "rdma" => Ok(TransportKind::Verbs),
+            "auto" => Ok(TransportKind::Auto),
+            other => Err(format!(
+                "unknown transport {other:?}: use tcp, verbs or auto"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Verbs => "verbs",
+            TransportKind::Auto => "auto",
+        })
+    }
+}
+
+/// The transport chosen, and why.
+pub struct Selected {
+    /// The backend.
+    pub transport: Box<dyn Transport>,
+    /// One line for the user: what was chosen and why.
+    pub reason: String,
+}
+
+/// Why no transport could be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    /// `--transport verbs` where verbs cannot work.
+    #[error(
+        "--transport verbs: {reason}; use --transport tcp, or --transport auto to fall back to TCP"
+    )]
+    VerbsUnavailable {
+        /// What is missing.
+        reason: String,
+    },
+    /// The nodes could not be reached.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Whether this process could use verbs: `Ok(description of the device)` or
+/// `Err(why not)`. `ibv_get_device_list` failing (ENOSYS on kernels without RDMA) counts
+/// as "no device".
+pub fn verbs_device() -> Result<String, String> {
+    #[cfg(feature = "verbs")]
+    {
+        let cfg = super::verbs::device::VerbsConfig::from_env()?;
+        super::verbs::device::probe(&cfg)
+    }
+    #[cfg(not(feature = "verbs"))]
+    {
+        Err("this build has no verbs support (rebuild with `--features verbs`)".into())
+    }
+}
+
+/// Sets up the transport `kind` to the nodes at `addrs`.
+pub fn select(
+    kind: TransportKind,
+    addrs: &[SocketAddr],
+    secret: Secret,
+    timeout: Duration,
+) -> Result<Selected, SelectError> {
+    let tcp = |why: String| -> Result<Selected, SelectError> {
+        Ok(Selected {
+            transport: Box::new(TcpTransport::discover(addrs, secret.clone(), timeout)?),
+            reason: why,
+        })
+    };
+    match kind {
+        TransportKind::Tcp => tcp("tcp (as asked)".into()),
+        TransportKind::Verbs => match open_verbs(addrs, &secret, timeout) {
+            Ok(s) => Ok(s),
+            Err(VerbsFailure::NoDevice(reason)) => Err(SelectError::VerbsUnavailable { reason }),
+            Err(VerbsFailure::Transport(e)) => Err(e.into()),
+        },
+        TransportKind::Auto => match open_verbs(addrs, &secret, timeout) {
+            Ok(mut s) => {
+                s.reason = format!("auto: {}", s.reason);
+                Ok(s)
+            }
+            Err(VerbsFailure::NoDevice(reason)) => tcp(format!("auto: tcp, because {reason}")),
+            Err(VerbsFailure::Transport(e)) => tcp(format!("auto: tcp, because verbs failed: {e}")),
+        },
+    }
+}
+
+enum VerbsFailure {
+    NoDevice(String),
+    #[cfg_attr(not(feature = "verbs"), allow(dead_code))]
+    Transport(TransportError),
+}
+
+#[cfg(feature = "verbs")]
+fn open_verbs(
+    addrs: &[SocketAddr],
+    secret: &Secret,
+    timeout: Duration,
+) -> Result<Selected, VerbsFailure> {
+    use super::verbs::{device::VerbsConfig, VerbsTransport};
+    let cfg = VerbsConfig::from_env().map_err(VerbsFailure::NoDevice)?;
+    super::verbs::device::probe(&cfg).map_err(VerbsFailure::NoDevice)?;
+    let t = VerbsTransport::discover(addrs, secret.clone(), timeout, &cfg)
+        .map_err(VerbsFailure::Transport)?;
+    // One session up front: a node without RDMA is found now, not at the first fault.
+    drop(t.connect().map_err(VerbsFailure::Transport)?);
+    let reason = format!("verbs over {}", t.describe());
+    Ok(Selected {
+        transport: Box::new(t),
+        reason,
+    })
+}
+
+#[cfg(not(feature = "verbs"))]
+fn open_verbs(
+    _addrs: &[SocketAddr],
+    _secret: &Secret,
+    _timeout: Duration,
+) -> Result<Selected, VerbsFailure> {
+    Err(VerbsFailure::NoDevice(verbs_device().unwrap_err()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_and_print() {
+        for k in [
+            TransportKind::Tcp,
+            TransportKind::Verbs,
+            TransportKind::Auto,
+        ] {
+            assert_eq!(k.to_string().parse::<TransportKind>(), Ok(k));
+        }
+        assert!("infiniband".parse::<TransportKind>().is_err());
+    }
+}
