@@ -100,11 +100,14 @@ row() { printf '| %s | %s | %s | %s | %s |\n' "$@" >> "$WORK/results.md"; }
 } > "$WORK/results.md"
 row native "-" "$NATIVE_S" "1.00" "-"
 
-judge() { # name limit_mib seconds rc dir
+oom_kills() { awk '/^oom_kill /{print $2}' "$CG/memory.oom_control" 2>/dev/null || echo 0; }
+judge() { # name limit_mib seconds rc dir oom_kills_before
     local ratio same
     ratio=$(printf '%.2f' "$(echo "$3 / $NATIVE_S" | bc -l)")
     if [ "$4" = 0 ]; then
         cmp -s "$5/contigs.fa" "$WORK/native/contigs.fa" && same=yes || same=NO
+    elif [ "$4" = 137 ] && [ "$(oom_kills)" != "${6:-$(oom_kills)}" ]; then
+        same="OOM-killed by the memory cgroup"
     elif [ "$4" = 137 ]; then
         same="stopped at cap (> $ratio x)"; ratio="> $ratio"
     else
@@ -126,8 +129,9 @@ for pct in $LIMITS; do
     log "kernel swap on zram, cgroup limit $pct% = ${LIMIT_MIB} MiB"
     fresh "$WORK/zram$pct"
     echo "$LIMIT" > "$CG/memory.limit_in_bytes"
+    OOM_BEFORE=$(oom_kills)
     read -r S _ rc < <(timed "$CAP" bash -c 'in_cgroup "$@"' _ velvetg "$WORK/zram$pct" "${VELVETG_ARGS[@]}")
-    judge "zram swap $pct%" "$LIMIT_MIB" "$S" "$rc" "$WORK/zram$pct"
+    judge "zram swap $pct%" "$LIMIT_MIB" "$S" "$rc" "$WORK/zram$pct" "$OOM_BEFORE"
     echo $((64 << 30)) > "$CG/memory.limit_in_bytes"
 done
 cat "$WORK/results.md"

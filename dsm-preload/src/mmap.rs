@@ -99,7 +99,8 @@ fn length_of(base: usize) -> Option<usize> {
     None
 }
 
-fn redirectable(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int) -> bool {
+/// Whether a mapping is a plain private anonymous read-write one of a poolable size.
+fn plain_anonymous(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int) -> bool {
     let special = libc::MAP_FIXED
         | libc::MAP_FIXED_NOREPLACE
         | libc::MAP_HUGETLB
@@ -115,6 +116,10 @@ fn redirectable(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c
         && prot == libc::PROT_READ | libc::PROT_WRITE
         && len >= MIN_BYTES.load(Ordering::Relaxed)
         && len <= MAX_BYTES.load(Ordering::Relaxed)
+}
+
+fn redirectable(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int) -> bool {
+    plain_anonymous(addr, len, prot, flags, fd)
         && state() == READY
         && global_heap_serves()
         && !INSIDE.with(Cell::get)
@@ -276,4 +281,63 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) 
     }
     // SAFETY: the raw system call with the caller's arguments.
     unsafe { libc::syscall(libc::SYS_madvise, addr, len, advice as c_long) as c_int }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_table_remembers_and_forgets_exact_bases() {
+        let bases: Vec<usize> = (1..200).map(|i| 0x7000_0000_0000 + i * 3 * PAGE).collect();
+        for (i, b) in bases.iter().enumerate() {
+            assert!(remember(*b, (i + 1) * PAGE));
+        }
+        for (i, b) in bases.iter().enumerate() {
+            assert_eq!(length_of(*b), Some((i + 1) * PAGE));
+            assert_eq!(
+                length_of(b + PAGE),
+                None,
+                "interior addresses are not blocks"
+            );
+        }
+        for (i, b) in bases.iter().enumerate().step_by(2) {
+            assert_eq!(forget(*b), Some((i + 1) * PAGE));
+            assert_eq!(forget(*b), None);
+        }
+        // Forgotten entries leave tombstones that lookups skip and inserts reuse.
+        for (i, b) in bases.iter().enumerate().skip(1).step_by(2) {
+            assert_eq!(length_of(*b), Some((i + 1) * PAGE));
+        }
+        assert!(remember(bases[0], PAGE));
+        assert_eq!(forget(bases[0]), Some(PAGE));
+    }
+
+    #[test]
+    fn only_plain_private_anonymous_read_write_maps_are_pooled() {
+        configure(1 << 20, 1 << 30);
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        let null = std::ptr::null_mut();
+        // Not started: nothing is pooled, whatever the mapping.
+        assert!(!redirectable(null, 4 << 20, rw, anon, -1));
+        assert!(plain_anonymous(null, 4 << 20, rw, anon, -1));
+        assert!(!plain_anonymous(null, 4 << 10, rw, anon, -1), "too small");
+        assert!(!plain_anonymous(null, 2 << 30, rw, anon, -1), "too large");
+        assert!(
+            !plain_anonymous(0x1000 as *mut c_void, 4 << 20, rw, anon, -1),
+            "hinted"
+        );
+        // Shared, fixed, file-backed, read-only or stack mappings never are.
+        for (prot, flags, fd) in [
+            (rw, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1),
+            (rw, libc::MAP_SHARED_VALIDATE | libc::MAP_ANONYMOUS, -1),
+            (rw, anon | libc::MAP_FIXED, -1),
+            (rw, anon | libc::MAP_STACK, -1),
+            (libc::PROT_READ, anon, -1),
+            (rw, libc::MAP_PRIVATE, 3),
+        ] {
+            assert!(!plain_anonymous(null, 4 << 20, prot, flags, fd));
+        }
+    }
 }

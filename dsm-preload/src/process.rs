@@ -4,8 +4,12 @@
 use crate::route::{self, FORKED, OFF, READY, STARTING, UNINIT};
 use dsm_runtime::config::job::TransportKind;
 use dsm_runtime::config::job::{pid_alive, JobConfig, JobError};
-use dsm_runtime::runtime::EXIT_RUNTIME_FAILURE;
+use dsm_runtime::policy::profile::{PlacementSpec, Profile};
+use dsm_runtime::runtime::{Policies, EXIT_RUNTIME_FAILURE};
+use dsm_runtime::space::PAGE_BYTES;
+use dsm_runtime::trace::{TraceHeader, TraceWriter};
 use dsm_runtime::transport::{select, SelectError, Transport};
+use dsm_runtime::RuntimeConfig;
 use dsm_runtime::{Runtime, RuntimeError};
 use libc::{c_long, pid_t};
 use libmimalloc_sys as mi;
@@ -31,6 +35,10 @@ enum StartError {
     Select(#[from] SelectError),
     #[error("mimalloc refused the global range {base:#x}+{len:#x} as an arena")]
     Arena { base: usize, len: usize },
+    #[error("profile: {0}")]
+    Profile(String),
+    #[error("recording the trace: {0}")]
+    Trace(String),
 }
 
 /// The running job of this process; set once by `start`, then only read.
@@ -86,6 +94,62 @@ pub extern "C" fn on_load() {
     }
 }
 
+/// Starts the runtime with the job's profile (if any) and trace recording (if asked).
+fn start_runtime(
+    job: &JobConfig,
+    slot: usize,
+    transport: &dyn Transport,
+) -> Result<Runtime, StartError> {
+    let mut config = job.runtime_config(slot);
+    let Some(name) = &job.profile else {
+        let mut policies = Policies::defaults(&config);
+        policies.trace = open_trace(job, slot, &config, "default")?;
+        return Ok(Runtime::start_with(config, transport, policies)?);
+    };
+    let profile = Profile::load(name).map_err(|e| StartError::Profile(e.to_string()))?;
+    profile.apply(&mut config);
+    let placement = match profile.placement {
+        // Interleaving takes its chunk from the config the profile just set.
+        PlacementSpec::Interleaved { .. } => None,
+        _ => {
+            let node_bytes = transport
+                .nodes()
+                .iter()
+                .map(|n| n.region_bytes)
+                .min()
+                .unwrap_or(0);
+            let pages = config.space_page_offset + config.space_bytes / PAGE_BYTES as u64;
+            Some(
+                profile
+                    .placement(transport.nodes().len(), node_bytes, pages)
+                    .map_err(RuntimeError::from)?,
+            )
+        }
+    };
+    let policies = Policies {
+        eviction: profile.eviction(config.cache_pages()),
+        prefetch: profile.prefetch(),
+        placement,
+        trace: open_trace(job, slot, &config, &profile.name)?,
+    };
+    Ok(Runtime::start_with(config, transport, policies)?)
+}
+
+fn open_trace(
+    job: &JobConfig,
+    slot: usize,
+    config: &RuntimeConfig,
+    profile: &str,
+) -> Result<Option<TraceWriter>, StartError> {
+    let Some(path) = job.trace_path(slot) else {
+        return Ok(None);
+    };
+    let header = TraceHeader::for_run(config.cache_pages() as u64, profile);
+    TraceWriter::create(&path, &header)
+        .map(Some)
+        .map_err(|e| StartError::Trace(e.to_string()))
+}
+
 fn start() -> Result<Running, StartError> {
     let job = JobConfig::from_env()?;
     let timeout = Duration::from_millis(job.node_timeout_ms);
@@ -103,7 +167,7 @@ fn start() -> Result<Running, StartError> {
         let mut session = transport.connect().map_err(RuntimeError::from)?;
         job.claim_slot(session.as_mut(), pid, pid_alive)?
     };
-    let runtime = Runtime::start(job.runtime_config(slot), transport.as_ref())?;
+    let runtime = start_runtime(&job, slot, transport.as_ref())?;
     let base = runtime.base() as usize;
     let len = runtime.len();
     // SAFETY: plain option setters, called before mimalloc serves anything.
@@ -161,6 +225,7 @@ pub extern "C" fn on_exit() {
         return;
     }
     let snap = r.runtime.snapshot();
+    r.runtime.flush_trace();
     if r.job.verbose {
         eprintln!(
             "dsm: {} (pid {}) slot {} done: {} faults, {} remote reads, {} write-backs, {} evictions",

@@ -173,6 +173,31 @@ pub fn mark_current_thread_internal() {
     INTERNAL_THREAD.with(|c| c.set(true));
 }
 
+/// Starts one of the runtime's own threads. Every such thread is marked internal before it
+/// runs anything, so an allocator serving the program from the global range sends its
+/// allocations elsewhere (a runtime thread that faulted on the range would wait for
+/// itself), and a failure ends the process with a message instead of hanging faulting
+/// threads.
+fn spawn_internal(
+    core: &Arc<Core>,
+    name: String,
+    body: impl FnOnce(&Core) -> Result<(), RuntimeError> + Send + 'static,
+) -> Result<JoinHandle<()>, RuntimeError> {
+    let core = Arc::clone(core);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            mark_current_thread_internal();
+            if let Err(e) = body(&core) {
+                fatal(&e);
+            }
+        })
+        .map_err(|source| RuntimeError::Os {
+            what: "spawning a runtime thread",
+            source,
+        })
+}
+
 /// Ends the process after a failure that leaves a faulting thread unservable.
 pub fn fatal(err: &RuntimeError) -> ! {
     eprintln!("dsm: fatal: {err}");
@@ -318,51 +343,21 @@ impl Runtime {
         let reclaim_session = sessions.pop().expect("one session per thread");
         let prefetch_session = sessions.pop().expect("one session per thread");
         for (i, session) in sessions.into_iter().enumerate() {
-            let core = Arc::clone(&rt.core);
-            let t = std::thread::Builder::new()
-                .name(format!("dsm-fault-{i}"))
-                .spawn(move || {
-                    mark_current_thread_internal();
-                    if let Some(cpu) = core.config.handler_cpu {
-                        pin_current_thread(cpu);
-                    }
-                    let mut h = FaultHandler::new(&core, session);
-                    if let Err(e) = h.run(&core) {
-                        fatal(&e);
-                    }
-                })
-                .map_err(|source| RuntimeError::Os {
-                    what: "spawning a fault handler",
-                    source,
-                })?;
+            let t = spawn_internal(&rt.core, format!("dsm-fault-{i}"), move |core| {
+                if let Some(cpu) = core.config.handler_cpu {
+                    pin_current_thread(cpu);
+                }
+                FaultHandler::new(core, session).run(core)
+            })?;
             rt.threads.push(t);
         }
-        let core = Arc::clone(&rt.core);
-        let t = std::thread::Builder::new()
-            .name("dsm-prefetch".into())
-            .spawn(move || {
-                if let Err(e) = prefetcher::run(&core, prefetch_session) {
-                    fatal(&e);
-                }
-            })
-            .map_err(|source| RuntimeError::Os {
-                what: "spawning the prefetcher",
-                source,
-            })?;
+        let t = spawn_internal(&rt.core, "dsm-prefetch".into(), move |core| {
+            prefetcher::run(core, prefetch_session)
+        })?;
         rt.threads.push(t);
-        let core = Arc::clone(&rt.core);
-        let t = std::thread::Builder::new()
-            .name("dsm-reclaim".into())
-            .spawn(move || {
-                mark_current_thread_internal();
-                if let Err(e) = core.reclaim_loop(reclaim_session) {
-                    fatal(&e);
-                }
-            })
-            .map_err(|source| RuntimeError::Os {
-                what: "spawning the reclaimer",
-                source,
-            })?;
+        let t = spawn_internal(&rt.core, "dsm-reclaim".into(), move |core| {
+            core.reclaim_loop(reclaim_session)
+        })?;
         rt.threads.push(t);
         Ok(rt)
     }
@@ -390,6 +385,16 @@ impl Runtime {
     /// A copy of the statistics.
     pub fn snapshot(&self) -> StatsSnapshot {
         self.core.stats.snapshot()
+    }
+
+    /// Writes out what the trace recorder holds (for a process that exits without
+    /// shutting the runtime down); errors are reported by the recorder itself.
+    pub fn flush_trace(&self) {
+        if let Some(t) = &self.core.trace {
+            if let Err(e) = t.flush() {
+                eprintln!("dsm: trace: {e}");
+            }
+        }
     }
 
     /// Stops the threads, releases the range, and returns the final statistics.

@@ -6,7 +6,9 @@ use clap::{Parser, ValueEnum};
 use dsm_runtime::config::job::TransportKind;
 use dsm_runtime::config::{parse_size, physical_memory_bytes, DEFAULT_SPACE_BASE};
 use dsm_runtime::launcher::{self, RunOptions, EXIT_SETUP};
+use dsm_runtime::policy::profile::Profile;
 use dsm_runtime::transport::auth::Secret;
+use dsm_runtime::tune::{self, TuneArgs};
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,7 +38,7 @@ Exit status: the program's own; 128+N if signal N killed it; 127 if it was not f
                   cache holds the pages in use and the rest live on the nodes. With no host \
                   list, the nodes are started on this machine. Needs userfaultfd: root, \
                   CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1, or access to /dev/userfaultfd.",
-    override_usage = "dsmrun [OPTIONS] -n N [--] PROGRAM [ARGS]...\n       dsmrun node --id I --listen ADDR --memory SIZE",
+    override_usage = "dsmrun [OPTIONS] -n N [--] PROGRAM [ARGS]...\n       dsmrun profiles\n       dsmrun tune TRACE [--profiles a,b,...]\n       dsmrun node --id I --listen ADDR --memory SIZE",
     after_help = EXAMPLES,
     trailing_var_arg = true
 )]
@@ -82,6 +84,14 @@ struct RunCli {
     /// The preload library (default: libdsm_preload.so next to dsmrun).
     #[arg(long, value_name = "PATH")]
     preload_lib: Option<PathBuf>,
+    /// Caching, eviction and prefetch policies: a shipped profile (`dsmrun profiles`
+    /// lists them) or a TOML file (e.g. --profile velvet, --profile ./mine.toml).
+    #[arg(long, value_name = "NAME|PATH")]
+    profile: Option<String>,
+    /// Record the program's page-access stream to FILE for `dsmrun tune` (children of the
+    /// program write FILE.1, FILE.2, ...) (e.g. --record-trace run.dsmt).
+    #[arg(long, value_name = "FILE")]
+    record_trace: Option<PathBuf>,
     /// The program and its arguments.
     #[arg(required = true, value_name = "PROGRAM [ARGS]...")]
     program: Vec<OsString>,
@@ -155,6 +165,16 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
         handler_threads: cli.handler_threads,
         mmap_min_bytes: size_arg("--mmap-min", &cli.mmap_min, false)?,
         preload_lib: cli.preload_lib,
+        profile: match cli.profile {
+            // Load it now, so a bad profile is reported (file, line, hint) before anything
+            // starts; the processes load it again from DSM_PROFILE.
+            Some(p) => {
+                Profile::load(&p).map_err(|e| anyhow::anyhow!("--profile {p}: {e}"))?;
+                Some(p)
+            }
+            None => None,
+        },
+        record_trace: cli.record_trace,
         program: cli.program,
     })
 }
@@ -177,8 +197,34 @@ fn node_main(args: Vec<OsString>) -> Result<()> {
     Ok(())
 }
 
+/// `dsmrun tune`: ranks profiles on a recorded trace.
+#[derive(Parser, Debug)]
+#[command(
+    name = "dsmrun tune",
+    about = "Replay a trace recorded with --record-trace through profiles' policies in a \
+             cache simulator, and rank them by predicted remote fetches and stall time \
+             (e.g. dsmrun tune run.dsmt --profiles default,random,velvet)"
+)]
+struct TuneCli {
+    #[command(flatten)]
+    args: TuneArgs,
+}
+
 fn main() {
     let mut args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "profiles") {
+        tune::print_profiles();
+        return;
+    }
+    if args.get(1).is_some_and(|a| a == "tune") {
+        args.remove(1);
+        let cli = TuneCli::parse_from(args);
+        if let Err(e) = tune::run(cli.args) {
+            eprintln!("dsmrun tune: {e:#}");
+            std::process::exit(EXIT_SETUP);
+        }
+        return;
+    }
     if args.get(1).is_some_and(|a| a == "node") {
         args.remove(1);
         if let Err(e) = node_main(args) {

@@ -28,6 +28,8 @@
 //! | `DSM_MMAP_MIN_BYTES` | anonymous `mmap`s at least this large are served from the global range (`0`: none) |
 //! | `DSM_STATS_DIR` | where each process writes its statistics at exit |
 //! | `DSM_VERBOSE` | `1` to report each process's start and end on stderr |
+//! | `DSM_PROFILE` | policy profile: a shipped name or a path to a TOML file |
+//! | `DSM_TRACE` | record the page-access stream to this file (`FILE.SLOT` for slots above 0) |
 
 use super::{parse_size, ConfigError, RuntimeConfig, DEFAULT_SPACE_BASE, SPACE_END_MAX};
 use crate::space::PAGE_BYTES;
@@ -54,6 +56,8 @@ pub const KNOWN_VARS: &[&str] = &[
     "DSM_MMAP_MIN_BYTES",
     "DSM_STATS_DIR",
     "DSM_VERBOSE",
+    "DSM_PROFILE",
+    "DSM_TRACE",
     // RDMA device selection, read by the verbs transport (transport/verbs/device.rs).
     "DSM_RDMA_DEVICE",
     "DSM_RDMA_PORT",
@@ -123,6 +127,10 @@ pub struct JobConfig {
     pub verbose: bool,
     /// Pages per placement chunk.
     pub placement_chunk_pages: u64,
+    /// Policy profile (shipped name or path); `None` for the built-in defaults.
+    pub profile: Option<String>,
+    /// Where to record the page-access stream.
+    pub trace: Option<PathBuf>,
 }
 
 fn bad(name: &'static str, value: &str, hint: impl Into<String>) -> JobError {
@@ -229,6 +237,8 @@ impl JobConfig {
             stats_dir: get("DSM_STATS_DIR").map(PathBuf::from),
             verbose: matches!(get("DSM_VERBOSE"), Some("1" | "yes" | "true")),
             placement_chunk_pages: defaults.placement_chunk_pages,
+            profile: get("DSM_PROFILE").map(str::to_owned),
+            trace: get("DSM_TRACE").map(PathBuf::from),
         };
         job.validate()?;
         Ok(job)
@@ -252,6 +262,12 @@ impl JobConfig {
         ];
         if let Some(d) = &self.stats_dir {
             v.push(("DSM_STATS_DIR", d.display().to_string()));
+        }
+        if let Some(p) = &self.profile {
+            v.push(("DSM_PROFILE", p.clone()));
+        }
+        if let Some(t) = &self.trace {
+            v.push(("DSM_TRACE", t.display().to_string()));
         }
         v
     }
@@ -314,6 +330,18 @@ impl JobConfig {
             placement_chunk_pages: self.placement_chunk_pages,
             ..RuntimeConfig::default()
         }
+    }
+
+    /// Where process `slot` records its trace, if the job records one: the file itself for
+    /// slot 0, `FILE.SLOT` for the others (children of the program).
+    pub fn trace_path(&self, slot: usize) -> Option<PathBuf> {
+        let base = self.trace.as_ref()?;
+        if slot == 0 {
+            return Some(base.clone());
+        }
+        let mut p = base.clone().into_os_string();
+        p.push(format!(".{slot}"));
+        Some(PathBuf::from(p))
     }
 
     /// Claims a free slot for process `pid`, using `alive` to tell whether a slot's

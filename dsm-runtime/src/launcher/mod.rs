@@ -58,6 +58,10 @@ pub struct RunOptions {
     pub mmap_min_bytes: u64,
     /// The preload library (default: next to the `dsmrun` executable).
     pub preload_lib: Option<PathBuf>,
+    /// Policy profile (shipped name or path), already checked to load.
+    pub profile: Option<String>,
+    /// Where to record the page-access stream.
+    pub record_trace: Option<PathBuf>,
     /// The program and its arguments.
     pub program: Vec<OsString>,
 }
@@ -301,6 +305,8 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         stats_dir: Some(stats_dir.clone()),
         verbose: opts.verbose,
         placement_chunk_pages: crate::RuntimeConfig::default().placement_chunk_pages,
+        profile: opts.profile.clone(),
+        trace: opts.record_trace.clone(),
     };
     let result = job
         .validate()

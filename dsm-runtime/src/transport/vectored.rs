@@ -63,7 +63,8 @@ pub unsafe fn write_all(fd: RawFd, iov: &mut [libc::iovec]) -> io::Result<()> {
 }
 
 /// One `readv`: fills the iovecs as far as the bytes already available go (at least one
-/// byte, blocking until then), advancing them in place; returns the bytes read.
+/// byte, blocking until then), advancing them in place; returns the bytes read (0 only
+/// when the iovecs were already full).
 ///
 /// # Safety
 /// Every iovec must describe memory valid for writes for the duration of the call.
@@ -111,23 +112,8 @@ pub unsafe fn fill_from(iov: &mut [libc::iovec], mut bytes: &[u8]) {
 /// # Safety
 /// Every iovec must describe memory valid for writes for the duration of the call.
 pub unsafe fn read_exact(fd: RawFd, iov: &mut [libc::iovec]) -> io::Result<()> {
-    let mut start = advance(iov, 0, 0);
-    while start < iov.len() {
-        let cnt = (iov.len() - start).min(IOV_MAX);
-        // SAFETY: the caller guarantees the iovecs are writable; the count is in bounds.
-        let n = unsafe { libc::readv(fd, iov[start..].as_ptr(), cnt as i32) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        start = advance(iov, start, n as usize);
-    }
+    // SAFETY: forwarded from the caller.
+    while unsafe { read_once(fd, iov) }? > 0 {}
     Ok(())
 }
 
