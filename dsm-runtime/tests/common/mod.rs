@@ -11,7 +11,7 @@ use std::time::Duration;
 /// Starts `n` node processes of `node_bytes` each and a transport to them.
 pub fn cluster(n: usize, node_bytes: u64) -> (LocalNodes, TcpTransport) {
     let (nodes, secret) = nodes(n, node_bytes);
-    let t = TcpTransport::discover(nodes.addrs(), secret, Duration::from_secs(3)).unwrap();
+    let t = TcpTransport::discover(nodes.addrs(), secret, Duration::from_secs(10)).unwrap();
     (nodes, t)
 }
 
