@@ -80,6 +80,15 @@ impl LocalNodes {
         Ok(nodes)
     }
 
+    /// Nodes this launcher did not start (`dsmrun --attach`): there is nothing to kill,
+    /// reap or watch, only addresses.
+    pub fn attached(addrs: Vec<SocketAddr>) -> LocalNodes {
+        LocalNodes {
+            children: addrs.iter().map(|_| None).collect(),
+            addrs,
+        }
+    }
+
     /// The nodes' addresses, by node index.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs

@@ -43,9 +43,24 @@ Exit status: the program's own; 128+N if signal N killed it; 127 if it was not f
     trailing_var_arg = true
 )]
 struct RunCli {
-    /// Number of memory nodes to spread the heap over (e.g. -n 16).
-    #[arg(short = 'n', long = "nodes", value_name = "N")]
-    nodes: usize,
+    /// Number of memory nodes to spread the heap over, started on this machine (e.g. -n 16).
+    #[arg(
+        short = 'n',
+        long = "nodes",
+        value_name = "N",
+        required_unless_present = "attach"
+    )]
+    nodes: Option<usize>,
+    /// Use memory nodes that are already running (`dsmrun node` on other machines) instead
+    /// of starting them; DSM_SECRET must hold the secret they were started with
+    /// (e.g. --attach 10.0.0.2:7000,10.0.0.3:7000).
+    #[arg(
+        long,
+        value_name = "ADDR,...",
+        value_delimiter = ',',
+        conflicts_with = "nodes"
+    )]
+    attach: Vec<std::net::SocketAddr>,
     /// Most of a process's heap kept in local memory at once; the rest lives on the nodes.
     /// Applies to each process of the job (e.g. 512M, 8G, 25%).
     #[arg(long, value_name = "SIZE", default_value = "50%")]
@@ -149,7 +164,8 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
         format!("--space-base {base_text}: expected an address like 0x100000000000")
     })?;
     Ok(RunOptions {
-        nodes: cli.nodes,
+        nodes: cli.nodes.unwrap_or(cli.attach.len()),
+        attach: (!cli.attach.is_empty()).then_some(cli.attach),
         cache_bytes_max: cache,
         node_bytes: node,
         transport: match cli.transport {

@@ -18,6 +18,7 @@ use crate::runtime::EXIT_RUNTIME_FAILURE;
 use crate::space::PAGE_BYTES;
 use crate::transport::auth::Secret;
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -36,6 +37,9 @@ pub const EXIT_SETUP: i32 = 1;
 pub struct RunOptions {
     /// Number of memory nodes.
     pub nodes: usize,
+    /// Nodes already running elsewhere, by address (`--attach`); `None` starts `nodes`
+    /// local ones.
+    pub attach: Option<Vec<SocketAddr>>,
     /// Local cache of each process.
     pub cache_bytes_max: u64,
     /// Memory each node contributes (lazily backed).
@@ -238,6 +242,22 @@ fn plan_job(opts: &RunOptions) -> Result<(u64, usize), LaunchError> {
 /// Runs the program as `opts` says and returns the exit status for `dsmrun`.
 pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
     let started = Instant::now();
+    let attached = match &opts.attach {
+        Some(addrs) => Some(attach(addrs)?),
+        None => None,
+    };
+    let sized;
+    let opts = match &attached {
+        // The pool is what the running nodes offer, whatever --node-memory says.
+        Some((_, node_bytes)) => {
+            sized = RunOptions {
+                node_bytes: *node_bytes,
+                ..opts.clone()
+            };
+            &sized
+        }
+        None => opts,
+    };
     if opts.nodes == 0 || opts.nodes > usize::from(u16::MAX) {
         return Err(LaunchError::Invalid(format!(
             "-n {}: use at least one node",
@@ -272,9 +292,18 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
     let (slot_bytes, slots) = plan_job(opts)?;
 
     signals::start_forwarding().map_err(io_err("blocking forwarded signals"))?;
-    let secret = Secret::generate().map_err(io_err("generating the job secret"))?;
-    let mut nodes = LocalNodes::spawn(dsmrun_exe, opts.nodes, opts.node_bytes, &secret)
-        .map_err(io_err("starting memory nodes"))?;
+    let (secret, mut nodes) = match attached {
+        Some((secret, _)) => (
+            secret,
+            LocalNodes::attached(opts.attach.clone().unwrap_or_default()),
+        ),
+        None => {
+            let secret = Secret::generate().map_err(io_err("generating the job secret"))?;
+            let nodes = LocalNodes::spawn(dsmrun_exe, opts.nodes, opts.node_bytes, &secret)
+                .map_err(io_err("starting memory nodes"))?;
+            (secret, nodes)
+        }
+    };
     if opts.verbose {
         for i in 0..opts.nodes {
             eprintln!(
@@ -323,6 +352,31 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
     report(opts, &stats_dir, code, started.elapsed());
     let _ = std::fs::remove_dir_all(&stats_dir);
     Ok(code)
+}
+
+/// Checks that the nodes at `addrs` answer and know the job secret (from DSM_SECRET);
+/// returns the secret and the smallest node's memory.
+fn attach(addrs: &[SocketAddr]) -> Result<(Secret, u64), LaunchError> {
+    let secret = std::env::var("DSM_SECRET")
+        .ok()
+        .and_then(Secret::new)
+        .ok_or_else(|| {
+            LaunchError::Invalid(
+                "--attach needs DSM_SECRET: the secret the nodes were started with".into(),
+            )
+        })?;
+    let transport = crate::transport::tcp::TcpTransport::discover(
+        addrs,
+        secret.clone(),
+        std::time::Duration::from_secs(10),
+    )
+    .map_err(|e| LaunchError::Invalid(format!("--attach: {e}")))?;
+    let node_bytes = crate::transport::Transport::nodes(&transport)
+        .iter()
+        .map(|n| n.region_bytes)
+        .min()
+        .unwrap_or(0);
+    Ok((secret, node_bytes))
 }
 
 fn run_program(

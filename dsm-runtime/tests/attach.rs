@@ -1,0 +1,79 @@
+//! `dsmrun --attach`: a program on memory nodes that were started elsewhere (here: by the
+//! test, as another machine would), with the secret they were started with.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+#[test]
+fn a_program_runs_on_nodes_it_did_not_start() {
+    if !have("sort") {
+        return skip("attach", "no sort (coreutils)");
+    }
+    let _turn = heavy();
+    let (nodes, secret) = common::nodes(2, 1 << 30);
+    let addrs: Vec<String> = nodes.addrs().iter().map(ToString::to_string).collect();
+    let dir = scratch("attach");
+    let input = dir.join("input.txt");
+    let text: String = (0..200_000u64)
+        .map(|i| format!("{:012}\n", (i * 7_919) % 1_000_003))
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let native = run_measured(Command::new("sort").arg(&input).env("LC_ALL", "C"));
+    let stats = dir.join("stats.json");
+    require_preload();
+    let pooled = run_measured(
+        Command::new(dsmrun())
+            .args([
+                "--attach",
+                &addrs.join(","),
+                "--local-cache",
+                "1M",
+                "--stats",
+            ])
+            .arg(&stats)
+            .args(["--", "sort"])
+            .arg(&input)
+            .env("LC_ALL", "C")
+            .env("DSM_SECRET", secret.as_str()),
+    );
+    assert_eq!(pooled.code, 0, "{}", pooled.stderr);
+    assert!(
+        pooled.stdout == native.stdout,
+        "output differs under dsmrun --attach"
+    );
+    assert_pooled(&stats_total(&stats), "sort --attach");
+    // The nodes outlive the job: dsmrun did not start them, so it does not stop them.
+    let mut nodes = nodes;
+    assert!(
+        nodes.exited().is_none(),
+        "dsmrun stopped nodes it did not start"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn attaching_needs_the_nodes_secret() {
+    let (nodes, _secret) = common::nodes(1, 64 << 20);
+    let addr = nodes.addrs()[0].to_string();
+    let out = Command::new(dsmrun())
+        .args(["--attach", &addr, "--", "true"])
+        .env_remove("DSM_SECRET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("DSM_SECRET"), "{err}");
+    let out = Command::new(dsmrun())
+        .args(["--attach", &addr, "--", "true"])
+        .env("DSM_SECRET", "not-the-secret")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains("authentication failed") && err.contains("node 0"),
+        "{err}"
+    );
+}
