@@ -47,7 +47,9 @@ pub struct PageTable {
 impl PageTable {
     /// A table of untouched pages, with room for `expected` tracked pages before growing.
     pub fn new(pages: u64, expected: usize) -> io::Result<PageTable> {
-        let per_shard = expected.div_ceil(SHARDS).max(16);
+        // Room for up to 256 Ki pages up front; beyond that the shards grow as pages are
+        // touched, so a huge configured cache costs nothing at start-up.
+        let per_shard = expected.min(1 << 18).div_ceil(SHARDS).max(16);
         Ok(PageTable {
             shards: (0..SHARDS)
                 .map(|_| {

@@ -26,6 +26,11 @@ pub use clock::Clock;
 pub use fifo::Fifo;
 pub use two_q::{TwoQ, A1IN_PCT_DEFAULT, A1OUT_PCT_DEFAULT};
 
+/// Most entries a policy allocates room for up front. Beyond it, structures grow as pages
+/// arrive: a default cache of half the machine's memory would otherwise cost every
+/// process, even a short-lived shell, tens of MB at start-up.
+pub(crate) const PREALLOC_PAGES_MAX: usize = 1 << 16;
+
 /// Chooses victims among resident pages.
 pub trait EvictionPolicy: Send {
     /// The policy's name as profiles spell it.

@@ -1,7 +1,7 @@
 //! CLOCK (second chance): FIFO order, but a page used since the hand last passed gets
 //! another round.
 
-use crate::policy::eviction::EvictionPolicy;
+use crate::policy::eviction::{EvictionPolicy, PREALLOC_PAGES_MAX};
 use crate::policy::PageMap;
 use crate::space::PageNum;
 
@@ -24,9 +24,12 @@ impl Clock {
     /// A policy sized for `capacity` pages (it grows if more are inserted).
     pub fn with_capacity(capacity: usize) -> Clock {
         Clock {
-            ring: Vec::with_capacity(capacity),
-            index: PageMap::with_capacity_and_hasher(capacity, Default::default()),
-            free: Vec::with_capacity(capacity),
+            ring: Vec::with_capacity(capacity.min(PREALLOC_PAGES_MAX)),
+            index: PageMap::with_capacity_and_hasher(
+                capacity.min(PREALLOC_PAGES_MAX),
+                Default::default(),
+            ),
+            free: Vec::with_capacity(capacity.min(PREALLOC_PAGES_MAX)),
             hand: 0,
         }
     }

@@ -27,6 +27,7 @@ pub(crate) struct OrderedSet {
 
 impl OrderedSet {
     pub(crate) fn with_capacity(capacity: usize) -> OrderedSet {
+        let capacity = capacity.min(crate::policy::eviction::PREALLOC_PAGES_MAX);
         OrderedSet {
             nodes: Vec::with_capacity(capacity),
             free: Vec::new(),
