@@ -2,7 +2,6 @@
 //! the slot to mimalloc), `fork`, and the statistics written at exit.
 
 use crate::route::{self, FORKED, OFF, READY, STARTING, UNINIT};
-use dsm_runtime::config::job::TransportKind;
 use dsm_runtime::config::job::{pid_alive, JobConfig, JobError};
 use dsm_runtime::policy::profile::{PlacementSpec, Profile};
 use dsm_runtime::runtime::{Policies, EXIT_RUNTIME_FAILURE};
@@ -46,7 +45,7 @@ struct Running {
     runtime: Runtime,
     job: JobConfig,
     slot: usize,
-    _transport: Box<dyn Transport>,
+    transport: Box<dyn Transport>,
 }
 
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
@@ -156,7 +155,7 @@ fn start() -> Result<Running, StartError> {
     let selected = select(job.transport, &job.nodes, job.secret.clone(), timeout)?;
     let transport = selected.transport;
     let pid = std::process::id();
-    if job.verbose || job.transport == TransportKind::Auto {
+    if job.verbose {
         eprintln!(
             "dsm: {} (pid {pid}): transport {}",
             program_name(),
@@ -212,7 +211,7 @@ fn start() -> Result<Running, StartError> {
         runtime,
         job,
         slot,
-        _transport: transport,
+        transport,
     })
 }
 
@@ -241,10 +240,11 @@ pub extern "C" fn on_exit() {
     let Some(dir) = &r.job.stats_dir else { return };
     let path = dir.join(format!("{}.json", std::process::id()));
     let text = format!(
-        "{{\"pid\":{},\"program\":{:?},\"slot\":{},\"stats\":{}}}",
+        "{{\"pid\":{},\"program\":{:?},\"slot\":{},\"transport\":{:?},\"stats\":{}}}",
         std::process::id(),
         program_name(),
         r.slot,
+        r.transport.name(),
         snap.to_json()
     );
     let res = std::fs::File::create(&path).and_then(|mut f| f.write_all(text.as_bytes()));

@@ -1,11 +1,14 @@
-//! The global address space served from real memory-node processes over TCP: data
-//! integrity under random access, concurrency and eviction, kernel-mode faults, and the
-//! cost of a sparse reservation.
+//! The global address space served from real memory-node processes over TCP (and, for
+//! the random-access test, over shared memory too): data integrity under random access,
+//! concurrency and eviction, kernel-mode faults, and the cost of a sparse reservation.
 
 mod common;
 
 use common::{cluster, runtime, Rng};
+use dsm_runtime::transport::shm::ShmTransport;
+use dsm_runtime::transport::Transport;
 use std::sync::Arc;
+use std::time::Duration;
 
 const PAGE: usize = 4096;
 
@@ -14,11 +17,25 @@ const PAGE: usize = 4096;
 /// every read against its own reference. At the end every byte is compared.
 #[test]
 fn random_reads_and_writes_over_16x_the_cache_are_exact() {
+    let (_nodes, t) = cluster(4, 32 << 20);
+    random_reads_and_writes(&t, 0);
+}
+
+#[test]
+fn random_reads_and_writes_over_16x_the_cache_are_exact_over_shm() {
+    let (nodes, secret) = common::nodes(4, 32 << 20);
+    let t = match ShmTransport::discover(nodes.addrs(), secret, Duration::from_secs(10)) {
+        Ok(t) => t,
+        Err(e) => panic!("local nodes must be reachable over shared memory: {e:?}"),
+    };
+    random_reads_and_writes(&t, 4);
+}
+
+fn random_reads_and_writes(t: &dyn Transport, slot: usize) {
     const THREADS: usize = 4;
     const CACHE: u64 = 4 << 20;
     const SPACE: usize = 64 << 20;
-    let (_nodes, t) = cluster(4, 32 << 20);
-    let rt = runtime(&t, 0, CACHE, SPACE as u64);
+    let rt = runtime(t, slot, CACHE, SPACE as u64);
     let base = rt.base() as usize;
     let words = SPACE / 8;
     let handles: Vec<_> = (0..THREADS)

@@ -61,6 +61,33 @@ fn bad_sizes_and_help_are_clear() {
     let r = quick(&["-n", "2", "--local-cache", "lots", "--", "true"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("--local-cache"), "{}", r.stderr);
+    let r = quick(&["-n", "2", "--cpus", "1000", "--", "true"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("CPU 1000 is not available"),
+        "{}",
+        r.stderr
+    );
+    let r = quick(&["-n", "2", "--cpus", "1-0", "--", "true"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("backwards"), "{}", r.stderr);
+    let r = quick(&["-n", "2", "--transport", "carrier-pigeon", "--", "true"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("shm"), "{}", r.stderr);
+    // The job runs where it is told, nodes included.
+    let r = quick(&[
+        "-n",
+        "1",
+        "--cpus",
+        "0",
+        "--",
+        "grep",
+        "Cpus_allowed_list",
+        "/proc/self/status",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.trim_end().ends_with(":\t0"), "{out}");
     let r = quick(&["--help"]);
     assert_eq!(r.code, 0);
     let help = String::from_utf8_lossy(&r.stdout);
@@ -68,6 +95,7 @@ fn bad_sizes_and_help_are_clear() {
         "--local-cache",
         "--node-memory",
         "--transport",
+        "--cpus",
         "--stats",
         "--verbose",
         "Examples",

@@ -8,7 +8,7 @@ use dsm_runtime::launch::LocalNodes;
 use dsm_runtime::runtime::EXIT_RUNTIME_FAILURE;
 use dsm_runtime::transport::auth::Secret;
 use dsm_runtime::transport::tcp::TcpTransport;
-use dsm_runtime::transport::{NodeId, Transport, TransportError};
+use dsm_runtime::transport::{select, NodeId, Transport, TransportError, TransportKind};
 use dsm_runtime::{Runtime, RuntimeConfig};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CHILD_ENV: &str = "DSM_TEST_CHILD_NODES";
+const CHILD_TRANSPORT_ENV: &str = "DSM_TEST_CHILD_TRANSPORT";
 
 /// Runs in a child process (re-executed test binary): random writes over a range 16x the
 /// cache until the runtime gives up on a dead node.
@@ -28,14 +29,18 @@ fn child_workload() {
     };
     let addrs: Vec<SocketAddr> = spec.split(',').map(|a| a.parse().unwrap()).collect();
     let secret = Secret::new(std::env::var("DSM_SECRET").unwrap()).unwrap();
-    let t = TcpTransport::discover(&addrs, secret, Duration::from_secs(2)).unwrap();
+    let kind: TransportKind = std::env::var(CHILD_TRANSPORT_ENV).unwrap().parse().unwrap();
+    let t = select(kind, &addrs, secret, Duration::from_secs(2))
+        .unwrap()
+        .transport;
+    assert_eq!(t.name(), kind.to_string());
     let config = RuntimeConfig {
         space_base: 0x2000_0000_0000,
         space_bytes: 16 << 20,
         cache_bytes_max: 1 << 20,
         ..Default::default()
     };
-    let rt = Runtime::start(config, &t).unwrap();
+    let rt = Runtime::start(config, t.as_ref()).unwrap();
     let base = rt.base() as usize;
     println!("child running");
     let mut rng = Rng(1);
@@ -48,6 +53,17 @@ fn child_workload() {
 
 #[test]
 fn node_killed_mid_run_is_reported_naming_it() {
+    kill_a_node_mid_run(TransportKind::Tcp);
+}
+
+/// Over shared memory the dead node's region stays mapped; its closed control connection
+/// is what reveals the death.
+#[test]
+fn node_killed_mid_run_over_shm_is_reported_naming_it() {
+    kill_a_node_mid_run(TransportKind::Shm);
+}
+
+fn kill_a_node_mid_run(kind: TransportKind) {
     let secret = Secret::generate().unwrap();
     let mut nodes =
         LocalNodes::spawn(Path::new(env!("CARGO_BIN_EXE_dsmrun")), 3, 8 << 20, &secret).unwrap();
@@ -61,6 +77,7 @@ fn node_killed_mid_run_is_reported_naming_it() {
             "--test-threads=1",
         ])
         .env(CHILD_ENV, spec.join(","))
+        .env(CHILD_TRANSPORT_ENV, kind.to_string())
         .env("DSM_SECRET", secret.as_str())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -13,7 +13,8 @@ pub struct ClusterArgs {
     /// DSM_SECRET.
     #[arg(long, value_delimiter = ',', required = true)]
     pub nodes: Vec<SocketAddr>,
-    /// tcp, verbs or auto (verbs when an RDMA device is active, else TCP).
+    /// tcp, shm, verbs or auto (shm when every node is on this host, else verbs when an
+    /// RDMA device is active, else TCP).
     #[arg(long, default_value = "auto")]
     pub transport: TransportKind,
     /// Any node operation slower than this fails, naming the node.

@@ -69,10 +69,17 @@ struct RunCli {
     /// back costs memory (e.g. 64G, 100%).
     #[arg(long, value_name = "SIZE", default_value = "100%")]
     node_memory: String,
-    /// How processes reach the nodes: tcp, verbs (RDMA; fails clearly without a device) or
-    /// auto (verbs when an RDMA device is active, else tcp; says which).
-    #[arg(long, value_enum, default_value = "tcp")]
+    /// How processes reach the nodes: auto (shm when every node runs on this host, as with
+    /// -n; else verbs when an RDMA device is active; else tcp; -v says which), tcp, shm
+    /// (one-sided memory copies into the nodes' regions; local nodes only) or verbs (RDMA;
+    /// fails clearly without a device). E.g. --transport tcp to measure over the network.
+    #[arg(long, value_enum, default_value = "auto")]
     transport: TransportArg,
+    /// Run the program, its fault handler and the local nodes on these CPUs only, as taskset
+    /// would (e.g. --cpus 0 for a single-threaded program: every fault then stays on one
+    /// CPU, about twice as fast on a VM; --cpus 0-7 for a program with 8 threads).
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
     /// Write every counter of every process, and the job's totals, as JSON to FILE
     /// (e.g. --stats run.json).
     #[arg(long, value_name = "FILE")]
@@ -114,11 +121,13 @@ struct RunCli {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum TransportArg {
-    /// TCP (works everywhere; the default).
+    /// TCP (works everywhere).
     Tcp,
+    /// Shared memory with nodes on this host.
+    Shm,
     /// RDMA verbs (a build with `--features verbs` and an active RDMA device).
     Verbs,
-    /// Verbs when usable, else TCP; each process says which it chose.
+    /// Shm for local nodes, else verbs when usable, else TCP (the default).
     Auto,
 }
 
@@ -170,6 +179,7 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
         node_bytes: node,
         transport: match cli.transport {
             TransportArg::Tcp => TransportKind::Tcp,
+            TransportArg::Shm => TransportKind::Shm,
             TransportArg::Verbs => TransportKind::Verbs,
             TransportArg::Auto => TransportKind::Auto,
         },
@@ -179,6 +189,12 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
         max_procs: cli.max_procs,
         space_base,
         handler_threads: cli.handler_threads,
+        cpus: cli
+            .cpus
+            .as_deref()
+            .map(launcher::cpus::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
         mmap_min_bytes: size_arg("--mmap-min", &cli.mmap_min, false)?,
         preload_lib: cli.preload_lib,
         profile: match cli.profile {

@@ -467,7 +467,7 @@ mod tests {
             ),
             "{err}"
         );
-        assert!(err.to_string().contains("tcp, verbs or auto"), "{err}");
+        assert!(err.to_string().contains("tcp, shm, verbs or auto"), "{err}");
     }
 
     #[test]

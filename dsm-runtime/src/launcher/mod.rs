@@ -7,6 +7,7 @@
 //! `PR_SET_PDEATHSIG` (they die with `dsmrun`, even on `SIGKILL`); the program gets
 //! `PR_SET_PDEATHSIG` too; every exit path drops [`LocalNodes`], which kills and reaps them.
 
+pub mod cpus;
 pub mod signals;
 pub mod summary;
 
@@ -58,6 +59,8 @@ pub struct RunOptions {
     pub space_base: usize,
     /// Fault-handler threads per process.
     pub handler_threads: usize,
+    /// CPUs the whole job runs on (`--cpus`); `None` leaves affinity alone.
+    pub cpus: Option<std::collections::BTreeSet<usize>>,
     /// Smallest anonymous mmap served from the global range.
     pub mmap_min_bytes: u64,
     /// The preload library (default: next to the `dsmrun` executable).
@@ -242,6 +245,10 @@ fn plan_job(opts: &RunOptions) -> Result<(u64, usize), LaunchError> {
 /// Runs the program as `opts` says and returns the exit status for `dsmrun`.
 pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
     let started = Instant::now();
+    if let Some(cpus) = &opts.cpus {
+        // Before anything starts, so that nodes, program and runtime threads inherit it.
+        cpus::restrict_to(cpus).map_err(LaunchError::Invalid)?;
+    }
     let attached = match &opts.attach {
         Some(addrs) => Some(attach(addrs)?),
         None => None,
@@ -489,7 +496,10 @@ fn report(opts: &RunOptions, stats_dir: &Path, code: i32, wall: Duration) {
     let processes = summary::read_processes(stats_dir);
     let total = summary::total(&processes);
     if !opts.quiet {
-        eprint!("{}", summary::render(&total, processes.len()));
+        eprint!(
+            "{}",
+            summary::render(&total, processes.len(), &summary::transports(&processes))
+        );
     }
     let Some(path) = &opts.stats_path else { return };
     let doc = serde_json::json!({

@@ -118,8 +118,23 @@ pub fn fault_hit_rate(total: &Value) -> Option<f64> {
     (faults > 0).then(|| 1.0 - g("remote_read_pages") as f64 / faults as f64)
 }
 
+/// The transports the processes used, distinct, in order of first use ("shm", "tcp").
+pub fn transports(processes: &[Value]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for n in processes.iter().filter_map(|p| p["transport"].as_str()) {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    if names.is_empty() {
+        "an unknown transport".into()
+    } else {
+        names.join("+")
+    }
+}
+
 /// The summary lines `dsmrun` prints.
-pub fn render(total: &Value, processes: usize) -> String {
+pub fn render(total: &Value, processes: usize, transports: &str) -> String {
     let g = |k: &str| total[k].as_u64().unwrap_or(0);
     let faults = g("faults_read") + g("faults_write") + g("faults_write_protect");
     let hit = fault_hit_rate(total)
@@ -127,7 +142,7 @@ pub fn render(total: &Value, processes: usize) -> String {
         .unwrap_or_else(|| "n/a".into());
     let stalled_s = total["fault_service"]["sum_ns"].as_u64().unwrap_or(0) as f64 / 1e9;
     format!(
-        "dsmrun: {processes} process(es) on pooled memory: {faults} faults (read {}, write {}, \
+        "dsmrun: {processes} process(es) on pooled memory over {transports}: {faults} faults (read {}, write {}, \
          write-protect {}), fault hit rate {hit}, {stalled_s:.2} s stalled in faults\n\
          dsmrun: remote reads {} pages ({}), write-backs {} pages ({}), evictions {} \
          ({} clean), zero-fills {}, peak resident {}\n",
@@ -151,15 +166,15 @@ mod tests {
 
     #[test]
     fn totals_sum_counters_and_take_peaks() {
-        let a = json!({"pid": 1, "stats": {"faults_read": 3, "resident_pages_peak": 10,
+        let a = json!({"pid": 1, "transport": "shm", "stats": {"faults_read": 3, "resident_pages_peak": 10,
             "resident_pages": 4,
             "fault_service": {"count": 2, "sum_ns": 300, "mean_ns": 150, "p50_ns_upper": 0,
                 "p99_ns_upper": 0, "log2_buckets": [0, 2]}}});
-        let b = json!({"pid": 2, "stats": {"faults_read": 4, "resident_pages_peak": 7,
+        let b = json!({"pid": 2, "transport": "shm", "stats": {"faults_read": 4, "resident_pages_peak": 7,
             "resident_pages": 4,
             "fault_service": {"count": 1, "sum_ns": 100, "mean_ns": 100, "p50_ns_upper": 0,
                 "p99_ns_upper": 0, "log2_buckets": [1, 0]}}});
-        let t = total(&[a, b]);
+        let t = total(&[a.clone(), b.clone()]);
         assert_eq!(t["faults_read"], 7);
         assert_eq!(t["resident_pages_peak"], 10);
         assert!(t.get("resident_pages").is_none());
@@ -167,6 +182,7 @@ mod tests {
         assert_eq!(t["fault_service"]["mean_ns"], 133);
         assert_eq!(t["fault_service"]["log2_buckets"], json!([1, 2]));
         assert_eq!(t["fault_service"]["p99_ns_upper"], 4);
-        assert!(render(&t, 2).contains("7 faults"));
+        assert_eq!(transports(&[a.clone(), b.clone()]), "shm");
+        assert!(render(&t, 2, "shm").contains("over shm: 7 faults"));
     }
 }

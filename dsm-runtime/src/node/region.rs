@@ -1,9 +1,13 @@
-//! A memory node's region: one lazily backed anonymous mapping.
+//! A memory node's region: one lazily backed shared-memory file (a memfd), mapped.
 //!
-//! `MAP_NORESERVE` and demand paging mean an untouched terabyte costs nothing: reads of
-//! untouched pages see the kernel's shared zero page, and only written pages take memory.
+//! `MAP_NORESERVE` and demand paging mean an untouched terabyte costs nothing: only pages
+//! that are written (or read) take memory. The region is a memfd rather than anonymous
+//! memory so that a client on the same host can map it too and read and write it with no
+//! work by the node's CPU: the `shm` transport (transport/shm.rs), one-sided like RDMA.
 
+use std::ffi::CStr;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The node's share of the global pool.
@@ -11,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Region {
     base: *mut u8,
     len: u64,
+    file: OwnedFd,
 }
 
 // SAFETY: the region is plain memory; concurrent access follows one-sided semantics (the
@@ -28,15 +33,34 @@ impl Region {
                 format!("region size {len} must be a non-zero multiple of 4096"),
             ));
         }
+        const NAME: &CStr = c"dsm-node-region";
+        // SAFETY: a NUL-terminated name and flags; the result is checked.
+        let fd = unsafe { libc::memfd_create(NAME.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        let file = unsafe { OwnedFd::from_raw_fd(fd) };
+        let flen = libc::off_t::try_from(len).map_err(io::Error::other)?;
+        // SAFETY: plain syscall on our own descriptor.
+        if unsafe { libc::ftruncate(file.as_raw_fd(), flen) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Region::map(file, len)
+    }
+
+    /// Maps all `len` bytes of the shared-memory file `file`: a node's region, as seen by
+    /// a client of the `shm` transport on the same host.
+    pub fn map(file: OwnedFd, len: u64) -> io::Result<Region> {
         let size = usize::try_from(len).map_err(io::Error::other)?;
-        // SAFETY: anonymous mapping at a kernel-chosen address; the result is checked.
+        // SAFETY: a fresh mapping at a kernel-chosen address; the result is checked.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 size,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                file.as_raw_fd(),
                 0,
             )
         };
@@ -46,7 +70,13 @@ impl Region {
         Ok(Region {
             base: p.cast(),
             len,
+            file,
         })
+    }
+
+    /// The memfd behind the region, for the `shm` transport's clients on this host.
+    pub fn file(&self) -> RawFd {
+        self.file.as_raw_fd()
     }
 
     /// Region size in bytes.

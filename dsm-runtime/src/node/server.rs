@@ -239,6 +239,13 @@ impl NodeServer {
         let answer = match msg.as_slice() {
             b"ping" => b"pong".to_vec(),
             b"stats" => self.stats_json().into_bytes(),
+            m if m == crate::transport::shm::ATTACH_CALL.as_bytes() => {
+                match crate::transport::shm::Offer::describe(self.region.file(), self.region.len())
+                {
+                    Ok(offer) => offer.encode(),
+                    Err(e) => return reject(s, h, &format!("cannot share the region: {e}")),
+                }
+            }
             m if m.starts_with(b"verbs-connect") => match self.verbs_connect(m, conn) {
                 Ok(a) => a,
                 Err(why) => return reject(s, h, &why),

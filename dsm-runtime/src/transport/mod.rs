@@ -1,6 +1,6 @@
 //! Transports: one-sided access to memory nodes' regions.
 //!
-//! The contract is written once, here, and every backend (`tcp`, `verbs`) keeps it:
+//! The contract is written once, here, and every backend (`tcp`, `shm`, `verbs`) keeps it:
 //!
 //! - A [`Transport`] knows the cluster's nodes and opens [`Session`]s. A session belongs
 //!   to one thread (the fault handler, the reclaimer) so the fast path takes no locks.
@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod select;
+pub mod shm;
 pub mod tcp;
 pub mod vectored;
 #[cfg(feature = "verbs")]

@@ -1,11 +1,14 @@
-//! Choosing the backend at run time: `--transport tcp|verbs|auto`.
+//! Choosing the backend at run time: `--transport tcp|shm|verbs|auto`.
 //!
-//! `auto` takes verbs when this build has it, an RDMA device with an active port is
-//! present, and every node accepts a queue pair; otherwise TCP. Whatever it picks, the
-//! reason is returned so the launcher can say it. Asking for `verbs` where it cannot work
-//! is an error that says why and what to do.
+//! `auto` takes shared memory when every node runs on this host (the embedded default:
+//! nothing is faster than a memory copy, and it is one-sided like RDMA); otherwise verbs
+//! when this build has it, an RDMA device with an active port is present, and every node
+//! accepts a queue pair; otherwise TCP. Whatever it picks, the reason is returned so the
+//! launcher can say it. Asking for `shm` or `verbs` where it cannot work is an error that
+//! says why and what to do.
 
 use super::auth::Secret;
+use super::shm::{ShmTransport, ShmUnavailable};
 use super::tcp::TcpTransport;
 use super::{Transport, TransportError};
 use std::fmt;
@@ -18,9 +21,11 @@ use std::time::Duration;
 pub enum TransportKind {
     /// TCP: works everywhere.
     Tcp,
+    /// Shared memory with nodes on this host; an error when a node is elsewhere.
+    Shm,
     /// RDMA verbs; an error when no device is usable.
     Verbs,
-    /// Verbs when usable, else TCP.
+    /// Shared memory when every node is on this host, else verbs when usable, else TCP.
     #[default]
     Auto,
 }
@@ -31,10 +36,11 @@ impl FromStr for TransportKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "tcp" => Ok(TransportKind::Tcp),
+            "shm" => Ok(TransportKind::Shm),
             "verbs" | "rdma" => Ok(TransportKind::Verbs),
             "auto" => Ok(TransportKind::Auto),
             other => Err(format!(
-                "unknown transport {other:?}: use tcp, verbs or auto"
+                "unknown transport {other:?}: use tcp, shm, verbs or auto"
             )),
         }
     }
@@ -44,6 +50,7 @@ impl fmt::Display for TransportKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             TransportKind::Tcp => "tcp",
+            TransportKind::Shm => "shm",
             TransportKind::Verbs => "verbs",
             TransportKind::Auto => "auto",
         })
@@ -67,6 +74,12 @@ pub enum SelectError {
     )]
     VerbsUnavailable {
         /// What is missing.
+        reason: String,
+    },
+    /// `--transport shm` with a node that is not on this host.
+    #[error("--transport shm: {reason}; use --transport tcp or auto for nodes on other hosts")]
+    ShmUnavailable {
+        /// Which node, and why.
         reason: String,
     },
     /// The nodes could not be reached.
@@ -102,21 +115,47 @@ pub fn select(
             reason: why,
         })
     };
+    let shm = || -> Result<Selected, ShmUnavailable> {
+        let t = ShmTransport::discover(addrs, secret.clone(), timeout)?;
+        Ok(Selected {
+            transport: Box::new(t),
+            reason: "shm: every node runs on this host".into(),
+        })
+    };
     match kind {
         TransportKind::Tcp => tcp("tcp (as asked)".into()),
+        TransportKind::Shm => match shm() {
+            Ok(s) => Ok(s),
+            Err(ShmUnavailable::NotLocal(reason)) => Err(SelectError::ShmUnavailable { reason }),
+            Err(ShmUnavailable::Transport(e)) => Err(e.into()),
+        },
         TransportKind::Verbs => match open_verbs(addrs, &secret, timeout) {
             Ok(s) => Ok(s),
             Err(VerbsFailure::NoDevice(reason)) => Err(SelectError::VerbsUnavailable { reason }),
             Err(VerbsFailure::Transport(e)) => Err(e.into()),
         },
-        TransportKind::Auto => match open_verbs(addrs, &secret, timeout) {
-            Ok(mut s) => {
-                s.reason = format!("auto: {}", s.reason);
-                Ok(s)
+        TransportKind::Auto => {
+            let not_local = match shm() {
+                Ok(mut s) => {
+                    s.reason = format!("auto: {}", s.reason);
+                    return Ok(s);
+                }
+                Err(ShmUnavailable::NotLocal(reason)) => reason,
+                Err(ShmUnavailable::Transport(e)) => return Err(e.into()),
+            };
+            match open_verbs(addrs, &secret, timeout) {
+                Ok(mut s) => {
+                    s.reason = format!("auto: {} (not shm: {not_local})", s.reason);
+                    Ok(s)
+                }
+                Err(VerbsFailure::NoDevice(reason)) => tcp(format!(
+                    "auto: tcp, because {reason} (and not shm: {not_local})"
+                )),
+                Err(VerbsFailure::Transport(e)) => tcp(format!(
+                    "auto: tcp, because verbs failed: {e} (and not shm: {not_local})"
+                )),
             }
-            Err(VerbsFailure::NoDevice(reason)) => tcp(format!("auto: tcp, because {reason}")),
-            Err(VerbsFailure::Transport(e)) => tcp(format!("auto: tcp, because verbs failed: {e}")),
-        },
+        }
     }
 }
 
@@ -163,6 +202,7 @@ mod tests {
     fn kinds_parse_and_print() {
         for k in [
             TransportKind::Tcp,
+            TransportKind::Shm,
             TransportKind::Verbs,
             TransportKind::Auto,
         ] {

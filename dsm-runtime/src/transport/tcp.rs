@@ -113,6 +113,13 @@ impl Transport for TcpTransport {
     }
 
     fn connect(&self) -> Result<Box<dyn Session>, TransportError> {
+        Ok(Box::new(self.open()?))
+    }
+}
+
+impl TcpTransport {
+    /// Opens a session, as [`Transport::connect`] does, with its concrete type.
+    pub fn open(&self) -> Result<TcpSession, TransportError> {
         let mut conns = Vec::with_capacity(self.nodes.len());
         for n in &self.nodes {
             let (stream, hello) = open_conn(n.id, n.addr, &self.secret, self.timeout)?;
@@ -132,7 +139,7 @@ impl Transport for TcpTransport {
                 broken: false,
             });
         }
-        Ok(Box::new(TcpSession {
+        Ok(TcpSession {
             conns,
             timeout: self.timeout,
             seq: 0,
@@ -141,7 +148,7 @@ impl Transport for TcpTransport {
             ),
             iov: Vec::with_capacity(2 + wire::MAX_BATCH_ENTRIES as usize),
             pending: Vec::with_capacity(self.nodes.len()),
-        }))
+        })
     }
 }
 
@@ -170,6 +177,11 @@ pub struct TcpSession {
 unsafe impl Send for TcpSession {}
 
 impl TcpSession {
+    /// Each node's socket, in node order (for the `shm` backend's liveness checks).
+    pub fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.conns.iter().map(|c| c.stream.as_raw_fd()).collect()
+    }
+
     fn conn_index(&self, node: NodeId) -> Result<usize, TransportError> {
         let i = usize::from(node.0);
         if i >= self.conns.len() {

@@ -4,6 +4,7 @@
 use dsm_runtime::launch::LocalNodes;
 use dsm_runtime::transport::auth::Secret;
 use dsm_runtime::transport::tcp::TcpTransport;
+use dsm_runtime::transport::Transport;
 use dsm_runtime::{Runtime, RuntimeConfig};
 use std::path::Path;
 use std::time::Duration;
@@ -29,7 +30,7 @@ pub fn nodes(n: usize, node_bytes: u64) -> (LocalNodes, Secret) {
 }
 
 /// A runtime at its own base (tests in one binary run concurrently in one process).
-pub fn runtime(t: &TcpTransport, slot: usize, cache_bytes: u64, space_bytes: u64) -> Runtime {
+pub fn runtime(t: &dyn Transport, slot: usize, cache_bytes: u64, space_bytes: u64) -> Runtime {
     let config = RuntimeConfig {
         space_base: 0x1000_0000_0000 + slot * 0x100_0000_0000,
         space_bytes,

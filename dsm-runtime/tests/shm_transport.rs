@@ -1,0 +1,263 @@
+//! The shared-memory backend against real node processes: it is the same memory the
+//! node serves over TCP, it checks bounds, it notices a dead node, and `--transport auto`
+//! falls back to TCP for a node it cannot map (here: a node in another pid namespace,
+//! whose `/proc/PID/fd/FD` names a different file from ours).
+
+mod common;
+
+use dsm_runtime::node::READY_PREFIX;
+use dsm_runtime::transport::shm::{ShmTransport, ShmUnavailable};
+use dsm_runtime::transport::tcp::TcpTransport;
+use dsm_runtime::transport::{
+    select, NodeId, ReadOp, SelectError, Transport, TransportError, TransportKind, WriteOp,
+};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn read(
+    s: &mut dyn dsm_runtime::transport::Session,
+    node: u16,
+    offset: u64,
+    len: usize,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    s.read_batch(&mut [ReadOp {
+        node: NodeId(node),
+        offset,
+        buf: &mut buf,
+    }])
+    .unwrap();
+    buf
+}
+
+#[test]
+fn auto_picks_shm_for_local_nodes_and_it_is_the_nodes_memory() {
+    let (nodes, secret) = common::nodes(2, 1 << 20);
+    let s = select(TransportKind::Auto, nodes.addrs(), secret.clone(), TIMEOUT).unwrap();
+    assert_eq!(s.transport.name(), "shm", "{}", s.reason);
+    assert_eq!(s.reason, "auto: shm: every node runs on this host");
+    let mut shm = s.transport.connect().unwrap();
+    let tcp_t = TcpTransport::discover(nodes.addrs(), secret, TIMEOUT).unwrap();
+    let mut tcp = tcp_t.connect().unwrap();
+
+    // Written over shared memory, read over TCP: the same bytes, on both nodes.
+    let page: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    shm.write_batch(&[
+        WriteOp {
+            node: NodeId(0),
+            offset: 8192,
+            data: &page,
+        },
+        WriteOp {
+            node: NodeId(1),
+            offset: (1 << 20) - 4096,
+            data: &page[..4096],
+        },
+    ])
+    .unwrap();
+    assert_eq!(read(tcp.as_mut(), 0, 8192, 4096), page);
+    assert_eq!(read(tcp.as_mut(), 1, (1 << 20) - 4096, 4096), page);
+    // And the other way round.
+    tcp.write_batch(&[WriteOp {
+        node: NodeId(1),
+        offset: 64,
+        data: b"written over tcp",
+    }])
+    .unwrap();
+    assert_eq!(read(shm.as_mut(), 1, 64, 16), b"written over tcp");
+    // Compare-and-swap sees the other transport's value.
+    assert_eq!(tcp.compare_and_swap(NodeId(0), 0, 0, 41).unwrap(), 0);
+    assert_eq!(shm.compare_and_swap(NodeId(0), 0, 41, 42).unwrap(), 41);
+    assert_eq!(tcp.compare_and_swap(NodeId(0), 0, 0, 1).unwrap(), 42);
+    // Control calls still reach the node.
+    assert_eq!(shm.call(NodeId(1), b"ping").unwrap(), b"pong");
+}
+
+#[test]
+fn out_of_bounds_and_unaligned_operations_are_rejected_whole() {
+    let (nodes, secret) = common::nodes(2, 1 << 20);
+    let t =
+        ShmTransport::discover(nodes.addrs(), secret, TIMEOUT).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut s = t.connect().unwrap();
+    let mut ok = vec![0xAAu8; 4096];
+    let mut bad = vec![0xAAu8; 4096];
+    let err = s
+        .read_batch(&mut [
+            ReadOp {
+                node: NodeId(0),
+                offset: 0,
+                buf: &mut ok,
+            },
+            ReadOp {
+                node: NodeId(1),
+                offset: (1 << 20) - 2048,
+                buf: &mut bad,
+            },
+        ])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Rejected {
+                node: NodeId(1),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("outside its region"), "{err}");
+    // Never a partial transfer: the valid op was not done either.
+    assert!(ok.iter().all(|b| *b == 0xAA));
+    let err = s
+        .write_batch(&[WriteOp {
+            node: NodeId(0),
+            offset: u64::MAX - 10,
+            data: b"x",
+        }])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Rejected {
+                node: NodeId(0),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = s.compare_and_swap(NodeId(0), 4, 0, 1).unwrap_err();
+    assert!(err.to_string().contains("aligned"), "{err}");
+    let err = s.compare_and_swap(NodeId(7), 0, 0, 1).unwrap_err();
+    assert!(
+        matches!(err, TransportError::UnknownNode(NodeId(7))),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_dead_node_fails_the_next_operation_naming_it() {
+    let (mut nodes, secret) = common::nodes(2, 1 << 20);
+    let t =
+        ShmTransport::discover(nodes.addrs(), secret, TIMEOUT).unwrap_or_else(|e| panic!("{e:?}"));
+    let mut s = t.connect().unwrap();
+    assert_eq!(read(s.as_mut(), 1, 0, 8), [0u8; 8]);
+    nodes.kill(1);
+    let killed = Instant::now();
+    let mut buf = [0u8; 8];
+    let err = loop {
+        match s.read_batch(&mut [ReadOp {
+            node: NodeId(1),
+            offset: 0,
+            buf: &mut buf,
+        }]) {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(
+                    killed.elapsed() < Duration::from_secs(5),
+                    "death never noticed"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    };
+    assert_eq!(err.node(), NodeId(1), "{err}");
+    assert!(err.to_string().contains("process is gone"), "{err}");
+    // The living node still serves.
+    assert_eq!(read(s.as_mut(), 0, 0, 8), [0u8; 8]);
+}
+
+/// A node in its own pid namespace: `/proc/PID/fd/FD` in ours names another file.
+struct ForeignNode {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ForeignNode {
+    fn spawn(secret: &str) -> Option<ForeignNode> {
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child"])
+            .arg(env!("CARGO_BIN_EXE_dsmrun"))
+            .args([
+                "node",
+                "--id",
+                "0",
+                "--listen",
+                "127.0.0.1:0",
+                "--memory",
+                "1M",
+            ])
+            .env("DSM_SECRET", secret)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take()?)
+            .read_line(&mut line)
+            .ok()?;
+        let Some(addr) = line.trim().strip_prefix(READY_PREFIX) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        };
+        Some(ForeignNode {
+            addr: addr.parse().ok()?,
+            child,
+        })
+    }
+}
+
+impl Drop for ForeignNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_node_that_cannot_be_mapped_means_tcp_for_auto_and_an_error_for_shm() {
+    let secret = dsm_runtime::transport::auth::Secret::generate().unwrap();
+    let Some(node) = ForeignNode::spawn(secret.as_str()) else {
+        common::skip(
+            "a_node_that_cannot_be_mapped_means_tcp_for_auto_and_an_error_for_shm",
+            "cannot start a node in its own pid namespace (unshare needs root)",
+        );
+        return;
+    };
+    let addrs = [node.addr];
+    match ShmTransport::discover(&addrs, secret.clone(), TIMEOUT) {
+        Err(ShmUnavailable::NotLocal(why)) => {
+            assert!(why.contains("node 0"), "{why}");
+            // Its PID names another process here (init, for a namespace's first child):
+            // either that process's descriptor cannot be opened or it is another file.
+            assert!(
+                why.contains("not the one described") || why.contains("cannot open /proc/"),
+                "{why}"
+            );
+        }
+        Err(ShmUnavailable::Transport(e)) => panic!("{e}"),
+        Ok(_) => panic!("mapped a node of another pid namespace"),
+    }
+    let err = match select(TransportKind::Shm, &addrs, secret.clone(), TIMEOUT) {
+        Err(e) => e,
+        Ok(s) => panic!("shm selected: {}", s.reason),
+    };
+    assert!(matches!(err, SelectError::ShmUnavailable { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with("--transport shm: node 0"),
+        "{err}"
+    );
+    let s = select(TransportKind::Auto, &addrs, secret, TIMEOUT).unwrap();
+    assert!(
+        s.transport.name() == "tcp" || s.transport.name() == "verbs",
+        "{}",
+        s.reason
+    );
+    assert!(s.reason.contains("not shm: node 0"), "{}", s.reason);
+    let mut session = s.transport.connect().unwrap();
+    assert_eq!(session.call(NodeId(0), b"ping").unwrap(), b"pong");
+}
