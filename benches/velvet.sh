@@ -5,7 +5,11 @@
 #
 # usage: benches/velvet.sh [WORKDIR]        (root; takes about an hour on 2 cores)
 # env:   COVERAGE (50), NODES (4), CAP_RATIO (runs slower than CAP_RATIO x native are
-#        stopped and reported as such, default 4), SEED (7), LIMITS ("75 50 25")
+#        stopped and reported as such, default 4), SEED (7), LIMITS ("75 50 25"),
+#        CPUS (0: every run, native and zram included, is confined to these CPUs, dsmrun
+#        with --cpus; velvetg is single-threaded, so this costs the native run nothing
+#        and keeps each of dsmrun's faults on one vCPU; empty: no confinement),
+#        TRANSPORT (auto: shm with these local nodes)
 #
 # Writes WORKDIR/results.md (a table for docs/performance.md) and one --stats JSON per
 # dsmrun run. Each run starts from a fresh copy of velveth's output, since velvetg
@@ -19,6 +23,9 @@ NODES=${NODES:-4}
 CAP_RATIO=${CAP_RATIO:-4}
 SEED=${SEED:-7}
 LIMITS=${LIMITS:-"75 50 25"}
+CPUS=${CPUS-0}
+TRANSPORT=${TRANSPORT:-auto}
+if [ -n "$CPUS" ]; then PIN=(taskset -c "$CPUS"); DSM_PIN=(--cpus "$CPUS"); else PIN=(); DSM_PIN=(); fi
 GENOME=/usr/share/doc/ragout/examples/E.Coli/references/MG1655-K12.fasta.gz
 DSMRUN=$ROOT/target/release/dsmrun
 mkdir -p "$WORK"
@@ -62,7 +69,7 @@ timed() {
 # --- native
 log "native velvetg"
 fresh "$WORK/native"
-read -r NATIVE_S NATIVE_KIB rc < <(timed 3600 velvetg "$WORK/native" "${VELVETG_ARGS[@]}")
+read -r NATIVE_S NATIVE_KIB rc < <(timed 3600 "${PIN[@]}" velvetg "$WORK/native" "${VELVETG_ARGS[@]}")
 [ "$rc" = 0 ] || { echo "native velvetg failed ($rc)"; cat "$WORK/err.log"; exit 1; }
 log "native: ${NATIVE_S}s, peak RSS $((NATIVE_KIB / 1024)) MiB"
 CAP=$(printf '%.0f' "$(echo "$NATIVE_S * $CAP_RATIO" | bc)")
@@ -93,7 +100,7 @@ export -f in_cgroup; export CG
 
 row() { printf '| %s | %s | %s | %s | %s |\n' "$@" >> "$WORK/results.md"; }
 {
-    echo "Native velvetg: ${NATIVE_S} s, peak RSS $((NATIVE_KIB / 1024)) MiB (E. coli K-12 MG1655, ART HS25 ${COVERAGE}x paired, k=31, velvetg ${VELVETG_ARGS[*]}); dsmrun -n $NODES; runs stopped after ${CAP} s."
+    echo "Native velvetg: ${NATIVE_S} s, peak RSS $((NATIVE_KIB / 1024)) MiB (E. coli K-12 MG1655, ART HS25 ${COVERAGE}x paired, k=31, velvetg ${VELVETG_ARGS[*]}); dsmrun -n $NODES --transport $TRANSPORT; every run confined to CPUs '${CPUS:-all}'; runs stopped after ${CAP} s."
     echo
     echo "| run | limit | wall time (s) | vs native | contigs.fa identical |"
     echo "| --- | --- | --- | --- | --- |"
@@ -122,15 +129,22 @@ for pct in $LIMITS; do
     LIMIT_MIB=$((LIMIT >> 20))
     log "dsmrun, local cache $pct% = ${LIMIT_MIB} MiB"
     fresh "$WORK/dsm$pct"
-    read -r S _ rc < <(timed "$CAP" "$DSMRUN" -n "$NODES" --local-cache "$LIMIT" \
-        --stats "$WORK/dsm$pct.json" -- velvetg "$WORK/dsm$pct" "${VELVETG_ARGS[@]}")
+    read -r S _ rc < <(timed "$CAP" "$DSMRUN" -n "$NODES" --local-cache "$LIMIT" "${DSM_PIN[@]}" \
+        --transport "$TRANSPORT" --stats "$WORK/dsm$pct.json" -- velvetg "$WORK/dsm$pct" "${VELVETG_ARGS[@]}")
     judge "dsmrun $pct%" "$LIMIT_MIB" "$S" "$rc" "$WORK/dsm$pct"
+    if [ -n "$CPUS" ] && [ "$pct" = "${LIMITS%% *}" ]; then
+        log "dsmrun without --cpus, local cache $pct%, to show what confinement is worth"
+        fresh "$WORK/dsm$pct-free"
+        read -r S _ rc < <(timed "$CAP" "$DSMRUN" -n "$NODES" --local-cache "$LIMIT" \
+            --transport "$TRANSPORT" --stats "$WORK/dsm$pct-free.json" -- velvetg "$WORK/dsm$pct-free" "${VELVETG_ARGS[@]}")
+        judge "dsmrun $pct%, no --cpus" "$LIMIT_MIB" "$S" "$rc" "$WORK/dsm$pct-free"
+    fi
 
     log "kernel swap on zram, cgroup limit $pct% = ${LIMIT_MIB} MiB"
     fresh "$WORK/zram$pct"
     echo "$LIMIT" > "$CG/memory.limit_in_bytes"
     OOM_BEFORE=$(oom_kills)
-    read -r S _ rc < <(timed "$CAP" bash -c 'in_cgroup "$@"' _ velvetg "$WORK/zram$pct" "${VELVETG_ARGS[@]}")
+    read -r S _ rc < <(timed "$CAP" bash -c 'in_cgroup "$@"' _ "${PIN[@]}" velvetg "$WORK/zram$pct" "${VELVETG_ARGS[@]}")
     judge "zram swap $pct%" "$LIMIT_MIB" "$S" "$rc" "$WORK/zram$pct" "$OOM_BEFORE"
     echo $((64 << 30)) > "$CG/memory.limit_in_bytes"
 done

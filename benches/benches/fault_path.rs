@@ -1,14 +1,16 @@
 //! Fault-path benchmark: our remote fault against the physical limits measured in the
-//! same run (raw userfaultfd round trip + raw TCP 4 KiB request/response), and fault
+//! same run (raw userfaultfd round trip + raw TCP 4 KiB request/response; for the shm
+//! transport, raw userfaultfd round trip + a raw 4 KiB `pread` from a memfd), and fault
 //! throughput, each pinned to one vCPU and unpinned, for both handler wait designs.
 //!
 //! Run: `cargo build --release -p dsm-runtime && cargo bench -p dsm-benches --bench fault_path`
 //! The summary table at the end gives means per operation and the ratios.
 
 use criterion::{criterion_group, Criterion, Throughput};
-use dsm_benches::{cluster, pin, unpin, RawTcp, RawUffd, PAGE};
+use dsm_benches::{cluster, pin, shm_cluster, unpin, RawShm, RawTcp, RawUffd, PAGE};
 use dsm_runtime::config::HandlerWait;
 use dsm_runtime::launch::LocalNodes;
+use dsm_runtime::transport::Transport;
 use dsm_runtime::{Runtime, RuntimeConfig};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -43,6 +45,7 @@ fn mean_ns(name: &str) -> Option<f64> {
 struct Mode {
     pinned: bool,
     wait: HandlerWait,
+    shm: bool,
 }
 
 impl Mode {
@@ -51,7 +54,8 @@ impl Mode {
             HandlerWait::Block => "block",
             HandlerWait::Spin => "spin",
         };
-        format!("{}/{w}", if self.pinned { "pinned" } else { "unpinned" })
+        let t = if self.shm { "shm/" } else { "" };
+        format!("{t}{}/{w}", if self.pinned { "pinned" } else { "unpinned" })
     }
     fn cpu(&self) -> Option<usize> {
         self.pinned.then_some(0)
@@ -76,6 +80,7 @@ fn raw_limits(c: &mut Criterion) {
         let m = Mode {
             pinned,
             wait: HandlerWait::Block,
+            shm: false,
         };
         let tag = if pinned { "pinned" } else { "unpinned" };
         m.apply();
@@ -98,6 +103,16 @@ fn raw_limits(c: &mut Criterion) {
                 d
             })
         });
+        drop(t);
+        let mut s = RawShm::new(SPACE_PAGES);
+        let name = format!("shm_4k_pread/{tag}");
+        g.bench_function(&name, |b| {
+            b.iter_custom(|iters| {
+                let d = s.run(iters);
+                record(&name, iters, d);
+                d
+            })
+        });
     }
     g.finish();
     unpin();
@@ -105,7 +120,14 @@ fn raw_limits(c: &mut Criterion) {
 
 /// A runtime over 2 node processes whose every page has been written home once.
 fn populated_runtime(m: Mode) -> (LocalNodes, Runtime) {
-    let (nodes, t) = cluster(2, (SPACE_PAGES * PAGE) as u64);
+    let bytes = (SPACE_PAGES * PAGE) as u64;
+    let (nodes, t): (LocalNodes, Box<dyn Transport>) = if m.shm {
+        let (n, t) = shm_cluster(2, bytes);
+        (n, Box::new(t))
+    } else {
+        let (n, t) = cluster(2, bytes);
+        (n, Box::new(t))
+    };
     if m.pinned {
         for i in 0..2 {
             if let Some(pid) = nodes.pid(i) {
@@ -127,7 +149,7 @@ fn populated_runtime(m: Mode) -> (LocalNodes, Runtime) {
         handler_cpu: m.cpu(),
         ..Default::default()
     };
-    let rt = Runtime::start(cfg, &t).expect("runtime");
+    let rt = Runtime::start(cfg, t.as_ref()).expect("runtime");
     let base = rt.base() as usize;
     for p in 0..SPACE_PAGES {
         // SAFETY: inside the global range.
@@ -161,9 +183,17 @@ fn permutation(n: usize, seed: u64) -> Vec<u32> {
 }
 
 fn runtime_faults(c: &mut Criterion) {
-    for pinned in [true, false] {
-        for wait in [HandlerWait::Block, HandlerWait::Spin] {
-            let m = Mode { pinned, wait };
+    let modes = [true, false].into_iter().flat_map(|pinned| {
+        [
+            (HandlerWait::Block, false),
+            (HandlerWait::Spin, false),
+            (HandlerWait::Block, true),
+        ]
+        .map(|(wait, shm)| Mode { pinned, wait, shm })
+    });
+    for m in modes {
+        {
+            let pinned = m.pinned;
             m.apply();
             let (_nodes, rt) = populated_runtime(m);
             let base = rt.base() as usize;
@@ -256,6 +286,16 @@ fn summary() {
                     ours / (u + t)
                 );
             }
+        }
+        if let (Some(ours), Some(s)) = (
+            mean_ns(&format!("remote_fault/shm/{pinned}/block")),
+            mean_ns(&format!("shm_4k_pread/{pinned}")),
+        ) {
+            println!(
+                "shm/{pinned}/block: ours {ours:.0} ns; uffd {u:.0} + pread {s:.0} = {:.0} ns; ratio {:.2}",
+                u + s,
+                ours / (u + s)
+            );
         }
     }
 }

@@ -3,11 +3,13 @@
 //! processes.
 
 pub mod patterns;
+pub mod velvet;
 
 use dsm_runtime::fault::uffd::Userfaultfd;
 use dsm_runtime::launch::LocalNodes;
 use dsm_runtime::space::Reservation;
 use dsm_runtime::transport::auth::Secret;
+use dsm_runtime::transport::shm::ShmTransport;
 use dsm_runtime::transport::tcp::TcpTransport;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -208,5 +210,70 @@ impl Drop for RawTcp {
         if let Some(h) = self.server.take() {
             let _ = h.join();
         }
+    }
+}
+
+/// Real node processes and the shared-memory transport to them (they run on this host).
+pub fn shm_cluster(n: usize, node_bytes: u64) -> (LocalNodes, ShmTransport) {
+    let secret = Secret::generate().expect("secret");
+    let nodes = LocalNodes::spawn(&dsmrun_exe(), n, node_bytes, &secret).expect("nodes");
+    let t = match ShmTransport::discover(nodes.addrs(), secret, Duration::from_secs(5)) {
+        Ok(t) => t,
+        Err(e) => panic!("shm transport to local nodes: {e:?}"),
+    };
+    (nodes, t)
+}
+
+/// The raw shared-memory "round trip": a 4 KiB `pread` from a populated memfd, which is
+/// what the shm transport does per page.
+pub struct RawShm {
+    region: dsm_runtime::node::region::Region,
+    buf: Vec<u8>,
+    next: u64,
+}
+
+impl RawShm {
+    /// A populated region of `pages` pages.
+    pub fn new(pages: usize) -> RawShm {
+        let region =
+            dsm_runtime::node::region::Region::new((pages * PAGE) as u64).expect("memfd region");
+        let page = vec![3u8; PAGE];
+        for p in 0..pages {
+            // SAFETY: a full page from our own buffer into the file.
+            let n = unsafe {
+                libc::pwrite(
+                    region.file(),
+                    page.as_ptr().cast(),
+                    PAGE,
+                    (p * PAGE) as libc::off_t,
+                )
+            };
+            assert_eq!(n, PAGE as isize, "populating the region");
+        }
+        RawShm {
+            region,
+            buf: vec![0u8; PAGE],
+            next: 0,
+        }
+    }
+
+    /// `iters` page reads, in order through the region; returns the time taken.
+    pub fn run(&mut self, iters: u64) -> Duration {
+        let pages = self.region.len() / PAGE as u64;
+        let start = Instant::now();
+        for _ in 0..iters {
+            // SAFETY: a full page from the file into our buffer.
+            let n = unsafe {
+                libc::pread(
+                    self.region.file(),
+                    self.buf.as_mut_ptr().cast(),
+                    PAGE,
+                    (self.next * PAGE as u64) as libc::off_t,
+                )
+            };
+            assert_eq!(n, PAGE as isize);
+            self.next = (self.next + 1) % pages;
+        }
+        start.elapsed()
     }
 }

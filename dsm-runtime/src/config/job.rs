@@ -17,7 +17,7 @@
 //! | --- | --- |
 //! | `DSM_NODES` | comma-separated node addresses, node 0 first (required) |
 //! | `DSM_SECRET` | the job secret (required) |
-//! | `DSM_TRANSPORT` | `tcp` (default), `verbs`, or `auto` (verbs when usable, else tcp) |
+//! | `DSM_TRANSPORT` | `auto` (default: shm when every node is on this host, else verbs when usable, else tcp), `tcp`, `shm` or `verbs` |
 //! | `DSM_RDMA_DEVICE`, `DSM_RDMA_PORT`, `DSM_RDMA_GID_INDEX`, `DSM_RDMA_QP_TIMEOUT` | RDMA device, port, GID and QP timeout for `verbs` (docs/rdma.md) |
 //! | `DSM_SPACE_BASE` | base of the job's range (hex with `0x`, or decimal) |
 //! | `DSM_SLOT_BYTES` | size of each process's slice |
@@ -95,7 +95,7 @@ pub enum JobError {
     Transport(#[from] TransportError),
 }
 
-/// The transport backends a job can use (`tcp`, `verbs`, `auto`).
+/// The transport backends a job can use (`tcp`, `shm`, `verbs`, `auto`).
 pub use crate::transport::TransportKind;
 
 /// The job description every process of the job reads from its environment.
@@ -201,7 +201,7 @@ impl JobConfig {
                 "the job secret is missing or empty",
             )
         })?;
-        let transport_text = get("DSM_TRANSPORT").unwrap_or("tcp");
+        let transport_text = get("DSM_TRANSPORT").unwrap_or("auto");
         let transport: TransportKind = transport_text
             .parse()
             .map_err(|e: String| bad("DSM_TRANSPORT", transport_text, e))?;
@@ -438,10 +438,11 @@ mod tests {
         let base = [("DSM_NODES", "127.0.0.1:1"), ("DSM_SECRET", "x")];
         assert_eq!(
             JobConfig::from_vars(vars(&base)).unwrap().transport,
-            TransportKind::Tcp
+            TransportKind::Auto
         );
         for (text, kind) in [
             ("tcp", TransportKind::Tcp),
+            ("shm", TransportKind::Shm),
             ("verbs", TransportKind::Verbs),
             ("auto", TransportKind::Auto),
         ] {
