@@ -9,7 +9,9 @@
 #        CPUS (0: every run, native and zram included, is confined to these CPUs, dsmrun
 #        with --cpus; velvetg is single-threaded, so this costs the native run nothing
 #        and keeps each of dsmrun's faults on one vCPU; empty: no confinement),
-#        TRANSPORT (auto: shm with these local nodes)
+#        TRANSPORT (auto: shm with these local nodes), PROFILE (dsmrun --profile; default:
+#        the runtime's default profile), SKIP_ZRAM (1: dsmrun rows only), FREE_ROW (1: with
+#        CPUS set, also run dsmrun unconfined at the first limit; 0: do not)
 #
 # Writes WORKDIR/results.md (a table for docs/performance.md) and one --stats JSON per
 # dsmrun run. Each run starts from a fresh copy of velveth's output, since velvetg
@@ -25,6 +27,9 @@ SEED=${SEED:-7}
 LIMITS=${LIMITS:-"75 50 25"}
 CPUS=${CPUS-0}
 TRANSPORT=${TRANSPORT:-auto}
+PROFILE=${PROFILE:-default}
+SKIP_ZRAM=${SKIP_ZRAM:-0}
+FREE_ROW=${FREE_ROW:-1}
 if [ -n "$CPUS" ]; then PIN=(taskset -c "$CPUS"); DSM_PIN=(--cpus "$CPUS"); else PIN=(); DSM_PIN=(); fi
 GENOME=/usr/share/doc/ragout/examples/E.Coli/references/MG1655-K12.fasta.gz
 DSMRUN=$ROOT/target/release/dsmrun
@@ -100,7 +105,7 @@ export -f in_cgroup; export CG
 
 row() { printf '| %s | %s | %s | %s | %s |\n' "$@" >> "$WORK/results.md"; }
 {
-    echo "Native velvetg: ${NATIVE_S} s, peak RSS $((NATIVE_KIB / 1024)) MiB (E. coli K-12 MG1655, ART HS25 ${COVERAGE}x paired, k=31, velvetg ${VELVETG_ARGS[*]}); dsmrun -n $NODES --transport $TRANSPORT; every run confined to CPUs '${CPUS:-all}'; runs stopped after ${CAP} s."
+    echo "Native velvetg: ${NATIVE_S} s, peak RSS $((NATIVE_KIB / 1024)) MiB (E. coli K-12 MG1655, ART HS25 ${COVERAGE}x paired, k=31, velvetg ${VELVETG_ARGS[*]}); dsmrun -n $NODES --transport $TRANSPORT --profile $PROFILE; every run confined to CPUs '${CPUS:-all}'; runs stopped after ${CAP} s."
     echo
     echo "| run | limit | wall time (s) | vs native | contigs.fa identical |"
     echo "| --- | --- | --- | --- | --- |"
@@ -130,16 +135,17 @@ for pct in $LIMITS; do
     log "dsmrun, local cache $pct% = ${LIMIT_MIB} MiB"
     fresh "$WORK/dsm$pct"
     read -r S _ rc < <(timed "$CAP" "$DSMRUN" -n "$NODES" --local-cache "$LIMIT" "${DSM_PIN[@]}" \
-        --transport "$TRANSPORT" --stats "$WORK/dsm$pct.json" -- velvetg "$WORK/dsm$pct" "${VELVETG_ARGS[@]}")
+        --profile "$PROFILE" --transport "$TRANSPORT" --stats "$WORK/dsm$pct.json" -- velvetg "$WORK/dsm$pct" "${VELVETG_ARGS[@]}")
     judge "dsmrun $pct%" "$LIMIT_MIB" "$S" "$rc" "$WORK/dsm$pct"
-    if [ -n "$CPUS" ] && [ "$pct" = "${LIMITS%% *}" ]; then
+    if [ -n "$CPUS" ] && [ "$FREE_ROW" = 1 ] && [ "$pct" = "${LIMITS%% *}" ]; then
         log "dsmrun without --cpus, local cache $pct%, to show what confinement is worth"
         fresh "$WORK/dsm$pct-free"
         read -r S _ rc < <(timed "$CAP" "$DSMRUN" -n "$NODES" --local-cache "$LIMIT" \
-            --transport "$TRANSPORT" --stats "$WORK/dsm$pct-free.json" -- velvetg "$WORK/dsm$pct-free" "${VELVETG_ARGS[@]}")
+            --profile "$PROFILE" --transport "$TRANSPORT" --stats "$WORK/dsm$pct-free.json" -- velvetg "$WORK/dsm$pct-free" "${VELVETG_ARGS[@]}")
         judge "dsmrun $pct%, no --cpus" "$LIMIT_MIB" "$S" "$rc" "$WORK/dsm$pct-free"
     fi
 
+    [ "$SKIP_ZRAM" = 1 ] && continue
     log "kernel swap on zram, cgroup limit $pct% = ${LIMIT_MIB} MiB"
     fresh "$WORK/zram$pct"
     echo "$LIMIT" > "$CG/memory.limit_in_bytes"

@@ -20,6 +20,18 @@ fn native_vs_pooled_env(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> serde_json::Value {
+    native_vs_pooled_over(name, program, args, env, "shm")
+}
+
+/// [`native_vs_pooled_env`] over the given transport (`dsmrun --transport`); checks that
+/// every process used it.
+fn native_vs_pooled_over(
+    name: &str,
+    program: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    transport: &str,
+) -> serde_json::Value {
     let _turn = heavy();
     let native = run_measured(
         Command::new(program)
@@ -35,6 +47,7 @@ fn native_vs_pooled_env(
         dsmrun_cmd(4, cache, &stats)
             .env("LC_ALL", "C")
             .envs(env.iter().copied())
+            .args(["--transport", transport])
             .arg("--")
             .arg(program)
             .args(args),
@@ -56,6 +69,11 @@ fn native_vs_pooled_env(
     );
     let total = stats_total(&stats);
     assert_pooled(&total, name);
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    for p in all["processes"].as_array().unwrap() {
+        assert_eq!(p["transport"], transport, "{name}: {p}");
+    }
     let _ = std::fs::remove_dir_all(dir);
     total
 }
@@ -74,6 +92,9 @@ fn multithreaded_c_program_with_random_access() {
         &["96", "4", "2", "42"], // 96 MiB over 4 threads
     );
     assert!(total["faults_write"].as_u64().unwrap() > 0);
+    // The same over TCP, the transport for nodes on other hosts.
+    let total = native_vs_pooled_over("heapwalk-tcp", &exe, &["96", "4", "2", "42"], &[], "tcp");
+    assert!(total["remote_read_pages"].as_u64().unwrap() > 0);
     let _ = std::fs::remove_file(exe);
 }
 
