@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 struct Row {
-    pattern: &'static str,
+    pattern: String,
     profile: String,
     remote_fetches: u64,
     network_waits: u64,
@@ -25,6 +25,32 @@ struct Row {
     accuracy: f64,
     coverage: f64,
     slowdown: f64,
+}
+
+impl Row {
+    /// A row from the counters of one run: accuracy is the share of prefetched pages
+    /// used, coverage the share of would-be network waits that prefetch avoided.
+    fn new(
+        pattern: &str,
+        profile: &str,
+        remote_fetches: u64,
+        network_waits: u64,
+        prefetch_issued: u64,
+        prefetch_used: u64,
+        slowdown: f64,
+    ) -> Row {
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        Row {
+            pattern: pattern.into(),
+            profile: profile.into(),
+            remote_fetches,
+            network_waits,
+            prefetch_issued,
+            accuracy: ratio(prefetch_used, prefetch_issued),
+            coverage: ratio(prefetch_used, prefetch_used + network_waits),
+            slowdown,
+        }
+    }
 }
 
 fn main() {
@@ -35,6 +61,8 @@ fn main() {
         .collect();
     let mut pages = 16384usize;
     let mut only: Option<Vec<String>> = None;
+    // Keep the rows of patterns not run this time from the previous results in --out.
+    let mut merge = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -48,6 +76,7 @@ fn main() {
                     .collect()
             }
             "--pages" => pages = args.next().expect("--pages N").parse().expect("a number"),
+            "--merge" => merge = true,
             "--patterns" => {
                 only = Some(
                     args.next()
@@ -107,12 +136,53 @@ fn main() {
             Err(why) => eprintln!("velvetg rows skipped: {why}"),
         }
     }
+    if merge {
+        let (old, old_note) = previous(&out);
+        if velvet_note.is_empty() {
+            velvet_note = old_note;
+        }
+        let mut kept: Vec<Row> = old
+            .into_iter()
+            .filter(|o| !rows.iter().any(|r| r.pattern == o.pattern))
+            .collect();
+        kept.append(&mut rows);
+        rows = kept;
+    }
     let table = |rows: &[Row]| format!("{}{velvet_note}", table(rows, pages, cache_pages));
     std::fs::create_dir_all(&out).expect("output dir");
     std::fs::write(out.join("policies.md"), table(&rows)).expect("write table");
     std::fs::write(out.join("policies.csv"), csv(&rows)).expect("write csv");
     std::fs::write(out.join("policies.svg"), svg(&rows, &profiles)).expect("write plot");
     println!("{}", table(&rows));
+}
+
+/// The rows of a previous run's CSV in `out`, and the velvetg note of its table.
+fn previous(out: &std::path::Path) -> (Vec<Row>, String) {
+    let csv = std::fs::read_to_string(out.join("policies.csv")).unwrap_or_default();
+    let rows = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.len() == 8).then(|| Row {
+                pattern: f[0].to_string(),
+                profile: f[1].to_string(),
+                remote_fetches: f[2].parse().unwrap_or(0),
+                network_waits: f[3].parse().unwrap_or(0),
+                prefetch_issued: f[4].parse().unwrap_or(0),
+                accuracy: f[5].parse().unwrap_or(0.0),
+                coverage: f[6].parse().unwrap_or(0.0),
+                slowdown: f[7].parse().unwrap_or(0.0),
+            })
+        })
+        .collect();
+    let md = std::fs::read_to_string(out.join("policies.md")).unwrap_or_default();
+    let note = md
+        .lines()
+        .filter(|l| l.starts_with("velvetg:"))
+        .map(|l| format!("\n{l}\n"))
+        .collect();
+    (rows, note)
 }
 
 /// velvetg on velvet-example natively, then under each profile with a local cache of a
@@ -141,24 +211,15 @@ fn velvet_rows(profiles: &[String], rows: &mut Vec<Row>) -> Result<String, Strin
             g("prefetch_used"),
             g("faults_network_wait"),
         );
-        let row = Row {
-            pattern: "velvetg",
-            profile: name.clone(),
-            remote_fetches: g("remote_read_pages"),
-            network_waits: waits,
-            prefetch_issued: issued,
-            accuracy: if issued == 0 {
-                0.0
-            } else {
-                used as f64 / issued as f64
-            },
-            coverage: if used + waits == 0 {
-                0.0
-            } else {
-                used as f64 / (used + waits) as f64
-            },
-            slowdown: run.secs / native.secs.max(1e-9),
-        };
+        let row = Row::new(
+            "velvetg",
+            name,
+            g("remote_read_pages"),
+            waits,
+            issued,
+            used,
+            run.secs / native.secs.max(1e-9),
+        );
         eprintln!(
             "velvetg            {:<12} fetches {:>7} waits {:>7} accuracy {:>5.2} coverage {:>5.2} x{:.1} ({:.1} s)",
             row.profile, row.remote_fetches, row.network_waits, row.accuracy, row.coverage, row.slowdown, run.secs
@@ -236,24 +297,15 @@ fn run_one(
     let waits = s.faults_network_wait - before.faults_network_wait;
     let issued = s.prefetch_issued - before.prefetch_issued;
     let used = s.prefetch_used - before.prefetch_used;
-    Row {
-        pattern: pattern.name(),
-        profile: name.to_string(),
-        remote_fetches: fetched,
-        network_waits: waits,
-        prefetch_issued: issued,
-        accuracy: if issued == 0 {
-            0.0
-        } else {
-            used as f64 / issued as f64
-        },
-        coverage: if used + waits == 0 {
-            0.0
-        } else {
-            used as f64 / (used + waits) as f64
-        },
-        slowdown: took.as_secs_f64() / native.as_secs_f64().max(1e-9),
-    }
+    Row::new(
+        pattern.name(),
+        name,
+        fetched,
+        waits,
+        issued,
+        used,
+        took.as_secs_f64() / native.as_secs_f64().max(1e-9),
+    )
 }
 
 fn table(rows: &[Row], pages: usize, cache_pages: usize) -> String {
@@ -315,8 +367,8 @@ fn svg(rows: &[Row], profiles: &[String]) -> String {
     // velvetg's counts dwarf the synthetic patterns'.
     let mut names: Vec<&str> = Vec::new();
     for r in rows {
-        if !names.contains(&r.pattern) {
-            names.push(r.pattern);
+        if !names.contains(&r.pattern.as_str()) {
+            names.push(&r.pattern);
         }
     }
     let group_max = |name: &str| {
