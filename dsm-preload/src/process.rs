@@ -267,6 +267,35 @@ fn eviction_started(r: &Running) -> bool {
         || st.evictions.load(Ordering::Relaxed) != 0
 }
 
+/// `_exit`: the program leaves without running `atexit` handlers or destructors, so the
+/// `.fini_array` entry that writes this process's statistics never runs. Write them here,
+/// then end the process as glibc's `_exit` does. (glibc's own `exit` reaches its `_exit`
+/// internally, not through this symbol, so a normal exit writes them once.) A forked or
+/// vforked child calling `_exit` writes nothing: `on_exit` only acts in the process that
+/// started the runtime.
+///
+/// # Safety
+/// C `_exit`.
+#[no_mangle]
+pub unsafe extern "C" fn _exit(status: libc::c_int) -> ! {
+    on_exit();
+    loop {
+        // SAFETY: exit_group never returns; the loop only satisfies the type.
+        unsafe { libc::syscall(libc::SYS_exit_group, status) };
+    }
+}
+
+/// `_Exit` (C99): the same as `_exit`.
+///
+/// # Safety
+/// C `_Exit`.
+#[no_mangle]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn _Exit(status: libc::c_int) -> ! {
+    // SAFETY: as the caller's `_Exit`.
+    unsafe { _exit(status) }
+}
+
 /// `fork` without `exec`: the child gets a copy of the parent's resident pages, but no
 /// userfaultfd registration and no runtime threads (the kernel drops both), so a page
 /// whose only copy is on a memory node would read as zeros in the child. While nothing

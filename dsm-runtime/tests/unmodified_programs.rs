@@ -154,14 +154,52 @@ for k in sorted(d):
     h.update(k.encode()); h.update(v[1].encode()); h.update(bytes(str(v[2]), "ascii"))
 print(len(d), h.hexdigest())
 "#;
-    // The interpreter itself, not a version-manager shim that would run it through shells.
-    let real = ["/usr/bin/python3", "/usr/local/bin/python3"]
+    native_vs_pooled("python3", &real_python(), &["-c", script]);
+}
+
+/// The interpreter itself, not a version-manager shim that would run it through shells.
+fn real_python() -> std::path::PathBuf {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
         .iter()
         .map(std::path::Path::new)
         .find(|p| p.exists())
         .map(|p| p.to_path_buf())
-        .unwrap_or_else(|| "python3".into());
-    native_vs_pooled("python3", &real, &["-c", script]);
+        .unwrap_or_else(|| "python3".into())
+}
+
+/// A program that leaves with `_exit` (no atexit handlers, no destructors) still has its
+/// statistics collected, and its exit status passed on.
+#[test]
+fn a_program_ending_with_underscore_exit_reports_its_statistics() {
+    if !have("python3") {
+        return skip("underscore_exit", "no python3 (apt-get install python3)");
+    }
+    let dir = scratch("underscore-exit");
+    let stats = dir.join("stats.json");
+    let ran = run_measured(
+        dsmrun_cmd(2, 4 << 20, &stats)
+            .arg("--")
+            .arg(real_python())
+            .args([
+                "-c",
+                "x = [str(i) for i in range(200000)]; import os; os._exit(3)",
+            ]),
+    );
+    assert_eq!(ran.code, 3, "{}", ran.stderr);
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let procs = all["processes"].as_array().unwrap();
+    assert_eq!(procs.len(), 1, "{all}");
+    assert!(
+        procs[0]["stats"]["faults_write"].as_u64().unwrap() > 0,
+        "{all}"
+    );
+    assert!(
+        ran.stderr.contains("1 process(es) on pooled memory"),
+        "{}",
+        ran.stderr
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
