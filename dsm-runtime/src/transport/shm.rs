@@ -6,11 +6,10 @@
 //! device, inode and size), and keeps it open and mapped. Reads and writes are then
 //! `pread`/`pwrite` on the file (one kernel memory copy each, which keeps the node's pages
 //! out of this process's page tables and RSS), and compare-and-swap is an atomic on the
-//! mapping: one-sided like RDMA READ/WRITE/atomics, with no work
-//! by the node's CPU and no context switch. On this project's 2-vCPU machines the node's
-//! wake-up is most of what a TCP round trip costs (docs/performance.md), so this is the
-//! backend `--transport auto` picks when every node runs on the same host, which is the
-//! embedded default of `dsmrun -n N`.
+//! mapping: one-sided like RDMA READ/WRITE/atomics, with no work by the node's CPU and no
+//! context switch. On this project's 2-vCPU machines the node's wake-up is most of what a
+//! TCP round trip costs (docs/performance.md), so this is the backend `--transport auto`
+//! picks when every node runs on the same host, the embedded default of `dsmrun -n N`.
 //!
 //! Node death: the mapping outlives the node's process, so liveness comes from the TCP
 //! control connection each session keeps to each node. A closed connection (the node's
