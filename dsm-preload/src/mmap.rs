@@ -10,8 +10,10 @@
 //! also for this library).
 //!
 //! Within the global range, `mprotect` and `madvise` are accepted and ignored, except that
-//! `MADV_DONTNEED` zeroes the pages as the kernel would: the runtime must be able to read
-//! every resident page to write it back, and must be the only one to drop pages.
+//! `MADV_DONTNEED` and `MADV_FREE` hand the pages to the runtime, which drops them from the
+//! cache without a write-back (they read as zeros afterwards, as the kernel would have it):
+//! the runtime must be the only one to unmap pages, since it must know which are
+//! resident.
 
 use crate::route::{global_heap_serves, overlaps, owns, state, READY};
 use dsm_runtime::runtime::current_thread_is_internal;
@@ -272,10 +274,22 @@ pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: size_t, prot: c_int) -
 pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
     // The runtime's own threads drop evicted pages with MADV_DONTNEED: let them through.
     if overlaps(addr as usize, len) && !current_thread_is_internal() {
-        if advice == libc::MADV_DONTNEED && owns(addr as usize) && owns(addr as usize + len - 1) {
-            // SAFETY: the caller gives up the contents of this range of its own memory,
-            // which then reads as zeros.
-            unsafe { std::ptr::write_bytes(addr.cast::<u8>(), 0, len) };
+        let gives_up = advice == libc::MADV_DONTNEED || advice == libc::MADV_FREE;
+        if gives_up && len > 0 && owns(addr as usize) && owns(addr as usize + len - 1) {
+            if !(addr as usize).is_multiple_of(PAGE) {
+                // SAFETY: errno slot of this thread.
+                unsafe { *libc::__errno_location() = libc::EINVAL };
+                return -1;
+            }
+            // The pages leave the cache without a write-back and read as zeros next
+            // time (MADV_FREE may read either way; zeros are one of them). This is how
+            // the allocator returns freed spans.
+            if !crate::process::discard(addr as usize, len) {
+                // No runtime serves the range (a forked child): zero it by hand.
+                // SAFETY: the caller gives up the contents of this range of its own
+                // memory, which then reads as zeros.
+                unsafe { std::ptr::write_bytes(addr.cast::<u8>(), 0, len) };
+            }
         }
         return 0;
     }

@@ -19,6 +19,8 @@ use std::time::Duration;
 // mimalloc v3 option numbers (`mi_option_e` in its mimalloc.h; the sys crate's constants
 // follow v2's numbering, so they are spelled out here).
 const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
+/// How long mimalloc keeps a freed span before purging it (its default is 10 ms).
+const PURGE_DELAY_MS: libc::c_long = 10;
 const MI_OPTION_DISALLOW_OS_ALLOC: mi::mi_option_t = 17;
 const MI_OPTION_ALLOW_THP: mi::mi_option_t = 43;
 const MI_OPTION_ARENA_MAX_OBJECT_SIZE: mi::mi_option_t = 45;
@@ -171,9 +173,10 @@ fn start() -> Result<Running, StartError> {
     let len = runtime.len();
     // SAFETY: plain option setters, called before mimalloc serves anything.
     unsafe {
-        // Never purge (MADV_DONTNEED) or decommit: the runtime alone decides which pages
-        // of the range are resident.
-        mi::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        // Purge freed spans soon: the purge is an `madvise` that our `madvise` turns into
+        // a discard, so freed memory leaves the cache without being written home and is
+        // zero-filled, not fetched, when reused.
+        mi::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
         // The global range is the only memory the program's heap may use.
         mi::mi_option_set(MI_OPTION_DISALLOW_OS_ALLOC, 1);
         mi::mi_option_set(MI_OPTION_ALLOW_THP, 0);
@@ -182,14 +185,16 @@ fn start() -> Result<Running, StartError> {
     let mut arena: mi::mi_arena_id_t = std::ptr::null_mut();
     // SAFETY: [base, base+len) is our reservation, readable and writable (faults are
     // served by the runtime started above), zero until written, and never unmapped while
-    // the process lives. Pinned: mimalloc must not decommit it.
+    // the process lives. Not pinned, so that mimalloc purges (and "decommits") freed
+    // spans: both are `madvise(MADV_DONTNEED)`, which becomes a discard, and its
+    // "commit" is an `mprotect`, which we accept and ignore.
     let ok = unsafe {
         mi::mi_manage_os_memory_ex(
             base as *mut libc::c_void,
             len,
-            true,
-            true,
-            true,
+            true,  // committed
+            false, // not pinned (large)
+            true,  // zero
             -1,
             false,
             &mut arena,
@@ -256,6 +261,18 @@ pub extern "C" fn on_exit() {
 extern "C" {
     /// glibc's fork under its public alias (our `fork` shadows the plain name).
     fn __fork() -> pid_t;
+}
+
+/// Gives up the contents of `[addr, addr + len)` of this process's slot through the
+/// runtime (see [`dsm_runtime::Runtime::discard`]). False if the runtime does not serve
+/// this process (not started, or a forked child whose range is ordinary memory) or the
+/// range is not a page-aligned part of its slot.
+pub fn discard(addr: usize, len: usize) -> bool {
+    let is_owner = OWNER_PID.load(Ordering::Relaxed) == std::process::id() as i32;
+    match running().filter(|_| route::state() == READY && is_owner) {
+        Some(r) => r.runtime.discard(addr, len),
+        None => false,
+    }
 }
 
 /// Whether any page of this process has ever left its local cache. Each path that evicts

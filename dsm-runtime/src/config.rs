@@ -63,6 +63,9 @@ pub struct RuntimeConfig {
     pub fetch_granularity_pages: usize,
     /// Most pages the prefetch policy may request per fault (0 disables prefetch).
     pub prefetch_max_pages: usize,
+    /// On a write's zero-fill, zero-fill up to this many following untouched pages too,
+    /// writable, in the same call (0 to [`ZERO_FILL_AHEAD_PAGES_MAX`]; 0 = off).
+    pub zero_fill_ahead_pages: usize,
     /// Staging slots (pages prefetched or sampled, not yet mapped); 0 = a quarter of the
     /// cache, at most 16384.
     pub staging_pages: usize,
@@ -75,6 +78,8 @@ pub struct RuntimeConfig {
 
 /// Largest fetch granularity: 64 pages (256 KiB) per demand fault.
 pub const FETCH_GRANULARITY_PAGES_MAX: usize = 64;
+/// Upper bound of [`RuntimeConfig::zero_fill_ahead_pages`].
+pub const ZERO_FILL_AHEAD_PAGES_MAX: usize = 63;
 /// Largest prefetch request per fault.
 pub const PREFETCH_PAGES_MAX: usize = 1024;
 
@@ -96,6 +101,7 @@ impl Default for RuntimeConfig {
             handler_cpu: None,
             fetch_granularity_pages: 1,
             prefetch_max_pages: 32,
+            zero_fill_ahead_pages: 15,
             staging_pages: 0,
             sample_pages: 0,
             sample_interval_ms: 20,
@@ -189,6 +195,13 @@ impl RuntimeConfig {
                 "fetch_granularity_pages",
                 self.fetch_granularity_pages,
                 format!("use a power of two from 1 to {FETCH_GRANULARITY_PAGES_MAX}"),
+            ));
+        }
+        if self.zero_fill_ahead_pages > ZERO_FILL_AHEAD_PAGES_MAX {
+            return Err(invalid(
+                "zero_fill_ahead_pages",
+                self.zero_fill_ahead_pages,
+                format!("use 0 to {ZERO_FILL_AHEAD_PAGES_MAX}"),
             ));
         }
         if self.prefetch_max_pages > PREFETCH_PAGES_MAX {

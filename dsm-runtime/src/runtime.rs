@@ -10,7 +10,7 @@ use crate::policy::eviction::Clock;
 use crate::policy::placement::Shifted;
 use crate::policy::prefetch::NoPrefetch;
 use crate::policy::{EvictionPolicy, Interleaved, Placement, PlacementError, PrefetchPolicy};
-use crate::space::{Layout, Reservation, ReserveError, PAGE_BYTES};
+use crate::space::{Layout, PageNum, Reservation, ReserveError, PAGE_BYTES};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::transport::{Session, Transport, TransportError};
 use std::cell::Cell;
@@ -171,6 +171,17 @@ pub fn current_thread_is_internal() -> bool {
 /// Marks the calling thread as the runtime's own; see [`current_thread_is_internal`].
 pub fn mark_current_thread_internal() {
     INTERNAL_THREAD.with(|c| c.set(true));
+}
+
+/// Runs `f` with the calling program thread counted as internal: whatever it allocates
+/// comes from libc, never from the global range, so runtime code run on a program
+/// thread (a discard) cannot fault on the range while it holds the runtime's locks, nor
+/// re-enter the allocator that called it.
+pub(crate) fn as_internal<R>(f: impl FnOnce() -> R) -> R {
+    let was = INTERNAL_THREAD.with(|c| c.replace(true));
+    let r = f();
+    INTERNAL_THREAD.with(|c| c.set(was));
+    r
 }
 
 /// Starts one of the runtime's own threads. Every such thread is marked internal before it
@@ -375,6 +386,21 @@ impl Runtime {
     /// Whether the range is empty (never, once started).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Gives up the contents of `[addr, addr + len)`, as `madvise(MADV_DONTNEED)` does
+    /// for private anonymous memory: cached pages are dropped without a write-back and
+    /// read as zeros afterwards. `addr` must be page-aligned and the range inside this
+    /// runtime's range (else `false`, nothing done). Returns whether it was done.
+    pub fn discard(&self, addr: usize, len: usize) -> bool {
+        let base = self.core.layout.base;
+        let end = base + self.len();
+        if addr % PAGE_BYTES != 0 || addr < base || addr.saturating_add(len) > end {
+            return false;
+        }
+        let first = PageNum(((addr - base) / PAGE_BYTES) as u64);
+        as_internal(|| self.core.discard(first, len.div_ceil(PAGE_BYTES) as u64));
+        true
     }
 
     /// Live statistics.

@@ -125,6 +125,8 @@ counters! {
     faults_deferred,
     /// Pages installed as zeros without a network trip (never written back).
     zero_fills,
+    /// Untouched pages zero-filled ahead of a write's zero-fill, sparing their own faults.
+    zero_fills_ahead,
     /// Pages fetched from memory nodes.
     remote_read_pages,
     /// Bytes fetched from memory nodes.
@@ -163,6 +165,8 @@ counters! {
     sampled_hits,
     /// Time the reclaimer spent parking sampled pages.
     sampling_ns,
+    /// Cached pages the program gave up (madvise DONTNEED or FREE, the allocator's purge): dropped without a write-back.
+    discarded_pages,
     /// Pages cached now (mapped or staged).
     resident_pages,
     /// Highest number of pages resident at once.

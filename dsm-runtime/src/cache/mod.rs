@@ -2,6 +2,7 @@
 //! write-back.
 
 pub mod budget;
+mod discard;
 pub mod evict;
 pub mod page_table;
 pub mod staging;

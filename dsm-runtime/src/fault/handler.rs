@@ -8,7 +8,7 @@ use super::uffd::{is_transient, Fault, FaultKind, Installed, UffdMsg};
 use crate::cache::{recycle, Evictor};
 use crate::coherence::state::{after_fault, on_fault, FaultAction};
 use crate::coherence::PageState;
-use crate::config::HandlerWait;
+use crate::config::{HandlerWait, ZERO_FILL_AHEAD_PAGES_MAX};
 use crate::fault::prefetcher;
 use crate::runtime::{Core, RuntimeError};
 use crate::space::{PageNum, PAGE_BYTES};
@@ -18,8 +18,9 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-/// Source of zero-filled pages.
-static ZERO_PAGE: [u8; PAGE_BYTES] = [0; PAGE_BYTES];
+/// Source of zero-filled pages: one for a fault, and the ones zero-filled ahead of it.
+static ZEROS: [u8; PAGE_BYTES * (1 + ZERO_FILL_AHEAD_PAGES_MAX)] =
+    [0; PAGE_BYTES * (1 + ZERO_FILL_AHEAD_PAGES_MAX)];
 
 /// How long a handler with deferred faults sleeps before looking at them again.
 const DEFERRED_RECHECK_NS: i64 = 20_000;
@@ -191,9 +192,12 @@ impl FaultHandler {
             }
             FaultAction::ZeroFill { writable } => {
                 self.take_budget(core)?;
-                if self.install(core, page, state, ZERO_PAGE.as_ptr(), writable)? {
+                if self.install(core, page, state, ZEROS.as_ptr(), writable)? {
                     core.stats.zero_fills.fetch_add(1, Ordering::Relaxed);
                     core.eviction().on_insert(page, false);
+                    if writable {
+                        self.zero_fill_ahead(core, page)?;
+                    }
                 } else {
                     core.budget.give_back();
                 }
@@ -212,6 +216,70 @@ impl FaultHandler {
         core.stats
             .fault_service
             .record(start.elapsed().as_nanos() as u64);
+        Ok(())
+    }
+
+    /// Fresh memory is first written in address order (the allocator carves objects from
+    /// the start of a span), and every first touch would cost a round trip of its own. So
+    /// a write's zero-fill also zero-fills the untouched pages that follow it, writable,
+    /// in one `UFFDIO_COPY` without waking anyone: as many as
+    /// `zero_fill_ahead_pages`, stopping at the first page with a state or without free
+    /// cache (this never reclaims for a page nobody asked for yet).
+    fn zero_fill_ahead(&mut self, core: &Core, page: PageNum) -> Result<(), RuntimeError> {
+        let max = core.config.zero_fill_ahead_pages as u64;
+        let first = page.0 + 1;
+        let mut n = 0;
+        while n < max && first + n < core.layout.pages {
+            let p = PageNum(first + n);
+            if core.table.get(p) != PageState::UNTOUCHED {
+                break;
+            }
+            match core.table.try_lock(p) {
+                Some(PageState::UNTOUCHED) if core.budget.try_take() => n += 1,
+                Some(s) => {
+                    core.table.unlock(p, s);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(trace) = &core.trace {
+            // To the simulator these are the write faults they spare: same cache effect.
+            for p in first..first + n {
+                trace.record(EventKind::FaultWrite, PageNum(p));
+            }
+        }
+        let addr = core.layout.addr_of(PageNum(first));
+        let len = n as usize * PAGE_BYTES;
+        // SAFETY: `ZEROS` holds at least `len` bytes.
+        let whole = unsafe { core.uffd.copy(addr, ZEROS.as_ptr(), len, false, true) };
+        if matches!(whole, Ok(Installed::Done)) {
+            let installed = after_fault(
+                PageState::UNTOUCHED,
+                FaultAction::ZeroFill { writable: true },
+            );
+            let mut policy = core.eviction();
+            for p in first..first + n {
+                core.table.unlock(PageNum(p), installed);
+                policy.on_insert(PageNum(p), false);
+            }
+            drop(policy);
+            core.stats.zero_fills_ahead.fetch_add(n, Ordering::Relaxed);
+            return Ok(());
+        }
+        // Some page was there after all, or the kernel refused the run: settle each
+        // page alone, as a fault would have.
+        for p in first..first + n {
+            if self.install(core, PageNum(p), PageState::UNTOUCHED, ZEROS.as_ptr(), true)? {
+                core.stats.zero_fills_ahead.fetch_add(1, Ordering::Relaxed);
+                core.eviction().on_insert(PageNum(p), false);
+            } else {
+                core.budget.give_back();
+            }
+        }
         Ok(())
     }
 

@@ -6,7 +6,9 @@
 //! profile's value. Unknown keys, wrong types and impossible values are rejected with
 //! the file, the line and a hint. `docs/profiles.md` documents every key.
 
-use crate::config::{RuntimeConfig, FETCH_GRANULARITY_PAGES_MAX, PREFETCH_PAGES_MAX};
+use crate::config::{
+    RuntimeConfig, FETCH_GRANULARITY_PAGES_MAX, PREFETCH_PAGES_MAX, ZERO_FILL_AHEAD_PAGES_MAX,
+};
 use crate::policy::eviction::{Clock, EvictionPolicy, Fifo, TwoQ};
 use crate::policy::placement::{Blocked, FirstTouch, Interleaved, Placement, PlacementError};
 use crate::policy::prefetch::{Leap, NoPrefetch, PrefetchPolicy, Readahead, Stride};
@@ -106,6 +108,8 @@ pub struct Profile {
     pub placement: PlacementSpec,
     /// Pages fetched per demand fault (power of two).
     pub fetch_granularity_pages: usize,
+    /// Untouched pages zero-filled after a write's zero-fill (0 = off).
+    pub zero_fill_ahead_pages: usize,
     /// Most pages written back per batch.
     pub writeback_batch_pages: usize,
     /// Background reclaim starts below this much free cache, percent.
@@ -234,6 +238,7 @@ impl Profile {
             config.placement_chunk_pages = chunk_pages;
         }
         config.fetch_granularity_pages = self.fetch_granularity_pages;
+        config.zero_fill_ahead_pages = self.zero_fill_ahead_pages;
         config.prefetch_max_pages = self.prefetch_max_pages();
         config.writeback_batch_pages = self.writeback_batch_pages;
         config.reclaim_start_free_pct = self.reclaim_start_free_pct;
@@ -427,6 +432,7 @@ struct RawPlacement {
 #[serde(deny_unknown_fields)]
 struct RawFetch {
     granularity_pages: Option<Spanned<i64>>,
+    zero_fill_ahead_pages: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -598,6 +604,12 @@ impl RawProfile {
                 "use 1, 2, 4, 8, 16, 32 or 64: a fault fetches the aligned block around it",
             ));
         }
+        let zero_ahead = ctx.int(
+            "zero_fill_ahead_pages",
+            &fetch.zero_fill_ahead_pages,
+            RuntimeConfig::default().zero_fill_ahead_pages as i64,
+            0..=ZERO_FILL_AHEAD_PAGES_MAX as i64,
+        )?;
         let writeback = self.writeback.unwrap_or_default();
         let batch = ctx.int("batch_pages", &writeback.batch_pages, 64, 1..=1024)?;
         let cache = self.cache.unwrap_or_default();
@@ -641,6 +653,7 @@ impl RawProfile {
             prefetch,
             placement,
             fetch_granularity_pages: granularity as usize,
+            zero_fill_ahead_pages: zero_ahead as usize,
             writeback_batch_pages: batch as usize,
             reclaim_start_free_pct: start as u8,
             reclaim_stop_free_pct: stop as u8,
