@@ -157,6 +157,32 @@ print(len(d), h.hexdigest())
     native_vs_pooled("python3", &real_python(), &["-c", script]);
 }
 
+/// Memory the program gives up with `madvise(MADV_DONTNEED)` reads as zeros afterwards,
+/// also where its only copy had been written home; the rest is intact. The runtime drops
+/// such pages without a write-back (how the allocator's purge of freed spans works).
+#[test]
+fn madvise_dontneed_gives_memory_up() {
+    if !have("python3") {
+        return skip("madvise_dontneed", "no python3 (apt-get install python3)");
+    }
+    let script = r#"
+import mmap
+n = 64 << 20
+m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE)
+for off in range(0, n, 4096):
+    m[off:off + 8] = (off // 4096).to_bytes(8, "little")
+m.madvise(mmap.MADV_DONTNEED, 0, n // 2)
+zero = sum(1 for off in range(0, n // 2, 4096) if m[off:off + 8] == bytes(8))
+kept = sum(1 for off in range(n // 2, n, 4096) if m[off:off + 8] == (off // 4096).to_bytes(8, "little"))
+print(zero, kept)
+"#;
+    let total = native_vs_pooled("madvise", &real_python(), &["-c", script]);
+    assert!(
+        total["discarded_pages"].as_u64().unwrap() > 0,
+        "nothing discarded: {total}"
+    );
+}
+
 /// The interpreter itself, not a version-manager shim that would run it through shells.
 fn real_python() -> std::path::PathBuf {
     ["/usr/bin/python3", "/usr/local/bin/python3"]
