@@ -19,8 +19,6 @@ use std::time::Duration;
 // mimalloc v3 option numbers (`mi_option_e` in its mimalloc.h; the sys crate's constants
 // follow v2's numbering, so they are spelled out here).
 const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
-/// How long mimalloc keeps a freed span before purging it (its default is 10 ms).
-const PURGE_DELAY_MS: libc::c_long = 10;
 const MI_OPTION_DISALLOW_OS_ALLOC: mi::mi_option_t = 17;
 const MI_OPTION_ALLOW_THP: mi::mi_option_t = 43;
 const MI_OPTION_ARENA_MAX_OBJECT_SIZE: mi::mi_option_t = 45;
@@ -176,7 +174,10 @@ fn start() -> Result<Running, StartError> {
         // Purge freed spans soon: the purge is an `madvise` that our `madvise` turns into
         // a discard, so freed memory leaves the cache without being written home and is
         // zero-filled, not fetched, when reused.
-        mi::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+        mi::mi_option_set(
+            MI_OPTION_PURGE_DELAY,
+            runtime.config().purge_delay_ms as c_long,
+        );
         // The global range is the only memory the program's heap may use.
         mi::mi_option_set(MI_OPTION_DISALLOW_OS_ALLOC, 1);
         mi::mi_option_set(MI_OPTION_ALLOW_THP, 0);

@@ -74,7 +74,13 @@ pub struct RuntimeConfig {
     pub sample_pages: usize,
     /// Access sampling: time between rounds.
     pub sample_interval_ms: u64,
+    /// How long the program's allocator keeps a freed span before giving it up (a
+    /// discard: no write-back, zero-filled when reused); -1 = never. Read by the preload.
+    pub purge_delay_ms: i64,
 }
+
+/// Default of [`RuntimeConfig::purge_delay_ms`].
+pub const PURGE_DELAY_MS_DEFAULT: i64 = 10;
 
 /// Largest fetch granularity: 64 pages (256 KiB) per demand fault.
 pub const FETCH_GRANULARITY_PAGES_MAX: usize = 64;
@@ -105,6 +111,7 @@ impl Default for RuntimeConfig {
             staging_pages: 0,
             sample_pages: 0,
             sample_interval_ms: 20,
+            purge_delay_ms: PURGE_DELAY_MS_DEFAULT,
         }
     }
 }

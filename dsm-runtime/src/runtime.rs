@@ -403,6 +403,11 @@ impl Runtime {
         true
     }
 
+    /// The configuration it runs with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.core.config
+    }
+
     /// Live statistics.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.core.stats

@@ -126,6 +126,9 @@ impl Core {
                 dropped += 1;
             }
             self.table.unlock(page, PageState::UNTOUCHED);
+            if let Some(trace) = &self.trace {
+                trace.record(crate::trace::EventKind::Discard, page);
+            }
         }
         batch.len = 0;
         self.stats

@@ -7,7 +7,8 @@
 //! the file, the line and a hint. `docs/profiles.md` documents every key.
 
 use crate::config::{
-    RuntimeConfig, FETCH_GRANULARITY_PAGES_MAX, PREFETCH_PAGES_MAX, ZERO_FILL_AHEAD_PAGES_MAX,
+    RuntimeConfig, FETCH_GRANULARITY_PAGES_MAX, PREFETCH_PAGES_MAX, PURGE_DELAY_MS_DEFAULT,
+    ZERO_FILL_AHEAD_PAGES_MAX,
 };
 use crate::policy::eviction::{Clock, EvictionPolicy, Fifo, TwoQ};
 use crate::policy::placement::{Blocked, FirstTouch, Interleaved, Placement, PlacementError};
@@ -120,6 +121,8 @@ pub struct Profile {
     pub sample_pages: usize,
     /// Access sampling: milliseconds between rounds.
     pub sample_interval_ms: u64,
+    /// Milliseconds before the allocator gives a freed span up (-1: never).
+    pub purge_delay_ms: i64,
 }
 
 /// What kind of mistake a profile file holds.
@@ -245,6 +248,7 @@ impl Profile {
         config.reclaim_stop_free_pct = self.reclaim_stop_free_pct;
         config.sample_pages = self.sample_pages;
         config.sample_interval_ms = self.sample_interval_ms;
+        config.purge_delay_ms = self.purge_delay_ms;
     }
 
     /// Most pages the prefetch policy asks for per fault (0 for none).
@@ -448,6 +452,7 @@ struct RawCache {
     reclaim_stop_free_pct: Option<Spanned<i64>>,
     sample_pages: Option<Spanned<i64>>,
     sample_interval_ms: Option<Spanned<i64>>,
+    purge_delay_ms: Option<Spanned<i64>>,
 }
 
 /// Defaults of keys left out: the `default` profile's values.
@@ -632,6 +637,12 @@ impl RawProfile {
             20,
             1..=60_000,
         )?;
+        let purge_delay_ms = ctx.int(
+            "purge_delay_ms",
+            &cache.purge_delay_ms,
+            PURGE_DELAY_MS_DEFAULT,
+            -1..=3_600_000,
+        )?;
         if start >= stop {
             let span = cache
                 .reclaim_stop_free_pct
@@ -659,6 +670,7 @@ impl RawProfile {
             reclaim_stop_free_pct: stop as u8,
             sample_pages: sample_pages as usize,
             sample_interval_ms: sample_interval_ms as u64,
+            purge_delay_ms,
         })
     }
 }

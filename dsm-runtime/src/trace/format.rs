@@ -26,16 +26,20 @@ pub enum EventKind {
     StagedHit = 3,
     /// A sampled access to a resident page (the recency signal).
     Sampled = 4,
+    /// The program gave the page up (`madvise` DONTNEED or FREE): it left the cache
+    /// without a write-back and reads as zeros. Not an access.
+    Discard = 5,
 }
 
 impl EventKind {
     /// Every kind, in code order.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::FaultRead,
         EventKind::FaultWrite,
         EventKind::FaultWriteProtect,
         EventKind::StagedHit,
         EventKind::Sampled,
+        EventKind::Discard,
     ];
 
     /// Whether the access wrote the page.

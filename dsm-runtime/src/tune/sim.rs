@@ -133,8 +133,16 @@ impl Simulator {
 
     /// Replays one event.
     pub fn access(&mut self, e: &TraceEvent) {
-        self.counts.accesses += 1;
         let page = e.page;
+        if e.kind == EventKind::Discard {
+            // Dropped without a write-back; its next touch is a zero-fill.
+            if self.resident.remove(&page).is_some() {
+                self.eviction.on_remove(page);
+            }
+            self.home_valid.remove(&page);
+            return;
+        }
+        self.counts.accesses += 1;
         let write = e.kind.is_write();
         match self.resident.get_mut(&page) {
             Some(r) if r.staged => {
@@ -422,6 +430,25 @@ mod tests {
         assert_eq!((c.granularity_fetches, c.prefetch_issued), (2, 2));
         assert_eq!((c.hits, c.prefetch_used), (0, 1));
         assert_eq!(c.zero_fills, 2, "5 and 9 were never written: not fetched");
+    }
+
+    #[test]
+    fn a_discarded_page_leaves_the_cache_and_comes_back_as_zeros() {
+        let p = profile("[prefetch]\npolicy = \"none\"\n");
+        let mut s = Simulator::new(&p, 64, Latencies::default());
+        s.home_valid.insert(PageNum(3));
+        use EventKind::{Discard, FaultRead};
+        for e in events(&[(FaultRead, 3), (Discard, 3), (FaultRead, 3), (Discard, 8)]) {
+            s.access(&e);
+        }
+        let c = s.counts();
+        assert_eq!(c.remote_fetches, 1, "the first read fetches");
+        assert_eq!(
+            c.zero_fills, 1,
+            "after the discard there is nothing to fetch"
+        );
+        assert_eq!(c.accesses, 2, "discards are not accesses");
+        assert_eq!(c.evictions, 0, "a discard is not an eviction");
     }
 
     fn arb_events() -> impl Strategy<Value = Vec<TraceEvent>> {
