@@ -11,7 +11,10 @@
 #        and keeps each of dsmrun's faults on one vCPU; empty: no confinement),
 #        TRANSPORT (auto: shm with these local nodes), PROFILE (dsmrun --profile; default:
 #        the runtime's default profile), SKIP_ZRAM (1: dsmrun rows only), FREE_ROW (1: with
-#        CPUS set, also run dsmrun unconfined at the first limit; 0: do not)
+#        CPUS set, also run dsmrun unconfined at the first limit; 0: do not), BASE_ROW (1,
+#        default: also run dsmrun with a cache twice the native peak, so nothing is evicted:
+#        the cost of the preload and its allocator alone), NATIVE_AGAIN (1, default: run
+#        native velvetg again at the end, to show how much the machine drifted meanwhile)
 #
 # Writes WORKDIR/results.md (a table for docs/performance.md) and one --stats JSON per
 # dsmrun run. Each run starts from a fresh copy of velveth's output, since velvetg
@@ -30,6 +33,8 @@ TRANSPORT=${TRANSPORT:-auto}
 PROFILE=${PROFILE:-default}
 SKIP_ZRAM=${SKIP_ZRAM:-0}
 FREE_ROW=${FREE_ROW:-1}
+BASE_ROW=${BASE_ROW:-1}
+NATIVE_AGAIN=${NATIVE_AGAIN:-1}
 if [ -n "$CPUS" ]; then PIN=(taskset -c "$CPUS"); DSM_PIN=(--cpus "$CPUS"); else PIN=(); DSM_PIN=(); fi
 GENOME=/usr/share/doc/ragout/examples/E.Coli/references/MG1655-K12.fasta.gz
 DSMRUN=$ROOT/target/release/dsmrun
@@ -125,9 +130,19 @@ judge() { # name limit_mib seconds rc dir oom_kills_before
     else
         same="failed (exit $4)"
     fi
-    row "$1" "$2 MiB" "$3" "$ratio" "$same"
+    local limit="$2 MiB"; [ "$2" = - ] && limit=-
+    row "$1" "$limit" "$3" "$ratio" "$same"
     log "$1 at $2 MiB: $3 s ($ratio x), $same"
 }
+
+if [ "$BASE_ROW" = 1 ]; then
+    LIMIT=$((NATIVE_KIB * 1024 * 2))
+    log "dsmrun, local cache 200% = $((LIMIT >> 20)) MiB (nothing evicted)"
+    fresh "$WORK/dsm200"
+    read -r S _ rc < <(timed "$CAP" "$DSMRUN" -n "$NODES" --local-cache "$LIMIT" "${DSM_PIN[@]}" \
+        --profile "$PROFILE" --transport "$TRANSPORT" --stats "$WORK/dsm200.json" -- velvetg "$WORK/dsm200" "${VELVETG_ARGS[@]}")
+    judge "dsmrun 200% (no eviction)" "$((LIMIT >> 20))" "$S" "$rc" "$WORK/dsm200"
+fi
 
 for pct in $LIMITS; do
     LIMIT=$((NATIVE_KIB * 1024 * pct / 100))
@@ -154,4 +169,11 @@ for pct in $LIMITS; do
     judge "zram swap $pct%" "$LIMIT_MIB" "$S" "$rc" "$WORK/zram$pct" "$OOM_BEFORE"
     echo $((64 << 30)) > "$CG/memory.limit_in_bytes"
 done
+
+if [ "$NATIVE_AGAIN" = 1 ]; then
+    log "native velvetg again"
+    fresh "$WORK/native2"
+    read -r S _ rc < <(timed 3600 "${PIN[@]}" velvetg "$WORK/native2" "${VELVETG_ARGS[@]}")
+    judge "native again" "-" "$S" "$rc" "$WORK/native2"
+fi
 cat "$WORK/results.md"
