@@ -101,6 +101,16 @@ fn length_of(base: usize) -> Option<usize> {
     None
 }
 
+/// The block that contains `addr`, as `(base, len)`. A scan of the whole table: only a
+/// partial `munmap` asks, which is rare.
+fn containing_block(addr: usize) -> Option<(usize, usize)> {
+    (0..SLOTS).find_map(|s| {
+        let base = BASES[s].load(Ordering::Acquire);
+        let len = LENS[s].load(Ordering::Acquire);
+        (base != EMPTY && base != GONE && addr >= base && addr - base < len).then_some((base, len))
+    })
+}
+
 /// Whether a mapping is a plain private anonymous read-write one of a poolable size.
 fn plain_anonymous(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int) -> bool {
     let special = libc::MAP_FIXED
@@ -205,11 +215,19 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
             if len >= block_len && forget(addr as usize).is_some() {
                 // SAFETY: a block our mmap handed out, unmapped whole.
                 unsafe { mi::mi_free(addr) };
+                return 0;
             }
         }
-        // Partial unmaps of a block keep the block (it is freed with its head); unmaps of
-        // heap memory we never handed out are ignored rather than punching holes in the
-        // global range.
+        // A partial unmap of one of our blocks keeps the block (it is freed with its
+        // head), but the program will not use those pages again: they leave the cache
+        // without a write-back. Unmaps of heap memory we never handed out are ignored
+        // rather than punching holes in the global range (or in other allocations).
+        if let Some((base, block_len)) = containing_block(addr as usize) {
+            let end = (addr as usize).saturating_add(len).min(base + block_len);
+            if (addr as usize).is_multiple_of(PAGE) {
+                crate::process::discard(addr as usize, end - addr as usize);
+            }
+        }
         return 0;
     }
     sys_munmap(addr, len)

@@ -183,6 +183,20 @@ print(zero, kept)
     );
 }
 
+/// A partial `munmap` of a pooled mapping keeps the rest intact and gives the unmapped
+/// pages up (no write-back; counted as discarded).
+#[test]
+fn partial_munmap_gives_the_unmapped_pages_up() {
+    let Some(exe) = compile_c("unmapper", &[]) else {
+        return skip("unmapper", "no C compiler (apt-get install gcc)");
+    };
+    let total = native_vs_pooled("unmapper", &exe, &[]);
+    assert!(
+        total["discarded_pages"].as_u64().unwrap() > 0,
+        "nothing discarded: {total}"
+    );
+}
+
 /// The interpreter itself, not a version-manager shim that would run it through shells.
 fn real_python() -> std::path::PathBuf {
     ["/usr/bin/python3", "/usr/local/bin/python3"]
