@@ -290,7 +290,8 @@ pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: size_t, prot: c_int) -
 /// C `madvise`.
 #[no_mangle]
 pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
-    // The runtime's own threads drop evicted pages with MADV_DONTNEED: let them through.
+    // Calls from the runtime's own threads (none in the runtime itself, which unmaps with
+    // the raw system call) go to the kernel.
     if overlaps(addr as usize, len) && !current_thread_is_internal() {
         let gives_up = advice == libc::MADV_DONTNEED || advice == libc::MADV_FREE;
         if gives_up && len > 0 && owns(addr as usize) && owns(addr as usize + len - 1) {

@@ -5,14 +5,14 @@
 //! written home when evicted, and be fetched back when the allocator reuses it.
 //!
 //! Runs on the program's thread that made the call, counted as internal (see
-//! [`crate::runtime::as_internal`]) and with its batch on the stack. Pages are locked in small batches
-//! with `try_lock`; a page someone else holds (mid-fault or mid-eviction) is waited for
-//! alone, after the batch in hand is finished, so we never wait while holding locks that
-//! a fault handler might need to make room.
+//! [`crate::runtime::as_internal`]) and with its batch on the stack. Pages are locked in
+//! small batches with `try_lock`; a page someone else holds (mid-fault or mid-eviction)
+//! is waited for alone, after the batch in hand is finished, so we never wait while
+//! holding locks that a fault handler might need to make room.
 
 use crate::coherence::PageState;
 use crate::runtime::Core;
-use crate::space::{PageNum, PAGE_BYTES};
+use crate::space::PageNum;
 use std::sync::atomic::Ordering;
 
 /// Pages locked at once.
@@ -92,18 +92,7 @@ impl Core {
             {
                 j += 1;
             }
-            let addr = self.layout.addr_of(pages[i].0);
-            // SAFETY: a run of pages of the global range, all locked by us. The raw system
-            // call: a preloaded `madvise` symbol would route this call back here.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_madvise,
-                    addr,
-                    (j - i) * PAGE_BYTES,
-                    libc::MADV_DONTNEED,
-                )
-            };
-            assert_eq!(rc, 0, "madvise(DONTNEED) on the global range failed");
+            super::unmap_pages(self, pages[i].0, j - i);
             i = j;
         }
         let mut dropped = 0;

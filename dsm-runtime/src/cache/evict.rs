@@ -6,7 +6,7 @@
 //! says Invalid, so that thread's retried access faults as missing and fetches the copy
 //! that was just written home.
 
-use super::recycle;
+use super::{recycle, unmap_pages};
 use crate::coherence::state::{after_evict, on_evict, EvictAction};
 use crate::coherence::PageState;
 use crate::runtime::{Core, RuntimeError};
@@ -87,11 +87,7 @@ impl Evictor {
                 let dst = core.staging.slot_mut(slot);
                 std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), PAGE_BYTES);
             }
-            // SAFETY: one page of the global range, locked by us; private anonymous memory.
-            let rc = unsafe {
-                libc::madvise(addr as *mut libc::c_void, PAGE_BYTES, libc::MADV_DONTNEED)
-            };
-            assert_eq!(rc, 0, "madvise(DONTNEED) on the global range failed");
+            unmap_pages(core, page, 1);
             let next = state
                 .with_access(crate::coherence::Access::Invalid)
                 .with_staged(slot)
@@ -200,17 +196,7 @@ impl Evictor {
             while j < mapped && self.victims[j].page.0 == self.victims[j - 1].page.0 + 1 {
                 j += 1;
             }
-            let addr = core.layout.addr_of(self.victims[i].page);
-            // SAFETY: the run lies in the global range and every page in it is locked by us;
-            // MADV_DONTNEED on private anonymous memory only drops those pages.
-            let rc = unsafe {
-                libc::madvise(
-                    addr as *mut libc::c_void,
-                    (j - i) * PAGE_BYTES,
-                    libc::MADV_DONTNEED,
-                )
-            };
-            assert_eq!(rc, 0, "madvise(DONTNEED) on the global range failed");
+            unmap_pages(core, self.victims[i].page, j - i);
             i = j;
         }
         let st = &core.stats;

@@ -12,6 +12,26 @@ pub use evict::Evictor;
 pub use page_table::PageTable;
 pub use staging::Staging;
 
+/// Unmaps `n` pages of the global range from `first` (their contents are dropped; the
+/// next access faults as missing). The caller holds every one of those pages' locks.
+///
+/// The raw system call: in a program with the preload, a `madvise` symbol call from a
+/// program thread (a discard runs on one) would be routed back into the runtime.
+pub(crate) fn unmap_pages(core: &crate::runtime::Core, first: crate::space::PageNum, n: usize) {
+    let addr = core.layout.addr_of(first);
+    // SAFETY: the run lies in the global range, whose pages are private anonymous memory
+    // locked by the caller; MADV_DONTNEED only drops those pages.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_madvise,
+            addr,
+            n * crate::space::PAGE_BYTES,
+            libc::MADV_DONTNEED,
+        )
+    };
+    assert_eq!(rc, 0, "madvise(DONTNEED) on the global range failed");
+}
+
 /// Empties a vector and gives its allocation back with another lifetime parameter.
 ///
 /// Batches of transport operations borrow buffers for one call only; keeping one vector
