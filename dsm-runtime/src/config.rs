@@ -66,6 +66,10 @@ pub struct RuntimeConfig {
     /// On a write's zero-fill, zero-fill up to this many following untouched pages too,
     /// writable, in the same call (0 to [`ZERO_FILL_AHEAD_PAGES_MAX`]; 0 = off).
     pub zero_fill_ahead_pages: usize,
+    /// Install a fetched page writable when it was dirty at its last eviction, sparing the
+    /// write-protect fault of its next write (it is then written home when evicted again,
+    /// written or not).
+    pub fetch_writable_if_dirty_before: bool,
     /// Staging slots (pages prefetched or sampled, not yet mapped); 0 = a quarter of the
     /// cache, at most 16384.
     pub staging_pages: usize,
@@ -108,6 +112,7 @@ impl Default for RuntimeConfig {
             fetch_granularity_pages: 1,
             prefetch_max_pages: 32,
             zero_fill_ahead_pages: 15,
+            fetch_writable_if_dirty_before: true,
             staging_pages: 0,
             sample_pages: 0,
             sample_interval_ms: 20,

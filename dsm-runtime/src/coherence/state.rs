@@ -18,6 +18,10 @@
 //! write-back it does not, and a fault is served by zero-filling without a network trip.
 //! `busy` is the per-page lock: whoever sets it owns the page until it stores the next
 //! state. `referenced` is the recency hint that eviction policies consume.
+//! `dirty_before` records that the page was dirty when it was last evicted: a page that
+//! was written once is usually written again (a counter, a graph node), so the handler
+//! may install its next fetch writable and spare the write-protect fault that would
+//! follow (at the price of writing it home at its next eviction even if it stayed clean).
 //!
 //! A *staged* page is Invalid (not mapped) but has a clean local copy in a staging slot:
 //! prefetched pages wait there for their first use, and sampled pages are parked there so
@@ -40,6 +44,7 @@ const BUSY: u32 = 1 << 3;
 const REFERENCED: u32 = 1 << 4;
 const PREFETCHED: u32 = 1 << 5;
 const STAGED: u32 = 1 << 6;
+const DIRTY_BEFORE: u32 = 1 << 7;
 const SLOT_SHIFT: u32 = 8;
 /// Most staging slots a state word can name.
 pub const MAX_STAGING_SLOTS: u32 = 1 << (32 - SLOT_SHIFT);
@@ -56,6 +61,7 @@ impl std::fmt::Debug for PageState {
             .field("busy", &self.busy())
             .field("referenced", &self.referenced())
             .field("staged", &self.staged())
+            .field("dirty_before", &self.dirty_before())
             .finish()
     }
 }
@@ -107,6 +113,11 @@ impl PageState {
     /// Whether the page was brought in by prefetch and not yet used.
     pub fn prefetched(self) -> bool {
         self.0 & PREFETCHED != 0
+    }
+
+    /// Whether the page was dirty when it was last evicted.
+    pub fn dirty_before(self) -> bool {
+        self.0 & DIRTY_BEFORE != 0
     }
 
     /// The staging slot holding the page's local copy, if staged.
@@ -230,6 +241,7 @@ pub fn after_evict(s: PageState, action: EvictAction) -> PageState {
     s.without_staged()
         .with_access(Access::Invalid)
         .with_home_valid(home_valid)
+        .set(DIRTY_BEFORE, action == EvictAction::WriteBack)
         .with_referenced(false)
         .with_prefetched(false)
         .with_busy(false)
@@ -241,8 +253,10 @@ mod tests {
 
     fn all_states() -> impl Iterator<Item = PageState> {
         // Every combination of the defined bits with valid access values.
-        let plain = (0u32..64).map(PageState).filter(|s| s.0 & ACCESS_MASK != 3);
-        let staged = (0u32..64)
+        let plain = (0u32..256)
+            .map(PageState)
+            .filter(|s| s.0 & ACCESS_MASK != 3 && s.0 & STAGED == 0);
+        let staged = (0u32..256)
             .map(PageState)
             .filter(|s| s.0 & ACCESS_MASK == 0 && s.home_valid())
             .map(|s| s.with_staged(5));
@@ -275,6 +289,7 @@ mod tests {
                     assert_eq!(n.access(), Access::Exclusive, "{s:?} {a:?}");
                 }
                 assert_eq!(n.home_valid(), s.home_valid(), "faults never change home");
+                assert_eq!(n.dirty_before(), s.dirty_before(), "only evictions set it");
                 if s.staged().is_some() && !wp {
                     assert!(
                         matches!(a, FaultAction::InstallStaged { .. }),
@@ -296,6 +311,7 @@ mod tests {
                     n.home_valid(),
                     s.home_valid() || a == EvictAction::WriteBack
                 );
+                assert_eq!(n.dirty_before(), a == EvictAction::WriteBack);
             }
         }
     }

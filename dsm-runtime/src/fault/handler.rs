@@ -165,7 +165,7 @@ impl FaultHandler {
         };
         let wp = fault.kind == FaultKind::WriteProtect;
         let write = fault.kind != FaultKind::MissingRead;
-        let action = on_fault(state, write, wp);
+        let action = writable_if_dirty_before(core, state, on_fault(state, write, wp));
         count_fault(core, fault.kind, action);
         if let Some(trace) = &core.trace {
             trace.record(trace_kind(fault.kind, action, state), page);
@@ -465,6 +465,22 @@ impl FaultHandler {
             .wake(addr, PAGE_BYTES)
             .map_err(RuntimeError::Uffd)?;
         Ok(false)
+    }
+}
+
+/// A page coming back from home (fetched, or prefetched and now used) that was dirty at
+/// its last eviction is installed writable even for a read: it will most likely be
+/// written again, and this spares that write's write-protect fault.
+fn writable_if_dirty_before(core: &Core, state: PageState, action: FaultAction) -> FaultAction {
+    if !core.config.fetch_writable_if_dirty_before || !state.dirty_before() {
+        return action;
+    }
+    match action {
+        FaultAction::Fetch { .. } => FaultAction::Fetch { writable: true },
+        FaultAction::InstallStaged { .. } if state.prefetched() => {
+            FaultAction::InstallStaged { writable: true }
+        }
+        other => other,
     }
 }
 

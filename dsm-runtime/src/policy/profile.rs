@@ -111,6 +111,8 @@ pub struct Profile {
     pub fetch_granularity_pages: usize,
     /// Untouched pages zero-filled after a write's zero-fill (0 = off).
     pub zero_fill_ahead_pages: usize,
+    /// Fetch pages that were dirty at their last eviction writable.
+    pub fetch_writable_if_dirty_before: bool,
     /// Most pages written back per batch.
     pub writeback_batch_pages: usize,
     /// Background reclaim starts below this much free cache, percent.
@@ -242,6 +244,7 @@ impl Profile {
         }
         config.fetch_granularity_pages = self.fetch_granularity_pages;
         config.zero_fill_ahead_pages = self.zero_fill_ahead_pages;
+        config.fetch_writable_if_dirty_before = self.fetch_writable_if_dirty_before;
         config.prefetch_max_pages = self.prefetch_max_pages();
         config.writeback_batch_pages = self.writeback_batch_pages;
         config.reclaim_start_free_pct = self.reclaim_start_free_pct;
@@ -437,6 +440,7 @@ struct RawPlacement {
 struct RawFetch {
     granularity_pages: Option<Spanned<i64>>,
     zero_fill_ahead_pages: Option<Spanned<i64>>,
+    writable_if_dirty_before: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -615,6 +619,9 @@ impl RawProfile {
             RuntimeConfig::default().zero_fill_ahead_pages as i64,
             0..=ZERO_FILL_AHEAD_PAGES_MAX as i64,
         )?;
+        let writable_if_dirty_before = fetch
+            .writable_if_dirty_before
+            .unwrap_or(RuntimeConfig::default().fetch_writable_if_dirty_before);
         let writeback = self.writeback.unwrap_or_default();
         let batch = ctx.int("batch_pages", &writeback.batch_pages, 64, 1..=1024)?;
         let cache = self.cache.unwrap_or_default();
@@ -665,6 +672,7 @@ impl RawProfile {
             placement,
             fetch_granularity_pages: granularity as usize,
             zero_fill_ahead_pages: zero_ahead as usize,
+            fetch_writable_if_dirty_before: writable_if_dirty_before,
             writeback_batch_pages: batch as usize,
             reclaim_start_free_pct: start as u8,
             reclaim_stop_free_pct: stop as u8,

@@ -13,7 +13,8 @@
 //! - Background reclaim: when free cache falls below the start mark, evict down to the
 //!   stop mark, never evicting the page being served.
 //! - Clean pages are mapped write-protected, so the first write to one costs a local
-//!   fault; a sampled access (the runtime parked the page to learn whether it is still
+//!   fault, except pages that were dirty at their last eviction when the profile's
+//!   `writable_if_dirty_before` is on: those come back writable (and so dirty); a sampled access (the runtime parked the page to learn whether it is still
 //!   used) costs a local re-fault and is shown to the prefetch policy as a fault.
 //!
 //! Every event of a trace is an access by the program: a page the simulated cache does
@@ -92,12 +93,15 @@ pub struct Simulator {
     prefetch_max_pages: usize,
     granularity_pages: u64,
     batch_pages: usize,
+    writable_if_dirty_before: bool,
     capacity_pages: usize,
     reclaim_start_free_pages: usize,
     reclaim_stop_free_pages: usize,
     latencies: Latencies,
     resident: PageMap<Resident>,
     home_valid: PageSet,
+    /// Pages that were dirty when last evicted.
+    dirty_before: PageSet,
     counts: SimCounts,
     victims: Vec<PageNum>,
     prefetched: Vec<PageNum>,
@@ -114,12 +118,14 @@ impl Simulator {
             prefetch_max_pages: profile.prefetch_max_pages(),
             granularity_pages: profile.fetch_granularity_pages.max(1) as u64,
             batch_pages: profile.writeback_batch_pages.max(1),
+            writable_if_dirty_before: profile.fetch_writable_if_dirty_before,
             capacity_pages,
             reclaim_start_free_pages: pct(profile.reclaim_start_free_pct),
             reclaim_stop_free_pages: pct(profile.reclaim_stop_free_pct).max(1),
             latencies,
             resident: PageMap::with_capacity_and_hasher(capacity_pages, Default::default()),
             home_valid: PageSet::default(),
+            dirty_before: PageSet::default(),
             counts: SimCounts::default(),
             victims: Vec::new(),
             prefetched: Vec::new(),
@@ -140,6 +146,7 @@ impl Simulator {
                 self.eviction.on_remove(page);
             }
             self.home_valid.remove(&page);
+            self.dirty_before.remove(&page);
             return;
         }
         self.counts.accesses += 1;
@@ -147,7 +154,8 @@ impl Simulator {
         match self.resident.get_mut(&page) {
             Some(r) if r.staged => {
                 r.staged = false;
-                r.dirty |= write;
+                r.dirty |=
+                    write || (self.writable_if_dirty_before && self.dirty_before.contains(&page));
                 let wait = r.ready_ns.saturating_sub(e.time_ns);
                 self.counts.prefetch_used += 1;
                 self.counts.stall_ns += self.latencies.local_fault_ns + wait;
@@ -185,7 +193,9 @@ impl Simulator {
             self.counts.zero_fills += 1;
             self.counts.stall_ns += self.latencies.local_fault_ns;
         }
-        self.install(page, write, false, now_ns, page);
+        let writable =
+            write || (remote && self.writable_if_dirty_before && self.dirty_before.contains(&page));
+        self.install(page, writable, false, now_ns, page);
         if remote {
             self.fetch_block(page, now_ns);
             self.run_prefetch(page, false, now_ns);
@@ -304,6 +314,9 @@ impl Simulator {
         if r.dirty {
             self.counts.writebacks += 1;
             self.home_valid.insert(page);
+            self.dirty_before.insert(page);
+        } else {
+            self.dirty_before.remove(&page);
         }
         if r.staged {
             self.counts.prefetch_wasted += 1;
@@ -383,6 +396,33 @@ mod tests {
         assert_eq!(c.writebacks, 2);
         assert_eq!(c.evictions, 3);
         assert_eq!(c.stall_ns, 5 * 13_000 + 2 * 35_000);
+    }
+
+    #[test]
+    fn pages_dirty_at_eviction_come_back_writable_when_the_profile_says_so() {
+        use EventKind::*;
+        let ev = events(&[
+            (FaultWrite, 1), // zero-fill, dirty
+            (FaultRead, 2),  // evicts 1 dirty: written home
+            (FaultRead, 1),  // remote fetch of a page dirty at its last eviction
+            (FaultWrite, 1), // with the rule: already writable; without: a WP fault
+            (FaultRead, 2),
+        ]);
+        let base = "[prefetch]\npolicy = \"none\"\n[eviction]\npolicy = \"fifo\"\n\
+                    [cache]\nreclaim_start_free_pct = 0\nreclaim_stop_free_pct = 1\n";
+        let on = replay(&profile(base), 1, &ev);
+        let off = replay(
+            &profile(&format!(
+                "{base}[fetch]\nwritable_if_dirty_before = false\n"
+            )),
+            1,
+            &ev,
+        );
+        assert_eq!((on.remote_fetches, off.remote_fetches), (1, 1));
+        assert_eq!(on.write_protect_faults, 0);
+        assert_eq!(off.write_protect_faults, 1);
+        // Either way page 1 is written home again when page 2 comes back.
+        assert_eq!((on.writebacks, off.writebacks), (2, 2));
     }
 
     #[test]
