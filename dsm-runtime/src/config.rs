@@ -112,7 +112,7 @@ impl Default for RuntimeConfig {
             fetch_granularity_pages: 1,
             prefetch_max_pages: 32,
             zero_fill_ahead_pages: 15,
-            fetch_writable_if_dirty_before: true,
+            fetch_writable_if_dirty_before: false,
             staging_pages: 0,
             sample_pages: 0,
             sample_interval_ms: 20,

@@ -6,7 +6,7 @@
 //! says Invalid, so that thread's retried access faults as missing and fetches the copy
 //! that was just written home.
 
-use super::{recycle, unmap_pages};
+use super::{recycle, UnmapBatch};
 use crate::coherence::state::{after_evict, on_evict, EvictAction};
 use crate::coherence::PageState;
 use crate::runtime::{Core, RuntimeError};
@@ -27,6 +27,9 @@ pub struct Evictor {
     victims: Vec<Victim>,
     buf: Vec<u8>,
     ops: Vec<WriteOp<'static>>,
+    unmap: UnmapBatch,
+    /// Pages parked by a sampling round, with their next states, until they are unmapped.
+    parked: Vec<(PageNum, PageState)>,
 }
 
 impl Evictor {
@@ -38,6 +41,8 @@ impl Evictor {
             victims: Vec::with_capacity(batch_max),
             buf: vec![0u8; batch_max * PAGE_BYTES],
             ops: Vec::with_capacity(batch_max),
+            unmap: UnmapBatch::new(),
+            parked: Vec::new(),
         }
     }
 
@@ -67,7 +72,7 @@ impl Evictor {
         let start = std::time::Instant::now();
         self.candidates.clear();
         core.eviction().select_victims(n, &mut self.candidates);
-        let mut parked = 0;
+        self.parked.clear();
         for &page in &self.candidates {
             let Some(state) = core.table.try_lock(page) else {
                 continue;
@@ -87,15 +92,20 @@ impl Evictor {
                 let dst = core.staging.slot_mut(slot);
                 std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), PAGE_BYTES);
             }
-            unmap_pages(core, page, 1);
+            self.unmap.push(core, page, 1);
             let next = state
                 .with_access(crate::coherence::Access::Invalid)
                 .with_staged(slot)
                 .with_prefetched(false)
                 .with_referenced(false)
                 .with_busy(false);
+            self.parked.push((page, next));
+        }
+        // Unmapped in one call, then published: until then each page stays locked.
+        self.unmap.flush();
+        let parked = self.parked.len();
+        for &(page, next) in &self.parked {
             core.table.unlock(page, next);
-            parked += 1;
         }
         let st = &core.stats;
         st.sampled_pages.fetch_add(parked as u64, Ordering::Relaxed);
@@ -181,8 +191,8 @@ impl Evictor {
     }
 
     fn unmap(&mut self, core: &Core) {
-        // Unmap runs of adjacent mapped pages with one madvise each; staged pages have
-        // nothing mapped.
+        // Unmap every mapped victim in one batch (adjacent pages merged into runs); staged
+        // pages have nothing mapped.
         self.victims
             .sort_unstable_by_key(|v| (v.action == EvictAction::DropStaged, v.page));
         let mapped = self
@@ -196,9 +206,10 @@ impl Evictor {
             while j < mapped && self.victims[j].page.0 == self.victims[j - 1].page.0 + 1 {
                 j += 1;
             }
-            unmap_pages(core, self.victims[i].page, j - i);
+            self.unmap.push(core, self.victims[i].page, j - i);
             i = j;
         }
+        self.unmap.flush();
         let st = &core.stats;
         let mut policy = core.eviction();
         for v in &self.victims {

@@ -6,6 +6,7 @@ mod discard;
 pub mod evict;
 pub mod page_table;
 pub mod staging;
+mod unmap;
 
 pub use budget::CacheBudget;
 pub use evict::Evictor;
@@ -18,19 +19,17 @@ pub use staging::Staging;
 /// The raw system call: in a program with the preload, a `madvise` symbol call from a
 /// program thread (a discard runs on one) would be routed back into the runtime.
 pub(crate) fn unmap_pages(core: &crate::runtime::Core, first: crate::space::PageNum, n: usize) {
-    let addr = core.layout.addr_of(first);
-    // SAFETY: the run lies in the global range, whose pages are private anonymous memory
-    // locked by the caller; MADV_DONTNEED only drops those pages.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_madvise,
-            addr,
-            n * crate::space::PAGE_BYTES,
-            libc::MADV_DONTNEED,
-        )
-    };
+    unmap_range(core.layout.addr_of(first), n * crate::space::PAGE_BYTES);
+}
+
+fn unmap_range(addr: usize, len: usize) {
+    // SAFETY: callers pass runs of the global range, whose pages are private anonymous
+    // memory locked by them; MADV_DONTNEED only drops those pages.
+    let rc = unsafe { libc::syscall(libc::SYS_madvise, addr, len, libc::MADV_DONTNEED) };
     assert_eq!(rc, 0, "madvise(DONTNEED) on the global range failed");
 }
+
+pub(crate) use unmap::UnmapBatch;
 
 /// Empties a vector and gives its allocation back with another lifetime parameter.
 ///

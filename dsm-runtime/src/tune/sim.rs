@@ -14,8 +14,9 @@
 //!   stop mark, never evicting the page being served.
 //! - Clean pages are mapped write-protected, so the first write to one costs a local
 //!   fault, except pages that were dirty at their last eviction when the profile's
-//!   `writable_if_dirty_before` is on: those come back writable (and so dirty); a sampled access (the runtime parked the page to learn whether it is still
-//!   used) costs a local re-fault and is shown to the prefetch policy as a fault.
+//!   `writable_if_dirty_before` is on: those come back writable (and so dirty).
+//! - A sampled access (the runtime parked the page to learn whether it is still used)
+//!   costs a local re-fault and is shown to the prefetch policy as a fault.
 //!
 //! Every event of a trace is an access by the program: a page the simulated cache does
 //! not hold is a miss even if the recorded run had it (a sampled access, say).
@@ -410,14 +411,10 @@ mod tests {
         ]);
         let base = "[prefetch]\npolicy = \"none\"\n[eviction]\npolicy = \"fifo\"\n\
                     [cache]\nreclaim_start_free_pct = 0\nreclaim_stop_free_pct = 1\n";
-        let on = replay(&profile(base), 1, &ev);
-        let off = replay(
-            &profile(&format!(
-                "{base}[fetch]\nwritable_if_dirty_before = false\n"
-            )),
-            1,
-            &ev,
-        );
+        let with = |on: bool| format!("{base}[fetch]\nwritable_if_dirty_before = {on}\n");
+        let on = replay(&profile(&with(true)), 1, &ev);
+        let off = replay(&profile(&with(false)), 1, &ev);
+        assert_eq!(off, replay(&profile(base), 1, &ev), "off by default");
         assert_eq!((on.remote_fetches, off.remote_fetches), (1, 1));
         assert_eq!(on.write_protect_faults, 0);
         assert_eq!(off.write_protect_faults, 1);
