@@ -1,0 +1,20 @@
+#!/bin/bash
+# Kernel costs behind two runtime design choices, measured side by side (as root):
+# - userfaultfd round trip by CPU placement (why `dsmrun --cpus` keeps the program and
+#   its handler on one CPU, and why the reclaimer stays there too);
+# - dropping scattered pages with a madvise each against one process_madvise per batch
+#   (what cache/unmap.rs does).
+# Usage: benches/kernel_costs.sh [CPU_A CPU_B]   (default 0 1). Needs gcc.
+set -euo pipefail
+A=${1:-0}; B=${2:-1}
+DIR=$(mktemp -d); trap 'rm -rf "$DIR"' EXIT
+HERE=$(cd "$(dirname "$0")" && pwd)
+gcc -O2 -pthread -o "$DIR/uffd_placement" "$HERE/kernel/uffd_placement.c"
+gcc -O2 -o "$DIR/unmap_batch" "$HERE/kernel/unmap_batch.c"
+echo "== userfaultfd round trip (20000 faults each)"
+for cfg in "$A $A 0 0" "$B $A 0 0" "$B $A 1 0" "$B $A 1 1" "$B $A 0 1" "$A $A 0 0"; do
+  # shellcheck disable=SC2086
+  "$DIR/uffd_placement" $cfg
+done
+echo "== dropping 65536 scattered pages, on CPU $A"
+taskset -c "$A" "$DIR/unmap_batch"
