@@ -54,5 +54,5 @@ for r in $(seq 1 "$ROUNDS"); do
     declare -A res=()
     for k in $order; do res[$k]=$(run "$k"); echo "[$(date +%T)] round $r $k: ${res[$k]}" >&2; done
     n=${res[native]%% *}; d=${res[dsmrun]%% *}; z=${res[zram]%% *}
-    echo "| $r | $order | ${res[native]} | ${res[dsmrun]} | ${res[zram]} | $(echo "scale=2; $d / $n" | bc) | $(echo "scale=2; $z / $n" | bc) |"
+    echo "| $r | $order | ${res[native]} | ${res[dsmrun]} | ${res[zram]} | $(printf '%.2f' "$(echo "$d / $n" | bc -l)") | $(printf '%.2f' "$(echo "$z / $n" | bc -l)") |"
 done
