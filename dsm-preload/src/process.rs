@@ -6,6 +6,7 @@ use dsm_runtime::config::job::{pid_alive, JobConfig, JobError};
 use dsm_runtime::policy::profile::{PlacementSpec, Profile};
 use dsm_runtime::runtime::{Policies, EXIT_RUNTIME_FAILURE};
 use dsm_runtime::space::PAGE_BYTES;
+use dsm_runtime::stats::StatsSnapshot;
 use dsm_runtime::trace::{TraceHeader, TraceWriter};
 use dsm_runtime::transport::{select, SelectError, Transport};
 use dsm_runtime::RuntimeConfig;
@@ -14,6 +15,7 @@ use libc::{c_long, pid_t};
 use libmimalloc_sys as mi;
 use std::io::Write;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 // mimalloc v3 option numbers (`mi_option_e` in its mimalloc.h; the sys crate's constants
@@ -79,6 +81,10 @@ pub extern "C" fn on_load() {
             OWNER_PID.store(std::process::id() as i32, Ordering::Relaxed);
             RUNNING.store(Box::into_raw(Box::new(r)) as usize, Ordering::Release);
             route::set_state(READY);
+            if let Some(r) = running().filter(|r| r.job.stats_dir.is_some()) {
+                r.runtime
+                    .on_checkpoint(STATS_CHECKPOINT_PERIOD, |snap| save_stats(snap, false));
+            }
         }
         Err(StartError::Job(JobError::NotInJob)) => route::set_state(OFF),
         Err(e) => {
@@ -221,6 +227,14 @@ fn start() -> Result<Running, StartError> {
     })
 }
 
+/// How often a process's statistics are saved while it runs, for `dsmrun` to report
+/// should the process be killed by a signal (which skips `on_exit`).
+const STATS_CHECKPOINT_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Serialises the writers of this process's statistics file; true once the final copy
+/// is written, after which checkpoints (older by construction) must not replace it.
+static STATS_FINAL: Mutex<bool> = Mutex::new(false);
+
 /// Runs at exit (a `.fini_array` entry, after the program's `atexit` handlers): writes
 /// this process's statistics for `dsmrun`. The runtime keeps running: libc still flushes
 /// stdio buffers, which live in the global heap, after this.
@@ -243,20 +257,39 @@ pub extern "C" fn on_exit() {
             snap.evictions
         );
     }
+    save_stats(&snap, true);
+}
+
+/// Writes `snap` to `<stats dir>/<pid>.json` (through a temporary file and a rename, so
+/// `dsmrun` never reads half a file). `complete` marks the copy written at exit; a
+/// checkpoint (`complete` false) never replaces it.
+fn save_stats(snap: &StatsSnapshot, complete: bool) {
+    let Some(r) = running() else { return };
     let Some(dir) = &r.job.stats_dir else { return };
+    if OWNER_PID.load(Ordering::Relaxed) != std::process::id() as i32 {
+        return; // a forked child: its parent owns the file
+    }
+    let mut written_final = STATS_FINAL.lock().unwrap_or_else(|e| e.into_inner());
+    if *written_final {
+        return;
+    }
     let path = dir.join(format!("{}.json", std::process::id()));
+    let tmp = dir.join(format!("{}.json.tmp", std::process::id()));
     let text = format!(
-        "{{\"pid\":{},\"program\":{:?},\"slot\":{},\"transport\":{:?},\"stats\":{}}}",
+        "{{\"pid\":{},\"program\":{:?},\"slot\":{},\"transport\":{:?},\"complete\":{complete},\"stats\":{}}}",
         std::process::id(),
         program_name(),
         r.slot,
         r.transport.name(),
         snap.to_json()
     );
-    let res = std::fs::File::create(&path).and_then(|mut f| f.write_all(text.as_bytes()));
+    let res = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = res {
         eprintln!("dsm: writing statistics to {}: {e}", path.display());
     }
+    *written_final = complete;
 }
 
 extern "C" {

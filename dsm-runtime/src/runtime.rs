@@ -79,6 +79,14 @@ pub struct Core {
     reclaim: (Mutex<bool>, Condvar),
     reclaim_start_free: usize,
     reclaim_stop_free: usize,
+    checkpoint: std::sync::OnceLock<Checkpoint>,
+}
+
+/// A periodic copy of the statistics handed to whoever started the runtime, so that a
+/// process killed by a signal (no exit handlers) still leaves figures behind.
+struct Checkpoint {
+    period: Duration,
+    save: Box<dyn Fn(&StatsSnapshot) + Send + Sync>,
 }
 
 impl Core {
@@ -112,6 +120,7 @@ impl Core {
     fn reclaim_loop(&self, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
         let mut evictor = Evictor::new(self.config.writeback_batch_pages);
         let mut last_sample = std::time::Instant::now();
+        let mut last_checkpoint = std::time::Instant::now();
         let (lock, cv) = &self.reclaim;
         while !self.stopping() {
             {
@@ -124,6 +133,7 @@ impl Core {
                 *kicked = false;
             }
             self.maybe_sample(&mut evictor, &mut last_sample);
+            self.maybe_checkpoint(&mut last_checkpoint);
             if self.budget.free() >= self.reclaim_start_free {
                 continue;
             }
@@ -140,6 +150,18 @@ impl Core {
 }
 
 impl Core {
+    /// Hands a copy of the statistics to the checkpoint callback, if one is set and its
+    /// period has passed. Runs on the reclaimer, which wakes at least every 10 ms.
+    fn maybe_checkpoint(&self, last: &mut std::time::Instant) {
+        let Some(c) = self.checkpoint.get() else {
+            return;
+        };
+        if last.elapsed() >= c.period {
+            *last = std::time::Instant::now();
+            (c.save)(&self.stats.snapshot());
+        }
+    }
+
     /// Samples recency (see [`Evictor::sample`]) every `sample_interval_ms`, and only when
     /// the cache is under pressure: without pressure nothing is evicted, so recency is
     /// not worth its faults.
@@ -344,6 +366,7 @@ impl Runtime {
             reclaim: (Mutex::new(false), Condvar::new()),
             reclaim_start_free: pct(config.reclaim_start_free_pct),
             reclaim_stop_free: pct(config.reclaim_stop_free_pct),
+            checkpoint: std::sync::OnceLock::new(),
             config,
         });
         let mut rt = Runtime {
@@ -401,6 +424,23 @@ impl Runtime {
         let first = PageNum(((addr - base) / PAGE_BYTES) as u64);
         as_internal(|| self.core.discard(first, len.div_ceil(PAGE_BYTES) as u64));
         true
+    }
+
+    /// Calls `save` with a copy of the statistics every `period` (on a runtime thread,
+    /// whose allocations are the runtime's own) until the runtime stops. Set once; a
+    /// second call is ignored and returns false.
+    pub fn on_checkpoint(
+        &self,
+        period: Duration,
+        save: impl Fn(&StatsSnapshot) + Send + Sync + 'static,
+    ) -> bool {
+        self.core
+            .checkpoint
+            .set(Checkpoint {
+                period,
+                save: Box::new(save),
+            })
+            .is_ok()
     }
 
     /// The configuration it runs with.

@@ -203,10 +203,11 @@ fn pool_exhausted_malloc_returns_null_with_enomem() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Starts dsmrun -v on a long-running heapwalk; returns it and the node pids once the
-/// program runs.
+/// Starts dsmrun -v (plus `extra` options) on a long-running heapwalk; returns it and the
+/// node pids once the program runs.
 fn start_long_job(
     exe: &Path,
+    extra: &[&str],
 ) -> (
     std::process::Child,
     Vec<i32>,
@@ -214,7 +215,9 @@ fn start_long_job(
 ) {
     require_preload();
     let mut child = Command::new(dsmrun())
-        .args(["-n", "3", "-v", "--local-cache", "2M", "--"])
+        .args(["-n", "3", "-v", "--local-cache", "2M"])
+        .args(extra)
+        .arg("--")
         .arg(exe)
         .args(["32", "2", "100000", "3"])
         .stdout(Stdio::null())
@@ -248,7 +251,7 @@ fn a_dead_node_ends_the_job_naming_it() {
         return skip("a_dead_node", "no C compiler");
     };
     let _turn = heavy();
-    let (mut child, pids, rest) = start_long_job(&exe);
+    let (mut child, pids, rest) = start_long_job(&exe, &[]);
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: killing a node process this test's dsmrun started.
     unsafe { libc::kill(pids[1], libc::SIGKILL) };
@@ -276,7 +279,7 @@ fn sigterm_is_forwarded_and_everything_is_torn_down() {
         return skip("sigterm_is_forwarded", "no C compiler");
     };
     let _turn = heavy();
-    let (mut child, pids, rest) = start_long_job(&exe);
+    let (mut child, pids, rest) = start_long_job(&exe, &[]);
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling the dsmrun this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -292,4 +295,47 @@ fn sigterm_is_forwarded_and_everything_is_torn_down() {
     assert_eq!(r.code, 128 + libc::SIGSEGV, "{}", r.stderr);
     assert!(r.stderr.contains("signal 11"), "{}", r.stderr);
     assert_gone(&node_pids(&r.stderr));
+}
+
+/// A process killed by a signal never reaches its exit handlers, where it writes its
+/// statistics; the checkpoint it writes every second stands in, flagged as such.
+#[test]
+fn a_program_killed_by_a_signal_still_leaves_its_statistics() {
+    let Some(exe) = compile_c("heapwalk", &[]) else {
+        return skip("killed_program_statistics", "no C compiler");
+    };
+    let _turn = heavy();
+    let stats = std::env::temp_dir().join(format!("dsm-test-{}-killed.json", std::process::id()));
+    let stats_arg = stats.to_string_lossy().into_owned();
+    let (mut child, pids, rest) = start_long_job(&exe, &["--stats", &stats_arg]);
+    // Past the first checkpoint, with the 2 MiB cache evicting all along.
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: signalling the dsmrun this test started (forwarded to the program).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    let stderr = rest.join().unwrap();
+    let _ = std::fs::remove_file(&exe);
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert_gone(&pids);
+    assert!(
+        stderr.contains("1 of them ended without writing final statistics"),
+        "{stderr}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&stats);
+    assert_eq!(doc["job"]["processes_without_final_stats"], 1, "{doc}");
+    let p = &doc["processes"][0];
+    assert_eq!(p["complete"], false, "{doc}");
+    for counter in [
+        "faults_write",
+        "evictions",
+        "remote_write_pages",
+        "remote_read_pages",
+    ] {
+        assert!(
+            p["stats"][counter].as_u64().unwrap_or(0) > 0,
+            "{counter} is 0 in the checkpoint: {doc}"
+        );
+    }
 }

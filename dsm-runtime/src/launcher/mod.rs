@@ -498,7 +498,12 @@ fn report(opts: &RunOptions, stats_dir: &Path, code: i32, wall: Duration) {
     if !opts.quiet {
         eprint!(
             "{}",
-            summary::render(&total, processes.len(), &summary::transports(&processes))
+            summary::render(
+                &total,
+                processes.len(),
+                summary::incomplete(&processes),
+                &summary::transports(&processes)
+            )
         );
     }
     let Some(path) = &opts.stats_path else { return };
@@ -512,6 +517,7 @@ fn report(opts: &RunOptions, stats_dir: &Path, code: i32, wall: Duration) {
             "exit_status": code,
             "wall_time_s": wall.as_secs_f64(),
             "fault_hit_rate": summary::fault_hit_rate(&total),
+            "processes_without_final_stats": summary::incomplete(&processes),
         },
         "total": total,
         "processes": processes,

@@ -1,5 +1,9 @@
-//! Collecting the statistics every process of a job wrote at exit, adding them up, and
-//! the short summary `dsmrun` prints.
+//! Collecting the statistics every process of a job wrote, adding them up, and the
+//! short summary `dsmrun` prints.
+//!
+//! A process writes its file at exit (`"complete": true`) and, while it runs, a
+//! checkpoint every second (`"complete": false`): a process killed by a signal leaves
+//! the latest checkpoint, which the summary counts and flags.
 
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -118,6 +122,16 @@ pub fn fault_hit_rate(total: &Value) -> Option<f64> {
     (faults > 0).then(|| 1.0 - g("remote_read_pages") as f64 / faults as f64)
 }
 
+/// How many processes left only a checkpoint (they did not reach their exit handlers:
+/// killed by a signal, or `_exit`). Files from before checkpoints existed count as
+/// complete.
+pub fn incomplete(processes: &[Value]) -> usize {
+    processes
+        .iter()
+        .filter(|p| p["complete"].as_bool() == Some(false))
+        .count()
+}
+
 /// The transports the processes used, distinct, in order of first use ("shm", "tcp").
 pub fn transports(processes: &[Value]) -> String {
     let mut names: Vec<&str> = Vec::new();
@@ -133,8 +147,9 @@ pub fn transports(processes: &[Value]) -> String {
     }
 }
 
-/// The summary lines `dsmrun` prints.
-pub fn render(total: &Value, processes: usize, transports: &str) -> String {
+/// The summary lines `dsmrun` prints; `incomplete` of the `processes` left only a
+/// checkpoint.
+pub fn render(total: &Value, processes: usize, incomplete: usize, transports: &str) -> String {
     let g = |k: &str| total[k].as_u64().unwrap_or(0);
     let faults = g("faults_read") + g("faults_write") + g("faults_write_protect");
     let hit = fault_hit_rate(total)
@@ -157,7 +172,14 @@ pub fn render(total: &Value, processes: usize, transports: &str) -> String {
         g("evictions_clean"),
         g("zero_fills"),
         mib(g("resident_pages_peak") * crate::space::PAGE_BYTES as u64),
-    )
+    ) + &if incomplete > 0 {
+        format!(
+            "dsmrun: {incomplete} of them ended without writing final statistics (killed by a \
+             signal?): their figures are from their last checkpoint, at most a second old\n"
+        )
+    } else {
+        String::new()
+    }
 }
 
 #[cfg(test)]
@@ -183,6 +205,15 @@ mod tests {
         assert_eq!(t["fault_service"]["log2_buckets"], json!([1, 2]));
         assert_eq!(t["fault_service"]["p99_ns_upper"], 4);
         assert_eq!(transports(&[a.clone(), b.clone()]), "shm");
-        assert!(render(&t, 2, "shm").contains("over shm: 7 faults"));
+        assert!(render(&t, 2, 0, "shm").contains("over shm: 7 faults"));
+        assert!(!render(&t, 2, 0, "shm").contains("checkpoint"));
+        assert!(render(&t, 2, 1, "shm").contains("1 of them ended without writing final"));
+        let c = json!({"pid": 3, "complete": false, "stats": {}});
+        let d = json!({"pid": 4, "complete": true, "stats": {}});
+        assert_eq!(
+            incomplete(&[a.clone(), c, d]),
+            1,
+            "old files without the flag count as complete"
+        );
     }
 }
