@@ -313,9 +313,12 @@ pub fn discard(addr: usize, len: usize) -> bool {
 /// bumps one of these counters before it touches a page.
 fn eviction_started(r: &Running) -> bool {
     let st = r.runtime.stats();
+    // Access sampling parks pages (unmapped, the copy in a staging slot) and can start
+    // just before the first eviction: a parked page would be missing in the child too.
     st.reclaim_rounds.load(Ordering::Relaxed) != 0
         || st.direct_reclaims.load(Ordering::Relaxed) != 0
         || st.evictions.load(Ordering::Relaxed) != 0
+        || st.sampled_pages.load(Ordering::Relaxed) != 0
 }
 
 /// `_exit`: the program leaves without running `atexit` handlers or destructors, so the

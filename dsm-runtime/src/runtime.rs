@@ -132,7 +132,7 @@ impl Core {
                     .unwrap_or_else(|e| e.into_inner());
                 *kicked = false;
             }
-            self.maybe_sample(&mut evictor, &mut last_sample);
+            self.maybe_sample(&mut evictor, &mut last_sample)?;
             self.maybe_checkpoint(&mut last_checkpoint);
             if self.budget.free() >= self.reclaim_start_free {
                 continue;
@@ -165,15 +165,20 @@ impl Core {
     /// Samples recency (see [`Evictor::sample`]) every `sample_interval_ms`, and only when
     /// the cache is under pressure: without pressure nothing is evicted, so recency is
     /// not worth its faults.
-    fn maybe_sample(&self, evictor: &mut Evictor, last: &mut std::time::Instant) {
+    fn maybe_sample(
+        &self,
+        evictor: &mut Evictor,
+        last: &mut std::time::Instant,
+    ) -> Result<(), RuntimeError> {
         let n = self.config.sample_pages;
         if n == 0 || last.elapsed() < Duration::from_millis(self.config.sample_interval_ms) {
-            return;
+            return Ok(());
         }
         *last = std::time::Instant::now();
         if self.budget.free() < 2 * self.reclaim_stop_free {
-            evictor.sample(self, n);
+            evictor.sample(self, n)?;
         }
+        Ok(())
     }
 }
 

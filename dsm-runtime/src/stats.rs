@@ -161,6 +161,8 @@ counters! {
     prefetch_dropped,
     /// Pages parked in staging by access sampling.
     sampled_pages,
+    /// Of those, pages parked dirty (their slot held the only up-to-date copy).
+    sampled_dirty_pages,
     /// Sampled pages used again before eviction (each such use cost one local fault).
     sampled_hits,
     /// Time the reclaimer spent parking sampled pages.

@@ -150,3 +150,56 @@ fn sampling_catches_reuse_of_parked_pages_and_keeps_data() {
     let s = rt.shutdown();
     assert!(s.sampled_pages > 0 && s.sampled_hits > 0, "{s:?}");
 }
+
+/// Sampling parks dirty pages too (their staging slot then holds the only up-to-date
+/// copy). Threads write and read words that share pages while the reclaimer parks and
+/// evicts them under them: a write must never be lost between the freeze, the copy, the
+/// unmap, the local re-install and the write-back from the slot.
+#[test]
+fn sampling_parks_dirty_pages_without_losing_a_write() {
+    const SPACE: usize = 8 << 20;
+    const THREADS: usize = 4;
+    let (_nodes, rt) = start_with(7, 1 << 20, SPACE as u64, 0, 64);
+    let base = rt.base() as usize;
+    let words = SPACE / 8;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            s.spawn(move || {
+                // Thread t owns the words w with w % THREADS == t: every page is shared.
+                let mine = words / THREADS;
+                let mut reference = vec![0u64; mine];
+                let mut rng = Rng(100 + t as u64);
+                // A hot eighth of the space, touched most of the time, so that parked
+                // pages are used again and come back from their slots.
+                let hot = mine / 8;
+                for _ in 0..300_000 {
+                    let i = if rng.below(4) != 0 {
+                        rng.below(hot as u64) as usize
+                    } else {
+                        rng.below(mine as u64) as usize
+                    };
+                    let p = (base + (i * THREADS + t) * 8) as *mut u64;
+                    if rng.below(2) == 0 {
+                        let v = rng.next() | 1;
+                        // SAFETY: inside the global range.
+                        unsafe { p.write_volatile(v) };
+                        reference[i] = v;
+                    } else {
+                        // SAFETY: inside the global range.
+                        let got = unsafe { p.read_volatile() };
+                        assert_eq!(got, reference[i], "thread {t}, word {i}");
+                    }
+                }
+                for (i, &v) in reference.iter().enumerate() {
+                    let p = (base + (i * THREADS + t) * 8) as *const u64;
+                    // SAFETY: inside the global range.
+                    let got = unsafe { p.read_volatile() };
+                    assert_eq!(got, v, "thread {t}, word {i} at the end");
+                }
+            });
+        }
+    });
+    let s = rt.shutdown();
+    assert!(s.sampled_dirty_pages > 0, "no dirty page was parked: {s:?}");
+    assert!(s.sampled_hits > 0 && s.remote_write_pages > 0, "{s:?}");
+}

@@ -8,7 +8,7 @@
 
 use super::{recycle, UnmapBatch};
 use crate::coherence::state::{after_evict, on_evict, EvictAction};
-use crate::coherence::PageState;
+use crate::coherence::{Access, PageState};
 use crate::runtime::{Core, RuntimeError};
 use crate::space::{PageNum, PAGE_BYTES};
 use crate::transport::{Session, WriteOp};
@@ -30,6 +30,8 @@ pub struct Evictor {
     unmap: UnmapBatch,
     /// Pages parked by a sampling round, with their next states, until they are unmapped.
     parked: Vec<(PageNum, PageState)>,
+    /// How many of `parked` were dirty.
+    parked_dirty: u64,
 }
 
 impl Evictor {
@@ -43,6 +45,7 @@ impl Evictor {
             ops: Vec::with_capacity(batch_max),
             unmap: UnmapBatch::new(),
             parked: Vec::new(),
+            parked_dirty: 0,
         }
     }
 
@@ -64,11 +67,15 @@ impl Evictor {
         Ok(n)
     }
 
-    /// Access sampling: parks up to `n` of the pages the policy would evict next, if
-    /// clean, in the staging tier (copy out, unmap). A page used again soon traps into a
-    /// cheap local install that reports the use to the policy, which then keeps it;
-    /// one not used is evicted later at no cost. Returns the pages parked.
-    pub fn sample(&mut self, core: &Core, n: usize) -> usize {
+    /// Access sampling: parks up to `n` of the pages the policy would evict next in the
+    /// staging tier (copy out, unmap). A page used again soon traps into a cheap local
+    /// install that reports the use to the policy, which then keeps it; one not used is
+    /// evicted later: at no cost if it was clean, with a write-back from its slot if it
+    /// was dirty. Dirty pages are parked too (write-protected before the copy, so no
+    /// write slips in between): on a program that writes what it uses, most victims are
+    /// dirty, and skipping them would leave the policy blind to most of its choices.
+    /// Returns the pages parked.
+    pub fn sample(&mut self, core: &Core, n: usize) -> Result<usize, RuntimeError> {
         let start = std::time::Instant::now();
         self.candidates.clear();
         core.eviction().select_victims(n, &mut self.candidates);
@@ -77,15 +84,30 @@ impl Evictor {
             let Some(state) = core.table.try_lock(page) else {
                 continue;
             };
-            if state.access() != crate::coherence::Access::Shared {
-                core.table.unlock(page, state);
-                continue;
-            }
+            let dirty = match state.access() {
+                Access::Shared => false,
+                Access::Exclusive => true,
+                Access::Invalid => {
+                    core.table.unlock(page, state);
+                    continue;
+                }
+            };
             let Some(slot) = core.staging.alloc() else {
                 core.table.unlock(page, state);
                 break;
             };
             let addr = core.layout.addr_of(page);
+            if dirty {
+                // Freeze it: from here a writer waits in a write-protect fault, which
+                // finds the page locked and retries once it is parked.
+                if let Err(e) = core.uffd.write_protect(addr, PAGE_BYTES, true, true) {
+                    core.staging.release(slot);
+                    core.table.unlock(page, state);
+                    // The pages parked so far are copied and locked: finish them first.
+                    self.finish_parking(core, start);
+                    return Err(RuntimeError::Uffd(e));
+                }
+            }
             // SAFETY: we popped `slot`; the page is mapped write-protected and locked by us,
             // so its bytes are stable while we copy them.
             unsafe {
@@ -93,22 +115,35 @@ impl Evictor {
                 std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), PAGE_BYTES);
             }
             self.unmap.push(core, page, 1);
-            let next = state
-                .with_access(crate::coherence::Access::Invalid)
-                .with_staged(slot)
+            let invalid = state.with_access(Access::Invalid);
+            let staged = if dirty {
+                invalid.with_staged_dirty(slot)
+            } else {
+                invalid.with_staged(slot)
+            };
+            let next = staged
                 .with_prefetched(false)
                 .with_referenced(false)
                 .with_busy(false);
             self.parked.push((page, next));
+            self.parked_dirty += u64::from(dirty);
         }
-        // Unmapped in one call, then published: until then each page stays locked.
+        Ok(self.finish_parking(core, start))
+    }
+
+    /// Unmaps the pages parked by a sampling round in one call, then publishes their
+    /// states (until then each stays locked); returns how many.
+    fn finish_parking(&mut self, core: &Core, start: std::time::Instant) -> usize {
         self.unmap.flush();
         let parked = self.parked.len();
         for &(page, next) in &self.parked {
             core.table.unlock(page, next);
         }
+        self.parked.clear();
         let st = &core.stats;
         st.sampled_pages.fetch_add(parked as u64, Ordering::Relaxed);
+        st.sampled_dirty_pages
+            .fetch_add(std::mem::take(&mut self.parked_dirty), Ordering::Relaxed);
         st.sampling_ns
             .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         parked
@@ -145,20 +180,27 @@ impl Evictor {
     fn write_back(&mut self, core: &Core, session: &mut dyn Session) -> Result<(), RuntimeError> {
         let mut dirty = 0;
         for v in &self.victims {
-            if v.action != EvictAction::WriteBack {
-                continue;
-            }
-            let addr = core.layout.addr_of(v.page);
-            // Freeze the page first: from here writers wait in a write-protect fault.
-            core.uffd
-                .write_protect(addr, PAGE_BYTES, true, true)
-                .map_err(RuntimeError::Uffd)?;
-            let dst = &mut self.buf[dirty * PAGE_BYTES..(dirty + 1) * PAGE_BYTES];
-            // SAFETY: `addr` is a mapped, write-protected page of the global range that we
-            // hold locked: nobody can write it or unmap it during the copy.
-            unsafe {
-                std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), PAGE_BYTES)
+            let src = match v.action {
+                EvictAction::WriteBack => {
+                    let addr = core.layout.addr_of(v.page);
+                    // Freeze the page first: from here writers wait in a write-protect fault.
+                    core.uffd
+                        .write_protect(addr, PAGE_BYTES, true, true)
+                        .map_err(RuntimeError::Uffd)?;
+                    addr as *const u8
+                }
+                EvictAction::WriteBackStaged => {
+                    let slot = v.state.staged().expect("staged dirty has a slot");
+                    // SAFETY: we hold the page's lock, which owns its staging slot.
+                    unsafe { core.staging.slot_mut(slot) }.as_ptr()
+                }
+                EvictAction::Drop | EvictAction::DropStaged => continue,
             };
+            let dst = &mut self.buf[dirty * PAGE_BYTES..(dirty + 1) * PAGE_BYTES];
+            // SAFETY: `src` is a full page that nobody can change during the copy: a mapped,
+            // write-protected page of the global range that we hold locked, or the staging
+            // slot of such a page.
+            unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), PAGE_BYTES) };
             dirty += 1;
         }
         if dirty == 0 {
@@ -166,11 +208,7 @@ impl Evictor {
         }
         let mut ops: Vec<WriteOp<'_>> = recycle(std::mem::take(&mut self.ops));
         let mut chunks = self.buf.chunks_exact(PAGE_BYTES);
-        for v in self
-            .victims
-            .iter()
-            .filter(|v| v.action == EvictAction::WriteBack)
-        {
+        for v in self.victims.iter().filter(|v| v.action.writes_back()) {
             let home = core.placement.home(v.page);
             ops.push(WriteOp {
                 node: home.node,
@@ -194,11 +232,11 @@ impl Evictor {
         // Unmap every mapped victim in one batch (adjacent pages merged into runs); staged
         // pages have nothing mapped.
         self.victims
-            .sort_unstable_by_key(|v| (v.action == EvictAction::DropStaged, v.page));
+            .sort_unstable_by_key(|v| (!v.action.unmaps(), v.page));
         let mapped = self
             .victims
             .iter()
-            .take_while(|v| v.action != EvictAction::DropStaged)
+            .take_while(|v| v.action.unmaps())
             .count();
         let mut i = 0;
         while i < mapped {
@@ -226,7 +264,7 @@ impl Evictor {
             core.table.unlock(v.page, next);
             core.budget.give_back();
             st.evictions.fetch_add(1, Ordering::Relaxed);
-            if v.action != EvictAction::WriteBack {
+            if !v.action.writes_back() {
                 st.evictions_clean.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -23,9 +23,11 @@
 //! may install its next fetch writable and spare the write-protect fault that would
 //! follow (at the price of writing it home at its next eviction even if it stayed clean).
 //!
-//! A *staged* page is Invalid (not mapped) but has a clean local copy in a staging slot:
+//! A *staged* page is Invalid (not mapped) but has a local copy in a staging slot:
 //! prefetched pages wait there for their first use, and sampled pages are parked there so
 //! that their next use traps cheaply. A fault on it installs the local copy; no network.
+//! A page parked while dirty is *staged dirty*: its slot holds the only up-to-date copy,
+//! so a fault installs it writable (still dirty) and an eviction writes the slot home.
 
 /// What this process may do with a page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,7 +47,8 @@ const REFERENCED: u32 = 1 << 4;
 const PREFETCHED: u32 = 1 << 5;
 const STAGED: u32 = 1 << 6;
 const DIRTY_BEFORE: u32 = 1 << 7;
-const SLOT_SHIFT: u32 = 8;
+const STAGED_DIRTY: u32 = 1 << 8;
+const SLOT_SHIFT: u32 = 9;
 /// Most staging slots a state word can name.
 pub const MAX_STAGING_SLOTS: u32 = 1 << (32 - SLOT_SHIFT);
 
@@ -61,6 +64,7 @@ impl std::fmt::Debug for PageState {
             .field("busy", &self.busy())
             .field("referenced", &self.referenced())
             .field("staged", &self.staged())
+            .field("staged_dirty", &self.staged_dirty())
             .field("dirty_before", &self.dirty_before())
             .finish()
     }
@@ -125,6 +129,16 @@ impl PageState {
         (self.0 & STAGED != 0).then_some(self.0 >> SLOT_SHIFT)
     }
 
+    /// Whether the page is staged with data newer than its home copy.
+    pub fn staged_dirty(self) -> bool {
+        self.0 & STAGED_DIRTY != 0
+    }
+
+    /// Invalid with a local copy, newer than home (dirty), in staging slot `slot`.
+    pub fn with_staged_dirty(self, slot: u32) -> PageState {
+        self.with_staged(slot).set(STAGED_DIRTY, true)
+    }
+
     /// Invalid with a clean local copy in staging slot `slot`.
     pub fn with_staged(self, slot: u32) -> PageState {
         debug_assert!(slot < MAX_STAGING_SLOTS);
@@ -136,7 +150,7 @@ impl PageState {
     }
 
     fn without_staged(self) -> PageState {
-        PageState(self.0 & ((1 << SLOT_SHIFT) - 1) & !STAGED)
+        PageState(self.0 & ((1 << SLOT_SHIFT) - 1) & !(STAGED | STAGED_DIRTY))
     }
 
     fn set(self, bit: u32, on: bool) -> PageState {
@@ -174,7 +188,8 @@ pub enum FaultAction {
     Fetch { writable: bool },
     /// Shared copy present and the thread wants to write: lift write protection.
     Upgrade,
-    /// A local copy waits in staging: install it, writable if the access was a write.
+    /// A local copy waits in staging: install it, writable if the access was a write or
+    /// the copy is dirty.
     InstallStaged { writable: bool },
 }
 
@@ -185,9 +200,9 @@ pub fn on_fault(s: PageState, write: bool, wp: bool) -> FaultAction {
     match (s.access(), write || wp) {
         // A WP fault on a page evicted meanwhile: the retried access faults as missing.
         (Access::Invalid, _) if wp => FaultAction::Wake,
-        (Access::Invalid, writable) if s.staged().is_some() => {
-            FaultAction::InstallStaged { writable }
-        }
+        (Access::Invalid, writable) if s.staged().is_some() => FaultAction::InstallStaged {
+            writable: writable || s.staged_dirty(),
+        },
         (Access::Invalid, writable) if s.home_valid() => FaultAction::Fetch { writable },
         (Access::Invalid, writable) => FaultAction::ZeroFill { writable },
         (Access::Shared, true) => FaultAction::Upgrade,
@@ -220,6 +235,20 @@ pub enum EvictAction {
     WriteBack,
     /// Staged and never used: free the staging slot, no traffic.
     DropStaged,
+    /// Staged dirty: write the staging slot home, free it. Nothing is mapped.
+    WriteBackStaged,
+}
+
+impl EvictAction {
+    /// Whether the eviction writes the page home.
+    pub fn writes_back(self) -> bool {
+        matches!(self, EvictAction::WriteBack | EvictAction::WriteBackStaged)
+    }
+
+    /// Whether the page is mapped and must be unmapped.
+    pub fn unmaps(self) -> bool {
+        matches!(self, EvictAction::Drop | EvictAction::WriteBack)
+    }
 }
 
 /// Decides the eviction of cached page `s` (mapped or staged).
@@ -231,17 +260,18 @@ pub fn on_evict(s: PageState) -> EvictAction {
     match s.access() {
         Access::Exclusive => EvictAction::WriteBack,
         Access::Shared => EvictAction::Drop,
+        Access::Invalid if s.staged_dirty() => EvictAction::WriteBackStaged,
         Access::Invalid => EvictAction::DropStaged,
     }
 }
 
 /// State after an eviction completed.
 pub fn after_evict(s: PageState, action: EvictAction) -> PageState {
-    let home_valid = s.home_valid() || action == EvictAction::WriteBack;
+    let home_valid = s.home_valid() || action.writes_back();
     s.without_staged()
         .with_access(Access::Invalid)
         .with_home_valid(home_valid)
-        .set(DIRTY_BEFORE, action == EvictAction::WriteBack)
+        .set(DIRTY_BEFORE, action.writes_back())
         .with_referenced(false)
         .with_prefetched(false)
         .with_busy(false)
@@ -260,7 +290,16 @@ mod tests {
             .map(PageState)
             .filter(|s| s.0 & ACCESS_MASK == 0 && s.home_valid())
             .map(|s| s.with_staged(5));
-        plain.chain(staged).collect::<Vec<_>>().into_iter()
+        // Parked while dirty: home may hold an older copy, or none yet.
+        let staged_dirty = (0u32..256)
+            .map(PageState)
+            .filter(|s| s.0 & ACCESS_MASK == 0)
+            .map(|s| s.with_staged_dirty(7));
+        plain
+            .chain(staged)
+            .chain(staged_dirty)
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     /// Exhaustive check of the machine: every reachable state and event keeps the
@@ -288,6 +327,14 @@ mod tests {
                 if (write || wp) && a != FaultAction::Wake {
                     assert_eq!(n.access(), Access::Exclusive, "{s:?} {a:?}");
                 }
+                if s.staged_dirty() && a != FaultAction::Wake {
+                    assert_eq!(
+                        n.access(),
+                        Access::Exclusive,
+                        "{s:?}: a dirty copy stays dirty"
+                    );
+                }
+                assert!(!n.staged_dirty() || n.staged().is_some());
                 assert_eq!(n.home_valid(), s.home_valid(), "faults never change home");
                 assert_eq!(n.dirty_before(), s.dirty_before(), "only evictions set it");
                 if s.staged().is_some() && !wp {
@@ -307,11 +354,18 @@ mod tests {
                     assert_eq!(a, EvictAction::WriteBack, "dirty pages are written back");
                     assert!(n.home_valid());
                 }
+                if s.staged_dirty() {
+                    assert_eq!(a, EvictAction::WriteBackStaged, "a dirty slot goes home");
+                    assert!(n.home_valid());
+                }
                 assert_eq!(
-                    n.home_valid(),
-                    s.home_valid() || a == EvictAction::WriteBack
+                    a.unmaps(),
+                    s.resident(),
+                    "{s:?}: unmap exactly mapped pages"
                 );
-                assert_eq!(n.dirty_before(), a == EvictAction::WriteBack);
+                assert!(!n.staged_dirty());
+                assert_eq!(n.home_valid(), s.home_valid() || a.writes_back());
+                assert_eq!(n.dirty_before(), a.writes_back());
             }
         }
     }

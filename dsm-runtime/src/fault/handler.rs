@@ -329,7 +329,11 @@ impl FaultHandler {
         } else {
             st.sampled_hits.fetch_add(1, Ordering::Relaxed);
         }
-        core.eviction().on_access(page);
+        if state.prefetched() {
+            core.eviction().on_access(page);
+        } else {
+            core.eviction().on_sampled_hit(page);
+        }
         self.consult_prefetch(core, page, state.prefetched());
         Ok(())
     }

@@ -9,7 +9,11 @@
 //! - `on_insert` is called once when a page becomes resident, `on_remove` once when it
 //!   leaves; between them the page is "tracked". Calls for untracked pages are ignored.
 //! - `on_access` reports a use of a tracked page that the runtime observed (a fault on a
-//!   resident page, a staged page's first use, or a sampled reference).
+//!   resident page, or a staged page's first use).
+//! - `on_sampled_hit` reports a use of a tracked page that access sampling parked: the
+//!   page was idle long enough to reach the victim end of the policy's order, and was
+//!   used again anyway. Unlike a fault right after an insert, that is reuse at a
+//!   distance. By default it counts as an access.
 //! - `select_victims` pushes up to `n` *tracked* pages, best victim first, without
 //!   forgetting them: the evictor may skip a candidate it cannot lock, and calls
 //!   `on_remove` only for pages it really evicted. A policy never proposes a page twice in
@@ -39,6 +43,10 @@ pub trait EvictionPolicy: Send {
     fn on_insert(&mut self, page: PageNum, prefetched: bool);
     /// `page`, resident, was used.
     fn on_access(&mut self, page: PageNum);
+    /// `page`, parked by access sampling, was used again before it was evicted.
+    fn on_sampled_hit(&mut self, page: PageNum) {
+        self.on_access(page);
+    }
     /// `page` left the cache.
     fn on_remove(&mut self, page: PageNum);
     /// Pushes up to `n` victim candidates, best first.
@@ -61,6 +69,7 @@ mod tests {
     enum Op {
         Insert(u64, bool),
         Access(u64),
+        SampledHit(u64),
         Remove(u64),
         Select(usize),
     }
@@ -71,6 +80,7 @@ mod tests {
         prop_oneof![
             (0u64..24, any::<bool>()).prop_map(|(p, f)| Op::Insert(p, f)),
             (0u64..24).prop_map(Op::Access),
+            (0u64..24).prop_map(Op::SampledHit),
             (0u64..24).prop_map(Op::Remove),
             (0usize..12).prop_map(Op::Select),
         ]
@@ -100,6 +110,7 @@ mod tests {
                             tracked.insert(p);
                         }
                         Op::Access(p) => policy.on_access(PageNum(p)),
+                        Op::SampledHit(p) => policy.on_sampled_hit(PageNum(p)),
                         Op::Remove(p) => {
                             policy.on_remove(PageNum(p));
                             tracked.remove(&p);

@@ -167,17 +167,19 @@ impl Simulator {
                 // Clean pages are mapped write-protected: the first write traps.
                 let wp_fault = write && !r.dirty;
                 r.dirty |= write;
-                self.eviction.on_access(page);
                 if e.kind == EventKind::Sampled {
                     // The runtime parked the page to watch it: its next use re-faults
                     // locally and, like any served fault, is shown to the prefetcher.
+                    self.eviction.on_sampled_hit(page);
                     self.counts.sampled_hits += 1;
                     self.counts.stall_ns += self.latencies.local_fault_ns;
                     self.run_prefetch(page, false, e.time_ns);
                 } else if wp_fault {
+                    self.eviction.on_access(page);
                     self.counts.write_protect_faults += 1;
                     self.counts.stall_ns += self.latencies.local_fault_ns;
                 } else {
+                    self.eviction.on_access(page);
                     self.counts.hits += 1;
                 }
             }

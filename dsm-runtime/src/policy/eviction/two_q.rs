@@ -6,8 +6,13 @@
 //!
 //! Why 2Q here: it needs no per-access information to work. The runtime sees misses
 //! for free and ghost hits are misses it remembers; accesses to resident pages are only
-//! sampled, and 2Q uses them solely to refresh `Am`'s LRU order (where a missed sample
-//! costs little). ARC and CLOCK-Pro lean on every hit to move pages between lists.
+//! sampled. A sampled hit refreshes `Am`'s LRU order, and on an `A1in` page it is a
+//! promotion: sampling parks only pages at the victim end, so a page of `A1in` it
+//! catches has aged through the whole queue and was used again, which is the reuse at a
+//! distance that a ghost hit proves, learnt without the eviction and the refetch. (Left
+//! in `A1in`, such a page would be the next victim anyway, and the next sampling round
+//! would park it again.) ARC and CLOCK-Pro lean on every hit to move pages between
+//! lists.
 //!
 //! Prefetched pages enter `A1in` like any first use. A prefetched page that was a ghost
 //! is promoted to `Am` on its first real use (`on_access`), not at insertion: being
@@ -91,6 +96,16 @@ impl EvictionPolicy for TwoQ {
         // Otherwise only a ghost-prefetched page moves: uses inside A1in are the
         // correlated references 2Q deliberately ignores.
         if self.promote_on_use.remove(&page) && self.a1in.remove(page) {
+            self.am.push_back(page);
+        }
+    }
+
+    fn on_sampled_hit(&mut self, page: PageNum) {
+        if self.am.move_to_back(page) {
+            return;
+        }
+        if self.a1in.remove(page) {
+            self.promote_on_use.remove(&page);
             self.am.push_back(page);
         }
     }
@@ -202,6 +217,25 @@ mod tests {
         q.on_insert(PageNum(3), false); // A1in = [3]
         q.on_access(PageNum(3)); // ignored: correlated reference
         assert_eq!(victims(&mut q, 3), pages(&[2, 1, 3]));
+    }
+
+    #[test]
+    fn a_sampled_hit_promotes_from_a1in() {
+        let mut q = TwoQ::with_capacity(8); // A1in 2
+        for p in 1..=3 {
+            q.on_insert(PageNum(p), false);
+        }
+        // A1in = [1 2 3], 1 is over the share: sampling parks it, and it is used again.
+        assert_eq!(victims(&mut q, 1), pages(&[1]));
+        q.on_sampled_hit(PageNum(1));
+        assert!(q.am.contains(PageNum(1)) && !q.a1in.contains(PageNum(1)));
+        assert_eq!(q.len(), 3);
+        // No longer the next victim: A1in = [2 3] is within its share, so Am goes first,
+        // and a later sampled hit only refreshes its order.
+        q.on_insert(PageNum(4), false); // A1in = [2 3 4]
+        assert_eq!(victims(&mut q, 4), pages(&[2, 1, 3, 4]));
+        q.on_sampled_hit(PageNum(1));
+        assert_eq!(victims(&mut q, 4), pages(&[2, 1, 3, 4]));
     }
 
     #[test]
