@@ -19,14 +19,10 @@ if [ "$PEAK_KIB" = 0 ]; then
     echo "$PEAK_KIB" >"$WORK/peak_kib"
 fi
 LIMIT_MIB=$((PEAK_KIB * PCT / 100 / 1024))
-grep -q zram /proc/swaps || {
-    [ "$(cat /sys/block/zram0/disksize)" = 0 ] || { echo "zram0 in use" >&2; exit 1; }
-    echo lz4 >/sys/block/zram0/comp_algorithm 2>/dev/null || true
-    echo 4G >/sys/block/zram0/disksize; mkswap /dev/zram0 >/dev/null; swapon -p 100 /dev/zram0
-    trap 'swapoff /dev/zram0; echo 1 >/sys/block/zram0/reset' EXIT
-}
-CG=/sys/fs/cgroup/memory/dsm-velvet-pairs; mkdir -p "$CG"
-echo $((LIMIT_MIB << 20)) >"$CG/memory.limit_in_bytes"; echo 60 >"$CG/memory.swappiness" 2>/dev/null || true
+# shellcheck source=benches/kernel_swap.sh
+. "$(dirname "$0")/kernel_swap.sh"
+zram_swap_on
+CG=$(swap_cgroup dsm-velvet-pairs "$LIMIT_MIB")
 fresh() { rm -rf "$1"; mkdir -p "$1"; cp "$WORK"/base/{Sequences,Roadmaps,Log} "$1/"; }
 secs() { local t0 t1 rc=0; t0=$(date +%s.%N); "$@" >/dev/null 2>"$WORK/pairs.err" || rc=$?; t1=$(date +%s.%N); printf '%.1f %s\n' "$(echo "$t1 - $t0" | bc)" "$rc"; }
 run() { # kind -> "seconds verdict"
