@@ -1,5 +1,7 @@
 #!/bin/bash
-# Kernel costs behind two runtime design choices, measured side by side (as root):
+# Kernel costs behind the runtime's design choices, measured side by side (as root):
+# - a fault by who serves it: a handler thread (poll or read), the faulting thread itself
+#   (userfaultfd's SIGBUS mode), the kernel's own anonymous fault, a futex round trip;
 # - userfaultfd round trip by CPU placement (why `dsmrun --cpus` keeps the program and
 #   its handler on one CPU, and why the reclaimer stays there too);
 # - dropping scattered pages with a madvise each against one process_madvise per batch
@@ -11,6 +13,9 @@ DIR=$(mktemp -d); trap 'rm -rf "$DIR"' EXIT
 HERE=$(cd "$(dirname "$0")" && pwd)
 gcc -O2 -pthread -o "$DIR/uffd_placement" "$HERE/kernel/uffd_placement.c"
 gcc -O2 -o "$DIR/unmap_batch" "$HERE/kernel/unmap_batch.c"
+gcc -O2 -pthread -o "$DIR/uffd_modes" "$HERE/kernel/uffd_modes.c"
+echo "== a fault by who serves it, on CPU $A (20000 faults each)"
+for mode in poll read sigbus kernel; do taskset -c "$A" "$DIR/uffd_modes" "$mode"; done
 echo "== userfaultfd round trip (20000 faults each)"
 for cfg in "$A $A 0 0" "$B $A 0 0" "$B $A 1 0" "$B $A 1 1" "$B $A 0 1" "$A $A 0 0"; do
   # shellcheck disable=SC2086
