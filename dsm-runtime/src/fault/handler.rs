@@ -326,12 +326,9 @@ impl FaultHandler {
         st.staged_hits.fetch_add(1, Ordering::Relaxed);
         if state.prefetched() {
             st.prefetch_used.fetch_add(1, Ordering::Relaxed);
-        } else {
-            st.sampled_hits.fetch_add(1, Ordering::Relaxed);
-        }
-        if state.prefetched() {
             core.eviction().on_access(page);
         } else {
+            st.sampled_hits.fetch_add(1, Ordering::Relaxed);
             core.eviction().on_sampled_hit(page);
         }
         self.consult_prefetch(core, page, state.prefetched());
