@@ -211,21 +211,28 @@ pub(crate) fn as_internal<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Starts one of the runtime's own threads. Every such thread is marked internal before it
-/// runs anything, so an allocator serving the program from the global range sends its
-/// allocations elsewhere (a runtime thread that faulted on the range would wait for
-/// itself), and a failure ends the process with a message instead of hanging faulting
-/// threads.
+/// Starts one of the runtime's own threads. Every such thread is marked internal, so an
+/// allocator serving the program from the global range sends its allocations elsewhere
+/// (a runtime thread that faulted on the range would wait for itself), and a failure ends
+/// the process with a message instead of hanging faulting threads.
+///
+/// Returns only once the thread is marked: the thread allocates before its body runs (the
+/// standard library registers thread-local destructors, which `calloc`s), and the caller
+/// must not let the global heap serve the program until no runtime thread can allocate
+/// unmarked.
 fn spawn_internal(
     core: &Arc<Core>,
     name: String,
     body: impl FnOnce(&Core) -> Result<(), RuntimeError> + Send + 'static,
 ) -> Result<JoinHandle<()>, RuntimeError> {
     let core = Arc::clone(core);
-    std::thread::Builder::new()
+    let (marked_tx, marked_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let handle = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
             mark_current_thread_internal();
+            // The starter may have gone on (an error): nothing to tell then.
+            let _ = marked_tx.send(());
             if let Err(e) = body(&core) {
                 fatal(&e);
             }
@@ -233,7 +240,10 @@ fn spawn_internal(
         .map_err(|source| RuntimeError::Os {
             what: "spawning a runtime thread",
             source,
-        })
+        })?;
+    // An error means the thread ended before marking itself, so it allocates no more.
+    let _ = marked_rx.recv();
+    Ok(handle)
 }
 
 /// Ends the process after a failure that leaves a faulting thread unservable.
