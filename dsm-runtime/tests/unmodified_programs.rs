@@ -99,6 +99,54 @@ fn multithreaded_c_program_with_random_access() {
 }
 
 #[test]
+fn a_thrashing_job_is_told_so_while_it_runs() {
+    let Some(exe) = compile_c("heapwalk", &[]) else {
+        return skip("thrash_warning", "no C compiler (apt-get install gcc)");
+    };
+    let _turn = heavy();
+    // 32 MiB walked at random by 4 threads through a 2 MiB cache: nearly every access
+    // faults, for a few seconds.
+    let args = ["32", "4", "40", "7"];
+    let native = run_measured(Command::new(&exe).args(args));
+    assert_eq!(native.code, 0, "heapwalk natively: {}", native.stderr);
+    let dir = scratch("thrash");
+    let run = |window: &str| {
+        run_measured(
+            dsmrun_cmd(2, 2 << 20, &dir.join("stats.json"))
+                .args(["--thrash-warning", window, "--"])
+                .arg(&exe)
+                .args(args),
+        )
+    };
+    let warned = run("1");
+    assert_eq!(warned.code, 0, "{}", warned.stderr);
+    assert_eq!(
+        warned.stdout, native.stdout,
+        "the warning must not disturb the job"
+    );
+    assert_eq!(
+        warned.stderr.matches("is thrashing").count(),
+        1,
+        "one warning, naming the cure: {}",
+        warned.stderr
+    );
+    assert!(
+        warned.stderr.contains("heapwalk") && warned.stderr.contains("--local-cache"),
+        "{}",
+        warned.stderr
+    );
+    let silenced = run("0");
+    assert_eq!(silenced.code, 0, "{}", silenced.stderr);
+    assert!(
+        !silenced.stderr.contains("thrashing"),
+        "--thrash-warning 0 silences it: {}",
+        silenced.stderr
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(exe);
+}
+
+#[test]
 fn openmp_program() {
     let Some(exe) = compile_c("omp", &["-fopenmp"]) else {
         return skip("openmp_program", "no C compiler (apt-get install gcc)");

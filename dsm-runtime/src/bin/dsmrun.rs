@@ -114,6 +114,11 @@ struct RunCli {
     /// program write FILE.1, FILE.2, ...) (e.g. --record-trace run.dsmt).
     #[arg(long, value_name = "FILE")]
     record_trace: Option<PathBuf>,
+    /// Warn on stderr, once, when the job has waited for pages more than half of the time
+    /// for this many seconds in a row: it is thrashing, and a larger --local-cache would
+    /// help. 0 never warns (e.g. --thrash-warning 300 for a job known to start slowly).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    thrash_warning: u64,
     /// The program and its arguments.
     #[arg(required = true, value_name = "PROGRAM [ARGS]...")]
     program: Vec<OsString>,
@@ -207,6 +212,8 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
             None => None,
         },
         record_trace: cli.record_trace,
+        thrash_warning: (cli.thrash_warning > 0)
+            .then(|| std::time::Duration::from_secs(cli.thrash_warning)),
         program: cli.program,
     })
 }

@@ -10,6 +10,7 @@
 pub mod cpus;
 pub mod signals;
 pub mod summary;
+pub mod thrash;
 
 use crate::config::job::{JobConfig, TransportKind, SLOTS_MAX, SLOT_ALIGN_BYTES};
 use crate::config::{physical_memory_bytes, SPACE_END_MAX};
@@ -69,6 +70,9 @@ pub struct RunOptions {
     pub profile: Option<String>,
     /// Where to record the page-access stream.
     pub record_trace: Option<PathBuf>,
+    /// Warn when the job's faults take more than half the wall time over this long
+    /// (`--thrash-warning`); `None` never warns.
+    pub thrash_warning: Option<Duration>,
     /// The program and its arguments.
     pub program: Vec<OsString>,
 }
@@ -426,14 +430,32 @@ fn run_program(
         opts.program[0].to_string_lossy()
     )))?;
     signals::forward_to(child.id());
-    let status = wait_watching_nodes(&mut child, nodes, opts);
+    let mut thrash = match (opts.thrash_warning, &job.stats_dir) {
+        (Some(window), Some(dir)) if !opts.quiet => Some(thrash::JobThrashWatch::new(
+            window,
+            dir.clone(),
+            opts.program[0].to_string_lossy().into_owned(),
+            opts.cache_bytes_max,
+        )),
+        _ => None,
+    };
+    let status = wait_watching_nodes(&mut child, nodes, opts, thrash.as_mut());
     signals::stop_forwarding();
     Ok(status)
 }
 
 /// Waits for the program; if a node dies first, says which and stops the program.
-fn wait_watching_nodes(child: &mut Child, nodes: &mut LocalNodes, opts: &RunOptions) -> i32 {
+/// Meanwhile tells the user if the job is thrashing (`thrash`).
+fn wait_watching_nodes(
+    child: &mut Child,
+    nodes: &mut LocalNodes,
+    opts: &RunOptions,
+    mut thrash: Option<&mut thrash::JobThrashWatch>,
+) -> i32 {
     loop {
+        if let Some(t) = thrash.as_deref_mut() {
+            t.poll();
+        }
         match child.try_wait() {
             Ok(Some(st)) => return exit_code_of(st, opts),
             Ok(None) => {}
