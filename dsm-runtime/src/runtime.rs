@@ -231,7 +231,7 @@ fn spawn_internal(
         .name(name)
         .spawn(move || {
             mark_current_thread_internal();
-            // The starter may have gone on (an error): nothing to tell then.
+            // The starter waits for this below before it returns.
             let _ = marked_tx.send(());
             if let Err(e) = body(&core) {
                 fatal(&e);
@@ -241,7 +241,7 @@ fn spawn_internal(
             what: "spawning a runtime thread",
             source,
         })?;
-    // An error means the thread ended before marking itself, so it allocates no more.
+    // An error means the thread ended without marking itself: it allocates no more.
     let _ = marked_rx.recv();
     Ok(handle)
 }

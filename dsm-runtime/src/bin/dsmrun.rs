@@ -116,7 +116,8 @@ struct RunCli {
     record_trace: Option<PathBuf>,
     /// Warn on stderr, once, when the job has waited for pages more than half of the time
     /// for this many seconds in a row: it is thrashing, and a larger --local-cache would
-    /// help. 0 never warns (e.g. --thrash-warning 300 for a job known to start slowly).
+    /// help. 0 never warns, nor does -q (e.g. --thrash-warning 300 for a job known to
+    /// start slowly).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     thrash_warning: u64,
     /// The program and its arguments.
