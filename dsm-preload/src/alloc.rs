@@ -2,9 +2,9 @@
 //! each is defined here and routed (see [`crate::route`]). Failures follow libc: NULL and
 //! `errno = ENOMEM` (or `EINVAL` for a bad alignment), never an abort.
 
+use crate::heap;
 use crate::route::{global_heap_serves, owns};
 use libc::{c_int, c_void, size_t};
-use libmimalloc_sys as mi;
 
 extern "C" {
     // glibc's own allocator under its internal names: what the program would have used.
@@ -54,10 +54,9 @@ fn libc_usable_size(p: *mut c_void) -> size_t {
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: size_t) -> *mut c_void {
     if global_heap_serves() {
-        // SAFETY: mimalloc's malloc has no preconditions.
-        enomem_if_null(unsafe { mi::mi_malloc(size) })
+        enomem_if_null(heap::malloc(size))
     } else {
-        // SAFETY: as above, for libc.
+        // SAFETY: libc's malloc has no preconditions.
         unsafe { __libc_malloc(size) }
     }
 }
@@ -70,8 +69,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
         return;
     }
     if owns(p as usize) {
-        // SAFETY: `p` lies in our slot, where only mimalloc hands out blocks.
-        unsafe { mi::mi_free(p) }
+        heap::free(p)
     } else {
         // SAFETY: not ours, so libc's (the caller guarantees it is a live block).
         unsafe { __libc_free(p) }
@@ -83,10 +81,9 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 #[no_mangle]
 pub unsafe extern "C" fn calloc(n: size_t, size: size_t) -> *mut c_void {
     if global_heap_serves() {
-        // SAFETY: mimalloc's calloc checks the product for overflow.
-        enomem_if_null(unsafe { mi::mi_calloc(n, size) })
+        enomem_if_null(heap::calloc(n, size))
     } else {
-        // SAFETY: as above, for libc.
+        // SAFETY: libc's calloc checks the product for overflow.
         unsafe { __libc_calloc(n, size) }
     }
 }
@@ -100,8 +97,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
         return unsafe { malloc(size) };
     }
     if owns(p as usize) {
-        // SAFETY: `p` is a mimalloc block (it lies in our slot).
-        return enomem_if_null(unsafe { mi::mi_realloc(p, size) });
+        return enomem_if_null(heap::realloc(p, size));
     }
     if !global_heap_serves() {
         // SAFETY: a libc block resized by libc.
@@ -114,8 +110,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t) -> *mut c_void {
         // SAFETY: cannot size it; let libc resize its own block.
         return unsafe { __libc_realloc(p, size) };
     }
-    // SAFETY: mimalloc's malloc has no preconditions.
-    let q = unsafe { mi::mi_malloc(size) };
+    let q = heap::malloc(size);
     if q.is_null() {
         return enomem_if_null(q);
     }
@@ -143,10 +138,9 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: size_t, size: size_t) -
 
 fn aligned(align: size_t, size: size_t) -> *mut c_void {
     if global_heap_serves() {
-        // SAFETY: `align` is a power of two (checked by every caller).
-        enomem_if_null(unsafe { mi::mi_malloc_aligned(size, align) })
+        enomem_if_null(heap::aligned(size, align))
     } else {
-        // SAFETY: as above, for libc.
+        // SAFETY: `align` is a power of two (checked by every caller).
         unsafe { __libc_memalign(align, size) }
     }
 }
@@ -221,8 +215,7 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> size_t {
     if p.is_null() {
         0
     } else if owns(p as usize) {
-        // SAFETY: a mimalloc block.
-        unsafe { mi::mi_usable_size(p) }
+        heap::usable_size(p)
     } else {
         libc_usable_size(p)
     }

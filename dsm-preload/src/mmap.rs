@@ -18,7 +18,6 @@
 use crate::route::{global_heap_serves, overlaps, owns, state, READY};
 use dsm_runtime::runtime::current_thread_is_internal;
 use libc::{c_int, c_long, c_void, off_t, size_t};
-use libmimalloc_sys as mi;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -154,22 +153,36 @@ fn sys_munmap(addr: *mut c_void, len: size_t) -> c_int {
     unsafe { libc::syscall(libc::SYS_munmap, addr, len) as c_int }
 }
 
-/// A zeroed heap block standing in for an anonymous mapping, or None to map normally.
-fn heap_mapping(len: usize) -> Option<*mut c_void> {
-    let len = len.checked_next_multiple_of(PAGE)?;
+/// Why a mapping could not come from the heap.
+enum NotPooled {
+    /// The pool cannot hold it: the caller gets ENOMEM, as the kernel would say.
+    NoMemory,
+    /// The block table is full: the kernel maps it, outside the pool.
+    TableFull,
+}
+
+/// A zeroed heap block standing in for an anonymous mapping.
+fn heap_mapping(len: usize) -> Result<*mut c_void, NotPooled> {
+    let len = len
+        .checked_next_multiple_of(PAGE)
+        .ok_or(NotPooled::NoMemory)?;
     INSIDE.with(|c| c.set(true));
-    // SAFETY: PAGE is a power of two; mimalloc zeroes only what is not known to be zero.
-    let p = unsafe { mi::mi_zalloc_aligned(len, PAGE) };
+    let p = crate::heap::zeroed_pages(len);
     INSIDE.with(|c| c.set(false));
     if p.is_null() {
-        return None;
+        return Err(NotPooled::NoMemory);
     }
     if !remember(p as usize, len) {
-        // SAFETY: the block we just allocated.
-        unsafe { mi::mi_free(p) };
-        return None;
+        crate::heap::free(p);
+        return Err(NotPooled::TableFull);
     }
-    Some(p)
+    Ok(p)
+}
+
+fn map_failed(errno: c_int) -> *mut c_void {
+    // SAFETY: errno slot of this thread.
+    unsafe { *libc::__errno_location() = errno };
+    libc::MAP_FAILED
 }
 
 /// # Safety
@@ -184,8 +197,10 @@ pub unsafe extern "C" fn mmap(
     off: off_t,
 ) -> *mut c_void {
     if redirectable(addr, len, prot, flags, fd) {
-        if let Some(p) = heap_mapping(len) {
-            return p;
+        match heap_mapping(len) {
+            Ok(p) => return p,
+            Err(NotPooled::NoMemory) => return map_failed(libc::ENOMEM),
+            Err(NotPooled::TableFull) => {}
         }
     }
     sys_mmap(addr, len, prot, flags, fd, off)
@@ -213,8 +228,7 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
     if owns(addr as usize) && !current_thread_is_internal() {
         if let Some(block_len) = length_of(addr as usize) {
             if len >= block_len && forget(addr as usize).is_some() {
-                // SAFETY: a block our mmap handed out, unmapped whole.
-                unsafe { mi::mi_free(addr) };
+                crate::heap::free(addr);
                 return 0;
             }
         }
@@ -263,10 +277,8 @@ pub unsafe extern "C" fn mremap(
         unsafe { *libc::__errno_location() = libc::ENOMEM };
         return libc::MAP_FAILED;
     }
-    let Some(new) = heap_mapping(new_len) else {
-        // SAFETY: errno slot of this thread.
-        unsafe { *libc::__errno_location() = libc::ENOMEM };
-        return libc::MAP_FAILED;
+    let Ok(new) = heap_mapping(new_len) else {
+        return map_failed(libc::ENOMEM);
     };
     // SAFETY: both blocks are ours and distinct; `old` holds `block_len` bytes.
     unsafe { std::ptr::copy_nonoverlapping(old.cast::<u8>(), new.cast::<u8>(), block_len) };

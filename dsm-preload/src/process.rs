@@ -2,7 +2,7 @@
 //! the slot to mimalloc), `fork`, and the statistics written at exit.
 
 use crate::route::{self, FORKED, OFF, READY, STARTING, UNINIT};
-use dsm_runtime::config::job::{pid_alive, JobConfig, JobError};
+use dsm_runtime::config::job::{owner_alive, JobConfig, JobError, Owner};
 use dsm_runtime::policy::profile::{PlacementSpec, Profile};
 use dsm_runtime::runtime::{Policies, EXIT_RUNTIME_FAILURE};
 use dsm_runtime::space::PAGE_BYTES;
@@ -34,8 +34,8 @@ enum StartError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Select(#[from] SelectError),
-    #[error("mimalloc refused the global range {base:#x}+{len:#x} as an arena")]
-    Arena { base: usize, len: usize },
+    #[error(transparent)]
+    Arena(#[from] crate::heap::ArenaRefused),
     #[error("profile: {0}")]
     Profile(String),
     #[error("recording the trace: {0}")]
@@ -120,7 +120,7 @@ fn start_runtime(
             let node_bytes = transport
                 .nodes()
                 .iter()
-                .map(|n| n.region_bytes)
+                .map(|n| dsm_runtime::node::header::data_bytes(n.region_bytes))
                 .min()
                 .unwrap_or(0);
             let pages = config.space_page_offset + config.space_bytes / PAGE_BYTES as u64;
@@ -170,7 +170,7 @@ fn start() -> Result<Running, StartError> {
     }
     let slot = {
         let mut session = transport.connect().map_err(RuntimeError::from)?;
-        job.claim_slot(session.as_mut(), pid, pid_alive)?
+        job.claim_slot(session.as_mut(), Owner::this_process(), owner_alive)?
     };
     let runtime = start_runtime(&job, slot, transport.as_ref())?;
     let base = runtime.base() as usize;
@@ -187,30 +187,13 @@ fn start() -> Result<Running, StartError> {
         // The global range is the only memory the program's heap may use.
         mi::mi_option_set(MI_OPTION_DISALLOW_OS_ALLOC, 1);
         mi::mi_option_set(MI_OPTION_ALLOW_THP, 0);
-        mi::mi_option_set(MI_OPTION_ARENA_MAX_OBJECT_SIZE, (len >> 10) as c_long);
+        mi::mi_option_set(
+            MI_OPTION_ARENA_MAX_OBJECT_SIZE,
+            (crate::heap::ARENA_BYTES >> 10) as c_long,
+        );
     }
-    let mut arena: mi::mi_arena_id_t = std::ptr::null_mut();
-    // SAFETY: [base, base+len) is our reservation, readable and writable (faults are
-    // served by the runtime started above), zero until written, and never unmapped while
-    // the process lives. Not pinned, so that mimalloc purges (and "decommits") freed
-    // spans: both are `madvise(MADV_DONTNEED)`, which becomes a discard, and its
-    // "commit" is an `mprotect`, which we accept and ignore.
-    let ok = unsafe {
-        mi::mi_manage_os_memory_ex(
-            base as *mut libc::c_void,
-            len,
-            true,  // committed
-            false, // not pinned (large)
-            true,  // zero
-            -1,
-            false,
-            &mut arena,
-        )
-    };
-    if !ok {
-        return Err(StartError::Arena { base, len });
-    }
-    crate::mmap::configure(job.mmap_min_bytes as usize, len / 2);
+    crate::heap::init(base, len)?;
+    crate::mmap::configure(job.mmap_min_bytes as usize, len);
     if job.verbose {
         eprintln!(
             "dsm: {} (pid {pid}) slot {slot}: heap {base:#x}..{:#x}, local cache {} MiB",
@@ -307,6 +290,14 @@ pub fn discard(addr: usize, len: usize) -> bool {
         Some(r) => r.runtime.discard(addr, len),
         None => false,
     }
+}
+
+/// What the pool could still hold and the local cache's size, in bytes, for the heap's
+/// admission of large blocks; `None` when no runtime serves this process.
+pub fn pool_free_bytes() -> Option<(u64, u64)> {
+    let r = running().filter(|_| route::state() == READY)?;
+    let pool = r.runtime.pool_free_bytes()?;
+    Some((pool, r.job.cache_bytes_max))
 }
 
 /// Whether any page of this process has ever left its local cache. Each path that evicts

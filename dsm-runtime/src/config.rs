@@ -38,6 +38,10 @@ pub struct RuntimeConfig {
     /// range as global page `space_page_offset + p`, so processes of one job that use
     /// disjoint slices of the global space also use disjoint node memory.
     pub space_page_offset: u64,
+    /// The job slot this process holds, whose pages are counted against the nodes'
+    /// capacity as they are written home (`space::pool`); `None` for a runtime outside a
+    /// job (tests, benchmarks), whose pages are not counted.
+    pub pool_slot: Option<usize>,
     /// Most bytes of the global range resident locally at once.
     pub cache_bytes_max: u64,
     /// Background reclaim starts when free cache falls below this percentage.
@@ -99,6 +103,7 @@ impl Default for RuntimeConfig {
             space_base: DEFAULT_SPACE_BASE,
             space_bytes: 0,
             space_page_offset: 0,
+            pool_slot: None,
             cache_bytes_max: 256 << 20,
             reclaim_start_free_pct: 3,
             reclaim_stop_free_pct: 8,

@@ -1,7 +1,7 @@
 //! Starting memory nodes as local processes (the embedded default of `dsmrun`, and the
 //! integration tests).
 
-use crate::node::READY_PREFIX;
+use crate::node::{NodeSize, READY_PREFIX};
 use crate::transport::auth::Secret;
 use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
@@ -40,6 +40,16 @@ impl LocalNodes {
         node_bytes: u64,
         secret: &Secret,
     ) -> io::Result<LocalNodes> {
+        LocalNodes::spawn_sized(exe, count, NodeSize::of_memory(node_bytes), secret)
+    }
+
+    /// Starts `count` nodes of `size` each, as [`LocalNodes::spawn`].
+    pub fn spawn_sized(
+        exe: &Path,
+        count: usize,
+        size: NodeSize,
+        secret: &Secret,
+    ) -> io::Result<LocalNodes> {
         let mut nodes = LocalNodes {
             children: Vec::with_capacity(count),
             addrs: Vec::with_capacity(count),
@@ -47,7 +57,8 @@ impl LocalNodes {
         for id in 0..count {
             let mut cmd = Command::new(exe);
             cmd.args(["node", "--id", &id.to_string(), "--listen", "127.0.0.1:0"])
-                .args(["--memory", &node_bytes.to_string(), "--die-with-parent"])
+                .args(["--memory", &size.memory_bytes.to_string()])
+                .args(["--span", &size.span_bytes.to_string(), "--die-with-parent"])
                 .env("DSM_SECRET", secret.as_str())
                 // A node is not part of the program: no preloaded runtime, and its own
                 // process group, so a Ctrl-C meant for the program does not kill the

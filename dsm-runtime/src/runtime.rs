@@ -2,6 +2,7 @@
 //! fault handlers and the background reclaimer until shut down.
 
 use crate::cache::{CacheBudget, Evictor, PageTable, Staging};
+use crate::config::job::Owner;
 use crate::config::{ConfigError, RuntimeConfig};
 use crate::fault::prefetcher::{self, PrefetchQueue};
 use crate::fault::uffd::{UffdError, Userfaultfd, FEATURE_PAGEFAULT_FLAG_WP, FEATURE_THREAD_ID};
@@ -10,6 +11,7 @@ use crate::policy::eviction::Clock;
 use crate::policy::placement::Shifted;
 use crate::policy::prefetch::NoPrefetch;
 use crate::policy::{EvictionPolicy, Interleaved, Placement, PlacementError, PrefetchPolicy};
+use crate::space::pool::PoolAccount;
 use crate::space::{Layout, PageNum, Reservation, ReserveError, PAGE_BYTES};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::transport::{Session, Transport, TransportError};
@@ -47,6 +49,9 @@ pub enum RuntimeError {
     /// No node to place pages on.
     #[error("the cluster has no memory nodes")]
     NoNodes,
+    /// The pool cannot hold the pages being written home.
+    #[error(transparent)]
+    Pool(#[from] crate::space::pool::PoolError),
     /// Every cached page stayed locked for too long.
     #[error(
         "the local cache ({capacity_pages} pages) stayed full of pages in use; raise --local-cache"
@@ -69,6 +74,8 @@ pub struct Core {
     pub(crate) budget: CacheBudget,
     pub(crate) staging: Staging,
     pub(crate) placement: Box<dyn Placement>,
+    /// Claims on the nodes' memory (`None` outside a job: nothing is counted).
+    pub(crate) pool: Option<PoolAccount>,
     eviction: Mutex<Box<dyn EvictionPolicy>>,
     prefetch: Mutex<Box<dyn PrefetchPolicy>>,
     pub(crate) prefetcher: PrefetchQueue,
@@ -133,6 +140,9 @@ impl Core {
                 *kicked = false;
             }
             self.maybe_sample(&mut evictor, &mut last_sample)?;
+            if let Some(pool) = &self.pool {
+                pool.trim(session.as_mut())?;
+            }
             self.maybe_checkpoint(&mut last_checkpoint);
             if self.budget.free() >= self.reclaim_start_free {
                 continue;
@@ -306,7 +316,7 @@ impl Runtime {
         let nodes = transport.nodes();
         let node_bytes = nodes
             .iter()
-            .map(|n| n.region_bytes)
+            .map(|n| crate::node::header::data_bytes(n.region_bytes))
             .min()
             .ok_or(RuntimeError::NoNodes)?;
         let page = PAGE_BYTES as u64;
@@ -339,6 +349,15 @@ impl Runtime {
         for _ in 0..config.handler_threads + 2 {
             sessions.push(transport.connect()?);
         }
+        let pool = match config.pool_slot {
+            Some(slot) => Some(PoolAccount::open(
+                sessions[0].as_mut(),
+                Owner::this_process(),
+                slot,
+                nodes.len(),
+            )?),
+            None => None,
+        };
         let reservation = Reservation::new(config.space_base, space_bytes as usize)?;
         let uffd = Userfaultfd::open(FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID)?;
         uffd.register(reservation.base(), reservation.len(), true)?;
@@ -370,6 +389,7 @@ impl Runtime {
                 source,
             })?,
             placement,
+            pool,
             eviction: Mutex::new(policies.eviction),
             prefetch: Mutex::new(policies.prefetch),
             prefetcher: PrefetchQueue::new(4 * config.prefetch_max_pages.max(16)),
@@ -439,6 +459,13 @@ impl Runtime {
         let first = PageNum(((addr - base) / PAGE_BYTES) as u64);
         as_internal(|| self.core.discard(first, len.div_ceil(PAGE_BYTES) as u64));
         true
+    }
+
+    /// Bytes the memory pool could still hold (as read from the nodes at most 100 ms
+    /// ago), or `None` outside a job, where nothing is counted.
+    pub fn pool_free_bytes(&self) -> Option<u64> {
+        let pool = self.core.pool.as_ref()?;
+        Some(pool.free_pages_estimate() * PAGE_BYTES as u64)
     }
 
     /// Calls `save` with a copy of the statistics every `period` (on a runtime thread,

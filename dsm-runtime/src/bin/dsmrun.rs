@@ -6,6 +6,7 @@ use clap::{Parser, ValueEnum};
 use dsm_runtime::config::job::TransportKind;
 use dsm_runtime::config::{parse_size, physical_memory_bytes, DEFAULT_SPACE_BASE};
 use dsm_runtime::launcher::{self, RunOptions, EXIT_SETUP};
+use dsm_runtime::node::{header::NODE_HEADER_BYTES, NodeSize};
 use dsm_runtime::policy::profile::Profile;
 use dsm_runtime::transport::auth::Secret;
 use dsm_runtime::tune::{self, TuneArgs};
@@ -150,9 +151,15 @@ struct NodeCli {
     /// Address to listen on, e.g. 127.0.0.1:0 (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Memory this node contributes (e.g. 64G); lazily backed.
+    /// Memory this node contributes (e.g. 64G): the most pages it holds; lazily backed.
     #[arg(long, default_value = "16G")]
     memory: String,
+    /// Address space of its region, where pages of the global space are placed (e.g.
+    /// 64T); only pages written home take memory. Default: --memory plus a 64 KiB header.
+    /// A job's processes get slices as large as the nodes' spans allow (4 TiB at most).
+    /// An RDMA node without on-demand paging pins its whole span: keep the default there.
+    #[arg(long)]
+    span: Option<String>,
     /// Exit when the launching process exits.
     #[arg(long)]
     die_with_parent: bool,
@@ -228,11 +235,18 @@ fn node_main(args: Vec<OsString>) -> Result<()> {
             cli.memory
         );
     }
+    let mut size = NodeSize::of_memory(bytes);
+    if let Some(text) = &cli.span {
+        size.span_bytes = parse_size(text, None).map_err(anyhow::Error::msg)?;
+        if size.span_bytes % 4096 != 0 || size.span_bytes <= NODE_HEADER_BYTES {
+            bail!("--span {text}: must be a multiple of 4 KiB above the 64 KiB header");
+        }
+    }
     let secret = std::env::var("DSM_SECRET")
         .ok()
         .and_then(Secret::new)
         .context("DSM_SECRET is not set: a memory node needs the job secret")?;
-    dsm_runtime::node::run(cli.id, cli.listen, bytes, secret, cli.die_with_parent)
+    dsm_runtime::node::run(cli.id, cli.listen, size, secret, cli.die_with_parent)
         .with_context(|| format!("memory node {} on {}", cli.id, cli.listen))?;
     Ok(())
 }

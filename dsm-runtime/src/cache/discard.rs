@@ -114,6 +114,10 @@ impl Core {
                 self.budget.give_back();
                 dropped += 1;
             }
+            if let (Some(pool), true) = (&self.pool, state.home_valid()) {
+                // Its home copy is forgotten: the node memory is free for other pages.
+                pool.forget(self.placement.home(page).node, 1);
+            }
             self.table.unlock(page, PageState::UNTOUCHED);
             if let Some(trace) = &self.trace {
                 trace.record(crate::trace::EventKind::Discard, page);

@@ -210,6 +210,10 @@ impl Evictor {
         let mut chunks = self.buf.chunks_exact(PAGE_BYTES);
         for v in self.victims.iter().filter(|v| v.action.writes_back()) {
             let home = core.placement.home(v.page);
+            if let (Some(pool), false) = (&core.pool, v.state.home_valid()) {
+                // Its first trip home: the page takes memory on its node from now on.
+                pool.reserve(session, home.node, 1)?;
+            }
             ops.push(WriteOp {
                 node: home.node,
                 offset: home.offset,

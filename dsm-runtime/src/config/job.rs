@@ -1,15 +1,17 @@
 //! The job: what `dsmrun` tells every process that loads the runtime, through `DSM_*`
 //! environment variables, and how each process claims its own slice of the global space.
 //!
-//! `dsmrun` decides the job's global range once: `slots` slices of `slot_bytes` each,
-//! starting at `space_base`. A process that loads the runtime (the program, and every
-//! program it `exec`s) claims a free slot with a compare-and-swap on a table of `slots`
-//! 8-byte words at the start of node 0's region; the word holds the owner's pid. A slot
-//! whose owner has exited is free again, so a shell script that runs many programs one
-//! after another never runs out of slots, and a crashed process frees its slot by dying.
+//! `dsmrun` decides the job's global range once: `slots` slices of `slot_bytes` each
+//! (4 TiB by default: address space is cheap), starting at `space_base`. A process that
+//! loads the runtime (the program, and every program it `exec`s) claims a free slot with
+//! a compare-and-swap on the slot table in node 0's header (`node::header`); the word
+//! names the owner (its host and pid, see [`Owner`]). A slot whose owner has exited is
+//! free again, so a shell script that runs many programs one after another never runs
+//! out of slots, and a crashed process frees its slot by dying.
 //! Slot `k` maps `[space_base + k * slot_bytes, +slot_bytes)` and places its pages as
-//! global pages `reserved + k * slot_pages ..`, so slots never share node memory; the
-//! `reserved` pages (one placement chunk per node) hold the slot table.
+//! global pages `k * slot_pages ..`, so slots never share a page's home. Node memory is
+//! not divided among slots: pages claim it as they are first written home
+//! (`space::pool`), so one process may fill the whole pool.
 //!
 //! Variables (unknown `DSM_*` names are rejected, so a typo is an error, not a default):
 //!
@@ -32,6 +34,7 @@
 //! | `DSM_TRACE` | record the page-access stream to this file (`FILE.SLOT` for slots above 0) |
 
 use super::{parse_size, ConfigError, RuntimeConfig, DEFAULT_SPACE_BASE, SPACE_END_MAX};
+use crate::node::header::slot_owner_offset;
 use crate::space::PAGE_BYTES;
 use crate::transport::auth::Secret;
 use crate::transport::{NodeId, Session, TransportError};
@@ -227,7 +230,7 @@ impl JobConfig {
             secret,
             transport,
             space_base,
-            slot_bytes: size("DSM_SLOT_BYTES", 1 << 30)?,
+            slot_bytes: size("DSM_SLOT_BYTES", DEFAULT_SLOT_BYTES)?,
             slots: number("DSM_SLOTS", 8)? as usize,
             cache_bytes_max: size("DSM_CACHE_BYTES", defaults.cache_bytes_max)?,
             handler_threads: number("DSM_HANDLER_THREADS", defaults.handler_threads as u64)?
@@ -305,14 +308,10 @@ impl JobConfig {
         Ok(())
     }
 
-    /// Pages reserved at the start of the global page numbering (the slot table).
-    pub fn reserved_pages(&self) -> u64 {
-        self.nodes.len() as u64 * self.placement_chunk_pages
-    }
-
-    /// Pages of node memory the whole job needs: what the pool must hold.
-    pub fn pool_pages_needed(&self) -> u64 {
-        self.reserved_pages() + self.slots as u64 * (self.slot_bytes / PAGE_BYTES as u64)
+    /// Pages of global space the whole job spans (all slots): what the nodes' regions
+    /// must be able to place, not memory they must hold.
+    pub fn space_pages(&self) -> u64 {
+        self.slots as u64 * (self.slot_bytes / PAGE_BYTES as u64)
     }
 
     /// The runtime configuration of the process holding `slot`.
@@ -323,7 +322,8 @@ impl JobConfig {
                 .space_base
                 .wrapping_add(slot.wrapping_mul(self.slot_bytes as usize)),
             space_bytes: self.slot_bytes,
-            space_page_offset: self.reserved_pages() + slot as u64 * slot_pages,
+            space_page_offset: slot as u64 * slot_pages,
+            pool_slot: Some(slot),
             cache_bytes_max: self.cache_bytes_max,
             handler_threads: self.handler_threads,
             node_timeout_ms: self.node_timeout_ms,
@@ -344,25 +344,26 @@ impl JobConfig {
         Some(PathBuf::from(p))
     }
 
-    /// Claims a free slot for process `pid`, using `alive` to tell whether a slot's
-    /// previous owner still runs. A slot held by `pid` itself was claimed by the program
-    /// this process ran before an `exec`; it is reused.
+    /// Claims a free slot for `me` (see [`Owner::this_process`]), using `alive` to tell
+    /// whether a slot's previous owner still runs. A slot held by `me` itself was claimed
+    /// by the program this process ran before an `exec`; it is reused.
     pub fn claim_slot(
         &self,
         session: &mut dyn Session,
-        pid: u32,
-        alive: impl Fn(u32) -> bool,
+        me: Owner,
+        alive: impl Fn(Owner) -> bool,
     ) -> Result<usize, JobError> {
         // Two passes: a slot freed by an exit between our read and our swap is seen again.
         for _ in 0..2 {
             for slot in 0..self.slots {
-                let offset = (slot * 8) as u64;
-                let owner = session.compare_and_swap(NodeId(0), offset, 0, 0)?;
-                // Our own pid: the image we replaced with exec held it, and is gone.
-                if owner != 0 && owner != u64::from(pid) && alive(owner as u32) {
+                let offset = slot_owner_offset(slot);
+                let word = session.compare_and_swap(NodeId(0), offset, 0, 0)?;
+                let owner = Owner(word);
+                // Our own word: the image we replaced with exec held it, and is gone.
+                if word != 0 && !owner.same_process(me) && alive(owner) {
                     continue;
                 }
-                if session.compare_and_swap(NodeId(0), offset, owner, u64::from(pid))? == owner {
+                if session.compare_and_swap(NodeId(0), offset, word, me.0)? == word {
                     return Ok(slot);
                 }
             }
@@ -371,12 +372,78 @@ impl JobConfig {
     }
 }
 
+/// Default size of each process's slice of the global range: address space, not memory.
+pub const DEFAULT_SLOT_BYTES: u64 = 4 << 40;
+
 /// Slot sizes are multiples of this, so that each slot starts where an allocator's arena
 /// may start (mimalloc wants 64 KiB; a round size keeps addresses readable).
 pub const SLOT_ALIGN_BYTES: u64 = 64 << 20;
 
-/// Whether process `pid` exists on this machine (processes of a job run where `dsmrun`
-/// started them, so the pid space is shared).
+/// Who holds a slot: a hash of the host's boot id in the high 32 bits (never 0), the pid
+/// in the low 31, and a flag bit. Processes of one job may run on several hosts and share
+/// node 0's slot table, where a pid alone would name different processes; a slot owned by
+/// another host's process is never taken, since its liveness cannot be checked from here
+/// (it is freed when the job ends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner(pub u64);
+
+/// Set in an owner word while its holder gives back the node memory of a dead process's
+/// slot (`space::pool`): the slot is held, by a live process, until that is done.
+pub const OWNER_RECLAIMING: u64 = 1 << 31;
+
+impl Owner {
+    /// `pid` on the host tagged `host`.
+    pub fn new(host: u32, pid: u32) -> Owner {
+        Owner((u64::from(host.max(1)) << 32) | u64::from(pid & 0x7fff_ffff))
+    }
+
+    /// The calling process on this host.
+    pub fn this_process() -> Owner {
+        Owner::new(host_tag(), std::process::id())
+    }
+
+    /// The host tag.
+    pub fn host(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// The pid on that host.
+    pub fn pid(self) -> u32 {
+        (self.0 & 0x7fff_ffff) as u32
+    }
+
+    /// The same process, whatever the flag bits.
+    pub fn same_process(self, other: Owner) -> bool {
+        self.host() == other.host() && self.pid() == other.pid()
+    }
+
+    /// This owner, marked as giving back a dead slot's memory.
+    pub fn reclaiming(self) -> Owner {
+        Owner(self.0 | OWNER_RECLAIMING)
+    }
+}
+
+/// This host's tag: a hash of its boot id (which also tells apart VMs and reboots), or of
+/// its host name if the boot id cannot be read.
+pub fn host_tag() -> u32 {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default();
+    // FNV-1a: stable across builds and processes, unlike std's hasher.
+    let h = id.trim().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    ((h >> 32) as u32 ^ h as u32).max(1)
+}
+
+/// Whether the process `owner` may still run: one of this host's that exists, or any of
+/// another host's.
+pub fn owner_alive(owner: Owner) -> bool {
+    owner.host() != host_tag() || pid_alive(owner.pid())
+}
+
+/// Whether process `pid` exists on this machine.
 pub fn pid_alive(pid: u32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence and permission.
     let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
@@ -483,8 +550,8 @@ mod tests {
         let a = job.runtime_config(0);
         let b = job.runtime_config(1);
         assert_eq!(a.space_base + (128 << 20), b.space_base);
-        assert_eq!(a.space_page_offset, 3);
-        assert_eq!(b.space_page_offset, 3 + (128 << 20) / 4096);
-        assert_eq!(job.pool_pages_needed(), 3 + 4 * (128 << 20) / 4096);
+        assert_eq!(a.space_page_offset, 0);
+        assert_eq!(b.space_page_offset, (128 << 20) / 4096);
+        assert_eq!(job.space_pages(), 4 * (128 << 20) / 4096);
     }
 }

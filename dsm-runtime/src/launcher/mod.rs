@@ -12,10 +12,14 @@ pub mod signals;
 pub mod summary;
 pub mod thrash;
 
-use crate::config::job::{JobConfig, TransportKind, SLOTS_MAX, SLOT_ALIGN_BYTES};
+use crate::config::job::{
+    JobConfig, TransportKind, DEFAULT_SLOT_BYTES, SLOTS_MAX, SLOT_ALIGN_BYTES,
+};
 use crate::config::{physical_memory_bytes, SPACE_END_MAX};
 use crate::fault::uffd::{UffdError, Userfaultfd, FEATURE_PAGEFAULT_FLAG_WP, FEATURE_THREAD_ID};
 use crate::launch::{unblock_signals_in_child, LocalNodes};
+use crate::node::header::{data_bytes, NODE_HEADER_BYTES};
+use crate::node::NodeSize;
 use crate::runtime::EXIT_RUNTIME_FAILURE;
 use crate::space::PAGE_BYTES;
 use crate::transport::auth::Secret;
@@ -222,8 +226,35 @@ fn diagnose_uffd_permission() -> String {
     lines.join("\n")
 }
 
-/// Slices of the job's global range: as large as the pool and the address space allow.
-fn plan_job(opts: &RunOptions) -> Result<(u64, usize), LaunchError> {
+/// The job's layout: each process's slice of the global range and how many there are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Plan {
+    slot_bytes: u64,
+    slots: usize,
+}
+
+impl Plan {
+    /// What each of `nodes` nodes must offer: `node_bytes` of memory, and a region that
+    /// can place its share of every slot's pages (address space only: lazily backed).
+    fn node_size(&self, nodes: usize, node_bytes: u64) -> NodeSize {
+        let page = PAGE_BYTES as u64;
+        let pages = self.slots as u64 * (self.slot_bytes / page);
+        // Room for the largest placement chunk a profile may ask for, rounded up.
+        let per_node = pages.div_ceil(nodes as u64) + PLACEMENT_CHUNK_PAGES_MAX;
+        NodeSize {
+            memory_bytes: node_bytes,
+            span_bytes: NODE_HEADER_BYTES + per_node * page,
+        }
+    }
+}
+
+/// Largest `chunk_pages` of an interleaved placement (profile.rs validates it).
+const PLACEMENT_CHUNK_PAGES_MAX: u64 = 1 << 20;
+
+/// Slices of the job's global range: [`DEFAULT_SLOT_BYTES`] each (address space, not
+/// memory: pages claim node memory only when written home), or as much as the address
+/// space, and nodes that were started elsewhere (`span_bytes`), allow.
+fn plan_job(opts: &RunOptions, span_bytes: Option<u64>) -> Result<Plan, LaunchError> {
     let page = PAGE_BYTES as u64;
     if opts.max_procs == 0 || opts.max_procs > SLOTS_MAX {
         return Err(LaunchError::Invalid(format!(
@@ -231,19 +262,24 @@ fn plan_job(opts: &RunOptions) -> Result<(u64, usize), LaunchError> {
             opts.max_procs
         )));
     }
-    let pool_pages = (opts.node_bytes / page) * opts.nodes as u64;
-    let usable = pool_pages.saturating_sub(opts.nodes as u64) * page;
-    let by_pool = usable / opts.max_procs as u64;
-    let by_space = (SPACE_END_MAX.saturating_sub(opts.space_base) as u64) / opts.max_procs as u64;
-    let slot = by_pool.min(by_space) / SLOT_ALIGN_BYTES * SLOT_ALIGN_BYTES;
+    let procs = opts.max_procs as u64;
+    let by_space = (SPACE_END_MAX.saturating_sub(opts.space_base) as u64) / procs;
+    let by_nodes = match span_bytes {
+        Some(span) => (data_bytes(span) / page * opts.nodes as u64 * page) / procs,
+        None => u64::MAX,
+    };
+    let slot = DEFAULT_SLOT_BYTES.min(by_space).min(by_nodes) / SLOT_ALIGN_BYTES * SLOT_ALIGN_BYTES;
     if slot == 0 {
         return Err(LaunchError::PoolTooSmall {
             nodes: opts.nodes,
-            node_mib: opts.node_bytes >> 20,
+            node_mib: span_bytes.map_or(opts.node_bytes, data_bytes) >> 20,
             procs: opts.max_procs,
         });
     }
-    Ok((slot, opts.max_procs))
+    Ok(Plan {
+        slot_bytes: slot,
+        slots: opts.max_procs,
+    })
 }
 
 /// Runs the program as `opts` says and returns the exit status for `dsmrun`.
@@ -300,7 +336,7 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         }
         Err(e) => return Err(e.into()),
     }
-    let (slot_bytes, slots) = plan_job(opts)?;
+    let plan = plan_job(opts, attached.as_ref().map(|(_, span)| *span))?;
 
     signals::start_forwarding().map_err(io_err("blocking forwarded signals"))?;
     let (secret, mut nodes) = match attached {
@@ -310,7 +346,8 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         ),
         None => {
             let secret = Secret::generate().map_err(io_err("generating the job secret"))?;
-            let nodes = LocalNodes::spawn(dsmrun_exe, opts.nodes, opts.node_bytes, &secret)
+            let size = plan.node_size(opts.nodes, opts.node_bytes);
+            let nodes = LocalNodes::spawn_sized(dsmrun_exe, opts.nodes, size, &secret)
                 .map_err(io_err("starting memory nodes"))?;
             (secret, nodes)
         }
@@ -336,8 +373,8 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         secret,
         transport: opts.transport,
         space_base: opts.space_base,
-        slot_bytes,
-        slots,
+        slot_bytes: plan.slot_bytes,
+        slots: plan.slots,
         cache_bytes_max: opts.cache_bytes_max,
         handler_threads: opts.handler_threads,
         node_timeout_ms: crate::RuntimeConfig::default().node_timeout_ms,

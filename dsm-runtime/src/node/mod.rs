@@ -1,6 +1,7 @@
 //! Memory nodes: each contributes a region of the global pool and serves one-sided
 //! operations on it (see [`crate::transport`] for the contract they implement).
 
+pub mod header;
 pub mod region;
 pub mod server;
 #[cfg(feature = "verbs")]
@@ -15,13 +16,39 @@ use std::net::{SocketAddr, TcpListener};
 /// The line a node prints on stdout once it listens, so a launcher learns its port.
 pub const READY_PREFIX: &str = "DSM_NODE_LISTENING ";
 
+/// What a node offers: the address space of its region (where pages of the global space
+/// are placed) and the memory it may fill. The span can far exceed the memory: the region
+/// is lazily backed, and pages claim memory only as they are written home.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeSize {
+    /// Pages this node may hold, in bytes (`--memory`).
+    pub memory_bytes: u64,
+    /// Size of its region, header included (`--span`); at least `memory_bytes`.
+    pub span_bytes: u64,
+}
+
+impl NodeSize {
+    /// A node whose region is exactly its memory plus the header.
+    pub fn of_memory(memory_bytes: u64) -> NodeSize {
+        NodeSize {
+            memory_bytes,
+            span_bytes: memory_bytes + header::NODE_HEADER_BYTES,
+        }
+    }
+
+    /// Pages the node may hold: its memory, or what fits in its span after the header.
+    pub fn capacity_pages(&self) -> u64 {
+        self.memory_bytes.min(header::data_bytes(self.span_bytes)) / 4096
+    }
+}
+
 /// Runs a memory node until killed: binds `listen`, announces the bound address on stdout,
 /// and serves. With `die_with_parent`, the node exits when its launcher does, so a crashed
 /// launcher leaves no orphans.
 pub fn run(
     id: u16,
     listen: SocketAddr,
-    region_bytes: u64,
+    size: NodeSize,
     secret: Secret,
     die_with_parent: bool,
 ) -> io::Result<()> {
@@ -33,7 +60,7 @@ pub fn run(
             return Err(io::Error::other("launcher exited before the node started"));
         }
     }
-    let server = NodeServer::new(id, region_bytes, secret)?;
+    let server = NodeServer::new(id, size, secret)?;
     let listener = TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
     let mut out = io::stdout().lock();

@@ -52,12 +52,33 @@ pub struct NodeServer {
 }
 
 impl NodeServer {
-    /// A node with `region_bytes` of lazily backed memory.
-    pub fn new(id: u16, region_bytes: u64, secret: Secret) -> io::Result<Arc<NodeServer>> {
+    /// A node with a lazily backed region of `size.span_bytes`, announcing in its header
+    /// that it may hold `size.capacity_pages()` pages.
+    pub fn new(id: u16, size: super::NodeSize, secret: Secret) -> io::Result<Arc<NodeServer>> {
+        if size.span_bytes <= super::header::NODE_HEADER_BYTES || size.capacity_pages() == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a node needs memory for at least one page and a span above its {} KiB \
+                     header (memory {} bytes, span {} bytes)",
+                    super::header::NODE_HEADER_BYTES >> 10,
+                    size.memory_bytes,
+                    size.span_bytes
+                ),
+            ));
+        }
+        let region = Region::new(size.span_bytes)?;
+        region
+            .compare_and_swap(
+                super::header::CAPACITY_PAGES_OFFSET,
+                0,
+                size.capacity_pages(),
+            )
+            .expect("the header lies inside the region");
         Ok(Arc::new(NodeServer {
             #[cfg(feature = "verbs")]
             verbs: Default::default(),
-            region: Region::new(region_bytes)?,
+            region,
             id,
             secret,
             counters: NodeCounters::default(),

@@ -1,5 +1,6 @@
 //! Placement: which node is a page's home, and where on that node it lives.
 
+use crate::node::header::NODE_HEADER_BYTES;
 use crate::policy::PageMap;
 use crate::space::{PageNum, PAGE_BYTES};
 use crate::transport::NodeId;
@@ -90,9 +91,10 @@ impl Placement for Interleaved {
     }
 }
 
-/// Another placement seen through a shift: page `p` is placed as page `p + first_page`.
-/// Lets each process of a job place its own slice of the global space (whose pages it
-/// numbers from 0) on node memory that no other process uses.
+/// Another placement seen through a shift: page `p` is placed as page `p + first_page`,
+/// past each node's header ([`NODE_HEADER_BYTES`]). Lets each process of a job place its
+/// own slice of the global space (whose pages it numbers from 0) where no other process
+/// places pages, while placements themselves number node offsets from 0.
 #[derive(Debug, Clone)]
 pub struct Shifted<P> {
     inner: P,
@@ -108,7 +110,11 @@ impl<P: Placement> Shifted<P> {
 
 impl<P: Placement> Placement for Shifted<P> {
     fn home(&self, page: PageNum) -> Home {
-        self.inner.home(PageNum(page.0 + self.first_page))
+        let h = self.inner.home(PageNum(page.0 + self.first_page));
+        Home {
+            node: h.node,
+            offset: h.offset + NODE_HEADER_BYTES,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The global address space: a fixed virtual range whose pages live on memory nodes.
 
+pub mod pool;
 mod reservation;
 
 pub use reservation::{Reservation, ReserveError};

@@ -20,6 +20,7 @@
 
 use super::tcp::{TcpSession, TcpTransport};
 use super::{NodeId, NodeInfo, ReadOp, Session, Transport, TransportError, WriteOp};
+use crate::node::header::NODE_HEADER_BYTES;
 use crate::node::region::Region;
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -104,7 +105,10 @@ impl Offer {
                 st.st_size
             ));
         }
-        Region::map(file, region_bytes).map_err(|e| format!("mmap: {e}"))
+        // Only the header is mapped, for compare-and-swap; data moves with pread/pwrite.
+        // A region's span may be terabytes, and mapping every node's whole span would use
+        // up the address space the program's own slice of the global range needs.
+        Region::map(file, NODE_HEADER_BYTES.min(region_bytes)).map_err(|e| format!("mmap: {e}"))
     }
 }
 
@@ -264,14 +268,22 @@ impl ShmSession {
                 ),
             });
         }
-        match region.ptr(offset, len as u64) {
-            Some(_) => Ok(()),
-            None => Err(TransportError::Rejected {
+        let region_bytes = self.nodes[i].region_bytes;
+        // The header mapping bounds compare-and-swap; the file's size bounds the rest.
+        let limit = if op == "compare-and-swap" {
+            region.len()
+        } else {
+            region_bytes
+        };
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= limit => Ok(()),
+            _ => Err(TransportError::Rejected {
                 node,
                 op,
                 offset,
                 detail: format!(
-                    "{len} bytes at {offset:#x} lie outside its region of {:#x} bytes",
+                    "{len} bytes at {offset:#x} lie outside its region of {region_bytes:#x} \
+                     bytes (compare-and-swap: outside its {:#x}-byte header)",
                     region.len()
                 ),
             }),
