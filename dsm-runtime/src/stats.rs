@@ -143,6 +143,8 @@ counters! {
     evictions,
     /// Evicted pages that were clean: dropped without traffic.
     evictions_clean,
+    /// Dirty evicted pages that were all zeros and never home: dropped, not written (a zero-fill serves them next time, and they claim no node memory).
+    evictions_zero,
     /// Times a fault handler had to reclaim because the cache was full.
     direct_reclaims,
     /// Background reclaim rounds.

@@ -7,7 +7,7 @@
 //! that was just written home.
 
 use super::{recycle, UnmapBatch};
-use crate::coherence::state::{after_evict, on_evict, EvictAction};
+use crate::coherence::state::{after_evict, on_evict, when_zero, EvictAction};
 use crate::coherence::{Access, PageState};
 use crate::runtime::{Core, RuntimeError};
 use crate::space::{PageNum, PAGE_BYTES};
@@ -179,7 +179,8 @@ impl Evictor {
 
     fn write_back(&mut self, core: &Core, session: &mut dyn Session) -> Result<(), RuntimeError> {
         let mut dirty = 0;
-        for v in &self.victims {
+        let mut zero = 0;
+        for v in &mut self.victims {
             let src = match v.action {
                 EvictAction::WriteBack => {
                     let addr = core.layout.addr_of(v.page);
@@ -201,8 +202,14 @@ impl Evictor {
             // write-protected page of the global range that we hold locked, or the staging
             // slot of such a page.
             unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), PAGE_BYTES) };
+            if !v.state.home_valid() && dst.iter().all(|&b| b == 0) {
+                v.action = when_zero(v.state, v.action);
+                zero += 1;
+                continue;
+            }
             dirty += 1;
         }
+        core.stats.evictions_zero.fetch_add(zero, Ordering::Relaxed);
         if dirty == 0 {
             return Ok(());
         }

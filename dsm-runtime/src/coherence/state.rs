@@ -265,6 +265,17 @@ pub fn on_evict(s: PageState) -> EvictAction {
     }
 }
 
+/// The action for a victim whose bytes turned out to be all zeros: a page with no copy
+/// at home need not be written there, since a zero-fill recreates it (pages zero-filled
+/// ahead of a sparse write would otherwise all travel home).
+pub fn when_zero(s: PageState, action: EvictAction) -> EvictAction {
+    match action {
+        EvictAction::WriteBack if !s.home_valid() => EvictAction::Drop,
+        EvictAction::WriteBackStaged if !s.home_valid() => EvictAction::DropStaged,
+        other => other,
+    }
+}
+
 /// State after an eviction completed.
 pub fn after_evict(s: PageState, action: EvictAction) -> PageState {
     let home_valid = s.home_valid() || action.writes_back();
@@ -280,6 +291,19 @@ pub fn after_evict(s: PageState, action: EvictAction) -> PageState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_pages_never_home_skip_their_write_back_when_zero() {
+        let dirty = PageState::UNTOUCHED.with_access(Access::Exclusive);
+        assert_eq!(when_zero(dirty, on_evict(dirty)), EvictAction::Drop);
+        let parked = PageState::UNTOUCHED.with_staged_dirty(3);
+        assert_eq!(when_zero(parked, on_evict(parked)), EvictAction::DropStaged);
+        // A zero page whose home holds older data must overwrite it.
+        let homed = dirty.with_home_valid(true);
+        assert_eq!(when_zero(homed, on_evict(homed)), EvictAction::WriteBack);
+        let after = after_evict(dirty, when_zero(dirty, on_evict(dirty)));
+        assert!(!after.home_valid() && !after.resident());
+    }
 
     fn all_states() -> impl Iterator<Item = PageState> {
         // Every combination of the defined bits with valid access values.
