@@ -181,28 +181,6 @@ fn base_address_taken_is_reported() {
     assert_gone(&node_pids(&r.stderr));
 }
 
-#[test]
-fn pool_exhausted_malloc_returns_null_with_enomem() {
-    let Some(exe) = compile_c("oom", &[]) else {
-        return skip("pool_exhausted", "no C compiler");
-    };
-    let _turn = heavy();
-    let dir = scratch("oom");
-    let stats = dir.join("s.json");
-    // 2 nodes x 64 MiB, one process: a 64 MiB slot, fully backed by the pool.
-    let r = run_measured(
-        dsmrun_cmd(2, 16 << 20, &stats)
-            .args(["--node-memory", "64M", "--max-procs", "1", "--"])
-            .arg(&exe),
-    );
-    let _ = std::fs::remove_file(&exe);
-    let out = String::from_utf8_lossy(&r.stdout);
-    assert_eq!(r.code, 0, "{out}{}", r.stderr);
-    assert!(out.contains("errno 12"), "{out}");
-    assert!(out.contains("after: calloc ok"), "{out}");
-    let _ = std::fs::remove_dir_all(dir);
-}
-
 /// Starts dsmrun -v (plus `extra` options) on a long-running heapwalk; returns it and the
 /// node pids once the program runs.
 fn start_long_job(
