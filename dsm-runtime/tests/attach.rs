@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[test]
 fn a_program_runs_on_nodes_it_did_not_start() {
@@ -74,6 +75,56 @@ fn attaching_needs_the_nodes_secret() {
     assert_ne!(out.status.code(), Some(0));
     assert!(
         err.contains("authentication failed") && err.contains("node 0"),
+        "{err}"
+    );
+}
+
+/// A node that dies under an attached job (which `dsmrun` does not watch: it did not
+/// start the nodes) ends the program through its runtime, and `dsmrun` says that the
+/// runtime failed, not only the bare status, and that the process left only a
+/// checkpoint of its statistics.
+#[test]
+fn a_node_dying_under_an_attached_job_is_reported_as_a_runtime_failure() {
+    let Some(exe) = compile_c("heapwalk", &[]) else {
+        return skip("attached_node_dies", "no C compiler (apt-get install gcc)");
+    };
+    let _turn = heavy();
+    let (mut nodes, secret) = common::nodes(2, 1 << 30);
+    let addrs: Vec<String> = nodes.addrs().iter().map(ToString::to_string).collect();
+    require_preload();
+    let child = Command::new(dsmrun())
+        .args(["--attach", &addrs.join(","), "--local-cache", "2M", "--"])
+        .arg(&exe)
+        .args(["32", "2", "100000", "3"])
+        .env("DSM_SECRET", secret.as_str())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Past the first statistics checkpoint (every second).
+    std::thread::sleep(Duration::from_millis(1500));
+    nodes.kill(1);
+    let killed = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&exe);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(dsm_runtime::runtime::EXIT_RUNTIME_FAILURE),
+        "{err}"
+    );
+    assert!(err.contains("dsm: fatal: node 1"), "{err}");
+    assert!(
+        err.contains("exited with status 70: the pooled-memory runtime in it failed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 of them ended without writing final statistics"),
         "{err}"
     );
 }

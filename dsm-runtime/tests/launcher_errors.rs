@@ -245,14 +245,22 @@ fn start_long_job(
     (child, pids, rest)
 }
 
+/// The program's runtime ends it (`fatal`) when a node dies under it: the job ends with
+/// the runtime-failure status naming the node, and the process's statistics stay its
+/// last checkpoint, not a copy marked complete (it did not complete), which `dsmrun`
+/// counts among the processes that left no final statistics.
 #[test]
 fn a_dead_node_ends_the_job_naming_it() {
     let Some(exe) = compile_c("heapwalk", &[]) else {
-        return skip("a_dead_node", "no C compiler");
+        return skip("a_dead_node", "no C compiler (apt-get install gcc)");
     };
     let _turn = heavy();
-    let (mut child, pids, rest) = start_long_job(&exe, &[]);
-    std::thread::sleep(Duration::from_millis(500));
+    let stats =
+        std::env::temp_dir().join(format!("dsm-test-{}-dead-node.json", std::process::id()));
+    let stats_arg = stats.to_string_lossy().into_owned();
+    let (mut child, pids, rest) = start_long_job(&exe, &["--stats", &stats_arg]);
+    // Past the first checkpoint (written every second).
+    std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: killing a node process this test's dsmrun started.
     unsafe { libc::kill(pids[1], libc::SIGKILL) };
     let start = Instant::now();
@@ -270,7 +278,20 @@ fn a_dead_node_ends_the_job_naming_it() {
         "{stderr}"
     );
     assert!(stderr.contains("node 1"), "{stderr}");
+    // The program's runtime noticed the death itself and ended the process: that is the
+    // path whose statistics are checked below.
+    assert!(stderr.contains("dsm: fatal: "), "{stderr}");
     assert_gone(&pids);
+    assert!(
+        stderr.contains("1 of them ended without writing final statistics"),
+        "{stderr}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&stats);
+    assert_eq!(doc["job"]["exit_status"], 70, "{doc}");
+    assert_eq!(doc["job"]["processes_without_final_stats"], 1, "{doc}");
+    assert_eq!(doc["processes"][0]["complete"], false, "{doc}");
 }
 
 #[test]
