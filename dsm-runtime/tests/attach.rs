@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn a_program_runs_on_nodes_it_did_not_start() {
     if !have("sort") {
-        return skip("attach", "no sort (coreutils)");
+        return skip("attach", "no sort (apt-get install coreutils)");
     }
     let _turn = heavy();
     let (nodes, secret) = common::nodes(2, 1 << 30);

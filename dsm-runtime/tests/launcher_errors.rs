@@ -110,7 +110,7 @@ fn no_userfaultfd_permission_says_which_fix_applies() {
     if unsafe { libc::getuid() } != 0 || !have("setpriv") {
         return skip(
             "no_userfaultfd_permission",
-            "needs root and setpriv to drop to an unprivileged user",
+            "needs root, and setpriv (apt-get install util-linux) to drop to an unprivileged user",
         );
     }
     let sysctl =
@@ -118,7 +118,7 @@ fn no_userfaultfd_permission_says_which_fix_applies() {
     if sysctl.trim() != "0" {
         return skip(
             "no_userfaultfd_permission",
-            "vm.unprivileged_userfaultfd=1: every user may use userfaultfd",
+            "vm.unprivileged_userfaultfd=1 lets every user use userfaultfd (Debian's default is 0: sysctl -w vm.unprivileged_userfaultfd=0)",
         );
     }
     // A copy the unprivileged user can run (the build tree may be private).
@@ -154,7 +154,7 @@ fn no_userfaultfd_permission_says_which_fix_applies() {
 fn base_address_taken_is_reported() {
     // A non-PIE program sits at 0x400000: a global range there overlaps it.
     let Some(exe) = compile_c("oom", &["-no-pie"]) else {
-        return skip("base_address_taken", "no C compiler");
+        return skip("base_address_taken", "no C compiler (apt-get install gcc)");
     };
     let r = quick(
         &["-n", "2", "-v", "--space-base", "0x400000", "--"]
@@ -184,7 +184,7 @@ fn base_address_taken_is_reported() {
 #[test]
 fn pool_exhausted_malloc_returns_null_with_enomem() {
     let Some(exe) = compile_c("oom", &[]) else {
-        return skip("pool_exhausted", "no C compiler");
+        return skip("pool_exhausted", "no C compiler (apt-get install gcc)");
     };
     let _turn = heavy();
     let dir = scratch("oom");
@@ -297,7 +297,10 @@ fn a_dead_node_ends_the_job_naming_it() {
 #[test]
 fn sigterm_is_forwarded_and_everything_is_torn_down() {
     let Some(exe) = compile_c("heapwalk", &[]) else {
-        return skip("sigterm_is_forwarded", "no C compiler");
+        return skip(
+            "sigterm_is_forwarded",
+            "no C compiler (apt-get install gcc)",
+        );
     };
     let _turn = heavy();
     let (mut child, pids, rest) = start_long_job(&exe, &[]);
@@ -323,7 +326,10 @@ fn sigterm_is_forwarded_and_everything_is_torn_down() {
 #[test]
 fn a_program_killed_by_a_signal_still_leaves_its_statistics() {
     let Some(exe) = compile_c("heapwalk", &[]) else {
-        return skip("killed_program_statistics", "no C compiler");
+        return skip(
+            "killed_program_statistics",
+            "no C compiler (apt-get install gcc)",
+        );
     };
     let _turn = heavy();
     let stats = std::env::temp_dir().join(format!("dsm-test-{}-killed.json", std::process::id()));
