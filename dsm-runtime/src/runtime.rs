@@ -244,6 +244,7 @@ fn spawn_internal(
         .name(name)
         .spawn(move || {
             mark_current_thread_internal();
+            PANICS_END_THE_PROCESS.with(|c| c.set(true));
             // The starter waits for this below before it returns.
             let _ = marked_tx.send(());
             // Unwind safety does not matter: after a panic nothing looks at the state the
@@ -264,6 +265,11 @@ fn spawn_internal(
 }
 
 thread_local! {
+    /// Set on the threads [`spawn_internal`] starts, whose panics it reports through
+    /// [`fatal`]. Not the same as [`current_thread_is_internal`]: a program thread
+    /// running runtime code in [`as_internal`] is internal, but its panics are the
+    /// program's, reported as usual.
+    static PANICS_END_THE_PROCESS: Cell<bool> = const { Cell::new(false) };
     /// `file:line` of the last panic on this runtime thread. Only the panic hook sees
     /// where a panic happened; `catch_unwind` gets the payload alone.
     static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -279,7 +285,7 @@ fn record_panic_locations() {
     INSTALLED.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !current_thread_is_internal() {
+            if !PANICS_END_THE_PROCESS.with(Cell::get) {
                 return previous(info);
             }
             let at = info
