@@ -92,7 +92,7 @@ fn a_node_dying_under_an_attached_job_is_reported_as_a_runtime_failure() {
     let (mut nodes, secret) = common::nodes(2, 1 << 30);
     let addrs: Vec<String> = nodes.addrs().iter().map(ToString::to_string).collect();
     require_preload();
-    let child = Command::new(dsmrun())
+    let mut child = Command::new(dsmrun())
         .args(["--attach", &addrs.join(","), "--local-cache", "2M", "--"])
         .arg(&exe)
         .args(["32", "2", "100000", "3"])
@@ -103,18 +103,37 @@ fn a_node_dying_under_an_attached_job_is_reported_as_a_runtime_failure() {
         .unwrap();
     // Past the first statistics checkpoint (every second).
     std::thread::sleep(Duration::from_millis(1500));
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
     nodes.kill(1);
     let killed = Instant::now();
-    let out = child.wait_with_output().unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if killed.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the job hung after its node died: {}",
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = reader.join().unwrap();
     let _ = std::fs::remove_file(&exe);
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         killed.elapsed() < Duration::from_secs(10),
         "took {:?}",
         killed.elapsed()
     );
     assert_eq!(
-        out.status.code(),
+        status.code(),
         Some(dsm_runtime::runtime::EXIT_RUNTIME_FAILURE),
         "{err}"
     );
