@@ -17,7 +17,7 @@ fn child_missing_a_prerequisite() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
-    common::skip("child_missing_a_prerequisite", REASON);
+    common::skip("a label", REASON);
 }
 
 /// Runs the child with `vars` set and the skip variables otherwise cleared.
@@ -61,7 +61,8 @@ fn an_allowed_skip_is_reported_and_logged() {
     let log = std::env::temp_dir().join(format!("dsm-test-{}-skip.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let log_arg = log.to_string_lossy().into_owned();
-    let line = format!("SKIPPED: child_missing_a_prerequisite: {REASON}");
+    // The test's file and function, whatever label the call site gave.
+    let line = format!("SKIPPED: skipping::child_missing_a_prerequisite: {REASON}");
     // Twice: the log collects the lines of every test binary of a run.
     for _ in 0..2 {
         let o = child(&[("DSM_ALLOW_SKIP", "1"), ("DSM_SKIP_LOG", &log_arg)]);

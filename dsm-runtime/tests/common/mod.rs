@@ -101,6 +101,8 @@ pub const SKIP_LOG_ENV: &str = "DSM_SKIP_LOG";
 /// missing prerequisite there is a broken CI). An allowed skip says so on stderr and in
 /// the file `DSM_SKIP_LOG` names; the test then returns without asserting anything.
 pub fn skip(test: &str, reason: &str) {
+    let test = test_name(test);
+    let test = test.as_str();
     let allowed = std::env::var(ALLOW_SKIP_ENV).is_ok_and(|v| v == "1");
     let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
     if !allowed || ci {
@@ -115,7 +117,9 @@ pub fn skip(test: &str, reason: &str) {
         );
     }
     let line = format!("SKIPPED: {test}: {reason}\n");
-    eprint!("{line}");
+    // Straight to stderr, not `eprint!`, which the test harness captures and shows only
+    // for failing tests: a skip must be seen.
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
         // One append-mode write per line: concurrent tests and test binaries do not
         // interleave their lines.
@@ -131,6 +135,23 @@ pub fn skip(test: &str, reason: &str) {
             );
         }
     }
+}
+
+/// `file::function` of the running test, for a skip line that says what to rerun:
+/// libtest names each test's thread after the test (except with one test thread, where
+/// `fallback` stands in), and the binary after its file, plus a hash.
+fn test_name(fallback: &str) -> String {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| {
+            s.rsplit_once('-')
+                .map_or(s.clone(), |(name, _hash)| name.to_string())
+        })
+        .unwrap_or_default();
+    let current = std::thread::current();
+    let function = current.name().filter(|n| *n != "main").unwrap_or(fallback);
+    format!("{binary}::{function}")
 }
 
 /// Whether `program` is on PATH.
