@@ -15,9 +15,11 @@ use crate::space::pool::PoolAccount;
 use crate::space::{Layout, PageNum, Reservation, ReserveError, PAGE_BYTES};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::transport::{Session, Transport, TransportError};
-use std::cell::Cell;
-use std::io;
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -62,6 +64,14 @@ pub enum RuntimeError {
     Os {
         what: &'static str,
         source: io::Error,
+    },
+    /// One of the runtime's own threads panicked (a bug, or a policy that panicked).
+    #[error("runtime thread {thread} panicked: {message} at {location}")]
+    ThreadPanicked {
+        thread: String,
+        message: String,
+        /// `file:line` of the panic, as the panic hook saw it.
+        location: String,
     },
 }
 
@@ -224,7 +234,9 @@ pub(crate) fn as_internal<R>(f: impl FnOnce() -> R) -> R {
 /// Starts one of the runtime's own threads. Every such thread is marked internal, so an
 /// allocator serving the program from the global range sends its allocations elsewhere
 /// (a runtime thread that faulted on the range would wait for itself), and a failure ends
-/// the process with a message instead of hanging faulting threads.
+/// the process with a message instead of hanging faulting threads. A panic counts as a
+/// failure: a thread that unwound away silently would leave every thread that waits on
+/// it (a fault on a page it was fetching, a full cache it was to reclaim) waiting forever.
 ///
 /// Returns only once the thread is marked: the thread allocates before its body runs (the
 /// standard library registers thread-local destructors, which `calloc`s), and the caller
@@ -235,16 +247,22 @@ fn spawn_internal(
     name: String,
     body: impl FnOnce(&Core) -> Result<(), RuntimeError> + Send + 'static,
 ) -> Result<JoinHandle<()>, RuntimeError> {
+    record_panic_locations();
     let core = Arc::clone(core);
     let (marked_tx, marked_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let handle = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
             mark_current_thread_internal();
+            PANICS_END_THE_PROCESS.with(|c| c.set(true));
             // The starter waits for this below before it returns.
             let _ = marked_tx.send(());
-            if let Err(e) = body(&core) {
-                fatal(&e);
+            // Unwind safety does not matter: after a panic nothing looks at the state the
+            // body left behind, the process ends.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| body(&core))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => fatal(&e),
+                Err(payload) => fatal(&panicked(payload.as_ref())),
             }
         })
         .map_err(|source| RuntimeError::Os {
@@ -256,12 +274,87 @@ fn spawn_internal(
     Ok(handle)
 }
 
+thread_local! {
+    /// Set on the threads [`spawn_internal`] starts, whose panics it reports through
+    /// [`fatal`]. Not the same as [`current_thread_is_internal`]: a program thread
+    /// running runtime code in [`as_internal`] is internal, but its panics are the
+    /// program's, reported as usual.
+    static PANICS_END_THE_PROCESS: Cell<bool> = const { Cell::new(false) };
+    /// `file:line` of the last panic on this runtime thread. Only the panic hook sees
+    /// where a panic happened; `catch_unwind` gets the payload alone.
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs (once per process) a panic hook that notes where a runtime thread panicked.
+/// Such a panic is reported by [`fatal`] in one line; the previous hook (the standard
+/// library's, which prints the panic over several writes that interleave with other
+/// threads' output) runs for it only when `RUST_BACKTRACE` asks for a backtrace. Other
+/// threads' panics go to the previous hook as before.
+fn record_panic_locations() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !PANICS_END_THE_PROCESS.with(Cell::get) {
+                return previous(info);
+            }
+            let at = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()));
+            PANIC_LOCATION.with(|p| *p.borrow_mut() = at);
+            if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// The error a runtime thread's panic becomes, on that thread.
+fn panicked(payload: &(dyn Any + Send)) -> RuntimeError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic payload that is not a string)".into());
+    let location = PANIC_LOCATION
+        .with(|p| p.borrow_mut().take())
+        .unwrap_or_else(|| "an unknown location".into());
+    RuntimeError::ThreadPanicked {
+        thread: std::thread::current()
+            .name()
+            .unwrap_or("(unnamed)")
+            .to_string(),
+        message,
+        location,
+    }
+}
+
 /// Ends the process after a failure that leaves a faulting thread unservable.
+///
+/// It ends with the raw `exit_group` system call, not `_exit`: in a program run by
+/// `dsmrun`, `_exit` is the preload library's, which writes statistics marked complete
+/// (they are not: the program did not finish) and may touch the global range, whose
+/// faults can no longer be served. The statistics file keeps the last checkpoint, and
+/// `dsmrun` reports the process as one that left no final statistics.
 pub fn fatal(err: &RuntimeError) -> ! {
-    eprintln!("dsm: fatal: {err}");
-    // SAFETY: _exit ends the process without running atexit handlers, which could touch
-    // the global range and wait forever on the very fault we cannot serve.
-    unsafe { libc::_exit(EXIT_RUNTIME_FAILURE) }
+    // The first failure is the one to report; a thread failing after it (often because
+    // of it) waits for the exit the first one makes.
+    static ENDING: AtomicBool = AtomicBool::new(false);
+    if ENDING.swap(true, Ordering::AcqRel) {
+        loop {
+            std::thread::park();
+        }
+    }
+    // One write, so that the line stays whole among other threads' output. Not
+    // `eprintln!`: it panics if stderr is broken (a closed pipe), and a panic here would
+    // end this thread silently, the very hang this function exists to prevent.
+    let line = format!("dsm: fatal: {err}\n");
+    let _ = io::stderr().write_all(line.as_bytes());
+    loop {
+        // SAFETY: exit_group ends every thread of the process and never returns; no
+        // handler or destructor runs. The loop only satisfies the type.
+        unsafe { libc::syscall(libc::SYS_exit_group, EXIT_RUNTIME_FAILURE) };
+    }
 }
 
 /// The policies a runtime runs with (see [`crate::policy`]).

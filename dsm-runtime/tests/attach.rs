@@ -4,12 +4,13 @@
 mod common;
 
 use common::*;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[test]
 fn a_program_runs_on_nodes_it_did_not_start() {
     if !have("sort") {
-        return skip("attach", "no sort (coreutils)");
+        return skip("attach", "no sort (apt-get install coreutils)");
     }
     let _turn = heavy();
     let (nodes, secret) = common::nodes(2, 1 << 30);
@@ -74,6 +75,75 @@ fn attaching_needs_the_nodes_secret() {
     assert_ne!(out.status.code(), Some(0));
     assert!(
         err.contains("authentication failed") && err.contains("node 0"),
+        "{err}"
+    );
+}
+
+/// A node that dies under an attached job (which `dsmrun` does not watch: it did not
+/// start the nodes) ends the program through its runtime, and `dsmrun` says that the
+/// runtime failed, not only the bare status, and that the process left only a
+/// checkpoint of its statistics.
+#[test]
+fn a_node_dying_under_an_attached_job_is_reported_as_a_runtime_failure() {
+    let Some(exe) = compile_c("heapwalk", &[]) else {
+        return skip("attached_node_dies", "no C compiler (apt-get install gcc)");
+    };
+    let _turn = heavy();
+    let (mut nodes, secret) = common::nodes(2, 1 << 30);
+    let addrs: Vec<String> = nodes.addrs().iter().map(ToString::to_string).collect();
+    require_preload();
+    let mut child = Command::new(dsmrun())
+        .args(["--attach", &addrs.join(","), "--local-cache", "2M", "--"])
+        .arg(&exe)
+        .args(["32", "2", "100000", "3"])
+        .env("DSM_SECRET", secret.as_str())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Past the first statistics checkpoint (every second).
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    nodes.kill(1);
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if killed.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the job hung after its node died: {}",
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = reader.join().unwrap();
+    let _ = std::fs::remove_file(&exe);
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        status.code(),
+        Some(dsm_runtime::runtime::EXIT_RUNTIME_FAILURE),
+        "{err}"
+    );
+    assert!(err.contains("dsm: fatal: node 1"), "{err}");
+    assert!(
+        err.contains("exited with status 70: the pooled-memory runtime in it failed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 of them ended without writing final statistics"),
         "{err}"
     );
 }

@@ -110,7 +110,7 @@ fn no_userfaultfd_permission_says_which_fix_applies() {
     if unsafe { libc::getuid() } != 0 || !have("setpriv") {
         return skip(
             "no_userfaultfd_permission",
-            "needs root and setpriv to drop to an unprivileged user",
+            "needs root, and setpriv (apt-get install util-linux) to drop to an unprivileged user",
         );
     }
     let sysctl =
@@ -118,7 +118,7 @@ fn no_userfaultfd_permission_says_which_fix_applies() {
     if sysctl.trim() != "0" {
         return skip(
             "no_userfaultfd_permission",
-            "vm.unprivileged_userfaultfd=1: every user may use userfaultfd",
+            "vm.unprivileged_userfaultfd=1 lets every user use userfaultfd (Debian's default is 0: sysctl -w vm.unprivileged_userfaultfd=0)",
         );
     }
     // A copy the unprivileged user can run (the build tree may be private).
@@ -154,7 +154,7 @@ fn no_userfaultfd_permission_says_which_fix_applies() {
 fn base_address_taken_is_reported() {
     // A non-PIE program sits at 0x400000: a global range there overlaps it.
     let Some(exe) = compile_c("oom", &["-no-pie"]) else {
-        return skip("base_address_taken", "no C compiler");
+        return skip("base_address_taken", "no C compiler (apt-get install gcc)");
     };
     let r = quick(
         &["-n", "2", "-v", "--space-base", "0x400000", "--"]
@@ -223,14 +223,22 @@ fn start_long_job(
     (child, pids, rest)
 }
 
+/// The program's runtime ends it (`fatal`) when a node dies under it: the job ends with
+/// the runtime-failure status naming the node, and the process's statistics stay its
+/// last checkpoint, not a copy marked complete (it did not complete), which `dsmrun`
+/// counts among the processes that left no final statistics.
 #[test]
 fn a_dead_node_ends_the_job_naming_it() {
     let Some(exe) = compile_c("heapwalk", &[]) else {
-        return skip("a_dead_node", "no C compiler");
+        return skip("a_dead_node", "no C compiler (apt-get install gcc)");
     };
     let _turn = heavy();
-    let (mut child, pids, rest) = start_long_job(&exe, &[]);
-    std::thread::sleep(Duration::from_millis(500));
+    let stats =
+        std::env::temp_dir().join(format!("dsm-test-{}-dead-node.json", std::process::id()));
+    let stats_arg = stats.to_string_lossy().into_owned();
+    let (mut child, pids, rest) = start_long_job(&exe, &["--stats", &stats_arg]);
+    // Past the first checkpoint (written every second).
+    std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: killing a node process this test's dsmrun started.
     unsafe { libc::kill(pids[1], libc::SIGKILL) };
     let start = Instant::now();
@@ -248,13 +256,29 @@ fn a_dead_node_ends_the_job_naming_it() {
         "{stderr}"
     );
     assert!(stderr.contains("node 1"), "{stderr}");
+    // The program's runtime noticed the death itself and ended the process: that is the
+    // path whose statistics are checked below.
+    assert!(stderr.contains("dsm: fatal: "), "{stderr}");
     assert_gone(&pids);
+    assert!(
+        stderr.contains("1 of them ended without writing final statistics"),
+        "{stderr}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&stats);
+    assert_eq!(doc["job"]["exit_status"], 70, "{doc}");
+    assert_eq!(doc["job"]["processes_without_final_stats"], 1, "{doc}");
+    assert_eq!(doc["processes"][0]["complete"], false, "{doc}");
 }
 
 #[test]
 fn sigterm_is_forwarded_and_everything_is_torn_down() {
     let Some(exe) = compile_c("heapwalk", &[]) else {
-        return skip("sigterm_is_forwarded", "no C compiler");
+        return skip(
+            "sigterm_is_forwarded",
+            "no C compiler (apt-get install gcc)",
+        );
     };
     let _turn = heavy();
     let (mut child, pids, rest) = start_long_job(&exe, &[]);
@@ -280,7 +304,10 @@ fn sigterm_is_forwarded_and_everything_is_torn_down() {
 #[test]
 fn a_program_killed_by_a_signal_still_leaves_its_statistics() {
     let Some(exe) = compile_c("heapwalk", &[]) else {
-        return skip("killed_program_statistics", "no C compiler");
+        return skip(
+            "killed_program_statistics",
+            "no C compiler (apt-get install gcc)",
+        );
     };
     let _turn = heavy();
     let stats = std::env::temp_dir().join(format!("dsm-test-{}-killed.json", std::process::id()));

@@ -12,7 +12,7 @@ use std::process::Command;
 #[test]
 fn a_program_under_a_prefetching_profile_records_a_trace_the_tuner_ranks() {
     if !have("sort") {
-        return skip("profile_and_trace", "no sort (coreutils)");
+        return skip("profile_and_trace", "no sort (apt-get install coreutils)");
     }
     let _turn = heavy();
     let dir = scratch("profile-trace");

@@ -224,7 +224,7 @@ fn a_node_that_cannot_be_mapped_means_tcp_for_auto_and_an_error_for_shm() {
     let Some(node) = ForeignNode::spawn(secret.as_str()) else {
         common::skip(
             "a_node_that_cannot_be_mapped_means_tcp_for_auto_and_an_error_for_shm",
-            "cannot start a node in its own pid namespace (unshare needs root)",
+            "cannot start a node in its own pid namespace: needs root and unshare (apt-get install util-linux)",
         );
         return;
     };

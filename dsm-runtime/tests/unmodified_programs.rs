@@ -160,7 +160,10 @@ fn openmp_program() {
 #[test]
 fn sort_of_a_generated_file() {
     if !have("sort") {
-        return skip("sort_of_a_generated_file", "no sort (coreutils)");
+        return skip(
+            "sort_of_a_generated_file",
+            "no sort (apt-get install coreutils)",
+        );
     }
     let dir = scratch("sort-input");
     let input = dir.join("input.txt");
@@ -299,7 +302,10 @@ fn shell_running_programs_and_fork_without_exec() {
         );
     };
     let Some(forker) = compile_c("forker", &[]) else {
-        return skip("shell_running_programs", "no C compiler");
+        return skip(
+            "shell_running_programs",
+            "no C compiler (apt-get install gcc)",
+        );
     };
     let _turn = heavy();
     let e = exe.display();
@@ -334,7 +340,7 @@ fn shell_running_programs_and_fork_without_exec() {
 #[test]
 fn fork_after_eviction_is_refused_clearly() {
     let Some(forker) = compile_c("forker", &[]) else {
-        return skip("fork_after_eviction", "no C compiler");
+        return skip("fork_after_eviction", "no C compiler (apt-get install gcc)");
     };
     let _turn = heavy();
     let dir = scratch("fork-refused");

@@ -6,13 +6,15 @@
 #     mmap, realloc), run natively, then with libdsm_preload.so and the job's DSM_*
 #     variables pointing at the node in guest A over verbs (what dsmrun sets for its
 #     child), then under `dsmrun -n 2 --transport verbs` with its own nodes in guest B
-#     (rxe loopback). All three outputs must be identical.
-# sr-timeout: 420
+#     (rxe loopback), then under `dsmrun --attach` to the node in guest A, as a user
+#     would run a job on another machine's memory (DSM_SECRET: the secret the node was
+#     started with, which dsm_client_ready exports). All four outputs must be identical.
+# sr-timeout: 480
 . "$SR_LIB"
 dsm_bin dsmrun dsm-pool-job libdsm_preload.so
 PORT=18701
 if [ "$SR_ROLE" = a ]; then
-  dsm_node_serve $PORT 96M 410
+  dsm_node_serve $PORT 96M 470
   exit 0
 fi
 dsm_client_ready
@@ -43,8 +45,7 @@ cmp -s "$SR_OUT/heapwalk.native.txt" "$SR_OUT/heapwalk.remote.txt" \
   || finish "heapwalk's output differs on pooled memory over verbs"
 sr_summary "unmodified heapwalk $ARGS (LD_PRELOAD + DSM_* env) against the node in guest A over verbs: output identical to the native run"
 
-# dsmrun itself, with its own nodes in this guest (the launcher cannot attach to nodes
-# on another machine yet; when it can, point it at $SR_PEER_IP:$PORT here instead).
+# dsmrun itself, with its own nodes in this guest (rxe loopback).
 "$SR_BIN/release/dsmrun" -n 2 --transport verbs --node-memory 48M --local-cache 2M \
   --max-procs 1 -v -- "$HW" $ARGS >"$SR_OUT/heapwalk.dsmrun.txt" 2>"$SR_OUT/heapwalk.dsmrun.err"
 rc=$?
@@ -53,5 +54,20 @@ cat "$SR_OUT/heapwalk.dsmrun.err"
 cmp -s "$SR_OUT/heapwalk.native.txt" "$SR_OUT/heapwalk.dsmrun.txt" \
   || finish "heapwalk's output differs under dsmrun --transport verbs"
 sr_summary "dsmrun -n 2 --transport verbs -- heapwalk $ARGS (nodes in this guest, rxe loopback): output identical to the native run"
+
+# dsmrun on the node in guest A. One node of 96M holds one 64 MiB slot (slots are
+# multiples of 64 MiB), hence --max-procs 1; the slot the LD_PRELOAD run above held is
+# free again, its process gone.
+[ -n "$DSM_SECRET" ] || finish "DSM_SECRET is not set (dsm_client_ready exports it)"
+"$SR_BIN/release/dsmrun" --attach "$SR_PEER_IP:$PORT" --transport verbs --local-cache 2M \
+  --max-procs 1 -v -- "$HW" $ARGS >"$SR_OUT/heapwalk.attach.txt" 2>"$SR_OUT/heapwalk.attach.err"
+rc=$?
+cat "$SR_OUT/heapwalk.attach.err"
+[ $rc = 0 ] || finish "dsmrun --attach $SR_PEER_IP:$PORT --transport verbs -- heapwalk failed (rc $rc)"
+grep -q 'transport verbs over rxe0' "$SR_OUT/heapwalk.attach.err" \
+  || finish "heapwalk's runtime under dsmrun --attach did not say it uses verbs"
+cmp -s "$SR_OUT/heapwalk.native.txt" "$SR_OUT/heapwalk.attach.txt" \
+  || finish "heapwalk's output differs under dsmrun --attach (node in guest A)"
+sr_summary "dsmrun --attach $SR_PEER_IP:$PORT --transport verbs -- heapwalk $ARGS (the node in guest A): output identical to the native run"
 finish
 exit 0

@@ -527,6 +527,16 @@ fn wait_watching_nodes(
 }
 
 fn exit_code_of(st: ExitStatus, opts: &RunOptions) -> i32 {
+    if st.code() == Some(EXIT_RUNTIME_FAILURE) {
+        // The runtime's own line (`dsm: fatal: ...`) says what failed, but among the
+        // program's output it is easy to miss that the program did not fail by itself.
+        eprintln!(
+            "dsmrun: {} exited with status {EXIT_RUNTIME_FAILURE}: the pooled-memory runtime \
+             in it failed (see the `dsm: fatal:` line above), unless the program chose that \
+             status itself",
+            opts.program[0].to_string_lossy()
+        );
+    }
     if let Some(c) = st.code() {
         return c;
     }

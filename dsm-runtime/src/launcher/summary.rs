@@ -123,8 +123,8 @@ pub fn fault_hit_rate(total: &Value) -> Option<f64> {
 }
 
 /// How many processes left only a checkpoint (they did not reach their exit handlers:
-/// killed by a signal, or `_exit`). Files from before checkpoints existed count as
-/// complete.
+/// killed by a signal, or ended by the runtime's `fatal`). Files from before checkpoints
+/// existed count as complete.
 pub fn incomplete(processes: &[Value]) -> usize {
     processes
         .iter()
@@ -175,7 +175,8 @@ pub fn render(total: &Value, processes: usize, incomplete: usize, transports: &s
     ) + &if incomplete > 0 {
         format!(
             "dsmrun: {incomplete} of them ended without writing final statistics (killed by a \
-             signal?): their figures are from their last checkpoint, at most a second old\n"
+             signal, or ended by a runtime failure): their figures are from their last \
+             checkpoint, at most a second old\n"
         )
     } else {
         String::new()

@@ -90,10 +90,68 @@ pub fn require_preload() {
     );
 }
 
-/// Prints why a test did not run; the test then returns without asserting anything.
+/// Variable that lets a test whose prerequisite is missing pass without running.
+pub const ALLOW_SKIP_ENV: &str = "DSM_ALLOW_SKIP";
+/// File that each allowed skip appends its `SKIPPED:` line to (scripts/test-all lists it).
+pub const SKIP_LOG_ENV: &str = "DSM_SKIP_LOG";
+
+/// `test` cannot run here: `reason` says what is missing and which Debian package
+/// provides it. Fails the test, since a suite that passes by not running proves nothing,
+/// unless `DSM_ALLOW_SKIP=1` (ignored when `CI` is set: CI installs everything, so a
+/// missing prerequisite there is a broken CI). An allowed skip says so on stderr and in
+/// the file `DSM_SKIP_LOG` names; the test then returns without asserting anything.
 pub fn skip(test: &str, reason: &str) {
-    println!("SKIPPED {test}: {reason}");
-    eprintln!("SKIPPED {test}: {reason}");
+    let test = test_name(test);
+    let test = test.as_str();
+    let allowed = std::env::var(ALLOW_SKIP_ENV).is_ok_and(|v| v == "1");
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    if !allowed || ci {
+        panic!(
+            "{test} cannot run: {reason}.\nInstall what is missing (.ci/run installs every \
+             prerequisite on Debian 12){}",
+            if ci {
+                "; CI is set, so DSM_ALLOW_SKIP is not honoured"
+            } else {
+                ", or set DSM_ALLOW_SKIP=1 to let such tests pass without running"
+            }
+        );
+    }
+    let line = format!("SKIPPED: {test}: {reason}\n");
+    // Straight to stderr, not `eprint!`, which the test harness captures and shows only
+    // for failing tests: a skip must be seen.
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        // One append-mode write per line: concurrent tests and test binaries do not
+        // interleave their lines.
+        let res = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+        if let Err(e) = res {
+            panic!(
+                "{test}: recording the skip in {}: {e}",
+                path.to_string_lossy()
+            );
+        }
+    }
+}
+
+/// `file::function` of the running test, for a skip line that says what to rerun:
+/// libtest names each test's thread after the test (except with one test thread, where
+/// `fallback` stands in), and the binary after its file, plus a hash.
+fn test_name(fallback: &str) -> String {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| {
+            s.rsplit_once('-')
+                .map_or(s.clone(), |(name, _hash)| name.to_string())
+        })
+        .unwrap_or_default();
+    let current = std::thread::current();
+    let function = current.name().filter(|n| *n != "main").unwrap_or(fallback);
+    format!("{binary}::{function}")
 }
 
 /// Whether `program` is on PATH.
@@ -205,7 +263,7 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
-/// Compiles a C program from tests/programs; None (after printing why) without a compiler.
+/// Compiles a C program from tests/programs; None without a compiler (the caller skips).
 pub fn compile_c(name: &str, extra: &[&str]) -> Option<PathBuf> {
     if !have("cc") {
         return None;
