@@ -300,16 +300,11 @@ pub fn pool_free_bytes() -> Option<(u64, u64)> {
     Some((pool, r.job.cache_bytes_max))
 }
 
-/// Whether any page of this process has ever left its local cache. Each path that evicts
-/// bumps one of these counters before it touches a page.
+/// Whether any page of this process may have left its local cache: decided by a flag
+/// the runtime sets before the first page leaves (not by statistics counters, which are
+/// bumped after the fact), so a fork that finds it clear copies a complete heap.
 fn eviction_started(r: &Running) -> bool {
-    let st = r.runtime.stats();
-    // Access sampling parks pages (unmapped, the copy in a staging slot) and can start
-    // just before the first eviction: a parked page would be missing in the child too.
-    st.reclaim_rounds.load(Ordering::Relaxed) != 0
-        || st.direct_reclaims.load(Ordering::Relaxed) != 0
-        || st.evictions.load(Ordering::Relaxed) != 0
-        || st.sampled_pages.load(Ordering::Relaxed) != 0
+    r.runtime.pages_have_left()
 }
 
 /// `_exit`: the program leaves without running `atexit` handlers or destructors, so the

@@ -92,6 +92,9 @@ pub struct Core {
     pub(crate) trace: Option<crate::trace::TraceWriter>,
     pub(crate) stats: Arc<Stats>,
     stop: AtomicBool,
+    /// Set before the first page leaves the cache (evicted or parked): from then on a
+    /// copy of the process's memory (a forked child) may miss pages.
+    pages_leaving: AtomicBool,
     stop_fd: OwnedFd,
     reclaim: (Mutex<bool>, Condvar),
     reclaim_start_free: usize,
@@ -109,6 +112,11 @@ struct Checkpoint {
 impl Core {
     pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    /// Records, before any page leaves the cache, that pages may live only on the nodes.
+    pub(crate) fn mark_pages_leaving(&self) {
+        self.pages_leaving.store(true, Ordering::SeqCst);
     }
 
     pub(crate) fn stop_fd(&self) -> RawFd {
@@ -489,6 +497,7 @@ impl Runtime {
             trace: policies.trace,
             stats: Arc::new(Stats::default()),
             stop: AtomicBool::new(false),
+            pages_leaving: AtomicBool::new(false),
             // SAFETY: `efd` is a fresh descriptor we own.
             stop_fd: unsafe { OwnedFd::from_raw_fd(efd) },
             reclaim: (Mutex::new(false), Condvar::new()),
@@ -552,6 +561,13 @@ impl Runtime {
         let first = PageNum(((addr - base) / PAGE_BYTES) as u64);
         as_internal(|| self.core.discard(first, len.div_ceil(PAGE_BYTES) as u64));
         true
+    }
+
+    /// Whether any page may have left the cache (evicted, or parked by sampling): the
+    /// flag is set before the first one leaves, so a `fork` that sees it clear copies
+    /// every page the process has.
+    pub fn pages_have_left(&self) -> bool {
+        self.core.pages_leaving.load(Ordering::SeqCst)
     }
 
     /// Bytes the memory pool could still hold (as read from the nodes at most 100 ms

@@ -83,6 +83,8 @@ fn out_of_bounds_and_unaligned_operations_are_rejected_whole() {
     let t =
         ShmTransport::discover(nodes.addrs(), secret, TIMEOUT).unwrap_or_else(|e| panic!("{e:?}"));
     let mut s = t.connect().unwrap();
+    // A node's region is its memory plus its header.
+    let region_bytes = t.nodes()[1].region_bytes;
     let mut ok = vec![0xAAu8; 4096];
     let mut bad = vec![0xAAu8; 4096];
     let err = s
@@ -94,7 +96,7 @@ fn out_of_bounds_and_unaligned_operations_are_rejected_whole() {
             },
             ReadOp {
                 node: NodeId(1),
-                offset: (1 << 20) - 2048,
+                offset: region_bytes - 2048,
                 buf: &mut bad,
             },
         ])

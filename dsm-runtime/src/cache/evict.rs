@@ -60,6 +60,7 @@ impl Evictor {
         if self.victims.is_empty() {
             return Ok(0);
         }
+        core.mark_pages_leaving();
         self.write_back(core, session)?;
         self.unmap(core);
         let n = self.victims.len();
@@ -80,6 +81,9 @@ impl Evictor {
         self.candidates.clear();
         core.eviction().select_victims(n, &mut self.candidates);
         self.parked.clear();
+        if !self.candidates.is_empty() {
+            core.mark_pages_leaving();
+        }
         for &page in &self.candidates {
             let Some(state) = core.table.try_lock(page) else {
                 continue;

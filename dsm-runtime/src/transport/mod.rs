@@ -11,7 +11,9 @@
 //!   borrowed for the whole call, so none can be reused while a request is in flight.
 //! - Every operation is bounds-checked by the node against its region; an out-of-range
 //!   access is an error, never a partial transfer.
-//! - [`Session::compare_and_swap`] is an 8-byte atomic on an 8-byte-aligned offset.
+//! - [`Session::compare_and_swap`] is an 8-byte atomic on an 8-byte-aligned offset in
+//!   the node's header (`node::header`: the slot table and the pool's counters); `shm`
+//!   maps only the header, so it refuses an atomic anywhere else.
 //! - [`Session::call`] is a small two-sided message for control and, later, coherence.
 //! - A node that does not answer within the configured timeout, closes the connection, or
 //!   sends something malformed yields an error naming that node. Nothing blocks forever.
