@@ -47,10 +47,14 @@ fn slot_of(base: usize) -> usize {
     (base / PAGE).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 14)
 }
 
-fn remember(base: usize, len: usize) -> bool {
+/// The table slots to try for `base`, in probing order.
+fn probe(base: usize) -> impl Iterator<Item = usize> {
     let start = slot_of(base);
-    for i in 0..SLOTS {
-        let s = (start + i) % SLOTS;
+    (0..SLOTS).map(move |i| (start + i) % SLOTS)
+}
+
+fn remember(base: usize, len: usize) -> bool {
+    for s in probe(base) {
         let cur = BASES[s].load(Ordering::Acquire);
         if (cur == EMPTY || cur == GONE)
             && BASES[s]
@@ -64,40 +68,30 @@ fn remember(base: usize, len: usize) -> bool {
     false
 }
 
-/// Forgets the block at `base`; returns its length if it was one of ours.
-fn forget(base: usize) -> Option<usize> {
-    let start = slot_of(base);
-    for i in 0..SLOTS {
-        let s = (start + i) % SLOTS;
-        let cur = BASES[s].load(Ordering::Acquire);
-        if cur == EMPTY {
-            return None;
-        }
-        if cur == base {
-            let len = LENS[s].load(Ordering::Acquire);
-            if BASES[s]
-                .compare_exchange(base, GONE, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                return Some(len);
-            }
-            return None;
+/// The table slot holding `base`, if it is remembered (probing stops at an empty slot).
+fn find(base: usize) -> Option<usize> {
+    for s in probe(base) {
+        match BASES[s].load(Ordering::Acquire) {
+            EMPTY => return None,
+            b if b == base => return Some(s),
+            _ => {}
         }
     }
     None
 }
 
+/// Forgets the block at `base`; returns its length if it was one of ours.
+fn forget(base: usize) -> Option<usize> {
+    let s = find(base)?;
+    let len = LENS[s].load(Ordering::Acquire);
+    BASES[s]
+        .compare_exchange(base, GONE, Ordering::AcqRel, Ordering::Relaxed)
+        .ok()
+        .map(|_| len)
+}
+
 fn length_of(base: usize) -> Option<usize> {
-    let start = slot_of(base);
-    for i in 0..SLOTS {
-        let s = (start + i) % SLOTS;
-        match BASES[s].load(Ordering::Acquire) {
-            EMPTY => return None,
-            b if b == base => return Some(LENS[s].load(Ordering::Acquire)),
-            _ => {}
-        }
-    }
-    None
+    find(base).map(|s| LENS[s].load(Ordering::Acquire))
 }
 
 /// The block that contains `addr`, as `(base, len)`. A scan of the whole table: only a
