@@ -248,9 +248,10 @@ fn a_node_survives_hostile_frames_and_refuses_out_of_bounds_access() {
     let (_nodes, t) = cluster(1, 1 << 20);
     let mut s = t.connect().unwrap();
     let mut buf = vec![0u8; 4096];
+    // A node's region is its memory plus its header.
     let mut ops = [dsm_runtime::transport::ReadOp {
         node: NodeId(0),
-        offset: (1 << 20) - 100,
+        offset: t.nodes()[0].region_bytes - 100,
         buf: &mut buf,
     }];
     let err = s.read_batch(&mut ops).unwrap_err();

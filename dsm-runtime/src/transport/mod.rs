@@ -130,6 +130,20 @@ impl TransportError {
     }
 }
 
+/// Refuses a compare-and-swap whose offset is not 8-byte aligned, as every backend must
+/// (TCP nodes check it themselves; shm and verbs clients before issuing it).
+pub(crate) fn check_cas_alignment(node: NodeId, offset: u64) -> Result<(), TransportError> {
+    if offset % 8 == 0 {
+        return Ok(());
+    }
+    Err(TransportError::Rejected {
+        node,
+        op: "compare-and-swap",
+        offset,
+        detail: "the offset must be 8-byte aligned".into(),
+    })
+}
+
 /// One read of `buf.len()` bytes at `offset` in `node`'s region.
 #[derive(Debug)]
 pub struct ReadOp<'a> {

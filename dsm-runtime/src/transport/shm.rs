@@ -380,14 +380,7 @@ impl Session for ShmSession {
         new: u64,
     ) -> Result<u64, TransportError> {
         self.check_liveness();
-        if offset % 8 != 0 {
-            return Err(TransportError::Rejected {
-                node,
-                op: "compare-and-swap",
-                offset,
-                detail: "the offset must be 8-byte aligned".into(),
-            });
-        }
+        super::check_cas_alignment(node, offset)?;
         self.locate(node, "compare-and-swap", offset, 8)?;
         Ok(self.regions[usize::from(node.0)]
             .compare_and_swap(offset, expected, new)

@@ -366,6 +366,36 @@ impl TcpSession {
         Ok(())
     }
 
+    /// Every node named in a batch must be in the cluster: checked before anything is
+    /// sent, so an error is never a partial transfer.
+    fn check_known(&self, mut nodes: impl Iterator<Item = NodeId>) -> Result<(), TransportError> {
+        match nodes.find(|n| usize::from(n.0) >= self.conns.len()) {
+            Some(bad) => Err(TransportError::UnknownNode(bad)),
+            None => Ok(()),
+        }
+    }
+
+    /// Frames one node's share of a batch (`entries`: offset and length of each of its
+    /// operations, `payload_len` the bytes that follow) as one request; `None`, with
+    /// nothing framed, when the node has no share.
+    fn frame_share(
+        &mut self,
+        op: Op,
+        entries: impl Iterator<Item = (u64, usize)> + Clone,
+        payload_len: usize,
+    ) -> Option<u64> {
+        let count = entries.clone().count();
+        if count == 0 {
+            return None;
+        }
+        let seq = self.next_seq();
+        self.begin_frame(op, count as u32, payload_len as u32, seq);
+        for (offset, len) in entries {
+            self.push_entry(offset, len);
+        }
+        Some(seq)
+    }
+
     fn send_frame(&mut self, i: usize) -> Result<(), TransportError> {
         let res = self.conns[i].stream.write_all(&self.frame);
         res.map_err(|e| self.fail(i, e))
@@ -374,26 +404,17 @@ impl TcpSession {
 
 impl Session for TcpSession {
     fn read_batch(&mut self, ops: &mut [ReadOp<'_>]) -> Result<(), TransportError> {
-        if let Some(bad) = ops
-            .iter()
-            .find(|o| usize::from(o.node.0) >= self.conns.len())
-        {
-            return Err(TransportError::UnknownNode(bad.node));
-        }
+        self.check_known(ops.iter().map(|o| o.node))?;
         self.pending.clear();
         // Send every node's request first, so nodes work in parallel.
         for i in 0..self.conns.len() {
             let node = self.conns[i].info.id;
-            let count = ops.iter().filter(|o| o.node == node).count();
-            if count == 0 {
+            let share = ops.iter().filter(|o| o.node == node);
+            let Some(seq) = self.frame_share(Op::Read, share.map(|o| (o.offset, o.buf.len())), 0)
+            else {
                 continue;
-            }
+            };
             self.conn_index(node)?;
-            let seq = self.next_seq();
-            self.begin_frame(Op::Read, count as u32, 0, seq);
-            for o in ops.iter().filter(|o| o.node == node) {
-                self.push_entry(o.offset, o.buf.len());
-            }
             self.send_frame(i)?;
             self.pending.push((i, seq));
         }
@@ -405,30 +426,17 @@ impl Session for TcpSession {
     }
 
     fn write_batch(&mut self, ops: &[WriteOp<'_>]) -> Result<(), TransportError> {
-        if let Some(bad) = ops
-            .iter()
-            .find(|o| usize::from(o.node.0) >= self.conns.len())
-        {
-            return Err(TransportError::UnknownNode(bad.node));
-        }
+        self.check_known(ops.iter().map(|o| o.node))?;
         self.pending.clear();
         for i in 0..self.conns.len() {
             let node = self.conns[i].info.id;
-            let count = ops.iter().filter(|o| o.node == node).count();
-            if count == 0 {
+            let share = ops.iter().filter(|o| o.node == node);
+            let total: usize = share.clone().map(|o| o.data.len()).sum();
+            let entries = share.map(|o| (o.offset, o.data.len()));
+            let Some(seq) = self.frame_share(Op::Write, entries, total) else {
                 continue;
-            }
+            };
             self.conn_index(node)?;
-            let total: usize = ops
-                .iter()
-                .filter(|o| o.node == node)
-                .map(|o| o.data.len())
-                .sum();
-            let seq = self.next_seq();
-            self.begin_frame(Op::Write, count as u32, total as u32, seq);
-            for o in ops.iter().filter(|o| o.node == node) {
-                self.push_entry(o.offset, o.data.len());
-            }
             self.iov.clear();
             self.iov.push(iovec(self.frame.as_ptr(), self.frame.len()));
             for o in ops.iter().filter(|o| o.node == node) {

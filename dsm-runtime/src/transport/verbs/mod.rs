@@ -638,14 +638,7 @@ impl Session for VerbsSession {
         new: u64,
     ) -> Result<u64, TransportError> {
         let n = self.ctl.check(node, "compare-and-swap", offset, 8)?;
-        if offset % 8 != 0 {
-            return Err(TransportError::Rejected {
-                node,
-                op: "compare-and-swap",
-                offset,
-                detail: "compare-and-swap needs an 8-byte aligned offset".into(),
-            });
-        }
+        crate::transport::check_cas_alignment(node, offset)?;
         if !self.ctl.peers[n].atomics {
             return Err(TransportError::Rejected {
                 node,
