@@ -9,9 +9,10 @@
 //! straight to the kernel with a raw system call (our own `mmap` symbol shadows libc's,
 //! also for this library).
 //!
-//! Within the global range, `mprotect` and `madvise` are accepted and ignored, except that
-//! `MADV_DONTNEED` and `MADV_FREE` hand the pages to the runtime, which drops them from the
-//! cache without a write-back (they read as zeros afterwards, as the kernel would have it):
+//! Within the global range, `mprotect` is applied (and the runtime told which pages become
+//! unreadable), and `madvise` is accepted and ignored, except that `MADV_DONTNEED` and
+//! `MADV_FREE` hand the pages to the runtime, which drops them from the cache without a
+//! write-back (they read as zeros afterwards, as the kernel would have it):
 //! the runtime must be the only one to unmap pages, since it must know which are
 //! resident.
 
@@ -282,14 +283,24 @@ pub unsafe extern "C" fn mremap(
 }
 
 /// # Safety
-/// C `mprotect`.
+/// C `mprotect`. Honoured inside the global range too: the kernel enforces it (a JIT's
+/// read-execute code runs, a write to it or any access to a guard page is a `SIGSEGV`),
+/// and the runtime is told which pages become unreadable, so that it copies them out
+/// another way when it evicts them (`cache/protect.rs`).
 #[no_mangle]
 pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: size_t, prot: c_int) -> c_int {
-    if overlaps(addr as usize, len) && !current_thread_is_internal() {
-        return 0;
+    let tracked = overlaps(addr as usize, len) && !current_thread_is_internal();
+    let readable = prot & libc::PROT_READ != 0;
+    // Unreadable from before the kernel makes it so, readable only once it is.
+    if tracked && !readable {
+        crate::process::protect(addr as usize, len, false);
     }
     // SAFETY: the raw system call with the caller's arguments.
-    unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot as c_long) as c_int }
+    let rc = unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot as c_long) as c_int };
+    if tracked && readable && rc == 0 {
+        crate::process::protect(addr as usize, len, true);
+    }
+    rc
 }
 
 /// # Safety

@@ -292,6 +292,23 @@ pub fn discard(addr: usize, len: usize) -> bool {
     }
 }
 
+/// Tells the runtime that the part of `[addr, addr + len)` inside this process's slot
+/// is (or is no longer) readable; see `mmap::mprotect`.
+pub fn protect(addr: usize, len: usize, readable: bool) {
+    let is_owner = OWNER_PID.load(Ordering::Relaxed) == std::process::id() as i32;
+    let Some(r) = running().filter(|_| route::state() == READY && is_owner) else {
+        return;
+    };
+    let base = r.runtime.base() as usize;
+    let start = addr.max(base);
+    let end = addr.saturating_add(len).min(base + r.runtime.len());
+    if end > start {
+        let start = start / PAGE_BYTES * PAGE_BYTES;
+        r.runtime
+            .set_protection(start, (end - start).next_multiple_of(PAGE_BYTES), readable);
+    }
+}
+
 /// What the pool could still hold and the local cache's size, in bytes, for the heap's
 /// admission of large blocks; `None` when no runtime serves this process.
 pub fn pool_free_bytes() -> Option<(u64, u64)> {

@@ -86,6 +86,8 @@ pub struct Core {
     pub(crate) placement: Box<dyn Placement>,
     /// Claims on the nodes' memory (`None` outside a job: nothing is counted).
     pub(crate) pool: Option<PoolAccount>,
+    /// Ranges the program made unreadable, which eviction copies another way.
+    pub(crate) protected: crate::cache::protect::Protected,
     eviction: Mutex<Box<dyn EvictionPolicy>>,
     prefetch: Mutex<Box<dyn PrefetchPolicy>>,
     pub(crate) prefetcher: PrefetchQueue,
@@ -491,6 +493,7 @@ impl Runtime {
             })?,
             placement,
             pool,
+            protected: Default::default(),
             eviction: Mutex::new(policies.eviction),
             prefetch: Mutex::new(policies.prefetch),
             prefetcher: PrefetchQueue::new(4 * config.prefetch_max_pages.max(16)),
@@ -560,6 +563,20 @@ impl Runtime {
         }
         let first = PageNum(((addr - base) / PAGE_BYTES) as u64);
         as_internal(|| self.core.discard(first, len.div_ceil(PAGE_BYTES) as u64));
+        true
+    }
+
+    /// Records the protection the program is about to give `[addr, addr + len)` (the
+    /// caller applies it with `mprotect`: the kernel enforces it; the runtime only needs
+    /// to know which pages it can no longer read directly). Returns false, doing
+    /// nothing, if the range is not page-aligned or not inside this runtime's range.
+    pub fn set_protection(&self, addr: usize, len: usize, readable: bool) -> bool {
+        let base = self.core.layout.base;
+        let end = base + self.len();
+        if addr % PAGE_BYTES != 0 || addr < base || addr.saturating_add(len) > end {
+            return false;
+        }
+        as_internal(|| self.core.protected.set(addr, len, readable));
         true
     }
 

@@ -115,8 +115,7 @@ impl Evictor {
             // SAFETY: we popped `slot`; the page is mapped write-protected and locked by us,
             // so its bytes are stable while we copy them.
             unsafe {
-                let dst = core.staging.slot_mut(slot);
-                std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), PAGE_BYTES);
+                core.protected.copy_page(addr, core.staging.slot_mut(slot));
             }
             self.unmap.push(core, page, 1);
             let invalid = state.with_access(Access::Invalid);
@@ -185,27 +184,25 @@ impl Evictor {
         let mut dirty = 0;
         let mut zero = 0;
         for v in &mut self.victims {
-            let src = match v.action {
+            let dst = &mut self.buf[dirty * PAGE_BYTES..(dirty + 1) * PAGE_BYTES];
+            match v.action {
                 EvictAction::WriteBack => {
                     let addr = core.layout.addr_of(v.page);
                     // Freeze the page first: from here writers wait in a write-protect fault.
                     core.uffd
                         .write_protect(addr, PAGE_BYTES, true, true)
                         .map_err(RuntimeError::Uffd)?;
-                    addr as *const u8
+                    // SAFETY: a mapped, write-protected page of the global range that we
+                    // hold locked: nobody can change it during the copy.
+                    unsafe { core.protected.copy_page(addr, dst) };
                 }
                 EvictAction::WriteBackStaged => {
                     let slot = v.state.staged().expect("staged dirty has a slot");
                     // SAFETY: we hold the page's lock, which owns its staging slot.
-                    unsafe { core.staging.slot_mut(slot) }.as_ptr()
+                    dst.copy_from_slice(unsafe { core.staging.slot_mut(slot) });
                 }
                 EvictAction::Drop | EvictAction::DropStaged => continue,
-            };
-            let dst = &mut self.buf[dirty * PAGE_BYTES..(dirty + 1) * PAGE_BYTES];
-            // SAFETY: `src` is a full page that nobody can change during the copy: a mapped,
-            // write-protected page of the global range that we hold locked, or the staging
-            // slot of such a page.
-            unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), PAGE_BYTES) };
+            }
             if !v.state.home_valid() && dst.iter().all(|&b| b == 0) {
                 v.action = when_zero(v.state, v.action);
                 zero += 1;

@@ -5,6 +5,7 @@ pub mod budget;
 mod discard;
 pub mod evict;
 pub mod page_table;
+pub mod protect;
 pub mod staging;
 mod unmap;
 
