@@ -7,8 +7,7 @@
 //! the file, the line and a hint. `docs/profiles.md` documents every key.
 
 use crate::config::{
-    RuntimeConfig, FETCH_GRANULARITY_PAGES_MAX, PREFETCH_PAGES_MAX, PURGE_DELAY_MS_DEFAULT,
-    ZERO_FILL_AHEAD_PAGES_MAX,
+    RuntimeConfig, FETCH_GRANULARITY_PAGES_MAX, PREFETCH_PAGES_MAX, ZERO_FILL_AHEAD_PAGES_MAX,
 };
 use crate::policy::eviction::{Clock, EvictionPolicy, Fifo, TwoQ};
 use crate::policy::placement::{Blocked, FirstTouch, Interleaved, Placement, PlacementError};
@@ -459,8 +458,7 @@ struct RawCache {
     purge_delay_ms: Option<Spanned<i64>>,
 }
 
-/// Defaults of keys left out: the `default` profile's values.
-const PREFETCH_MAX_PAGES_DEFAULT: i64 = 32;
+/// Defaults of prefetcher keys left out that the runtime's configuration does not hold.
 const WINDOW_INITIAL_PAGES_DEFAULT: i64 = 4;
 const HISTORY_DELTAS_DEFAULT: i64 = 32;
 const HISTORY_DELTAS_MAX: i64 = 1024;
@@ -596,11 +594,13 @@ impl RawProfile {
         let eviction = validate_eviction(ctx, self.eviction.unwrap_or_default())?;
         let prefetch = validate_prefetch(ctx, self.prefetch.unwrap_or_default())?;
         let placement = validate_placement(ctx, self.placement.unwrap_or_default())?;
+        // Keys left out take the runtime's own defaults.
+        let d = RuntimeConfig::default();
         let fetch = self.fetch.unwrap_or_default();
         let granularity = ctx.int(
             "granularity_pages",
             &fetch.granularity_pages,
-            1,
+            d.fetch_granularity_pages as i64,
             1..=FETCH_GRANULARITY_PAGES_MAX as i64,
         )?;
         if let (Some(v), false) = (
@@ -616,38 +616,48 @@ impl RawProfile {
         let zero_ahead = ctx.int(
             "zero_fill_ahead_pages",
             &fetch.zero_fill_ahead_pages,
-            RuntimeConfig::default().zero_fill_ahead_pages as i64,
+            d.zero_fill_ahead_pages as i64,
             0..=ZERO_FILL_AHEAD_PAGES_MAX as i64,
         )?;
         let writable_if_dirty_before = fetch
             .writable_if_dirty_before
-            .unwrap_or(RuntimeConfig::default().fetch_writable_if_dirty_before);
+            .unwrap_or(d.fetch_writable_if_dirty_before);
         let writeback = self.writeback.unwrap_or_default();
-        let batch = ctx.int("batch_pages", &writeback.batch_pages, 64, 1..=1024)?;
+        let batch = ctx.int(
+            "batch_pages",
+            &writeback.batch_pages,
+            d.writeback_batch_pages as i64,
+            1..=1024,
+        )?;
         let cache = self.cache.unwrap_or_default();
         let start = ctx.int(
             "reclaim_start_free_pct",
             &cache.reclaim_start_free_pct,
-            3,
+            i64::from(d.reclaim_start_free_pct),
             0..=49,
         )?;
         let stop = ctx.int(
             "reclaim_stop_free_pct",
             &cache.reclaim_stop_free_pct,
-            8,
+            i64::from(d.reclaim_stop_free_pct),
             1..=50,
         )?;
-        let sample_pages = ctx.int("sample_pages", &cache.sample_pages, 0, 0..=4096)?;
+        let sample_pages = ctx.int(
+            "sample_pages",
+            &cache.sample_pages,
+            d.sample_pages as i64,
+            0..=4096,
+        )?;
         let sample_interval_ms = ctx.int(
             "sample_interval_ms",
             &cache.sample_interval_ms,
-            20,
+            d.sample_interval_ms as i64,
             1..=60_000,
         )?;
         let purge_delay_ms = ctx.int(
             "purge_delay_ms",
             &cache.purge_delay_ms,
-            PURGE_DELAY_MS_DEFAULT,
+            d.purge_delay_ms,
             -1..=3_600_000,
         )?;
         if start >= stop {
@@ -728,7 +738,7 @@ fn validate_prefetch(ctx: &Ctx<'_>, p: RawPrefetch) -> Result<PrefetchSpec, Prof
     let max = ctx.int(
         "max_pages",
         &p.max_pages,
-        PREFETCH_MAX_PAGES_DEFAULT,
+        RuntimeConfig::default().prefetch_max_pages as i64,
         1..=PREFETCH_PAGES_MAX as i64,
     )?;
     let initial = ctx.int(
