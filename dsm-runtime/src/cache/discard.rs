@@ -123,6 +123,7 @@ impl Core {
                 trace.record(crate::trace::EventKind::Discard, page);
             }
         }
+        super::zap_empty_regions(self, pages.iter().map(|&(page, _)| page));
         batch.len = 0;
         self.stats
             .discarded_pages

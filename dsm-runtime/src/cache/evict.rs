@@ -280,6 +280,7 @@ impl Evictor {
                 st.evictions_clean.fetch_add(1, Ordering::Relaxed);
             }
         }
+        super::zap_empty_regions(core, self.victims.iter().map(|v| v.page));
         st.resident_pages
             .store(core.budget.used() as u64, Ordering::Relaxed);
     }

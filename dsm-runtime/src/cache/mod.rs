@@ -23,6 +23,30 @@ pub(crate) fn unmap_pages(core: &crate::runtime::Core, first: crate::space::Page
     unmap_range(core.layout.addr_of(first), n * crate::space::PAGE_BYTES);
 }
 
+/// Unmaps whole each 2 MiB region of `pages` (in page order) that no longer holds a
+/// mapped or locked page, so that the kernel frees its page table: it frees one only when
+/// its whole range is unmapped at once, and eviction unmaps pages one by one, so sparse
+/// access would otherwise leave a page table behind per touched 2 MiB
+/// ([`PageTable::try_zap`]). Costs one failed compare-and-swap per region that still
+/// holds pages.
+pub(crate) fn zap_empty_regions(
+    core: &crate::runtime::Core,
+    pages: impl Iterator<Item = crate::space::PageNum>,
+) {
+    let mut last = u64::MAX;
+    for page in pages {
+        let region = page.0 / page_table::REGION_PAGES;
+        if region == last {
+            continue;
+        }
+        last = region;
+        if let Some((first, n)) = core.table.try_zap(page) {
+            unmap_pages(core, first, n as usize);
+            core.table.end_zap(page);
+        }
+    }
+}
+
 fn unmap_range(addr: usize, len: usize) {
     // SAFETY: callers pass runs of the global range, whose pages are private anonymous
     // memory locked by them; MADV_DONTNEED only drops those pages.

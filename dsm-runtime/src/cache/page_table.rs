@@ -13,6 +13,7 @@ use crate::space::PageNum;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 const SHARDS: usize = 64;
@@ -37,10 +38,94 @@ impl Hasher for PageHasher {
 
 type Shard = HashMap<u64, PageState, BuildHasherDefault<PageHasher>>;
 
+/// Pages per region: the range one page-table page maps (2 MiB on x86-64).
+pub const REGION_PAGES: u64 = 512;
+/// Set in a region's count while it is being unmapped whole.
+const ZAPPING: u32 = 1 << 31;
+
+/// Per 2 MiB region of the range, how many of its pages are mapped or locked, in a lazily
+/// backed array (4 bytes per 2 MiB: 8 MiB of address space for 4 TiB, a page of it per
+/// 2 GiB in use). The kernel frees a page-table page only when its whole 2 MiB range is
+/// unmapped at once, not as its pages are unmapped one by one; a region whose count drops
+/// to zero holds nothing anybody could be installing, so it can be unmapped whole
+/// ([`PageTable::try_zap`]), which keeps sparse access from piling up page tables.
+#[derive(Debug)]
+struct RegionCounts {
+    base: *mut AtomicU32,
+    len: usize,
+}
+
+// SAFETY: a private mapping used only through atomics.
+unsafe impl Send for RegionCounts {}
+// SAFETY: as above.
+unsafe impl Sync for RegionCounts {}
+
+impl RegionCounts {
+    fn new(regions: usize) -> io::Result<RegionCounts> {
+        let bytes = (regions.max(1) * 4).next_multiple_of(4096);
+        // SAFETY: a fresh private anonymous mapping (the raw system call: a preloaded
+        // `mmap` must not serve the runtime's own memory); the result is checked.
+        let p = unsafe {
+            libc::syscall(
+                libc::SYS_mmap,
+                std::ptr::null_mut::<libc::c_void>(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        } as *mut libc::c_void;
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RegionCounts {
+            base: p.cast(),
+            len: regions,
+        })
+    }
+
+    fn count(&self, page: PageNum) -> &AtomicU32 {
+        let i = (page.0 / REGION_PAGES) as usize;
+        assert!(i < self.len, "page {} outside the region counts", page.0);
+        // SAFETY: `i` is in bounds of the mapping, which lives as long as `self`; zeroed
+        // memory is a valid AtomicU32.
+        unsafe { &*self.base.add(i) }
+    }
+
+    /// Counts one more page of `page`'s region as mapped or locked, unless the region is
+    /// being unmapped whole.
+    fn enter(&self, page: PageNum) -> bool {
+        self.count(page)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v & ZAPPING == 0).then_some(v + 1)
+            })
+            .is_ok()
+    }
+
+    fn leave(&self, page: PageNum) {
+        let before = self.count(page).fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(
+            before & !ZAPPING > 0,
+            "region count of page {} underflows",
+            page.0
+        );
+    }
+}
+
+impl Drop for RegionCounts {
+    fn drop(&mut self) {
+        let bytes = (self.len.max(1) * 4).next_multiple_of(4096);
+        // SAFETY: unmapping exactly the mapping made in `new`.
+        unsafe { libc::syscall(libc::SYS_munmap, self.base, bytes) };
+    }
+}
+
 /// Per-page state for `pages` pages.
 #[derive(Debug)]
 pub struct PageTable {
     shards: Box<[Mutex<Shard>]>,
+    regions: RegionCounts,
     pages: u64,
 }
 
@@ -59,6 +144,7 @@ impl PageTable {
                     ))
                 })
                 .collect(),
+            regions: RegionCounts::new(pages.div_ceil(REGION_PAGES) as usize)?,
             pages,
         })
     }
@@ -77,7 +163,8 @@ impl PageTable {
             .unwrap_or(PageState::UNTOUCHED)
     }
 
-    /// Takes the page's lock if it is free; returns the state it had.
+    /// Takes the page's lock if it is free (and its 2 MiB region is not being unmapped
+    /// whole); returns the state it had.
     pub fn try_lock(&self, page: PageNum) -> Option<PageState> {
         let mut shard = self.shard(page);
         let entry = shard.entry(page.0).or_insert(PageState::UNTOUCHED);
@@ -85,7 +172,15 @@ impl PageTable {
             return None;
         }
         let s = *entry;
-        *entry = s.with_busy(true);
+        // A page not mapped now counts in its region from here, since whoever locks it may
+        // map it; a mapped one counts already.
+        if !s.resident() && !self.regions.enter(page) {
+            if s == PageState::UNTOUCHED {
+                shard.remove(&page.0);
+            }
+            return None;
+        }
+        *shard.get_mut(&page.0).expect("just inserted") = s.with_busy(true);
         Some(s)
     }
 
@@ -103,6 +198,30 @@ impl PageTable {
             "page {} unlocked without its lock",
             page.0
         );
+        if !next.resident() {
+            self.regions.leave(page);
+        }
+    }
+
+    /// If no page of `page`'s 2 MiB region is mapped or locked, marks the region as being
+    /// unmapped whole (pages in it cannot be locked meanwhile) and returns its first page
+    /// and length in pages; the caller unmaps it, then calls [`Self::end_zap`].
+    pub fn try_zap(&self, page: PageNum) -> Option<(PageNum, u64)> {
+        let first = page.0 / REGION_PAGES * REGION_PAGES;
+        if first + REGION_PAGES > self.pages {
+            return None; // a partial region at the end: the kernel would keep its table
+        }
+        let count = self.regions.count(page);
+        count
+            .compare_exchange(0, ZAPPING, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| (PageNum(first), REGION_PAGES))
+    }
+
+    /// Ends an unmapping begun by [`Self::try_zap`].
+    pub fn end_zap(&self, page: PageNum) {
+        let prev = self.regions.count(page).swap(0, Ordering::AcqRel);
+        debug_assert_eq!(prev, ZAPPING, "end_zap without try_zap");
     }
 
     /// Clears the recency bit if set and the page is free; returns whether it was set.
@@ -143,6 +262,38 @@ mod tests {
         assert!(t.test_and_clear_referenced(p));
         assert!(!t.test_and_clear_referenced(p));
         assert_eq!(t.get(p).access(), Access::Shared);
+    }
+
+    #[test]
+    fn a_region_is_zapped_only_when_nothing_in_it_is_mapped_or_locked() {
+        let t = PageTable::new(4 * REGION_PAGES, 64).unwrap();
+        let p = PageNum(REGION_PAGES + 7);
+        let s = t.try_lock(p).unwrap();
+        assert!(
+            t.try_zap(p).is_none(),
+            "a locked page may be being installed"
+        );
+        t.unlock(p, s.with_access(Access::Exclusive));
+        assert!(t.try_zap(p).is_none(), "a mapped page");
+        let s = t.try_lock(p).unwrap();
+        let evicted = crate::coherence::state::after_evict(
+            s.with_access(Access::Exclusive),
+            crate::coherence::state::EvictAction::WriteBack,
+        );
+        t.unlock(p, evicted);
+        assert_eq!(t.try_zap(p), Some((PageNum(REGION_PAGES), REGION_PAGES)));
+        assert!(
+            t.try_lock(PageNum(REGION_PAGES)).is_none(),
+            "zapping excludes lockers"
+        );
+        assert!(
+            t.try_lock(PageNum(0)).is_some(),
+            "other regions are unaffected"
+        );
+        t.end_zap(p);
+        let s = t.try_lock(p).unwrap();
+        assert!(s.home_valid(), "zapping changes no state");
+        t.unlock(p, s);
     }
 
     #[test]
