@@ -1,0 +1,99 @@
+//! Watching the job while it runs: once a second, the statistics the processes saved are
+//! read once and shared by the timeline (for `dsmrun report`), the status line
+//! (`--progress`) and the thrash warning.
+
+use super::progress::Progress;
+use super::summary;
+use super::thrash::JobThrashWatch;
+use super::timeline::{Sample, Timeline};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How often the statistics are read (the processes save theirs once a second).
+const READ_PERIOD: Duration = Duration::from_secs(1);
+
+/// A warning given while the job ran, kept for the report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Warning {
+    /// Seconds since the job started.
+    pub t_s: f64,
+    /// What was printed.
+    pub message: String,
+}
+
+/// What was seen while the job ran.
+#[derive(Debug, Default)]
+pub struct Watched {
+    pub timeline: Timeline,
+    pub warnings: Vec<Warning>,
+}
+
+/// The watchers of a running job.
+pub struct JobWatch {
+    stats_dir: PathBuf,
+    started: Instant,
+    next_read: Instant,
+    progress: Option<Progress>,
+    thrash: Option<JobThrashWatch>,
+    seen: Watched,
+}
+
+impl JobWatch {
+    /// Watches the statistics in `stats_dir` of a job that started at `started`.
+    pub fn new(
+        stats_dir: PathBuf,
+        started: Instant,
+        progress: bool,
+        thrash: Option<JobThrashWatch>,
+    ) -> JobWatch {
+        JobWatch {
+            stats_dir,
+            started,
+            next_read: Instant::now() + READ_PERIOD,
+            progress: progress.then(Progress::start),
+            thrash,
+            seen: Watched::default(),
+        }
+    }
+
+    /// Reads the statistics if a second has passed, and updates every watcher.
+    pub fn poll(&mut self) {
+        let now = Instant::now();
+        if now < self.next_read {
+            return;
+        }
+        self.next_read = now + READ_PERIOD;
+        let processes = summary::read_processes(&self.stats_dir);
+        let total = summary::total(&processes);
+        let sample = Sample::of_total(now - self.started, processes.len(), &total);
+        self.seen.timeline.record(sample.clone());
+        if let Some(p) = self.progress.as_mut() {
+            p.update(sample);
+        }
+        let message = self.thrash.as_mut().and_then(|t| t.poll(now, &total));
+        if let Some(message) = message {
+            self.say(&message);
+            self.seen.warnings.push(Warning {
+                t_s: (now - self.started).as_secs_f64(),
+                message,
+            });
+        }
+    }
+
+    /// Prints `message` on stderr without breaking the status line.
+    pub fn say(&self, message: &str) {
+        match &self.progress {
+            Some(p) => p.suspend(|| eprintln!("{message}")),
+            None => eprintln!("{message}"),
+        }
+    }
+
+    /// Erases the status line and returns what was seen.
+    pub fn finish(mut self) -> Watched {
+        if let Some(p) = self.progress.take() {
+            p.finish();
+        }
+        std::mem::take(&mut self.seen)
+    }
+}
