@@ -13,7 +13,7 @@ use std::time::Duration;
 /// The status line.
 pub struct Progress {
     bar: ProgressBar,
-    last: Option<Sample>,
+    last: Sample,
 }
 
 impl Progress {
@@ -26,17 +26,19 @@ impl Progress {
         bar.set_message("starting");
         // Ticks keep the elapsed time and spinner moving between readings.
         bar.enable_steady_tick(Duration::from_millis(250));
-        Progress { bar, last: None }
+        // The first reading's rates are since the start.
+        Progress {
+            bar,
+            last: Sample::default(),
+        }
     }
 
     /// Shows the rates between the previous reading and `now`.
     pub fn update(&mut self, now: Sample) {
-        if let Some(prev) = &self.last {
-            if now.t_s > prev.t_s {
-                self.bar.set_message(status(prev, &now));
-            }
+        if now.t_s > self.last.t_s {
+            self.bar.set_message(status(&self.last, &now));
         }
-        self.last = Some(now);
+        self.last = now;
     }
 
     /// Runs `f` (which prints to stderr) with the line out of the way.
@@ -72,7 +74,7 @@ pub fn status(a: &Sample, b: &Sample) -> String {
     };
     let stalled = b.stall_ns.saturating_sub(a.stall_ns) as f64 / 1e9 / secs;
     format!(
-        "{:.0} faults/s, remote {:.1} MiB/s, hit rate {hit}, stalled {:.0}% of the time",
+        "{:.0} faults/s, remote {:.1} MiB/s, hit rate {hit}, stalled {:.0}%",
         faults as f64 / secs,
         bytes as f64 / secs / (1u64 << 20) as f64,
         stalled * 100.0
@@ -103,7 +105,7 @@ mod tests {
         };
         assert_eq!(
             status(&a, &b),
-            "100 faults/s, remote 2.0 MiB/s, hit rate 75.0%, stalled 50% of the time"
+            "100 faults/s, remote 2.0 MiB/s, hit rate 75.0%, stalled 50%"
         );
         assert!(status(&a, &a).contains("hit rate n/a"));
     }

@@ -8,7 +8,7 @@ use super::thrash::JobThrashWatch;
 use super::timeline::{Sample, Timeline};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How often the statistics are read (the processes save theirs once a second).
 const READ_PERIOD: Duration = Duration::from_secs(1);
@@ -33,6 +33,8 @@ pub struct Watched {
 pub struct JobWatch {
     stats_dir: PathBuf,
     started: Instant,
+    /// The same moment by the wall clock, which file times are in.
+    started_wall: SystemTime,
     next_read: Instant,
     progress: Option<Progress>,
     thrash: Option<JobThrashWatch>,
@@ -50,6 +52,7 @@ impl JobWatch {
         JobWatch {
             stats_dir,
             started,
+            started_wall: SystemTime::now() - started.elapsed(),
             next_read: Instant::now() + READ_PERIOD,
             progress: progress.then(Progress::start),
             thrash,
@@ -65,8 +68,13 @@ impl JobWatch {
         }
         self.next_read = now + READ_PERIOD;
         let processes = summary::read_processes(&self.stats_dir);
+        if processes.is_empty() {
+            // Nothing reported yet is not "nothing done yet": no sample, so that the
+            // first interval runs from the start to the first report.
+            return;
+        }
         let total = summary::total(&processes);
-        let sample = Sample::of_total(now - self.started, processes.len(), &total);
+        let sample = Sample::of_total(self.taken_at(now), processes.len(), &total);
         self.seen.timeline.record(sample.clone());
         if let Some(p) = self.progress.as_mut() {
             p.update(sample);
@@ -79,6 +87,15 @@ impl JobWatch {
                 message,
             });
         }
+    }
+
+    /// When, since the start, the figures just read were saved: the newest file's time,
+    /// so that rates are not skewed by the up to a second the checkpoints lag.
+    fn taken_at(&self, now: Instant) -> Duration {
+        let read_at = now - self.started;
+        summary::newest_write(&self.stats_dir)
+            .and_then(|t| t.duration_since(self.started_wall).ok())
+            .map_or(read_at, |t| t.min(read_at))
     }
 
     /// Prints `message` on stderr without breaking the status line.

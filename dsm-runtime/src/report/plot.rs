@@ -20,8 +20,10 @@ fn draw(chart: &Chart, out: &mut String) -> Result<(), Box<dyn std::error::Error
     let points = || chart.series.iter().flat_map(|s| s.points.iter());
     let x_max = points().map(|p| p.0).fold(1.0, f64::max);
     let y_max = points().map(|p| p.1).fold(0.0, f64::max);
-    // Headroom above the highest point; a flat zero line still gets a visible axis.
-    let y_top = if y_max > 0.0 { y_max * 1.15 } else { 1.0 };
+    // Headroom above the highest point for the legend (a line each); a flat zero line
+    // still gets a visible axis.
+    let headroom = 1.1 + 0.12 * chart.series.len() as f64;
+    let y_top = if y_max > 0.0 { y_max * headroom } else { 1.0 };
     let mut c = ChartBuilder::on(&root)
         .caption(chart.title, ("sans-serif", 17))
         .margin(8)
