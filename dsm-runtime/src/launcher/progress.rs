@@ -64,12 +64,13 @@ pub fn status(a: &Sample, b: &Sample) -> String {
     let faults = b.faults().saturating_sub(a.faults());
     let bytes = (b.remote_read_bytes + b.remote_write_bytes)
         .saturating_sub(a.remote_read_bytes + a.remote_write_bytes);
-    let fetched = b.remote_read_pages.saturating_sub(a.remote_read_pages);
+    // A hit is a fault that did not wait for the network (a prefetched page is a hit):
+    // what decides how fast the job goes.
+    let waited = b.faults_network_wait.saturating_sub(a.faults_network_wait);
     let hit = if faults == 0 {
         "n/a".to_string()
     } else {
-        // Prefetched pages count as fetched too, so the share can dip below zero.
-        let h = (1.0 - fetched as f64 / faults as f64).clamp(0.0, 1.0);
+        let h = (1.0 - waited as f64 / faults as f64).clamp(0.0, 1.0);
         format!("{:.1}%", h * 100.0)
     };
     let stalled = b.stall_ns.saturating_sub(a.stall_ns) as f64 / 1e9 / secs;
@@ -90,7 +91,7 @@ mod tests {
         let a = Sample {
             t_s: 1.0,
             faults_read: 100,
-            remote_read_pages: 50,
+            faults_network_wait: 50,
             remote_read_bytes: 1 << 20,
             stall_ns: 100_000_000,
             ..Sample::default()
@@ -98,7 +99,7 @@ mod tests {
         let b = Sample {
             t_s: 3.0,
             faults_read: 300,
-            remote_read_pages: 100,
+            faults_network_wait: 100,
             remote_read_bytes: 5 << 20,
             stall_ns: 1_100_000_000,
             ..Sample::default()

@@ -1,4 +1,4 @@
-//! Watching the job while it runs: once a second, the statistics the processes saved are
+//! Watching the job while it runs: twice a second, the statistics the processes saved are
 //! read once and shared by the timeline (for `dsmrun report`), the status line
 //! (`--progress`) and the thrash warning.
 
@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-/// How often the statistics are read (the processes save theirs once a second).
-const READ_PERIOD: Duration = Duration::from_secs(1);
+/// How often the statistics are read: twice per checkpoint period (the processes save
+/// theirs once a second), so that the thrash watch of a short window sees each one soon.
+const READ_PERIOD: Duration = Duration::from_millis(500);
 
 /// A warning given while the job ran, kept for the report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,14 +54,15 @@ impl JobWatch {
             stats_dir,
             started,
             started_wall: SystemTime::now() - started.elapsed(),
-            next_read: Instant::now() + READ_PERIOD,
+            // At once: the thrash watch takes the start as its first sample.
+            next_read: Instant::now(),
             progress: progress.then(Progress::start),
             thrash,
             seen: Watched::default(),
         }
     }
 
-    /// Reads the statistics if a second has passed, and updates every watcher.
+    /// Reads the statistics if a reading is due, and updates every watcher.
     pub fn poll(&mut self) {
         let now = Instant::now();
         if now < self.next_read {
@@ -68,17 +70,7 @@ impl JobWatch {
         }
         self.next_read = now + READ_PERIOD;
         let processes = summary::read_processes(&self.stats_dir);
-        if processes.is_empty() {
-            // Nothing reported yet is not "nothing done yet": no sample, so that the
-            // first interval runs from the start to the first report.
-            return;
-        }
         let total = summary::total(&processes);
-        let sample = Sample::of_total(self.taken_at(now), processes.len(), &total);
-        self.seen.timeline.record(sample.clone());
-        if let Some(p) = self.progress.as_mut() {
-            p.update(sample);
-        }
         let message = self.thrash.as_mut().and_then(|t| t.poll(now, &total));
         if let Some(message) = message {
             self.say(&message);
@@ -86,6 +78,16 @@ impl JobWatch {
                 t_s: (now - self.started).as_secs_f64(),
                 message,
             });
+        }
+        if processes.is_empty() {
+            // Nothing reported yet is not "nothing done yet": no sample, so that the
+            // first interval runs from the start to the first report.
+            return;
+        }
+        let sample = Sample::of_total(self.taken_at(now), processes.len(), &total);
+        self.seen.timeline.record(sample.clone());
+        if let Some(p) = self.progress.as_mut() {
+            p.update(sample);
         }
     }
 

@@ -41,6 +41,8 @@ pub enum ReportError {
         path.display()
     )]
     NoTimeline { path: PathBuf },
+    #[error("{} is the statistics file itself: write the report elsewhere (-o FILE.html)", path.display())]
+    SameFile { path: PathBuf },
     #[error("drawing the plot {chart}: {message}")]
     Plot {
         chart: &'static str,
@@ -55,6 +57,14 @@ pub enum ReportError {
 
 /// `dsmrun report STATS -o OUT`.
 pub fn run(stats: &Path, out: &Path) -> Result<(), ReportError> {
+    if out == stats
+        || out
+            .canonicalize()
+            .ok()
+            .is_some_and(|o| stats.canonicalize().ok() == Some(o))
+    {
+        return Err(ReportError::SameFile { path: out.into() });
+    }
     let text = std::fs::read_to_string(stats).map_err(|source| ReportError::Read {
         path: stats.into(),
         source,
@@ -173,6 +183,8 @@ mod tests {
             let e = run(&input, &out).expect_err(&text).to_string();
             assert!(e.contains(expected), "{e}");
         }
+        let same = run(&input, &input).unwrap_err().to_string();
+        assert!(same.contains("is the statistics file itself"), "{same}");
         let missing = run(Path::new("/nonexistent/stats.json"), &out).unwrap_err();
         assert!(missing
             .to_string()
