@@ -438,16 +438,15 @@ fn run_program(
         opts.program[0].to_string_lossy()
     )))?;
     signals::forward_to(child.id());
-    let thrash = match opts.thrash_warning {
-        Some(window) if !opts.quiet => Some(thrash::JobThrashWatch::new(
+    let thrash = opts.thrash_warning.map(|window| {
+        thrash::JobThrashWatch::new(
             window,
             opts.program[0].to_string_lossy().into_owned(),
             opts.cache_bytes_max,
-        )),
-        _ => None,
-    };
+        )
+    });
     let stats_dir = job.stats_dir.clone().unwrap_or_default();
-    let mut watch = watch::JobWatch::new(stats_dir, started, opts.progress, thrash);
+    let mut watch = watch::JobWatch::new(stats_dir, started, opts.progress, thrash, !opts.quiet);
     let status = wait_watching_nodes(&mut child, nodes, &mut watch);
     // The status line goes before anything else is printed about the end.
     let watched = watch.finish();
@@ -562,7 +561,7 @@ fn report(
     }
     if let Some(path) = &opts.report_path {
         if let Err(e) = crate::report::write(&doc, path) {
-            eprintln!("dsmrun: writing --report {}: {e}", path.display());
+            eprintln!("dsmrun: --report: {e}");
         }
     }
 }

@@ -8,7 +8,7 @@ use super::thrash::JobThrashWatch;
 use super::timeline::{Sample, Timeline};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How often the statistics are read: twice per checkpoint period (the processes save
 /// theirs once a second), so that the thrash watch of a short window sees each one soon.
@@ -39,6 +39,8 @@ pub struct JobWatch {
     next_read: Instant,
     progress: Option<Progress>,
     thrash: Option<JobThrashWatch>,
+    /// Print the thrash warning (not with -q; the report keeps it either way).
+    print_warnings: bool,
     seen: Watched,
 }
 
@@ -49,15 +51,19 @@ impl JobWatch {
         started: Instant,
         progress: bool,
         thrash: Option<JobThrashWatch>,
+        print_warnings: bool,
     ) -> JobWatch {
         JobWatch {
             stats_dir,
             started,
-            started_wall: SystemTime::now() - started.elapsed(),
+            started_wall: SystemTime::now()
+                .checked_sub(started.elapsed())
+                .unwrap_or(UNIX_EPOCH),
             // At once: the thrash watch takes the start as its first sample.
             next_read: Instant::now(),
             progress: progress.then(Progress::start),
             thrash,
+            print_warnings,
             seen: Watched::default(),
         }
     }
@@ -73,7 +79,9 @@ impl JobWatch {
         let total = summary::total(&processes);
         let message = self.thrash.as_mut().and_then(|t| t.poll(now, &total));
         if let Some(message) = message {
-            self.say(&message);
+            if self.print_warnings {
+                self.say(&message);
+            }
             self.seen.warnings.push(Warning {
                 t_s: (now - self.started).as_secs_f64(),
                 message,

@@ -16,24 +16,22 @@ use serde_json::error::Category;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// Why no report was made; each message says what to do.
+/// Why no report was made; each message says what to do. (The causes are in the messages,
+/// not `source`s, so that `{:#}` does not print them twice.)
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read {}: {err}", path.display())]
+    Read { path: PathBuf, err: std::io::Error },
     #[error(
         "{} is cut short (it ends at line {line}): it is not a whole `dsmrun --stats` file; \
          run the job again with --stats FILE",
         path.display()
     )]
     Truncated { path: PathBuf, line: usize },
-    #[error("{} is not a `dsmrun --stats` file: {source}", path.display())]
+    #[error("{} is not a `dsmrun --stats` file: {err}", path.display())]
     Invalid {
         path: PathBuf,
-        source: serde_json::Error,
+        err: serde_json::Error,
     },
     #[error(
         "{} has no timeline: it was written by a dsmrun older than `dsmrun report`; run the \
@@ -48,11 +46,8 @@ pub enum ReportError {
         chart: &'static str,
         message: String,
     },
-    #[error("cannot write {}: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot write {}: {err}", path.display())]
+    Write { path: PathBuf, err: std::io::Error },
 }
 
 /// `dsmrun report STATS -o OUT`.
@@ -65,9 +60,9 @@ pub fn run(stats: &Path, out: &Path) -> Result<(), ReportError> {
     {
         return Err(ReportError::SameFile { path: out.into() });
     }
-    let text = std::fs::read_to_string(stats).map_err(|source| ReportError::Read {
+    let text = std::fs::read_to_string(stats).map_err(|err| ReportError::Read {
         path: stats.into(),
-        source,
+        err,
     })?;
     let file: StatsFile = serde_json::from_str(&text).map_err(|e| invalid(stats, e))?;
     save(&file, stats, out)
@@ -88,7 +83,7 @@ fn invalid(path: &Path, source: serde_json::Error) -> ReportError {
         },
         _ => ReportError::Invalid {
             path: path.into(),
-            source,
+            err: source,
         },
     }
 }
@@ -108,9 +103,9 @@ fn save(file: &StatsFile, source: &Path, out: &Path) -> Result<(), ReportError> 
         plots.push((chart, svg));
     }
     let page = html::page(file, &plots);
-    std::fs::write(out, page).map_err(|source| ReportError::Write {
+    std::fs::write(out, page).map_err(|err| ReportError::Write {
         path: out.into(),
-        source,
+        err,
     })
 }
 
