@@ -276,6 +276,7 @@ struct TuneCli {
 #[derive(Parser, Debug)]
 #[command(
     name = "dsmrun report",
+    bin_name = "dsmrun report",
     about = "Make the HTML report of a job from the file it wrote with --stats: plots over \
              time, per-process and per-node tables, the options and the warnings, in one \
              file that opens offline (e.g. dsmrun report run.json -o run.html)"
