@@ -15,6 +15,7 @@ pub mod launch;
 pub mod launcher;
 pub mod node;
 pub mod policy;
+pub mod report;
 pub mod runtime;
 pub mod space;
 pub mod stats;

@@ -7,6 +7,56 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Buckets of the service-time histogram: bucket `i` counts samples in `[2^i, 2^(i+1))` ns.
 pub const HISTOGRAM_BUCKETS: usize = 40;
 
+/// Nodes whose traffic is counted one by one; a node with a higher index is counted with
+/// the last. A fixed array keeps the counters lock-free and allocation-free on the fault
+/// path (4 KiB a process); jobs have far fewer nodes than this.
+pub const NODES_COUNTED_MAX: usize = 256;
+
+/// Bytes moved to and from each memory node, for the per-node plots of `dsmrun report`.
+#[derive(Debug)]
+pub struct NodeTraffic {
+    read_bytes: [AtomicU64; NODES_COUNTED_MAX],
+    write_bytes: [AtomicU64; NODES_COUNTED_MAX],
+}
+
+impl Default for NodeTraffic {
+    fn default() -> Self {
+        NodeTraffic {
+            read_bytes: std::array::from_fn(|_| AtomicU64::new(0)),
+            write_bytes: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl NodeTraffic {
+    /// Counts `bytes` fetched from `node`.
+    pub fn read(&self, node: u16, bytes: usize) {
+        let i = usize::from(node).min(NODES_COUNTED_MAX - 1);
+        self.read_bytes[i].fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` written back to `node`.
+    pub fn write(&self, node: u16, bytes: usize) {
+        let i = usize::from(node).min(NODES_COUNTED_MAX - 1);
+        self.write_bytes[i].fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// (read, written) bytes per node, up to the last node with any traffic.
+    fn snapshot(&self) -> (Vec<u64>, Vec<u64>) {
+        let load =
+            |a: &[AtomicU64]| -> Vec<u64> { a.iter().map(|c| c.load(Ordering::Relaxed)).collect() };
+        let (mut r, mut w) = (load(&self.read_bytes), load(&self.write_bytes));
+        let used = r
+            .iter()
+            .zip(&w)
+            .rposition(|(a, b)| *a + *b > 0)
+            .map_or(0, |i| i + 1);
+        r.truncate(used);
+        w.truncate(used);
+        (r, w)
+    }
+}
+
 /// Log2 histogram of durations in nanoseconds.
 #[derive(Debug)]
 pub struct Histogram {
@@ -90,6 +140,8 @@ macro_rules! counters {
             $(#[doc = $doc] pub $name: AtomicU64,)*
             /// Time from reading a fault to waking its thread.
             pub fault_service: Histogram,
+            /// Bytes moved to and from each node.
+            pub node_traffic: NodeTraffic,
         }
 
         /// A copy of every counter, for reports and `--stats` JSON.
@@ -98,14 +150,21 @@ macro_rules! counters {
             $(#[doc = $doc] pub $name: u64,)*
             /// Time from reading a fault to waking its thread.
             pub fault_service: HistogramSnapshot,
+            /// Bytes fetched from each node, by node index.
+            pub remote_read_bytes_by_node: Vec<u64>,
+            /// Bytes written back to each node, by node index.
+            pub remote_write_bytes_by_node: Vec<u64>,
         }
 
         impl Stats {
             /// Copies every counter.
             pub fn snapshot(&self) -> StatsSnapshot {
+                let (by_node_read, by_node_write) = self.node_traffic.snapshot();
                 StatsSnapshot {
                     $($name: self.$name.load(Ordering::Relaxed),)*
                     fault_service: self.fault_service.snapshot(),
+                    remote_read_bytes_by_node: by_node_read,
+                    remote_write_bytes_by_node: by_node_write,
                 }
             }
         }
@@ -235,5 +294,19 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["zero_fills"], 3);
         assert!(v["fault_service"]["log2_buckets"].is_array());
+    }
+
+    #[test]
+    fn node_traffic_lists_nodes_up_to_the_last_used() {
+        let st = Stats::default();
+        assert!(st.snapshot().remote_read_bytes_by_node.is_empty());
+        st.node_traffic.read(2, 4096);
+        st.node_traffic.write(0, 8192);
+        st.node_traffic.write(u16::MAX, 1);
+        let s = st.snapshot();
+        assert_eq!(s.remote_read_bytes_by_node.len(), NODES_COUNTED_MAX);
+        assert_eq!(s.remote_read_bytes_by_node[2], 4096);
+        assert_eq!(s.remote_write_bytes_by_node[0], 8192);
+        assert_eq!(s.remote_write_bytes_by_node[NODES_COUNTED_MAX - 1], 1);
     }
 }

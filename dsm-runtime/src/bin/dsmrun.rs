@@ -11,6 +11,7 @@ use dsm_runtime::policy::profile::Profile;
 use dsm_runtime::transport::auth::Secret;
 use dsm_runtime::tune::{self, TuneArgs};
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -39,7 +40,7 @@ Exit status: the program's own; 128+N if signal N killed it; 127 if it was not f
                   cache holds the pages in use and the rest live on the nodes. With no host \
                   list, the nodes are started on this machine. Needs userfaultfd: root, \
                   CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1, or access to /dev/userfaultfd.",
-    override_usage = "dsmrun [OPTIONS] -n N [--] PROGRAM [ARGS]...\n       dsmrun profiles\n       dsmrun tune TRACE [--profiles a,b,...]\n       dsmrun node --id I --listen ADDR --memory SIZE",
+    override_usage = "dsmrun [OPTIONS] -n N [--] PROGRAM [ARGS]...\n       dsmrun profiles\n       dsmrun tune TRACE [--profiles a,b,...]\n       dsmrun report STATS.json [-o REPORT.html]\n       dsmrun node --id I --listen ADDR --memory SIZE",
     after_help = EXAMPLES,
     trailing_var_arg = true
 )]
@@ -85,6 +86,21 @@ struct RunCli {
     /// (e.g. --stats run.json).
     #[arg(long, value_name = "FILE")]
     stats: Option<PathBuf>,
+    /// Write an HTML report of the job to FILE: plots over time (faults, remote traffic
+    /// per node, hit rate, stalls, evictions, prefetch), per-process and per-node tables,
+    /// the options and the warnings; one file that opens offline (e.g. --report run.html).
+    /// `dsmrun report` makes the same page later from a --stats file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Show a live status line on stderr while the job runs (elapsed time, faults per
+    /// second, remote MiB/s, hit rate, share of time stalled), cleared before the summary.
+    /// On by default when stderr is a terminal and -q is not given; never drawn into a
+    /// file or pipe.
+    #[arg(long, overrides_with = "no_progress")]
+    progress: bool,
+    /// No live status line.
+    #[arg(long, overrides_with = "progress")]
+    no_progress: bool,
     /// Report the nodes, and each process's slot and counters, on stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -197,6 +213,12 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
             TransportArg::Auto => TransportKind::Auto,
         },
         stats_path: cli.stats,
+        report_path: cli.report,
+        progress: match (cli.progress, cli.no_progress) {
+            (true, _) => true,
+            (_, true) => false,
+            _ => !cli.quiet && std::io::stderr().is_terminal(),
+        },
         verbose: cli.verbose,
         quiet: cli.quiet,
         max_procs: cli.max_procs,
@@ -264,6 +286,34 @@ struct TuneCli {
     args: TuneArgs,
 }
 
+/// `dsmrun report`: the HTML page of a `--stats` file.
+#[derive(Parser, Debug)]
+#[command(
+    name = "dsmrun report",
+    bin_name = "dsmrun report",
+    about = "Make the HTML report of a job from the file it wrote with --stats: plots over \
+             time, per-process and per-node tables, the options and the warnings, in one \
+             file that opens offline (e.g. dsmrun report run.json -o run.html)"
+)]
+struct ReportCli {
+    /// The job's --stats file.
+    #[arg(value_name = "STATS.json")]
+    stats: PathBuf,
+    /// Where to write the page (default: STATS with the extension .html).
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+fn report_main(args: Vec<OsString>) -> Result<()> {
+    let cli = ReportCli::parse_from(args);
+    let out = cli
+        .output
+        .unwrap_or_else(|| cli.stats.with_extension("html"));
+    dsm_runtime::report::run(&cli.stats, &out)?;
+    eprintln!("dsmrun report: wrote {}", out.display());
+    Ok(())
+}
+
 fn main() {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "profiles") {
@@ -275,6 +325,14 @@ fn main() {
         let cli = TuneCli::parse_from(args);
         if let Err(e) = tune::run(cli.args) {
             eprintln!("dsmrun tune: {e:#}");
+            std::process::exit(EXIT_SETUP);
+        }
+        return;
+    }
+    if args.get(1).is_some_and(|a| a == "report") {
+        args.remove(1);
+        if let Err(e) = report_main(args) {
+            eprintln!("dsmrun report: {e:#}");
             std::process::exit(EXIT_SETUP);
         }
         return;

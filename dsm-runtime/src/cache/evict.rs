@@ -229,6 +229,9 @@ impl Evictor {
             });
         }
         let res = session.write_batch(&ops);
+        for op in &ops {
+            core.stats.node_traffic.write(op.node.0, op.data.len());
+        }
         self.ops = recycle(ops);
         res.map_err(RuntimeError::Transport)?;
         let st = &core.stats;

@@ -394,6 +394,7 @@ impl FaultHandler {
             });
         }
         let res = self.session.read_batch(&mut ops);
+        prefetcher::count_node_reads(core, &ops);
         self.read_ops = recycle(ops);
         res.map_err(RuntimeError::Transport)?;
         if !self.block.is_empty() {

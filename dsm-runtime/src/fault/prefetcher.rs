@@ -101,6 +101,7 @@ pub fn run(core: &Core, mut session: Box<dyn Session>) -> Result<(), RuntimeErro
             });
         }
         let res = session.read_batch(&mut ops);
+        count_node_reads(core, &ops);
         ops_store = recycle(ops);
         res.map_err(RuntimeError::Transport)?;
         count_fetch(core, staged.len());
@@ -118,6 +119,13 @@ pub(crate) fn count_fetch(core: &Core, n: usize) {
         .fetch_add(n * PAGE_BYTES as u64, Ordering::Relaxed);
     st.remote_read_batches.fetch_add(1, Ordering::Relaxed);
     st.prefetch_issued.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Counts the bytes of a read batch per node (the per-node plots of `dsmrun report`).
+pub(crate) fn count_node_reads(core: &Core, ops: &[ReadOp<'_>]) {
+    for op in ops {
+        core.stats.node_traffic.read(op.node.0, op.buf.len());
+    }
 }
 
 /// Publishes fetched pages as staged prefetches and unlocks them.

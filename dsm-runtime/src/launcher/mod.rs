@@ -8,9 +8,12 @@
 //! `PR_SET_PDEATHSIG` too; every exit path drops [`LocalNodes`], which kills and reaps them.
 
 pub mod cpus;
+pub mod progress;
 pub mod signals;
 pub mod summary;
 pub mod thrash;
+pub mod timeline;
+pub mod watch;
 
 use crate::config::job::{
     JobConfig, TransportKind, DEFAULT_SLOT_BYTES, SLOTS_MAX, SLOT_ALIGN_BYTES,
@@ -54,6 +57,10 @@ pub struct RunOptions {
     pub transport: TransportKind,
     /// Where to write the job's statistics as JSON.
     pub stats_path: Option<PathBuf>,
+    /// Where to write the job's HTML report.
+    pub report_path: Option<PathBuf>,
+    /// Draw the live status line on stderr (only if it is a terminal).
+    pub progress: bool,
     /// Report each process and the nodes on stderr.
     pub verbose: bool,
     /// Print no summary.
@@ -388,16 +395,16 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
     let result = job
         .validate()
         .map_err(|e| LaunchError::Invalid(e.to_string()))
-        .and_then(|()| run_program(opts, &job, &program_path, &preload, &mut nodes));
+        .and_then(|()| run_program(opts, &job, &program_path, &preload, &mut nodes, started));
     drop(nodes);
-    let code = match result {
-        Ok(c) => c,
+    let (code, watched) = match result {
+        Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&stats_dir);
             return Err(e);
         }
     };
-    report(opts, &stats_dir, code, started.elapsed());
+    report(opts, &stats_dir, code, started, watched);
     let _ = std::fs::remove_dir_all(&stats_dir);
     Ok(code)
 }
@@ -433,7 +440,8 @@ fn run_program(
     program_path: &Path,
     preload: &Path,
     nodes: &mut LocalNodes,
-) -> Result<i32, LaunchError> {
+    started: Instant,
+) -> Result<(i32, watch::Watched), LaunchError> {
     let mut cmd = Command::new(program_path);
     cmd.arg0(&opts.program[0]).args(&opts.program[1..]);
     // Stale job variables from an enclosing dsmrun must not leak into this job. The
@@ -467,38 +475,41 @@ fn run_program(
         opts.program[0].to_string_lossy()
     )))?;
     signals::forward_to(child.id());
-    let mut thrash = match (opts.thrash_warning, &job.stats_dir) {
-        (Some(window), Some(dir)) if !opts.quiet => Some(thrash::JobThrashWatch::new(
+    let thrash = opts.thrash_warning.map(|window| {
+        thrash::JobThrashWatch::new(
             window,
-            dir.clone(),
             opts.program[0].to_string_lossy().into_owned(),
             opts.cache_bytes_max,
-        )),
-        _ => None,
+        )
+    });
+    let stats_dir = job.stats_dir.clone().unwrap_or_default();
+    let mut watch = watch::JobWatch::new(stats_dir, started, opts.progress, thrash, !opts.quiet);
+    let status = wait_watching_nodes(&mut child, nodes, &mut watch);
+    // The status line goes before anything else is printed about the end.
+    let watched = watch.finish();
+    let code = match status {
+        Ok(st) => exit_code_of(st, opts),
+        Err(()) => EXIT_RUNTIME_FAILURE,
     };
-    let status = wait_watching_nodes(&mut child, nodes, opts, thrash.as_mut());
     signals::stop_forwarding();
-    Ok(status)
+    Ok((code, watched))
 }
 
-/// Waits for the program; if a node dies first, says which and stops the program.
-/// Meanwhile tells the user if the job is thrashing (`thrash`).
+/// Waits for the program; if a node dies first, says which and stops the program
+/// (`Err`, once said). Meanwhile keeps `watch` up to date.
 fn wait_watching_nodes(
     child: &mut Child,
     nodes: &mut LocalNodes,
-    opts: &RunOptions,
-    mut thrash: Option<&mut thrash::JobThrashWatch>,
-) -> i32 {
+    watch: &mut watch::JobWatch,
+) -> Result<ExitStatus, ()> {
     loop {
-        if let Some(t) = thrash.as_deref_mut() {
-            t.poll();
-        }
+        watch.poll();
         match child.try_wait() {
-            Ok(Some(st)) => return exit_code_of(st, opts),
+            Ok(Some(st)) => return Ok(st),
             Ok(None) => {}
             Err(e) => {
-                eprintln!("dsmrun: waiting for the program: {e}");
-                return EXIT_RUNTIME_FAILURE;
+                watch.say(&format!("dsmrun: waiting for the program: {e}"));
+                return Err(());
             }
         }
         if let Some((i, st)) = nodes.exited() {
@@ -511,16 +522,16 @@ fn wait_watching_nodes(
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            eprintln!(
+            watch.say(&format!(
                 "dsmrun: memory node {i} exited during the run ({st}); the program cannot \
                  continue without its memory"
-            );
+            ));
             if let Ok(None) = child.try_wait() {
                 // SAFETY: signalling the child we started.
                 unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
             }
             let _ = child.wait();
-            return EXIT_RUNTIME_FAILURE;
+            return Err(());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -561,7 +572,13 @@ fn exit_code_of(st: ExitStatus, opts: &RunOptions) -> i32 {
     128 + sig
 }
 
-fn report(opts: &RunOptions, stats_dir: &Path, code: i32, wall: Duration) {
+fn report(
+    opts: &RunOptions,
+    stats_dir: &Path,
+    code: i32,
+    started: Instant,
+    mut watched: watch::Watched,
+) {
     let processes = summary::read_processes(stats_dir);
     let total = summary::total(&processes);
     if !opts.quiet {
@@ -575,8 +592,38 @@ fn report(opts: &RunOptions, stats_dir: &Path, code: i32, wall: Duration) {
             )
         );
     }
-    let Some(path) = &opts.stats_path else { return };
-    let doc = serde_json::json!({
+    if opts.stats_path.is_none() && opts.report_path.is_none() {
+        return;
+    }
+    let wall = started.elapsed();
+    watched
+        .timeline
+        .finish(timeline::Sample::of_total(wall, processes.len(), &total));
+    let doc = stats_document(opts, code, wall, total, processes, watched);
+    if let Some(path) = &opts.stats_path {
+        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("dsmrun: writing --stats {}: {e}", path.display());
+        }
+    }
+    if let Some(path) = &opts.report_path {
+        if let Err(e) = crate::report::write(&doc, path) {
+            eprintln!("dsmrun: --report: {e}");
+        }
+    }
+}
+
+/// The `--stats` JSON: the job and its options, the totals, every process, and what was
+/// seen while it ran. Keys only ever get added, so that scripts keep working.
+fn stats_document(
+    opts: &RunOptions,
+    code: i32,
+    wall: Duration,
+    total: serde_json::Value,
+    processes: Vec<serde_json::Value>,
+    watched: watch::Watched,
+) -> serde_json::Value {
+    serde_json::json!({
         "job": {
             "program": opts.program.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>(),
             "nodes": opts.nodes,
@@ -587,14 +634,21 @@ fn report(opts: &RunOptions, stats_dir: &Path, code: i32, wall: Duration) {
             "wall_time_s": wall.as_secs_f64(),
             "fault_hit_rate": summary::fault_hit_rate(&total),
             "processes_without_final_stats": summary::incomplete(&processes),
+            "profile": opts.profile.as_deref().unwrap_or("default"),
+            "attach": opts.attach.as_ref().map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
+            "max_procs": opts.max_procs,
+            "handler_threads": opts.handler_threads,
+            "mmap_min_bytes": opts.mmap_min_bytes,
+            "space_base": format!("{:#x}", opts.space_base),
+            "cpus": opts.cpus.as_ref().map(|c| c.iter().copied().collect::<Vec<_>>()),
+            "thrash_warning_s": opts.thrash_warning.map(|d| d.as_secs()),
+            "record_trace": opts.record_trace.as_ref().map(|p| p.display().to_string()),
         },
         "total": total,
         "processes": processes,
-    });
-    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-    if let Err(e) = std::fs::write(path, text) {
-        eprintln!("dsmrun: writing --stats {}: {e}", path.display());
-    }
+        "timeline": watched.timeline,
+        "warnings": watched.warnings,
+    })
 }
 
 /// The default local cache: half of this machine's memory.

@@ -27,6 +27,18 @@ pub fn read_processes(dir: &Path) -> Vec<Value> {
     out
 }
 
+/// When the newest statistics file in `dir` was written: the moment the figures read
+/// from it describe (a checkpoint can be up to a second older than the reading).
+pub fn newest_write(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .max()
+}
+
 fn add_into(total: &mut Map<String, Value>, stats: &Map<String, Value>) {
     for (k, v) in stats {
         if DROPPED.contains(&k.as_str()) {

@@ -8,10 +8,8 @@
 //! job's faults have taken more than half of the wall time over a whole window
 //! (`--thrash-warning SECS`), says so once on stderr, with what to change.
 
-use super::summary;
 use serde_json::Value;
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Above this share of the wall time spent in faults (summed over the job's faulting
@@ -103,34 +101,30 @@ impl ThrashWatch {
     }
 }
 
-/// A [`ThrashWatch`] over a job's statistics directory, printing its warning.
+/// A [`ThrashWatch`] over a job's totals, writing its warning.
 pub struct JobThrashWatch {
     watch: ThrashWatch,
-    stats_dir: PathBuf,
     program: String,
     cache_bytes: u64,
 }
 
 impl JobThrashWatch {
-    pub fn new(window: Duration, stats_dir: PathBuf, program: String, cache_bytes: u64) -> Self {
+    pub fn new(window: Duration, program: String, cache_bytes: u64) -> Self {
         JobThrashWatch {
             watch: ThrashWatch::new(window),
-            stats_dir,
             program,
             cache_bytes,
         }
     }
 
-    /// Samples the job's checkpoints if a sample is due, and warns if it is thrashing.
-    pub fn poll(&mut self) {
-        let now = Instant::now();
+    /// Takes the job's `total` at `now` if a sample is due; returns the warning to print
+    /// if it is thrashing.
+    pub fn poll(&mut self, now: Instant, total: &Value) -> Option<String> {
         if !self.watch.due(now) {
-            return;
+            return None;
         }
-        let total = summary::total(&summary::read_processes(&self.stats_dir));
-        if let Some(t) = self.watch.observe(now, &total) {
-            eprintln!("{}", self.message(&t));
-        }
+        let t = self.watch.observe(now, total)?;
+        Some(self.message(&t))
     }
 
     fn message(&self, t: &Thrashing) -> String {
