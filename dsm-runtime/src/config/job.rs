@@ -554,4 +554,62 @@ mod tests {
         assert_eq!(b.space_page_offset, (128 << 20) / 4096);
         assert_eq!(job.space_pages(), 4 * (128 << 20) / 4096);
     }
+
+    #[test]
+    fn a_slot_is_never_taken_from_a_live_process_or_another_hosts() {
+        use crate::transport::mem::MemNodes;
+        let job = JobConfig::from_vars(vars(&[
+            ("DSM_NODES", "127.0.0.1:1"),
+            ("DSM_SECRET", "x"),
+            ("DSM_SLOT_BYTES", "128M"),
+            ("DSM_SLOTS", "3"),
+        ]))
+        .unwrap();
+        let mut nodes = MemNodes::new(1, 1 << 20);
+        let here = 7;
+        let alive_here = |o: Owner| o.host() != here || o.pid() == 100;
+        // Another host's process whose pid happens to be dead here, then a live local one.
+        let remote = Owner::new(8, 200);
+        assert_eq!(job.claim_slot(&mut nodes, remote, alive_here).unwrap(), 0);
+        let live = Owner::new(here, 100);
+        assert_eq!(job.claim_slot(&mut nodes, live, alive_here).unwrap(), 1);
+        // A pid-only check would have taken slot 0 (pid 200 is not alive on this host).
+        let dead = Owner::new(here, 300);
+        assert_eq!(job.claim_slot(&mut nodes, dead, alive_here).unwrap(), 2);
+        let next = Owner::new(here, 400);
+        // Slot 2's owner (pid 300) is dead here: its slot is free again.
+        assert_eq!(job.claim_slot(&mut nodes, next, alive_here).unwrap(), 2);
+        // Now everyone is alive (or remote): full.
+        let late = Owner::new(here, 500);
+        assert!(matches!(
+            job.claim_slot(&mut nodes, late, |o| o.pid() != 500),
+            Err(JobError::SlotsFull { slots: 3 })
+        ));
+        // The same process after an exec reuses its own slot, flags or not.
+        assert_eq!(
+            job.claim_slot(&mut nodes, Owner(next.reclaiming().0), |_| true)
+                .unwrap(),
+            2
+        );
+    }
+
+    #[test]
+    fn owner_words_keep_host_and_pid_apart() {
+        let o = Owner::new(0xdead_beef, 4_194_304);
+        assert_eq!((o.host(), o.pid()), (0xdead_beef, 4_194_304));
+        assert!(o.same_process(o.reclaiming()));
+        assert_ne!(
+            Owner::new(0, 1).0,
+            0,
+            "a zero host tag would look like a free slot"
+        );
+        assert!(
+            owner_alive(Owner::new(host_tag() ^ 1, 1 << 30)),
+            "another host's"
+        );
+        assert!(
+            !owner_alive(Owner::new(host_tag(), 0x7fff_fff0)),
+            "no such pid here"
+        );
+    }
 }

@@ -326,3 +326,114 @@ impl PoolAccount {
         Ok(free)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::mem::MemNodes;
+
+    /// Two nodes of `capacity` pages each, as a node writes its header at start.
+    fn nodes(capacity: u64) -> MemNodes {
+        let mut m = MemNodes::new(2, 1 << 20);
+        for n in 0..2 {
+            m.compare_and_swap(NodeId(n), CAPACITY_PAGES_OFFSET, 0, capacity)
+                .unwrap();
+        }
+        m
+    }
+
+    fn claimed(m: &mut MemNodes, node: u16) -> u64 {
+        read_word(m, NodeId(node), CLAIMED_PAGES_OFFSET).unwrap()
+    }
+
+    #[test]
+    fn claims_come_in_grants_and_fill_a_node_exactly() {
+        let mut m = nodes(3000);
+        let me = Owner::new(1, 10);
+        let a = PoolAccount::open(&mut m, me, 0, 2).unwrap();
+        a.reserve(&mut m, NodeId(0), 1).unwrap();
+        assert_eq!(
+            claimed(&mut m, 0),
+            GRANT_PAGES,
+            "one grant for the first page"
+        );
+        for _ in 1..GRANT_PAGES {
+            a.reserve(&mut m, NodeId(0), 1).unwrap();
+        }
+        assert_eq!(claimed(&mut m, 0), GRANT_PAGES, "served from credit");
+        // Two more grants do not fit in 3000 pages: the last claim is exact.
+        a.reserve(&mut m, NodeId(0), 1500).unwrap();
+        a.reserve(&mut m, NodeId(0), 3000 - GRANT_PAGES - 1500)
+            .unwrap();
+        assert_eq!(claimed(&mut m, 0), 3000);
+        let err = a.reserve(&mut m, NodeId(0), 1).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PoolError::Exhausted {
+                    node: NodeId(0),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("memory pool is exhausted"),
+            "{err}"
+        );
+        assert_eq!(claimed(&mut m, 1), 0, "the other node is untouched");
+        assert_eq!(a.used_pages(), 3000);
+    }
+
+    #[test]
+    fn forgotten_pages_go_back_and_a_dead_slots_claim_is_returned_once() {
+        let mut m = nodes(4 * GRANT_PAGES);
+        let dead = Owner::new(1, 10);
+        let a = PoolAccount::open(&mut m, dead, 0, 2).unwrap();
+        a.reserve(&mut m, NodeId(1), 3 * GRANT_PAGES).unwrap();
+        // It frees most of it, then the credit beyond what it keeps is given back.
+        a.forget(NodeId(1), 3 * GRANT_PAGES);
+        a.trim(&mut m).unwrap();
+        assert!(claimed(&mut m, 1) <= CREDIT_KEPT_PAGES);
+        a.reserve(&mut m, NodeId(1), 3 * GRANT_PAGES).unwrap();
+        let held = claimed(&mut m, 1);
+        // Its process dies holding the claim (slot 0's owner word names it).
+        m.compare_and_swap(NodeId(0), slot_owner_offset(0), 0, dead.0)
+            .unwrap();
+        drop(a);
+        // Another process finds the node full and gives the dead one's claim back.
+        let me = Owner::new(crate::config::job::host_tag(), std::process::id());
+        m.compare_and_swap(NodeId(0), slot_owner_offset(1), 0, me.0)
+            .unwrap();
+        let b = PoolAccount::open(&mut m, me, 1, 2).unwrap();
+        // Its owner's host tag (1) is not this host's: it is never taken for dead.
+        b.reserve(&mut m, NodeId(1), 4 * GRANT_PAGES - held)
+            .unwrap();
+        assert!(
+            b.reserve(&mut m, NodeId(1), held).is_err(),
+            "the other host's claim stays"
+        );
+        // Make the owner a dead process of this host, then the claim comes back.
+        m.compare_and_swap(
+            NodeId(0),
+            slot_owner_offset(0),
+            dead.0,
+            Owner::new(me.host(), 0x7fff_fff0).0,
+        )
+        .unwrap();
+        b.reserve(&mut m, NodeId(1), held).unwrap();
+        assert_eq!(
+            read_word(&mut m, NodeId(0), slot_owner_offset(0)).unwrap(),
+            0,
+            "slot freed"
+        );
+        assert_eq!(
+            read_word(&mut m, NodeId(1), slot_claimed_offset(0)).unwrap(),
+            0
+        );
+        assert_eq!(claimed(&mut m, 1), 4 * GRANT_PAGES);
+        // Returning it again changes nothing.
+        release_slot(&mut m, 0, 2).unwrap();
+        assert_eq!(claimed(&mut m, 1), 4 * GRANT_PAGES);
+    }
+}

@@ -19,6 +19,8 @@
 //!   sends something malformed yields an error naming that node. Nothing blocks forever.
 
 pub mod auth;
+#[cfg(test)]
+pub(crate) mod mem;
 pub mod select;
 pub mod shm;
 pub mod tcp;
