@@ -52,25 +52,13 @@ pub fn charts(t: &Timeline, nodes: usize) -> Vec<Chart> {
             id: "remote-read",
             title: "Remote reads per node (MiB/s)",
             y_label: "MiB/s",
-            series: (0..nodes)
-                .map(|n| {
-                    rate(s, &format!("node {n}"), |x| {
-                        by_node(&x.remote_read_bytes_by_node, n) / MIB
-                    })
-                })
-                .collect(),
+            series: per_node_mib_rate(s, nodes, |x| &x.remote_read_bytes_by_node),
         },
         Chart {
             id: "remote-write",
             title: "Remote writes (write-backs) per node (MiB/s)",
             y_label: "MiB/s",
-            series: (0..nodes)
-                .map(|n| {
-                    rate(s, &format!("node {n}"), |x| {
-                        by_node(&x.remote_write_bytes_by_node, n) / MIB
-                    })
-                })
-                .collect(),
+            series: per_node_mib_rate(s, nodes, |x| &x.remote_write_bytes_by_node),
         },
         Chart {
             id: "hit-rate",
@@ -131,6 +119,17 @@ fn share(a: u64, b: u64) -> f64 {
     } else {
         100.0 * a as f64 / b as f64
     }
+}
+
+/// One MiB/s series per node, from the per-node byte counters `bytes` picks.
+fn per_node_mib_rate(
+    s: &[Sample],
+    nodes: usize,
+    bytes: impl Fn(&Sample) -> &Vec<u64> + Copy,
+) -> Vec<Series> {
+    (0..nodes)
+        .map(|n| rate(s, &format!("node {n}"), |x| by_node(bytes(x), n) / MIB))
+        .collect()
 }
 
 /// The per-second rate of the cumulative `f` over each interval, at the interval's end.
