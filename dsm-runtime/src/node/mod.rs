@@ -2,6 +2,7 @@
 //! operations on it (see [`crate::transport`] for the contract they implement).
 
 pub mod region;
+pub mod request;
 pub mod server;
 #[cfg(feature = "verbs")]
 pub mod verbs;

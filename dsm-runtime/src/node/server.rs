@@ -6,11 +6,11 @@
 //! checked before it is trusted; a peer that breaks the protocol is logged and dropped.
 
 use super::region::Region;
+use super::request::{self, BatchError, Call};
 use crate::transport::auth::{self, NodeHello, Secret};
 use crate::transport::vectored::{self, iovec};
 use crate::transport::wire::{
-    self, Entry, Header, Op, WireError, ENTRY_BYTES, HEADER_BYTES, REPLY_BIT, STATUS_OK,
-    STATUS_REJECTED,
+    self, Entry, Header, Op, WireError, HEADER_BYTES, REPLY_BIT, STATUS_OK, STATUS_REJECTED,
 };
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -123,17 +123,11 @@ impl NodeServer {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ServeError::Closed),
             Err(e) => return Err(e.into()),
         }
-        let h = Header::decode(&hb)?;
-        let op = h.check_request()?;
-        conn.entries.clear();
-        if h.count > 0 {
-            conn.raw.resize(h.count as usize * ENTRY_BYTES, 0);
-            conn.input.read_exact(s, &mut conn.raw)?;
-            for chunk in conn.raw.chunks_exact(ENTRY_BYTES) {
-                conn.entries
-                    .push(Entry::decode(chunk.try_into().expect("entry size"))?);
-            }
-        }
+        let (h, op) = request::parse_header(&hb)?;
+        // At most 64 KiB (the entry count is bounded): the vector grows to that once.
+        conn.raw.resize(request::entries_bytes(&h), 0);
+        conn.input.read_exact(s, &mut conn.raw)?;
+        request::parse_entries(&conn.raw, &mut conn.entries)?;
         match op {
             Op::Read => self.read(s, &h, conn),
             Op::Write => self.write(s, &h, conn),
@@ -142,18 +136,12 @@ impl NodeServer {
         }
     }
 
-    fn out_of_bounds(&self, entries: &[Entry]) -> Option<Entry> {
-        entries
-            .iter()
-            .copied()
-            .find(|e| !e.within(self.region.len()))
-    }
-
     fn read(&self, s: &mut TcpStream, h: &Header, conn: &mut ConnState) -> Result<(), ServeError> {
-        let total = wire::total_len(&conn.entries)?;
-        if let Some(bad) = self.out_of_bounds(&conn.entries) {
-            return reject(s, h, &self.bounds_message(bad));
-        }
+        let total = match request::check_batch(Op::Read, h, &conn.entries, self.region.len()) {
+            Ok(total) => total,
+            Err(BatchError::Malformed(e)) => return Err(e.into()),
+            Err(BatchError::OutOfBounds(bad)) => return reject(s, h, &self.bounds_message(bad)),
+        };
         let mut rh = [0u8; HEADER_BYTES];
         reply_header(h, STATUS_OK, total).encode(&mut rh);
         conn.iov.clear();
@@ -177,15 +165,15 @@ impl NodeServer {
     }
 
     fn write(&self, s: &mut TcpStream, h: &Header, conn: &mut ConnState) -> Result<(), ServeError> {
-        let total = wire::total_len(&conn.entries)?;
-        if total != h.payload_len {
-            return Err(WireError::Inconsistent("write payload differs from its entries").into());
-        }
-        if let Some(bad) = self.out_of_bounds(&conn.entries) {
-            // Consume the payload so the stream stays in step, then refuse.
-            conn.input.skip(s, total as usize)?;
-            return reject(s, h, &self.bounds_message(bad));
-        }
+        let total = match request::check_batch(Op::Write, h, &conn.entries, self.region.len()) {
+            Ok(total) => total,
+            Err(BatchError::Malformed(e)) => return Err(e.into()),
+            Err(BatchError::OutOfBounds(bad)) => {
+                // Consume the payload so the stream stays in step, then refuse.
+                conn.input.skip(s, h.payload_len as usize)?;
+                return reject(s, h, &self.bounds_message(bad));
+            }
+        };
         conn.iov.clear();
         for e in &conn.entries {
             let p = self
@@ -216,7 +204,10 @@ impl NodeServer {
         let mut args = [0u8; 24];
         conn.input.read_exact(s, &mut args)?;
         let (offset, expected, new) = wire::decode_cas(&args);
-        let Some(old) = self.region.compare_and_swap(offset, expected, new) else {
+        let old = request::cas_within(offset, self.region.len())
+            .then(|| self.region.compare_and_swap(offset, expected, new))
+            .flatten();
+        let Some(old) = old else {
             let msg = format!(
                 "compare-and-swap at {offset:#x}: must be 8-byte aligned and inside the {}-byte region",
                 self.region.len()
@@ -236,24 +227,21 @@ impl NodeServer {
     fn call(&self, s: &mut TcpStream, h: &Header, conn: &mut ConnState) -> Result<(), ServeError> {
         let mut msg = vec![0u8; h.payload_len as usize];
         conn.input.read_exact(s, &mut msg)?;
-        let answer = match msg.as_slice() {
-            b"ping" => b"pong".to_vec(),
-            b"stats" => self.stats_json().into_bytes(),
-            m if m == crate::transport::shm::ATTACH_CALL.as_bytes() => {
+        let answer = match request::parse_call(&msg) {
+            Call::Ping => b"pong".to_vec(),
+            Call::Stats => self.stats_json().into_bytes(),
+            Call::ShmAttach => {
                 match crate::transport::shm::Offer::describe(self.region.file(), self.region.len())
                 {
                     Ok(offer) => offer.encode(),
                     Err(e) => return reject(s, h, &format!("cannot share the region: {e}")),
                 }
             }
-            m if m.starts_with(b"verbs-connect") => match self.verbs_connect(m, conn) {
+            Call::VerbsConnect(m) => match self.verbs_connect(m, conn) {
                 Ok(a) => a,
                 Err(why) => return reject(s, h, &why),
             },
-            other => {
-                let m = format!("unknown call {:?}", String::from_utf8_lossy(other));
-                return reject(s, h, &m);
-            }
+            Call::Unknown(m) => return reject(s, h, &request::unknown_call_message(m)),
         };
         let mut rh = [0u8; HEADER_BYTES];
         reply_header(h, STATUS_OK, answer.len() as u32).encode(&mut rh);
