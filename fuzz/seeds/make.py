@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus: a few valid and nearly valid frames per target.
+
+The fuzzers start from these (and from the dictionary, wire.dict) rather than from
+nothing; `cargo test` in fuzz/ replays them through every target. Run from fuzz/seeds/.
+"""
+import os
+import struct
+
+MAGIC = 0x314D5344
+READ, WRITE, CAS, CALL = 1, 2, 3, 4
+
+
+def frame(op, entries=(), payload=b"", seq=1):
+    out = struct.pack("<IBBHIIQ", MAGIC, op, 0, 0, len(entries), len(payload), seq)
+    for off, ln in entries:
+        out += struct.pack("<QII", off, ln, 0)
+    return out + payload
+
+
+def cas(off, exp, new):
+    return frame(CAS, payload=struct.pack("<QQQ", off, exp, new))
+
+
+def write(off, data):
+    return frame(WRITE, [(off, len(data))], data)
+
+
+STREAMS = {
+    "read": frame(READ, [(0, 4096), (8192, 16)]),
+    "read-oob": frame(READ, [(2**64 - 8, 16)]) + frame(READ, [(4096, 8)], seq=2),
+    "write-read": write(100, b"hello") + frame(READ, [(96, 16)], seq=2),
+    "write-oob": frame(WRITE, [(16384, 4)], b"abcd") + frame(CALL, payload=b"ping"),
+    "cas": cas(8, 0, 7) + cas(8, 7, 9, ) + cas(12, 0, 1) + cas(16384, 0, 1),
+    "calls": frame(CALL, payload=b"ping") + frame(CALL, payload=b"stats")
+    + frame(CALL, payload=b"shm-attach") + frame(CALL, payload=b"nope" * 20),
+    "truncated-write": write(0, b"x" * 64)[:60],
+    "bad-magic": b"XSM1" + frame(READ)[4:],
+}
+
+CONTROL = {
+    "ping": b"ping",
+    "stats": b"stats",
+    "attach": b"shm-attach",
+    "verbs": b'verbs-connect {"node":0}',
+    "offer": b'{"boot_id":"x","pid":1,"fd":3,"dev":1,"ino":2,"bytes":4096}',
+    "binary": bytes(range(256)),
+}
+
+
+def put(target, name, data):
+    os.makedirs(target, exist_ok=True)
+    with open(os.path.join(target, name), "wb") as f:
+        f.write(data)
+
+
+for name, s in STREAMS.items():
+    put("wire", name, s)
+    put("node", name, s)
+    for pick in (0, 1, 2 + (1 << 20 << 2), 3):
+        put("request", f"{name}-{pick & 3}", struct.pack("<Q", pick) + s)
+for name, m in CONTROL.items():
+    put("control", name, m)
