@@ -37,6 +37,15 @@ STREAMS = {
     "truncated-write": write(0, b"x" * 64)[:60],
     "bad-magic": b"XSM1" + frame(READ)[4:],
 }
+# Requests large enough to take the node's other paths: more than its 64 KiB input
+# buffer at once, the most entries, a payload skipped across refills.
+BIG = {
+    "big-write": write(0, bytes(range(256)) * 64) + frame(READ, [(0, 16384)], seq=2),
+    "many-entries": frame(READ, [(i * 4, 4) for i in range(4096)]),
+    "big-call": frame(CALL, payload=b"x" * 65536) + frame(CALL, payload=b"ping", seq=2),
+    "big-oob-write": frame(WRITE, [(i * 16384, 16384) for i in range(5)], b"y" * 81920)
+    + frame(CALL, payload=b"ping", seq=2),
+}
 
 CONTROL = {
     "ping": b"ping",
@@ -59,5 +68,16 @@ for name, s in STREAMS.items():
     put("node", name, s)
     for pick in (0, 1, 2 + (1 << 20 << 2), 3):
         put("request", f"{name}-{pick & 3}", struct.pack("<Q", pick) + s)
+for name, s in BIG.items():
+    put("node", name, s)
+    put("request", name, struct.pack("<Q", 0) + s)
 for name, m in CONTROL.items():
     put("control", name, m)
+
+# A node's hello (for the client side, first byte 1) and a client's auth message (for
+# the node side, first byte 0), with made-up nonces and MACs.
+HELLO = b"DSMH" + struct.pack("<HHQ", 1, 0, 1 << 30) + bytes(32)
+AUTH = b"DSMA" + struct.pack("<HH", 1, 0) + bytes(32) + bytes(range(32))
+put("handshake", "client-auth", b"\x00" + AUTH)
+put("handshake", "node-hello", b"\x01" + HELLO + b"\x00" + bytes(32))
+put("handshake", "wrong-version", b"\x00" + AUTH[:4] + b"\x02" + AUTH[5:])

@@ -12,12 +12,9 @@ pub fn run(data: &[u8]) {
     // The longest call a node takes, made of the input repeated: what an answer quoting
     // the call grows to, without waiting for libFuzzer to grow inputs to 64 KiB.
     if !data.is_empty() && data.len() < MAX_CALL_BYTES as usize {
-        let long: Vec<u8> = data
-            .iter()
-            .copied()
-            .cycle()
-            .take(MAX_CALL_BYTES as usize)
-            .collect();
+        let max = MAX_CALL_BYTES as usize;
+        let mut long = data.repeat(max.div_ceil(data.len()));
+        long.truncate(max);
         call(&long);
     }
     offer(data);

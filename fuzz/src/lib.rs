@@ -5,6 +5,7 @@
 //! properties are listed in docs/fuzzing.md.
 
 pub mod control;
+pub mod handshake;
 pub mod model;
 pub mod node;
 pub mod request;
@@ -40,6 +41,7 @@ mod tests {
         replay("wire", crate::wire::run);
         replay("request", crate::request::run);
         replay("control", crate::control::run);
+        replay("handshake", crate::handshake::run);
         replay("node", crate::node::run);
     }
 }

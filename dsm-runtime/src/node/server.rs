@@ -17,10 +17,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a new peer may take to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the node stops accepting after running out of descriptors or threads.
+const EXHAUSTED_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Counters a node keeps about the traffic it served.
 #[derive(Debug, Default)]
@@ -35,7 +37,7 @@ pub struct NodeCounters {
     pub write_bytes: AtomicU64,
     /// Compare-and-swap operations.
     pub atomics: AtomicU64,
-    /// Peers refused at the handshake.
+    /// Peers refused: at the handshake, or for want of descriptors or threads.
     pub refused_peers: AtomicU64,
 }
 
@@ -69,19 +71,41 @@ impl NodeServer {
         &self.counters
     }
 
-    /// Accepts connections forever, one thread each.
+    /// Accepts connections forever, one thread each. Peers that exhaust descriptors,
+    /// memory or threads are refused for a moment; they never stop the node.
     pub fn serve(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        let mut quiet_until = Instant::now();
         loop {
             let (stream, peer) = match listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => match accept_error(&e) {
+                    AcceptError::Retry => continue,
+                    AcceptError::Exhausted => {
+                        self.pause(&mut quiet_until, &e);
+                        continue;
+                    }
+                    AcceptError::Fatal => return Err(e),
+                },
             };
             let me = Arc::clone(self);
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("dsm-node-{}-conn", self.id))
-                .spawn(move || me.connection(stream, peer))?;
+                .spawn(move || me.connection(stream, peer));
+            // A failed spawn drops the closure, and with it the stream: the peer is closed.
+            if let Err(e) = spawned {
+                self.pause(&mut quiet_until, &e);
+            }
         }
+    }
+
+    /// Backs off after running out of a resource; says so at most once a second.
+    fn pause(&self, quiet_until: &mut Instant, e: &io::Error) {
+        self.counters.refused_peers.fetch_add(1, Ordering::Relaxed);
+        if Instant::now() >= *quiet_until {
+            eprintln!("dsm-node {}: refusing peers for now: {e}", self.id);
+            *quiet_until = Instant::now() + Duration::from_secs(1);
+        }
+        std::thread::sleep(EXHAUSTED_BACKOFF);
     }
 
     fn connection(&self, mut stream: TcpStream, peer: SocketAddr) {
@@ -410,6 +434,41 @@ enum ServeError {
     Wire(#[from] WireError),
 }
 
+/// What an `accept` error means for the listening loop.
+#[derive(Debug, PartialEq, Eq)]
+enum AcceptError {
+    /// Try again at once: a signal, or a peer that went away (accept(2) passes a
+    /// pending connection's network errors on, to be treated like EAGAIN).
+    Retry,
+    /// Out of descriptors or memory, because of many peers: retry after a pause.
+    Exhausted,
+    /// The listener itself is unusable.
+    Fatal,
+}
+
+fn accept_error(e: &io::Error) -> AcceptError {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => AcceptError::Exhausted,
+        Some(
+            libc::EINTR
+            | libc::EAGAIN
+            | libc::ECONNABORTED
+            | libc::EPROTO
+            | libc::EPERM
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH
+            | libc::ETIMEDOUT,
+        ) => AcceptError::Retry,
+        _ if e.kind() == io::ErrorKind::Interrupted => AcceptError::Retry,
+        _ => AcceptError::Fatal,
+    }
+}
+
 fn reply_header(req: &Header, status: u8, payload_len: u32) -> Header {
     Header {
         op: req.op | REPLY_BIT,
@@ -426,4 +485,20 @@ fn reject(s: &mut TcpStream, h: &Header, msg: &str) -> Result<(), ServeError> {
     s.write_all(&rh)?;
     s.write_all(msg.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_pauses_the_node_instead_of_stopping_it() {
+        let err = |n| io::Error::from_raw_os_error(n);
+        assert_eq!(accept_error(&err(libc::EMFILE)), AcceptError::Exhausted);
+        assert_eq!(accept_error(&err(libc::ENFILE)), AcceptError::Exhausted);
+        assert_eq!(accept_error(&err(libc::ECONNABORTED)), AcceptError::Retry);
+        assert_eq!(accept_error(&err(libc::EINTR)), AcceptError::Retry);
+        assert_eq!(accept_error(&err(libc::EBADF)), AcceptError::Fatal);
+        assert_eq!(accept_error(&err(libc::EINVAL)), AcceptError::Fatal);
+    }
 }
