@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Fuzzes the wire decoder, the node's request parser and control calls, and a live node
-# (fuzz/, cargo-fuzz + libFuzzer; docs/fuzzing.md), and prints inputs, time and inputs/s
-# per target and in all. Stops at the first crash (libFuzzer saves the input under
+# Fuzzes the wire decoder, the node's request parser and control calls, the handshake,
+# the TCP client's reply decoding and a live node (fuzz/, cargo-fuzz + libFuzzer;
+# docs/fuzzing.md), and prints inputs, time and inputs/s per target and in all. Stops at the first crash (libFuzzer saves the input under
 # fuzz/artifacts/TARGET/).
 #
-#   benches/fuzz.sh            the benchmark: 10,000,000 inputs in all (about 15 min)
-#   benches/fuzz.sh --ci       a short run for CI: about 50 s of fuzzing in all
+#   benches/fuzz.sh            the benchmark: 11,000,000 inputs in all (10 to 20 min)
+#   benches/fuzz.sh --ci       a short run for CI: about 55 s of fuzzing in all
 #
 #   DSM_FUZZ_CORPUS=DIR        keep the corpus in DIR/TARGET (default: a fresh temporary
 #                              directory, so runs start from the seeds alone)
@@ -45,7 +45,8 @@ TARGETS=(
   "request   4000000 10 16384"
   "control   1500000 7  70000"
   "handshake 1000000 5  512"
-  "node      500000  20 131072"
+  "client    200000  6  8192"
+  "node      300000  20 131072"
 )
 total_runs=0
 total_secs=0
@@ -59,8 +60,10 @@ for t in "${TARGETS[@]}"; do
   log="$CORPUS/$name.log"
   if ! cargo fuzz run "${FLAGS[@]}" "$name" "$CORPUS/$name" "seeds/$name" -- \
     -dict=wire.dict -max_len="$max_len" -print_final_stats=1 "${limit[@]}" 2>"$log"; then
-    # The live node logs each peer it drops: expected here, so filtered out.
-    grep -v '^dsm-node' "$log" | tail -40 >&2
+    # The panic, libFuzzer's verdict and where the input is; not the input itself (the
+    # live node's log of each peer it drops is expected here, so filtered out too).
+    grep -a -v -e '^dsm-node' -e '^\s*[0-9]*: ' -e '^\s*at ' "$log" | grep -a -v '^\s*\[' |
+      cut -c1-300 | tail -40 >&2
     echo "fuzz target $name failed: the input is under fuzz/artifacts/$name/" >&2
     exit 1
   fi

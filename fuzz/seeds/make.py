@@ -81,3 +81,28 @@ AUTH = b"DSMA" + struct.pack("<HH", 1, 0) + bytes(32) + bytes(range(32))
 put("handshake", "client-auth", b"\x00" + AUTH)
 put("handshake", "node-hello", b"\x01" + HELLO + b"\x00" + bytes(32))
 put("handshake", "wrong-version", b"\x00" + AUTH[:4] + b"\x02" + AUTH[5:])
+
+# The client target: an operation (0 read, 1 write, 2 compare-and-swap, 3 call), then
+# a fake node's replies to it (the client's first request has sequence number 1).
+def reply(op, status, payload, seq=1, length=None):
+    n = len(payload) if length is None else length
+    return struct.pack("<IBBHIIQ", MAGIC, op | 0x80, status, 0, 0, n, seq) + payload
+
+
+CLIENT = {
+    "read-ok": b"\x00" + reply(READ, 0, bytes(range(256)) * 16 + bytes(100)),
+    "read-rejected": b"\x00" + reply(READ, 1, b"outside the region"),
+    "read-short": b"\x00" + reply(READ, 0, b"", length=4196)[:10],
+    "read-wrong-length": b"\x00" + reply(READ, 0, bytes(50)),
+    "write-ok": b"\x01" + reply(WRITE, 0, b""),
+    "cas-ok": b"\x02" + reply(CAS, 0, bytes(8)),
+    "call-ok": b"\x03" + reply(CALL, 0, b"pong"),
+    "call-huge-rejection": b"\x03" + reply(CALL, 1, b"x" * 100, length=100000),
+    "wrong-seq": b"\x03" + reply(CALL, 0, b"pong", seq=7),
+}
+for name, data in CLIENT.items():
+    put("client", name, data)
+
+# Found by the node target: replies to valid requests, then a malformed frame with more
+# bytes unread; the node's abortive close may discard queued replies (docs/fuzzing.md).
+put("node", "reply-then-garbage", frame(READ, [(i * 4, 4) for i in range(2359)]) + bytes(27792))

@@ -4,6 +4,7 @@
 //! Every body panics (which libFuzzer reports as a crash) when a property breaks; the
 //! properties are listed in docs/fuzzing.md.
 
+pub mod client;
 pub mod control;
 pub mod handshake;
 pub mod model;
@@ -42,6 +43,7 @@ mod tests {
         replay("request", crate::request::run);
         replay("control", crate::control::run);
         replay("handshake", crate::handshake::run);
+        replay("client", crate::client::run);
         replay("node", crate::node::run);
     }
 }
