@@ -3,6 +3,7 @@
 
 pub mod header;
 pub mod region;
+pub mod request;
 pub mod server;
 #[cfg(feature = "verbs")]
 pub mod verbs;

@@ -6,21 +6,23 @@
 //! checked before it is trusted; a peer that breaks the protocol is logged and dropped.
 
 use super::region::Region;
+use super::request::{self, BatchError, Call};
 use crate::transport::auth::{self, NodeHello, Secret};
 use crate::transport::vectored::{self, iovec};
 use crate::transport::wire::{
-    self, Entry, Header, Op, WireError, ENTRY_BYTES, HEADER_BYTES, REPLY_BIT, STATUS_OK,
-    STATUS_REJECTED,
+    self, Entry, Header, Op, WireError, HEADER_BYTES, REPLY_BIT, STATUS_OK, STATUS_REJECTED,
 };
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a new peer may take to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the node stops accepting after running out of descriptors or threads.
+const EXHAUSTED_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Counters a node keeps about the traffic it served.
 #[derive(Debug, Default)]
@@ -35,7 +37,7 @@ pub struct NodeCounters {
     pub write_bytes: AtomicU64,
     /// Compare-and-swap operations.
     pub atomics: AtomicU64,
-    /// Peers refused at the handshake.
+    /// Peers refused: at the handshake, or for want of descriptors or threads.
     pub refused_peers: AtomicU64,
 }
 
@@ -90,19 +92,41 @@ impl NodeServer {
         &self.counters
     }
 
-    /// Accepts connections forever, one thread each.
+    /// Accepts connections forever, one thread each. Peers that exhaust descriptors,
+    /// memory or threads are refused for a moment; they never stop the node.
     pub fn serve(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        let mut quiet_until = Instant::now();
         loop {
             let (stream, peer) = match listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => match accept_error(&e) {
+                    AcceptError::Retry => continue,
+                    AcceptError::Exhausted => {
+                        self.pause(&mut quiet_until, &e);
+                        continue;
+                    }
+                    AcceptError::Fatal => return Err(e),
+                },
             };
             let me = Arc::clone(self);
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("dsm-node-{}-conn", self.id))
-                .spawn(move || me.connection(stream, peer))?;
+                .spawn(move || me.connection(stream, peer));
+            // A failed spawn drops the closure, and with it the stream: the peer is closed.
+            if let Err(e) = spawned {
+                self.pause(&mut quiet_until, &e);
+            }
         }
+    }
+
+    /// Backs off after running out of a resource; says so at most once a second.
+    fn pause(&self, quiet_until: &mut Instant, e: &io::Error) {
+        self.counters.refused_peers.fetch_add(1, Ordering::Relaxed);
+        if Instant::now() >= *quiet_until {
+            eprintln!("dsm-node {}: refusing peers for now: {e}", self.id);
+            *quiet_until = Instant::now() + Duration::from_secs(1);
+        }
+        std::thread::sleep(EXHAUSTED_BACKOFF);
     }
 
     fn connection(&self, mut stream: TcpStream, peer: SocketAddr) {
@@ -144,17 +168,11 @@ impl NodeServer {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ServeError::Closed),
             Err(e) => return Err(e.into()),
         }
-        let h = Header::decode(&hb)?;
-        let op = h.check_request()?;
-        conn.entries.clear();
-        if h.count > 0 {
-            conn.raw.resize(h.count as usize * ENTRY_BYTES, 0);
-            conn.input.read_exact(s, &mut conn.raw)?;
-            for chunk in conn.raw.chunks_exact(ENTRY_BYTES) {
-                conn.entries
-                    .push(Entry::decode(chunk.try_into().expect("entry size"))?);
-            }
-        }
+        let (h, op) = request::parse_header(&hb)?;
+        // At most 64 KiB (the entry count is bounded): the vector grows to that once.
+        conn.raw.resize(request::entries_bytes(&h), 0);
+        conn.input.read_exact(s, &mut conn.raw)?;
+        request::parse_entries(&conn.raw, &mut conn.entries)?;
         match op {
             Op::Read => self.read(s, &h, conn),
             Op::Write => self.write(s, &h, conn),
@@ -163,18 +181,12 @@ impl NodeServer {
         }
     }
 
-    fn out_of_bounds(&self, entries: &[Entry]) -> Option<Entry> {
-        entries
-            .iter()
-            .copied()
-            .find(|e| !e.within(self.region.len()))
-    }
-
     fn read(&self, s: &mut TcpStream, h: &Header, conn: &mut ConnState) -> Result<(), ServeError> {
-        let total = wire::total_len(&conn.entries)?;
-        if let Some(bad) = self.out_of_bounds(&conn.entries) {
-            return reject(s, h, &self.bounds_message(bad));
-        }
+        let total = match request::check_batch(Op::Read, h, &conn.entries, self.region.len()) {
+            Ok(total) => total,
+            Err(BatchError::Malformed(e)) => return Err(e.into()),
+            Err(BatchError::OutOfBounds(bad)) => return reject(s, h, &self.bounds_message(bad)),
+        };
         let mut rh = [0u8; HEADER_BYTES];
         reply_header(h, STATUS_OK, total).encode(&mut rh);
         conn.iov.clear();
@@ -198,15 +210,15 @@ impl NodeServer {
     }
 
     fn write(&self, s: &mut TcpStream, h: &Header, conn: &mut ConnState) -> Result<(), ServeError> {
-        let total = wire::total_len(&conn.entries)?;
-        if total != h.payload_len {
-            return Err(WireError::Inconsistent("write payload differs from its entries").into());
-        }
-        if let Some(bad) = self.out_of_bounds(&conn.entries) {
-            // Consume the payload so the stream stays in step, then refuse.
-            conn.input.skip(s, total as usize)?;
-            return reject(s, h, &self.bounds_message(bad));
-        }
+        let total = match request::check_batch(Op::Write, h, &conn.entries, self.region.len()) {
+            Ok(total) => total,
+            Err(BatchError::Malformed(e)) => return Err(e.into()),
+            Err(BatchError::OutOfBounds(bad)) => {
+                // Consume the payload so the stream stays in step, then refuse.
+                conn.input.skip(s, h.payload_len as usize)?;
+                return reject(s, h, &self.bounds_message(bad));
+            }
+        };
         conn.iov.clear();
         for e in &conn.entries {
             let p = self
@@ -237,7 +249,10 @@ impl NodeServer {
         let mut args = [0u8; 24];
         conn.input.read_exact(s, &mut args)?;
         let (offset, expected, new) = wire::decode_cas(&args);
-        let Some(old) = self.region.compare_and_swap(offset, expected, new) else {
+        let old = request::cas_within(offset, self.region.len())
+            .then(|| self.region.compare_and_swap(offset, expected, new))
+            .flatten();
+        let Some(old) = old else {
             let msg = format!(
                 "compare-and-swap at {offset:#x}: must be 8-byte aligned and inside the {}-byte region",
                 self.region.len()
@@ -257,24 +272,21 @@ impl NodeServer {
     fn call(&self, s: &mut TcpStream, h: &Header, conn: &mut ConnState) -> Result<(), ServeError> {
         let mut msg = vec![0u8; h.payload_len as usize];
         conn.input.read_exact(s, &mut msg)?;
-        let answer = match msg.as_slice() {
-            b"ping" => b"pong".to_vec(),
-            b"stats" => self.stats_json().into_bytes(),
-            m if m == crate::transport::shm::ATTACH_CALL.as_bytes() => {
+        let answer = match request::parse_call(&msg) {
+            Call::Ping => b"pong".to_vec(),
+            Call::Stats => self.stats_json().into_bytes(),
+            Call::ShmAttach => {
                 match crate::transport::shm::Offer::describe(self.region.file(), self.region.len())
                 {
                     Ok(offer) => offer.encode(),
                     Err(e) => return reject(s, h, &format!("cannot share the region: {e}")),
                 }
             }
-            m if m.starts_with(b"verbs-connect") => match self.verbs_connect(m, conn) {
+            Call::VerbsConnect(m) => match self.verbs_connect(m, conn) {
                 Ok(a) => a,
                 Err(why) => return reject(s, h, &why),
             },
-            other => {
-                let m = format!("unknown call {:?}", String::from_utf8_lossy(other));
-                return reject(s, h, &m);
-            }
+            Call::Unknown(m) => return reject(s, h, &request::unknown_call_message(m)),
         };
         let mut rh = [0u8; HEADER_BYTES];
         reply_header(h, STATUS_OK, answer.len() as u32).encode(&mut rh);
@@ -443,6 +455,41 @@ enum ServeError {
     Wire(#[from] WireError),
 }
 
+/// What an `accept` error means for the listening loop.
+#[derive(Debug, PartialEq, Eq)]
+enum AcceptError {
+    /// Try again at once: a signal, or a peer that went away (accept(2) passes a
+    /// pending connection's network errors on, to be treated like EAGAIN).
+    Retry,
+    /// Out of descriptors or memory, because of many peers: retry after a pause.
+    Exhausted,
+    /// The listener itself is unusable.
+    Fatal,
+}
+
+fn accept_error(e: &io::Error) -> AcceptError {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => AcceptError::Exhausted,
+        Some(
+            libc::EINTR
+            | libc::EAGAIN
+            | libc::ECONNABORTED
+            | libc::EPROTO
+            | libc::EPERM
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH
+            | libc::ETIMEDOUT,
+        ) => AcceptError::Retry,
+        _ if e.kind() == io::ErrorKind::Interrupted => AcceptError::Retry,
+        _ => AcceptError::Fatal,
+    }
+}
+
 fn reply_header(req: &Header, status: u8, payload_len: u32) -> Header {
     Header {
         op: req.op | REPLY_BIT,
@@ -459,4 +506,20 @@ fn reject(s: &mut TcpStream, h: &Header, msg: &str) -> Result<(), ServeError> {
     s.write_all(&rh)?;
     s.write_all(msg.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_pauses_the_node_instead_of_stopping_it() {
+        let err = |n| io::Error::from_raw_os_error(n);
+        assert_eq!(accept_error(&err(libc::EMFILE)), AcceptError::Exhausted);
+        assert_eq!(accept_error(&err(libc::ENFILE)), AcceptError::Exhausted);
+        assert_eq!(accept_error(&err(libc::ECONNABORTED)), AcceptError::Retry);
+        assert_eq!(accept_error(&err(libc::EINTR)), AcceptError::Retry);
+        assert_eq!(accept_error(&err(libc::EBADF)), AcceptError::Fatal);
+        assert_eq!(accept_error(&err(libc::EINVAL)), AcceptError::Fatal);
+    }
 }
