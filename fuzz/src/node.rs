@@ -15,8 +15,9 @@
 //! saved as `previous-input` in the working directory, and `node previous-input crash-*`
 //! replays the pair.
 
+use dsm_runtime::node::header::NODE_HEADER_BYTES;
 use dsm_runtime::node::request::{self, Call, ParseError, Request};
-use dsm_runtime::node::NodeServer;
+use dsm_runtime::node::{NodeServer, NodeSize};
 use dsm_runtime::transport::auth::{self, Secret};
 use dsm_runtime::transport::shm::Offer;
 use dsm_runtime::transport::wire::{
@@ -28,7 +29,9 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-const REGION: u64 = 16 << 10;
+/// The node's whole region: its 64 KiB header (node::header) and 16 KiB of pages. The
+/// fuzzer treats it as plain bytes, as a hostile peer may.
+const REGION: u64 = NODE_HEADER_BYTES + (16 << 10);
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Node {
@@ -79,7 +82,11 @@ fn start() -> Mutex<Node> {
     // does not), so that writing to a socket the peer closed fails with EPIPE.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let secret = Secret::new("fuzz").unwrap();
-    let server = NodeServer::new(0, REGION, secret.clone()).expect("node region");
+    let size = NodeSize {
+        memory_bytes: 16 << 10,
+        span_bytes: REGION,
+    };
+    let server = NodeServer::new(0, size, secret.clone()).expect("node region");
     let listener = TcpListener::bind("127.0.0.1:0").expect("loopback listener");
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {

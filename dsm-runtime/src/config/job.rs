@@ -32,6 +32,7 @@
 //! | `DSM_VERBOSE` | `1` to report each process's start and end on stderr |
 //! | `DSM_PROFILE` | policy profile: a shipped name or a path to a TOML file |
 //! | `DSM_TRACE` | record the page-access stream to this file (`FILE.SLOT` for slots above 0) |
+//! | `DSM_ALLOW_SKIP`, `DSM_SKIP_LOG`, `DSM_SKIP_VERBS`, `DSM_SKIP_SOFT_ROCE`, `DSM_SKIP_FUZZ` | the test suite's own (scripts/test-all); accepted and ignored |
 
 use super::{parse_size, ConfigError, RuntimeConfig, DEFAULT_SPACE_BASE, SPACE_END_MAX};
 use crate::node::header::slot_owner_offset;
@@ -66,6 +67,13 @@ pub const KNOWN_VARS: &[&str] = &[
     "DSM_RDMA_PORT",
     "DSM_RDMA_GID_INDEX",
     "DSM_RDMA_QP_TIMEOUT",
+    // Read by scripts/test-all and the tests, ignored here: they reach every program the
+    // tests run under dsmrun, which must not take them for typos.
+    "DSM_ALLOW_SKIP",
+    "DSM_SKIP_LOG",
+    "DSM_SKIP_VERBS",
+    "DSM_SKIP_SOFT_ROCE",
+    "DSM_SKIP_FUZZ",
 ];
 
 /// Errors reading the job description or claiming a slot.
@@ -479,6 +487,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(round.slot_bytes, job.slot_bytes);
+
+        let mut suite = base.to_vec();
+        suite.push(("DSM_SKIP_LOG", "/tmp/x"));
+        suite.push(("DSM_ALLOW_SKIP", "1"));
+        assert!(
+            JobConfig::from_vars(vars(&suite)).is_ok(),
+            "the test suite's variables reach programs under test"
+        );
 
         let mut typo = base.to_vec();
         typo.push(("DSM_CACHE_BYTE", "1G"));
