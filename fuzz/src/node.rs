@@ -15,7 +15,7 @@
 //! saved as `previous-input` in the working directory, and `node previous-input crash-*`
 //! replays the pair.
 
-use dsm_runtime::node::header::NODE_HEADER_BYTES;
+use dsm_runtime::node::header::{CAPACITY_PAGES_OFFSET, NODE_HEADER_BYTES};
 use dsm_runtime::node::request::{self, Call, ParseError, Request};
 use dsm_runtime::node::{NodeServer, NodeSize};
 use dsm_runtime::transport::auth::{self, Secret};
@@ -93,10 +93,14 @@ fn start() -> Mutex<Node> {
         let e = server.serve(listener);
         panic!("the node stopped serving: {e:?}");
     });
+    // The node starts with its capacity (in pages) written in its header.
+    let mut shadow = vec![0; REGION as usize];
+    let at = CAPACITY_PAGES_OFFSET as usize;
+    shadow[at..at + 8].copy_from_slice(&size.capacity_pages().to_le_bytes());
     Mutex::new(Node {
         addr,
         secret,
-        shadow: vec![0; REGION as usize],
+        shadow,
         previous: Vec::new(),
     })
 }
