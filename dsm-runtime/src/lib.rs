@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod coherence;
 pub mod config;
+pub mod effects;
 pub mod fault;
 pub mod launch;
 pub mod launcher;

@@ -4,6 +4,7 @@
 use crate::cache::{CacheBudget, Evictor, PageTable, Staging};
 use crate::config::job::Owner;
 use crate::config::{ConfigError, RuntimeConfig};
+use crate::effects::Effects;
 use crate::fault::prefetcher::{self, PrefetchQueue};
 use crate::fault::uffd::{UffdError, Userfaultfd, FEATURE_PAGEFAULT_FLAG_WP, FEATURE_THREAD_ID};
 use crate::fault::FaultHandler;
@@ -75,11 +76,14 @@ pub enum RuntimeError {
     },
 }
 
-/// State shared by the handler threads and the reclaimer.
-pub struct Core {
+/// State shared by the handler threads and the reclaimer, generic over the effects on the
+/// process's memory: the runtime runs it with the real [`Userfaultfd`], the simulator
+/// ([`crate::sim`]) with [`crate::effects::memory::MemoryEffects`].
+pub struct Core<E: Effects = Userfaultfd> {
     pub(crate) config: RuntimeConfig,
     pub(crate) layout: Layout,
-    pub(crate) uffd: Userfaultfd,
+    /// Installs, write-protects, wakes, copies out and unmaps pages.
+    pub(crate) fx: E,
     pub(crate) table: PageTable,
     pub(crate) budget: CacheBudget,
     pub(crate) staging: Staging,
@@ -109,7 +113,73 @@ struct Checkpoint {
     save: Box<dyn Fn(&StatsSnapshot) + Send + Sync>,
 }
 
-impl Core {
+/// What [`Core::new`] builds a core from, besides its effects.
+pub(crate) struct CoreParts {
+    pub(crate) config: RuntimeConfig,
+    pub(crate) layout: Layout,
+    pub(crate) placement: Box<dyn Placement>,
+    pub(crate) pool: Option<PoolAccount>,
+    pub(crate) eviction: Box<dyn EvictionPolicy>,
+    pub(crate) prefetch: Box<dyn PrefetchPolicy>,
+    pub(crate) trace: Option<crate::trace::TraceWriter>,
+}
+
+impl<E: Effects> Core<E> {
+    /// The shared state of a runtime over `layout` that acts through `fx`: an empty cache.
+    pub(crate) fn new(fx: E, parts: CoreParts) -> Result<Core<E>, RuntimeError> {
+        let CoreParts {
+            config,
+            layout,
+            placement,
+            pool,
+            eviction,
+            prefetch,
+            trace,
+        } = parts;
+        let table = PageTable::new(layout.pages, config.cache_pages() * 2).map_err(|source| {
+            RuntimeError::Os {
+                what: "allocating the page table",
+                source,
+            }
+        })?;
+        // SAFETY: eventfd with constant flags; the result is checked before use.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(RuntimeError::Os {
+                what: "eventfd",
+                source: io::Error::last_os_error(),
+            });
+        }
+        let capacity = config.cache_pages();
+        let pct = |p: u8| (capacity * usize::from(p) / 100).max(1);
+        Ok(Core {
+            layout,
+            fx,
+            table,
+            budget: CacheBudget::new(capacity),
+            staging: Staging::new(config.staging_slots()).map_err(|source| RuntimeError::Os {
+                what: "allocating the staging pool",
+                source,
+            })?,
+            placement,
+            pool,
+            eviction: Mutex::new(eviction),
+            prefetch: Mutex::new(prefetch),
+            prefetcher: PrefetchQueue::new(4 * config.prefetch_max_pages.max(16)),
+            trace,
+            stats: Arc::new(Stats::default()),
+            stop: AtomicBool::new(false),
+            pages_leaving: AtomicBool::new(false),
+            // SAFETY: `efd` is a fresh descriptor we own.
+            stop_fd: unsafe { OwnedFd::from_raw_fd(efd) },
+            reclaim: (Mutex::new(false), Condvar::new()),
+            reclaim_start_free: pct(config.reclaim_start_free_pct),
+            reclaim_stop_free: pct(config.reclaim_stop_free_pct),
+            checkpoint: std::sync::OnceLock::new(),
+            config,
+        })
+    }
+
     pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
     }
@@ -177,7 +247,7 @@ impl Core {
     }
 }
 
-impl Core {
+impl<E: Effects> Core<E> {
     /// Hands a copy of the statistics to the checkpoint callback, if one is set and its
     /// period has passed. Runs on the reclaimer, which wakes at least every 10 ms.
     fn maybe_checkpoint(&self, last: &mut std::time::Instant) {
@@ -462,50 +532,21 @@ impl Runtime {
         let reservation = Reservation::new(config.space_base, space_bytes as usize)?;
         let uffd = Userfaultfd::open(FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID)?;
         uffd.register(reservation.base(), reservation.len(), true)?;
-        let table =
-            PageTable::new(pages, config.cache_pages() * 2).map_err(|source| RuntimeError::Os {
-                what: "allocating the page table",
-                source,
-            })?;
-        // SAFETY: eventfd with constant flags; the result is checked before use.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if efd < 0 {
-            return Err(RuntimeError::Os {
-                what: "eventfd",
-                source: io::Error::last_os_error(),
-            });
-        }
-        let capacity = config.cache_pages();
-        let pct = |p: u8| (capacity * usize::from(p) / 100).max(1);
-        let core = Arc::new(Core {
-            layout: Layout {
-                base: reservation.base(),
-                pages,
-            },
+        let core = Arc::new(Core::new(
             uffd,
-            table,
-            budget: CacheBudget::new(capacity),
-            staging: Staging::new(config.staging_slots()).map_err(|source| RuntimeError::Os {
-                what: "allocating the staging pool",
-                source,
-            })?,
-            placement,
-            pool,
-            eviction: Mutex::new(policies.eviction),
-            prefetch: Mutex::new(policies.prefetch),
-            prefetcher: PrefetchQueue::new(4 * config.prefetch_max_pages.max(16)),
-            trace: policies.trace,
-            stats: Arc::new(Stats::default()),
-            stop: AtomicBool::new(false),
-            pages_leaving: AtomicBool::new(false),
-            // SAFETY: `efd` is a fresh descriptor we own.
-            stop_fd: unsafe { OwnedFd::from_raw_fd(efd) },
-            reclaim: (Mutex::new(false), Condvar::new()),
-            reclaim_start_free: pct(config.reclaim_start_free_pct),
-            reclaim_stop_free: pct(config.reclaim_stop_free_pct),
-            checkpoint: std::sync::OnceLock::new(),
-            config,
-        });
+            CoreParts {
+                layout: Layout {
+                    base: reservation.base(),
+                    pages,
+                },
+                placement,
+                pool,
+                eviction: policies.eviction,
+                prefetch: policies.prefetch,
+                trace: policies.trace,
+                config,
+            },
+        )?);
         let mut rt = Runtime {
             core,
             threads: Vec::new(),
@@ -640,7 +681,7 @@ impl Runtime {
         }
         if let Some(r) = self.reservation.take() {
             // Unregistering wakes any thread still waiting; it then sees an empty range.
-            let _ = self.core.uffd.unregister(r.base(), r.len());
+            let _ = self.core.fx.unregister(r.base(), r.len());
             drop(r);
         }
     }

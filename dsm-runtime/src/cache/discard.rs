@@ -11,6 +11,7 @@
 //! holding locks that a fault handler might need to make room.
 
 use crate::coherence::PageState;
+use crate::effects::Effects;
 use crate::runtime::Core;
 use crate::space::PageNum;
 use std::sync::atomic::Ordering;
@@ -40,7 +41,7 @@ impl Batch {
     }
 }
 
-impl Core {
+impl<E: Effects> Core<E> {
     /// Drops pages `first..first + count` of this process's range (resident or staged)
     /// and marks them untouched. Returns how many were cached.
     pub(crate) fn discard(&self, first: PageNum, count: u64) -> u64 {

@@ -15,13 +15,19 @@ pub use staging::Staging;
 
 /// Unmaps `n` pages of the global range from `first` (their contents are dropped; the
 /// next access faults as missing). The caller holds every one of those pages' locks.
-///
-/// The raw system call: in a program with the preload, a `madvise` symbol call from a
-/// program thread (a discard runs on one) would be routed back into the runtime.
-pub(crate) fn unmap_pages(core: &crate::runtime::Core, first: crate::space::PageNum, n: usize) {
-    unmap_range(core.layout.addr_of(first), n * crate::space::PAGE_BYTES);
+pub(crate) fn unmap_pages<E: crate::effects::Effects>(
+    core: &crate::runtime::Core<E>,
+    first: crate::space::PageNum,
+    n: usize,
+) {
+    core.fx.unmap(&[crate::effects::Run {
+        base: core.layout.addr_of(first),
+        len: n * crate::space::PAGE_BYTES,
+    }]);
 }
 
+/// The raw system call: in a program with the preload, a `madvise` symbol call from a
+/// program thread (a discard runs on one) would be routed back into the runtime.
 fn unmap_range(addr: usize, len: usize) {
     // SAFETY: callers pass runs of the global range, whose pages are private anonymous
     // memory locked by them; MADV_DONTNEED only drops those pages.
@@ -29,7 +35,7 @@ fn unmap_range(addr: usize, len: usize) {
     assert_eq!(rc, 0, "madvise(DONTNEED) on the global range failed");
 }
 
-pub(crate) use unmap::UnmapBatch;
+pub(crate) use unmap::{unmap_runs, UnmapBatch};
 
 /// Empties a vector and gives its allocation back with another lifetime parameter.
 ///

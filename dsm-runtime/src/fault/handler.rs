@@ -9,6 +9,7 @@ use crate::cache::{recycle, Evictor};
 use crate::coherence::state::{after_fault, on_fault, FaultAction};
 use crate::coherence::PageState;
 use crate::config::{HandlerWait, ZERO_FILL_AHEAD_PAGES_MAX};
+use crate::effects::Effects;
 use crate::fault::prefetcher;
 use crate::runtime::{Core, RuntimeError};
 use crate::space::{PageNum, PAGE_BYTES};
@@ -59,7 +60,7 @@ pub struct FaultHandler {
 
 impl FaultHandler {
     /// A handler that talks to the nodes through `session`.
-    pub fn new(core: &Core, session: Box<dyn Session>) -> FaultHandler {
+    pub fn new<E: Effects>(core: &Core<E>, session: Box<dyn Session>) -> FaultHandler {
         let batch = core.config.fault_batch_max;
         FaultHandler {
             session,
@@ -83,7 +84,7 @@ impl FaultHandler {
                 continue;
             }
             let n = if self.deferred.len() + self.msgs.len() <= self.round.capacity() {
-                core.uffd
+                core.fx
                     .read_events(&mut self.msgs)
                     .map_err(RuntimeError::Uffd)?
             } else {
@@ -110,7 +111,7 @@ impl FaultHandler {
         }
         let mut fds = [
             libc::pollfd {
-                fd: core.uffd.as_raw_fd(),
+                fd: core.fx.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -134,7 +135,7 @@ impl FaultHandler {
         rc > 0 || !self.deferred.is_empty()
     }
 
-    fn serve_round(&mut self, core: &Core) -> Result<(), RuntimeError> {
+    fn serve_round<E: Effects>(&mut self, core: &Core<E>) -> Result<(), RuntimeError> {
         let start = Instant::now();
         self.fetches.clear();
         let mut round = std::mem::take(&mut self.round);
@@ -150,11 +151,16 @@ impl FaultHandler {
     }
 
     /// Decides one fault and performs every action that needs no network trip.
-    fn plan(&mut self, core: &Core, fault: Fault, start: Instant) -> Result<(), RuntimeError> {
+    fn plan<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        fault: Fault,
+        start: Instant,
+    ) -> Result<(), RuntimeError> {
         let Some(page) = core.layout.page_of(fault.addr) else {
             // Not ours (cannot happen for a registered range); let the thread retry.
             return core
-                .uffd
+                .fx
                 .wake(fault.addr & !(PAGE_BYTES - 1), PAGE_BYTES)
                 .map_err(RuntimeError::Uffd);
         };
@@ -174,14 +180,12 @@ impl FaultHandler {
         match action {
             FaultAction::Wake => {
                 core.table.unlock(page, after_fault(state, action));
-                core.uffd
-                    .wake(addr, PAGE_BYTES)
-                    .map_err(RuntimeError::Uffd)?;
+                core.fx.wake(addr, PAGE_BYTES).map_err(RuntimeError::Uffd)?;
                 core.eviction().on_access(page);
             }
             FaultAction::Upgrade => {
                 // Mode 1: this process owns every page, so the upgrade is granted locally.
-                core.uffd
+                core.fx
                     .write_protect(addr, PAGE_BYTES, false, false)
                     .map_err(RuntimeError::Uffd)?;
                 core.table.unlock(page, after_fault(state, action));
@@ -225,7 +229,11 @@ impl FaultHandler {
     /// in one `UFFDIO_COPY` without waking anyone: as many as
     /// `zero_fill_ahead_pages`, stopping at the first page with a state or without free
     /// cache (this never reclaims for a page nobody asked for yet).
-    fn zero_fill_ahead(&mut self, core: &Core, page: PageNum) -> Result<(), RuntimeError> {
+    fn zero_fill_ahead<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        page: PageNum,
+    ) -> Result<(), RuntimeError> {
         let max = core.config.zero_fill_ahead_pages as u64;
         let first = page.0 + 1;
         let mut n = 0;
@@ -255,7 +263,7 @@ impl FaultHandler {
         let addr = core.layout.addr_of(PageNum(first));
         let len = n as usize * PAGE_BYTES;
         // SAFETY: `ZEROS` holds at least `len` bytes.
-        let whole = unsafe { core.uffd.copy(addr, ZEROS.as_ptr(), len, false, true) };
+        let whole = unsafe { core.fx.install(addr, ZEROS.as_ptr(), len, false, true) };
         if matches!(whole, Ok(Installed::Done)) {
             let installed = after_fault(
                 PageState::UNTOUCHED,
@@ -284,7 +292,7 @@ impl FaultHandler {
     }
 
     /// One page of cache budget, reclaiming on this thread if the cache is full.
-    fn take_budget(&mut self, core: &Core) -> Result<(), RuntimeError> {
+    fn take_budget<E: Effects>(&mut self, core: &Core<E>) -> Result<(), RuntimeError> {
         for _ in 0..RECLAIM_ATTEMPTS {
             if core.budget.try_take() {
                 let n = core.budget.used() as u64;
@@ -308,9 +316,9 @@ impl FaultHandler {
 
     /// Maps a page's staged local copy: a prefetched page's first use, or a sampled
     /// page's next use. No network; the budget was taken when it was staged.
-    fn install_staged(
+    fn install_staged<E: Effects>(
         &mut self,
-        core: &Core,
+        core: &Core<E>,
         page: PageNum,
         state: PageState,
         writable: bool,
@@ -336,7 +344,12 @@ impl FaultHandler {
     }
 
     /// Tells the prefetch policy about a fault and queues what it asks for.
-    fn consult_prefetch(&mut self, core: &Core, page: PageNum, hit_prefetched: bool) {
+    fn consult_prefetch<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        page: PageNum,
+        hit_prefetched: bool,
+    ) {
         let max = core.config.prefetch_max_pages;
         if max == 0 {
             return;
@@ -352,7 +365,7 @@ impl FaultHandler {
 
     /// Claims the other pages of each fetched page's aligned block of
     /// `fetch_granularity_pages`, to be fetched in the same batch and staged.
-    fn claim_blocks(&mut self, core: &Core) {
+    fn claim_blocks<E: Effects>(&mut self, core: &Core<E>) {
         let g = core.config.fetch_granularity_pages as u64;
         if g <= 1 {
             return;
@@ -369,7 +382,11 @@ impl FaultHandler {
         }
     }
 
-    fn fetch_and_install(&mut self, core: &Core, start: Instant) -> Result<(), RuntimeError> {
+    fn fetch_and_install<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        start: Instant,
+    ) -> Result<(), RuntimeError> {
         self.claim_blocks(core);
         let mut ops: Vec<ReadOp<'_>> = recycle(std::mem::take(&mut self.read_ops));
         for b in &self.block {
@@ -426,9 +443,9 @@ impl FaultHandler {
     /// Maps a copy of `src` at `page` (write-protected unless `writable`), publishes the
     /// new state and wakes waiters. Returns false if the kernel kept refusing: the page is
     /// unlocked unchanged and the faulting thread simply faults again.
-    fn install(
+    fn install<E: Effects>(
         &self,
-        core: &Core,
+        core: &Core<E>,
         page: PageNum,
         state: PageState,
         src: *const u8,
@@ -437,7 +454,7 @@ impl FaultHandler {
         let addr = core.layout.addr_of(page);
         for _ in 0..INSTALL_RETRIES {
             // SAFETY: `src` points at a full page (a fetch buffer or the zero page).
-            match unsafe { core.uffd.copy(addr, src, PAGE_BYTES, !writable, false) } {
+            match unsafe { core.fx.install(addr, src, PAGE_BYTES, !writable, false) } {
                 Ok(Installed::Done) => {
                     let action = if writable {
                         FaultAction::Fetch { writable: true }
@@ -452,9 +469,7 @@ impl FaultHandler {
                     // it holds is written home rather than dropped.
                     let action = FaultAction::Fetch { writable: true };
                     core.table.unlock(page, after_fault(state, action));
-                    core.uffd
-                        .wake(addr, PAGE_BYTES)
-                        .map_err(RuntimeError::Uffd)?;
+                    core.fx.wake(addr, PAGE_BYTES).map_err(RuntimeError::Uffd)?;
                     return Ok(true);
                 }
                 Err(e) if is_transient(&e) => std::thread::yield_now(),
@@ -462,9 +477,7 @@ impl FaultHandler {
             }
         }
         core.table.unlock(page, state);
-        core.uffd
-            .wake(addr, PAGE_BYTES)
-            .map_err(RuntimeError::Uffd)?;
+        core.fx.wake(addr, PAGE_BYTES).map_err(RuntimeError::Uffd)?;
         Ok(false)
     }
 }
@@ -472,7 +485,11 @@ impl FaultHandler {
 /// A page coming back from home (fetched, or prefetched and now used) that was dirty at
 /// its last eviction is installed writable even for a read: it will most likely be
 /// written again, and this spares that write's write-protect fault.
-fn writable_if_dirty_before(core: &Core, state: PageState, action: FaultAction) -> FaultAction {
+fn writable_if_dirty_before<E: Effects>(
+    core: &Core<E>,
+    state: PageState,
+    action: FaultAction,
+) -> FaultAction {
     if !core.config.fetch_writable_if_dirty_before || !state.dirty_before() {
         return action;
     }
@@ -497,7 +514,7 @@ fn trace_kind(kind: FaultKind, action: FaultAction, state: PageState) -> EventKi
     }
 }
 
-fn count_fault(core: &Core, kind: FaultKind, action: FaultAction) {
+fn count_fault<E: Effects>(core: &Core<E>, kind: FaultKind, action: FaultAction) {
     let st = &core.stats;
     let counter = match (kind, action) {
         (_, FaultAction::Wake) => &st.faults_spurious,

@@ -5,6 +5,7 @@
 
 use crate::cache::recycle;
 use crate::coherence::Access;
+use crate::effects::Effects;
 use crate::runtime::{Core, RuntimeError};
 use crate::space::{PageNum, PAGE_BYTES};
 use crate::stats::Stats;
@@ -73,7 +74,7 @@ pub(crate) struct Staged {
 }
 
 /// Runs the prefetcher until the runtime stops.
-pub fn run(core: &Core, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
+pub fn run<E: Effects>(core: &Core<E>, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
     let batch = core.config.prefetch_max_pages.clamp(1, 256);
     let mut requested = Vec::with_capacity(batch);
     let mut staged: Vec<Staged> = Vec::with_capacity(batch);
@@ -110,7 +111,7 @@ pub fn run(core: &Core, mut session: Box<dyn Session>) -> Result<(), RuntimeErro
 }
 
 /// Counts `n` pages fetched for staging.
-pub(crate) fn count_fetch(core: &Core, n: usize) {
+pub(crate) fn count_fetch<E: Effects>(core: &Core<E>, n: usize) {
     let st = &core.stats;
     let n = n as u64;
     st.remote_read_pages.fetch_add(n, Ordering::Relaxed);
@@ -121,7 +122,7 @@ pub(crate) fn count_fetch(core: &Core, n: usize) {
 }
 
 /// Publishes fetched pages as staged prefetches and unlocks them.
-pub(crate) fn publish(core: &Core, staged: &mut Vec<Staged>) {
+pub(crate) fn publish<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
     for s in staged.drain(..) {
         let next = s
             .state
@@ -136,7 +137,7 @@ pub(crate) fn publish(core: &Core, staged: &mut Vec<Staged>) {
 /// Locks each requested page that is worth fetching (not cached, data at home), and
 /// gives it budget and a staging slot. Pages that are busy, cached, never written, or
 /// that find the cache full are skipped.
-pub(crate) fn claim(core: &Core, requested: &[PageNum], staged: &mut Vec<Staged>) {
+pub(crate) fn claim<E: Effects>(core: &Core<E>, requested: &[PageNum], staged: &mut Vec<Staged>) {
     for &page in requested {
         let Some(state) = core.table.try_lock(page) else {
             continue;
