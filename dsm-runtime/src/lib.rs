@@ -17,6 +17,7 @@ pub mod launcher;
 pub mod node;
 pub mod policy;
 pub mod runtime;
+pub mod sim;
 pub mod space;
 pub mod stats;
 pub mod trace;

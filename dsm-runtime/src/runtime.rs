@@ -235,15 +235,36 @@ impl<E: Effects> Core<E> {
             if self.budget.free() >= self.reclaim_start_free {
                 continue;
             }
-            self.stats.reclaim_rounds.fetch_add(1, Ordering::Relaxed);
-            while self.budget.free() < self.reclaim_stop_free && !self.stopping() {
-                let want = self.reclaim_stop_free - self.budget.free();
-                if evictor.evict(self, session.as_mut(), want)? == 0 {
-                    break;
-                }
+            self.reclaim_round(&mut evictor, session.as_mut())?;
+        }
+        Ok(())
+    }
+
+    /// One round of background reclaim: evicts until free cache reaches the stop mark,
+    /// or nothing more can be evicted.
+    pub(crate) fn reclaim_round(
+        &self,
+        evictor: &mut Evictor,
+        session: &mut dyn Session,
+    ) -> Result<(), RuntimeError> {
+        self.stats.reclaim_rounds.fetch_add(1, Ordering::Relaxed);
+        while self.budget.free() < self.reclaim_stop_free && !self.stopping() {
+            let want = self.reclaim_stop_free - self.budget.free();
+            if evictor.evict(self, session, want)? == 0 {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Whether free cache is below the mark where background reclaim starts.
+    pub(crate) fn reclaim_wanted(&self) -> bool {
+        self.budget.free() < self.reclaim_start_free
+    }
+
+    /// Whether any page may have left the cache; see [`Runtime::pages_have_left`].
+    pub(crate) fn pages_have_left(&self) -> bool {
+        self.pages_leaving.load(Ordering::SeqCst)
     }
 }
 
@@ -608,7 +629,7 @@ impl Runtime {
     /// flag is set before the first one leaves, so a `fork` that sees it clear copies
     /// every page the process has.
     pub fn pages_have_left(&self) -> bool {
-        self.core.pages_leaving.load(Ordering::SeqCst)
+        self.core.pages_have_left()
     }
 
     /// Bytes the memory pool could still hold (as read from the nodes at most 100 ms

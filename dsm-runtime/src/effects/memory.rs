@@ -201,11 +201,14 @@ impl Effects for MemoryEffects {
     }
 }
 
+/// Pages written home, by node and offset.
+type NodeStore = HashMap<(u16, u64), Box<[u8]>>;
+
 /// Memory nodes in memory: pages written home, by node and offset; never written reads
 /// zeros (as a lazily backed region does). Clones share the store.
 #[derive(Clone, Default)]
 pub struct MemoryNodes {
-    store: Arc<Mutex<HashMap<(u16, u64), Box<[u8]>>>>,
+    store: Arc<Mutex<NodeStore>>,
     failed: Arc<AtomicBool>,
 }
 
@@ -230,7 +233,7 @@ impl MemoryNodes {
         self.lock().get(&(node.0, offset)).cloned()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<(u16, u64), Box<[u8]>>> {
+    fn lock(&self) -> MutexGuard<'_, NodeStore> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -101,6 +101,22 @@ impl FaultHandler {
         Ok(())
     }
 
+    /// Serves `faults` as one round (with any deferred from earlier rounds): how the
+    /// simulator delivers the faults of its program.
+    pub(crate) fn serve<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        faults: &[Fault],
+    ) -> Result<(), RuntimeError> {
+        self.round.clear();
+        self.round.append(&mut self.deferred);
+        self.round.extend_from_slice(faults);
+        if self.round.is_empty() {
+            return Ok(());
+        }
+        self.serve_round(core)
+    }
+
     /// Waits for events (or a deferred-fault recheck); false if nothing may be ready.
     fn wait(&self, core: &Core) -> bool {
         if core.config.handler_wait == HandlerWait::Spin && self.deferred.is_empty() {

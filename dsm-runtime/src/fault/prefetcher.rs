@@ -48,7 +48,7 @@ impl PrefetchQueue {
     }
 
     /// Waits up to `timeout` for requests and moves up to `max` of them into `out`.
-    fn take(&self, out: &mut Vec<PageNum>, max: usize, timeout: Duration) {
+    pub(crate) fn take(&self, out: &mut Vec<PageNum>, max: usize, timeout: Duration) {
         let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let (mut q, _) = self
             .ready
@@ -73,25 +73,45 @@ pub(crate) struct Staged {
     state: crate::coherence::PageState,
 }
 
-/// Runs the prefetcher until the runtime stops.
-pub fn run<E: Effects>(core: &Core<E>, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
-    let batch = core.config.prefetch_max_pages.clamp(1, 256);
-    let mut requested = Vec::with_capacity(batch);
-    let mut staged: Vec<Staged> = Vec::with_capacity(batch);
-    let mut ops_store: Vec<ReadOp<'static>> = Vec::with_capacity(batch);
-    while !core.stopping() {
-        requested.clear();
-        core.prefetcher
-            .take(&mut requested, batch, Duration::from_millis(50));
-        if requested.is_empty() {
-            continue;
+/// The prefetcher's buffers, allocated once.
+pub(crate) struct Prefetcher {
+    batch: usize,
+    requested: Vec<PageNum>,
+    staged: Vec<Staged>,
+    ops: Vec<ReadOp<'static>>,
+}
+
+impl Prefetcher {
+    /// Buffers for batches of up to `prefetch_max_pages` (1 to 256) pages.
+    pub(crate) fn new(prefetch_max_pages: usize) -> Prefetcher {
+        let batch = prefetch_max_pages.clamp(1, 256);
+        Prefetcher {
+            batch,
+            requested: Vec::with_capacity(batch),
+            staged: Vec::with_capacity(batch),
+            ops: Vec::with_capacity(batch),
         }
-        claim(core, &requested, &mut staged);
-        if staged.is_empty() {
-            continue;
+    }
+
+    /// Takes one batch of requests (waiting up to `wait` for some), fetches the pages
+    /// worth fetching and stages them. Returns how many were staged.
+    pub(crate) fn serve_batch<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        session: &mut dyn Session,
+        wait: Duration,
+    ) -> Result<usize, RuntimeError> {
+        self.requested.clear();
+        core.prefetcher.take(&mut self.requested, self.batch, wait);
+        if self.requested.is_empty() {
+            return Ok(0);
         }
-        let mut ops: Vec<ReadOp<'_>> = recycle(std::mem::take(&mut ops_store));
-        for s in &staged {
+        claim(core, &self.requested, &mut self.staged);
+        if self.staged.is_empty() {
+            return Ok(0);
+        }
+        let mut ops: Vec<ReadOp<'_>> = recycle(std::mem::take(&mut self.ops));
+        for s in &self.staged {
             let home = core.placement.home(s.page);
             ops.push(ReadOp {
                 node: home.node,
@@ -102,10 +122,20 @@ pub fn run<E: Effects>(core: &Core<E>, mut session: Box<dyn Session>) -> Result<
             });
         }
         let res = session.read_batch(&mut ops);
-        ops_store = recycle(ops);
+        self.ops = recycle(ops);
         res.map_err(RuntimeError::Transport)?;
-        count_fetch(core, staged.len());
-        publish(core, &mut staged);
+        let n = self.staged.len();
+        count_fetch(core, n);
+        publish(core, &mut self.staged);
+        Ok(n)
+    }
+}
+
+/// Runs the prefetcher until the runtime stops.
+pub fn run(core: &Core, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
+    let mut prefetcher = Prefetcher::new(core.config.prefetch_max_pages);
+    while !core.stopping() {
+        prefetcher.serve_batch(core, session.as_mut(), Duration::from_millis(50))?;
     }
     Ok(())
 }
