@@ -60,6 +60,21 @@ pub enum RuntimeError {
         "the local cache ({capacity_pages} pages) stayed full of pages in use; raise --local-cache"
     )]
     CacheWedged { capacity_pages: usize },
+    /// A page stayed locked by another runtime thread for longer than any operation on
+    /// it may take (a fetch or a write-back bounded by the node timeout).
+    #[error(
+        "page {page} of the global range stayed locked for {waited_ms} ms while discarding it \
+         (a runtime thread stuck mid-operation)"
+    )]
+    PageStuck { page: u64, waited_ms: u64 },
+    /// A page the runtime held dirty was dropped by someone else: its only up-to-date
+    /// copy is gone.
+    #[error(
+        "page {page} of the global range (address {addr:#x}) was unmapped behind the \
+         runtime's back while it held the only up-to-date copy (something called munmap, \
+         madvise or mremap on the global range outside the runtime); its data is lost"
+    )]
+    PageLost { page: u64, addr: usize },
     /// A system call outside userfaultfd failed.
     #[error("{what}: {source}")]
     Os {
@@ -255,6 +270,37 @@ impl<E: Effects> Core<E> {
             }
         }
         Ok(())
+    }
+
+    /// Sets or clears write protection on a page range, retrying while the kernel
+    /// answers EAGAIN (the address space is changing: a fork or an mremap), for at most
+    /// the node timeout: past it the change is not transient and the call fails with
+    /// [`UffdError::KeptRefusing`] instead of spinning forever.
+    pub(crate) fn write_protect(
+        &self,
+        addr: usize,
+        len: usize,
+        protect: bool,
+        dontwake: bool,
+    ) -> Result<(), RuntimeError> {
+        let mut first_refusal = None;
+        loop {
+            match self.fx.write_protect(addr, len, protect, dontwake) {
+                Err(e) if crate::fault::uffd::is_transient(&e) => {
+                    let since = *first_refusal.get_or_insert_with(std::time::Instant::now);
+                    let waited = since.elapsed();
+                    if waited >= Duration::from_millis(self.config.node_timeout_ms) {
+                        return Err(RuntimeError::Uffd(UffdError::KeptRefusing {
+                            call: "UFFDIO_WRITEPROTECT",
+                            addr,
+                            waited_ms: waited.as_millis() as u64,
+                        }));
+                    }
+                    std::thread::yield_now();
+                }
+                other => return other.map_err(RuntimeError::Uffd),
+            }
+        }
     }
 
     /// Whether free cache is below the mark where background reclaim starts.
@@ -621,7 +667,12 @@ impl Runtime {
             return false;
         }
         let first = PageNum(((addr - base) / PAGE_BYTES) as u64);
-        as_internal(|| self.core.discard(first, len.div_ceil(PAGE_BYTES) as u64));
+        let done = as_internal(|| self.core.discard(first, len.div_ceil(PAGE_BYTES) as u64));
+        if let Err(e) = done {
+            // Part of the range may be discarded and the rest not: the program cannot be
+            // told, and zeroing by hand would fault on the stuck page.
+            fatal(&e);
+        }
         true
     }
 

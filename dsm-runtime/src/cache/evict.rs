@@ -105,12 +105,12 @@ impl Evictor {
             if dirty {
                 // Freeze it: from here a writer waits in a write-protect fault, which
                 // finds the page locked and retries once it is parked.
-                if let Err(e) = core.fx.write_protect(addr, PAGE_BYTES, true, true) {
+                if let Err(e) = core.write_protect(addr, PAGE_BYTES, true, true) {
                     core.staging.release(slot);
                     core.table.unlock(page, state);
                     // The pages parked so far are copied and locked: finish them first.
                     self.finish_parking(core, start);
-                    return Err(RuntimeError::Uffd(e));
+                    return Err(e);
                 }
             }
             // SAFETY: we popped `slot`, so we own it; the page is mapped write-protected
@@ -192,9 +192,7 @@ impl Evictor {
                 EvictAction::WriteBack => {
                     let addr = core.layout.addr_of(v.page);
                     // Freeze the page first: from here writers wait in a write-protect fault.
-                    core.fx
-                        .write_protect(addr, PAGE_BYTES, true, true)
-                        .map_err(RuntimeError::Uffd)?;
+                    core.write_protect(addr, PAGE_BYTES, true, true)?;
                     // SAFETY: a mapped, write-protected page of the global range that we
                     // hold locked: nobody can change it during the copy.
                     unsafe { core.fx.read_page(addr, dst) };

@@ -7,7 +7,7 @@
 use super::uffd::{is_transient, Fault, FaultKind, Installed, UffdMsg};
 use crate::cache::{recycle, Evictor};
 use crate::coherence::state::{after_fault, on_fault, FaultAction};
-use crate::coherence::PageState;
+use crate::coherence::{Access, PageState};
 use crate::config::{HandlerWait, ZERO_FILL_AHEAD_PAGES_MAX};
 use crate::effects::Effects;
 use crate::fault::prefetcher;
@@ -17,7 +17,7 @@ use crate::trace::EventKind;
 use crate::transport::{ReadOp, Session};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Source of zero-filled pages: one for a fault, and the ones zero-filled ahead of it.
 static ZEROS: [u8; PAGE_BYTES * (1 + ZERO_FILL_AHEAD_PAGES_MAX)] =
@@ -27,8 +27,59 @@ static ZEROS: [u8; PAGE_BYTES * (1 + ZERO_FILL_AHEAD_PAGES_MAX)] =
 const DEFERRED_RECHECK_NS: i64 = 20_000;
 /// Bound on retries of an install the kernel answers with EAGAIN.
 const INSTALL_RETRIES: usize = 1000;
-/// Bound on direct-reclaim attempts for one slot before declaring the cache wedged.
+/// Bound on direct-reclaim rounds for one page of budget before declaring the cache
+/// wedged (each round evicted pages that other threads took first).
 const RECLAIM_ATTEMPTS: usize = 10_000;
+
+/// Missing faults by one thread on one page whose state says it is mapped, in a row,
+/// after which the page is taken to have been dropped behind the runtime's back.
+const DROPPED_AFTER_FAULTS: u32 = 4;
+/// ... within this long (a thread blocked in a fault retries at once when woken).
+const DROPPED_WITHIN: Duration = Duration::from_secs(1);
+/// Threads tracked at once by [`Repeats`].
+const REPEATS_TRACKED: usize = 8;
+
+/// A missing fault on a page whose state says it is mapped is normally a race: the
+/// thread faulted before another fault's install, and waking it is enough. If the page
+/// was dropped behind the runtime's back (an munmap or madvise outside it; there is no
+/// EVENT_REMOVE registration), waking it makes it fault again, forever. This counts, per
+/// thread, such faults in a row on one page; a thread that keeps faulting on the same
+/// mapped page is the sign. A fixed table: no allocation on the fault path.
+#[derive(Default)]
+struct Repeats {
+    /// `(page, tid, faults in a row, first of them)`.
+    slots: [(u64, u32, u32, Option<Instant>); REPEATS_TRACKED],
+    next: usize,
+}
+
+impl Repeats {
+    /// Notes a missing fault by `tid` on mapped `page`; true when it is the
+    /// [`DROPPED_AFTER_FAULTS`]th in a row within [`DROPPED_WITHIN`] (the count restarts).
+    fn dropped(&mut self, page: PageNum, tid: u32, now: Instant) -> bool {
+        let i = match self.slots.iter().position(|s| s.1 == tid && s.3.is_some()) {
+            Some(i) => i,
+            None => {
+                let i = self.next;
+                self.next = (self.next + 1) % REPEATS_TRACKED;
+                i
+            }
+        };
+        let s = &mut self.slots[i];
+        let fresh = s.1 != tid
+            || s.0 != page.0
+            || s.3.is_none_or(|t| now.duration_since(t) > DROPPED_WITHIN);
+        if fresh {
+            *s = (page.0, tid, 1, Some(now));
+            return false;
+        }
+        s.2 += 1;
+        if s.2 >= DROPPED_AFTER_FAULTS {
+            s.3 = None;
+            return true;
+        }
+        false
+    }
+}
 
 /// A page to fetch this round.
 struct Fetch {
@@ -56,6 +107,8 @@ pub struct FaultHandler {
     /// the same batch and staged.
     block: Vec<prefetcher::Staged>,
     block_pages: Vec<PageNum>,
+    /// Missing faults on mapped pages, per thread (see [`Repeats`]).
+    repeats: Repeats,
 }
 
 impl FaultHandler {
@@ -74,6 +127,7 @@ impl FaultHandler {
             prefetch_out: Vec::with_capacity(core.config.prefetch_max_pages),
             block: Vec::with_capacity(batch * 5 * core.config.fetch_granularity_pages),
             block_pages: Vec::with_capacity(core.config.fetch_granularity_pages),
+            repeats: Repeats::default(),
         }
     }
 
@@ -187,7 +241,15 @@ impl FaultHandler {
         };
         let wp = fault.kind == FaultKind::WriteProtect;
         let write = fault.kind != FaultKind::MissingRead;
-        let action = writable_if_dirty_before(core, state, on_fault(state, write, wp));
+        let mut action = writable_if_dirty_before(core, state, on_fault(state, write, wp));
+        let mut state = state;
+        if action == FaultAction::Wake
+            && !wp
+            && state.resident()
+            && self.repeats.dropped(page, fault.tid, start)
+        {
+            (state, action) = self.dropped_behind_our_back(core, page, state, write)?;
+        }
         count_fault(core, fault.kind, action);
         if let Some(trace) = &core.trace {
             trace.record(trace_kind(fault.kind, action, state), page);
@@ -201,9 +263,7 @@ impl FaultHandler {
             }
             FaultAction::Upgrade => {
                 // Mode 1: this process owns every page, so the upgrade is granted locally.
-                core.fx
-                    .write_protect(addr, PAGE_BYTES, false, false)
-                    .map_err(RuntimeError::Uffd)?;
+                core.write_protect(addr, PAGE_BYTES, false, false)?;
                 core.table.unlock(page, after_fault(state, action));
                 core.eviction().on_access(page);
             }
@@ -211,7 +271,7 @@ impl FaultHandler {
                 self.install_staged(core, page, state, writable)?
             }
             FaultAction::ZeroFill { writable } => {
-                self.take_budget(core)?;
+                self.take_budget(core, start)?;
                 if self.install(core, page, state, ZEROS.as_ptr(), writable)? {
                     core.stats.zero_fills.fetch_add(1, Ordering::Relaxed);
                     core.eviction().on_insert(page, false);
@@ -223,7 +283,7 @@ impl FaultHandler {
                 }
             }
             FaultAction::Fetch { writable } => {
-                self.take_budget(core)?;
+                self.take_budget(core, start)?;
                 self.fetches.push(Fetch {
                     fault,
                     page,
@@ -237,6 +297,33 @@ impl FaultHandler {
             .fault_service
             .record(start.elapsed().as_nanos() as u64);
         Ok(())
+    }
+
+    /// A page whose state says mapped keeps faulting as missing: it was dropped behind
+    /// our back. A clean page is what its home (or, never written home, zeros) holds:
+    /// forget the mapping and serve the fault as for an invalid page. A dirty page held
+    /// the only up-to-date copy: its data is lost, which must end the process with a
+    /// message, never a zero page in its place.
+    fn dropped_behind_our_back<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        page: PageNum,
+        state: PageState,
+        write: bool,
+    ) -> Result<(PageState, FaultAction), RuntimeError> {
+        if state.access() == Access::Exclusive {
+            core.table.unlock(page, state);
+            return Err(RuntimeError::PageLost {
+                page: page.0,
+                addr: core.layout.addr_of(page),
+            });
+        }
+        core.stats.pages_remapped.fetch_add(1, Ordering::Relaxed);
+        core.eviction().on_remove(page);
+        core.budget.give_back();
+        let invalid = state.with_access(Access::Invalid).with_referenced(false);
+        let action = writable_if_dirty_before(core, invalid, on_fault(invalid, write, false));
+        Ok((invalid, action))
     }
 
     /// Fresh memory is first written in address order (the allocator carves objects from
@@ -308,8 +395,22 @@ impl FaultHandler {
     }
 
     /// One page of cache budget, reclaiming on this thread if the cache is full.
-    fn take_budget<E: Effects>(&mut self, core: &Core<E>) -> Result<(), RuntimeError> {
-        for _ in 0..RECLAIM_ATTEMPTS {
+    ///
+    /// Bounded both ways: evicting makes progress but others may take the freed budget
+    /// first (at most [`RECLAIM_ATTEMPTS`] rounds), or nothing can be evicted because
+    /// every cached page is locked mid-operation. Then this round's own pending fetches,
+    /// which hold budget but become evictable only once installed, are completed first;
+    /// other threads' holds end within a node timeout (the fetch or write-back that holds
+    /// them succeeds or fails), so after twice that the cache is declared wedged.
+    fn take_budget<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        start: Instant,
+    ) -> Result<(), RuntimeError> {
+        let wedged_after = Duration::from_millis(core.config.node_timeout_ms.saturating_mul(2));
+        let mut stalled_since: Option<Instant> = None;
+        let mut attempts = 0;
+        loop {
             if core.budget.try_take() {
                 let n = core.budget.used() as u64;
                 core.stats.resident_pages.store(n, Ordering::Relaxed);
@@ -318,16 +419,26 @@ impl FaultHandler {
                     .fetch_max(n, Ordering::Relaxed);
                 return Ok(());
             }
+            attempts += 1;
+            let stalled_for = stalled_since.map_or(Duration::ZERO, |t| t.elapsed());
+            if attempts > RECLAIM_ATTEMPTS || stalled_for >= wedged_after {
+                return Err(RuntimeError::CacheWedged {
+                    capacity_pages: core.budget.capacity(),
+                });
+            }
             core.stats.direct_reclaims.fetch_add(1, Ordering::Relaxed);
             let want = core.config.writeback_batch_pages;
-            if self.evictor.evict(core, self.session.as_mut(), want)? == 0 {
+            if self.evictor.evict(core, self.session.as_mut(), want)? > 0 {
+                stalled_since = None;
+            } else if !self.fetches.is_empty() {
+                // The budget is held by this round's own fetches: install them now.
+                self.fetch_and_install(core, start)?;
+            } else {
                 // Every cached page is locked by someone mid-operation; let them finish.
+                stalled_since.get_or_insert_with(Instant::now);
                 std::thread::yield_now();
             }
         }
-        Err(RuntimeError::CacheWedged {
-            capacity_pages: core.budget.capacity(),
-        })
     }
 
     /// Maps a page's staged local copy: a prefetched page's first use, or a sampled
@@ -453,6 +564,7 @@ impl FaultHandler {
             self.consult_prefetch(core, f.page, false);
         }
         self.fetches = fetches;
+        self.fetches.clear();
         Ok(())
     }
 

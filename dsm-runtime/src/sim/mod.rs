@@ -392,7 +392,7 @@ impl Process {
             }
             Op::Discard(first, count) => {
                 let end = (first + count).min(self.pages());
-                self.report.discarded += self.core.discard(PageNum(first), end - first);
+                self.report.discarded += self.core.discard(PageNum(first), end - first)?;
                 self.model[first as usize..end as usize].fill(0);
             }
             Op::Prefetch(p) => {
@@ -591,3 +591,6 @@ fn value_of(bytes: &[u8], page: u64) -> Result<u64, String> {
     }
     Ok(v)
 }
+
+#[cfg(test)]
+mod tests;
