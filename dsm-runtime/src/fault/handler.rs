@@ -6,7 +6,7 @@
 
 use super::uffd::{is_transient, Fault, FaultKind, Installed, UffdMsg};
 use crate::cache::{recycle, Evictor};
-use crate::coherence::state::{after_fault, on_fault, FaultAction};
+use crate::coherence::state::{self, after_fault, on_fault, FaultAction};
 use crate::coherence::{Access, PageState};
 use crate::config::{HandlerWait, ZERO_FILL_AHEAD_PAGES_MAX};
 use crate::effects::Effects;
@@ -610,24 +610,13 @@ impl FaultHandler {
     }
 }
 
-/// A page coming back from home (fetched, or prefetched and now used) that was dirty at
-/// its last eviction is installed writable even for a read: it will most likely be
-/// written again, and this spares that write's write-protect fault.
+/// [`state::writable_if_dirty_before`] with the runtime's setting.
 fn writable_if_dirty_before<E: Effects>(
     core: &Core<E>,
     state: PageState,
     action: FaultAction,
 ) -> FaultAction {
-    if !core.config.fetch_writable_if_dirty_before || !state.dirty_before() {
-        return action;
-    }
-    match action {
-        FaultAction::Fetch { .. } => FaultAction::Fetch { writable: true },
-        FaultAction::InstallStaged { .. } if state.prefetched() => {
-            FaultAction::InstallStaged { writable: true }
-        }
-        other => other,
-    }
+    state::writable_if_dirty_before(core.config.fetch_writable_if_dirty_before, state, action)
 }
 
 /// How a fault appears in a recorded trace: staged pages' uses are told apart from
