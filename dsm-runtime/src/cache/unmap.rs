@@ -147,6 +147,9 @@ mod tests {
         fn unmap(&self, runs: &[Run]) {
             unmap_runs(runs);
         }
+        fn is_mapped(&self, _: usize) -> bool {
+            unreachable!()
+        }
     }
 
     /// A private anonymous mapping of `pages` pages, each holding 1 in its first byte.

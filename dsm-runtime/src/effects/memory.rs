@@ -189,6 +189,10 @@ impl Effects for MemoryEffects {
         dst.copy_from_slice(&p.data);
     }
 
+    fn is_mapped(&self, addr: usize) -> bool {
+        self.mapped().contains_key(&addr)
+    }
+
     fn unmap(&self, runs: &[Run]) {
         let mut m = self.mapped();
         for r in runs {

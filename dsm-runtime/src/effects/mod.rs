@@ -78,6 +78,11 @@ pub trait Effects: Send + Sync + 'static {
     /// Drops every page of `runs` (their contents are lost; the next access faults as
     /// missing). Dropping a page that is not mapped does nothing.
     fn unmap(&self, runs: &[Run]);
+
+    /// Whether the page at `addr` is in the process's memory (mapped, or swapped out).
+    /// For a rare check (a thread that keeps faulting on a page its state calls mapped):
+    /// it may cost a system call. When it cannot tell, it answers true.
+    fn is_mapped(&self, addr: usize) -> bool;
 }
 
 impl Effects for Userfaultfd {
@@ -121,5 +126,62 @@ impl Effects for Userfaultfd {
     #[inline]
     fn unmap(&self, runs: &[Run]) {
         crate::cache::unmap_runs(runs);
+    }
+
+    fn is_mapped(&self, addr: usize) -> bool {
+        pagemap_present(addr).unwrap_or(true)
+    }
+}
+
+/// Whether `/proc/self/pagemap` shows the page at `addr` present or swapped (bits 63 and
+/// 62 of its entry; readable without privileges). `None` if it cannot be read.
+fn pagemap_present(addr: usize) -> Option<bool> {
+    // SAFETY: a NUL-terminated literal path; the descriptor is checked and closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/pagemap".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut entry = 0u64;
+    let offset = (addr / PAGE_BYTES * 8) as libc::off_t;
+    // SAFETY: reads 8 bytes into a local u64 from the descriptor we opened.
+    let n = unsafe { libc::pread(fd, (&mut entry as *mut u64).cast(), 8, offset) };
+    // SAFETY: closing the descriptor opened above, once.
+    unsafe { libc::close(fd) };
+    (n == 8).then_some(entry & (3 << 62) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagemap_tells_mapped_pages_from_dropped_ones() {
+        // SAFETY: a fresh private anonymous page, unmapped at the end.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let addr = p as usize;
+        assert_eq!(pagemap_present(addr), Some(false), "never touched");
+        // SAFETY: inside the mapping.
+        unsafe { (p as *mut u8).write(1) };
+        assert_eq!(pagemap_present(addr), Some(true), "written");
+        // SAFETY: dropping the page of our own mapping.
+        unsafe { libc::madvise(p, PAGE_BYTES, libc::MADV_DONTNEED) };
+        assert_eq!(pagemap_present(addr), Some(false), "dropped");
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(p, PAGE_BYTES) };
     }
 }

@@ -32,10 +32,8 @@ const INSTALL_RETRIES: usize = 1000;
 const RECLAIM_ATTEMPTS: usize = 10_000;
 
 /// Missing faults by one thread on one page whose state says it is mapped, in a row,
-/// after which the page is taken to have been dropped behind the runtime's back.
-const DROPPED_AFTER_FAULTS: u32 = 4;
-/// ... within this long (a thread blocked in a fault retries at once when woken).
-const DROPPED_WITHIN: Duration = Duration::from_secs(1);
+/// after which the handler looks whether the page is really there.
+const SUSPECT_AFTER_FAULTS: u32 = 3;
 /// Threads tracked at once by [`Repeats`].
 const REPEATS_TRACKED: usize = 8;
 
@@ -43,38 +41,41 @@ const REPEATS_TRACKED: usize = 8;
 /// thread faulted before another fault's install, and waking it is enough. If the page
 /// was dropped behind the runtime's back (an munmap or madvise outside it; there is no
 /// EVENT_REMOVE registration), waking it makes it fault again, forever. This counts, per
-/// thread, such faults in a row on one page; a thread that keeps faulting on the same
-/// mapped page is the sign. A fixed table: no allocation on the fault path.
+/// thread, such faults in a row (any other fault of the thread restarts the count); at
+/// [`SUSPECT_AFTER_FAULTS`] the handler asks the kernel whether the page is mapped
+/// ([`Effects::is_mapped`]). A fixed table: no allocation on the fault path.
 #[derive(Default)]
 struct Repeats {
-    /// `(page, tid, faults in a row, first of them)`.
-    slots: [(u64, u32, u32, Option<Instant>); REPEATS_TRACKED],
+    /// `(tid, page, faults in a row)`; a count of 0 marks a free slot.
+    slots: [(u32, u64, u32); REPEATS_TRACKED],
     next: usize,
 }
 
 impl Repeats {
-    /// Notes a missing fault by `tid` on mapped `page`; true when it is the
-    /// [`DROPPED_AFTER_FAULTS`]th in a row within [`DROPPED_WITHIN`] (the count restarts).
-    fn dropped(&mut self, page: PageNum, tid: u32, now: Instant) -> bool {
-        let i = match self.slots.iter().position(|s| s.1 == tid && s.3.is_some()) {
-            Some(i) => i,
-            None => {
-                let i = self.next;
-                self.next = (self.next + 1) % REPEATS_TRACKED;
-                i
+    /// Notes a fault by `tid` on `page`, `suspect` if it was a missing fault on a page
+    /// whose state says mapped; true when it is the [`SUSPECT_AFTER_FAULTS`]th such fault
+    /// of that thread in a row on that page (the count then restarts).
+    fn suspect(&mut self, tid: u32, page: PageNum, suspect: bool) -> bool {
+        let found = self.slots.iter().position(|s| s.2 > 0 && s.0 == tid);
+        if !suspect {
+            if let Some(i) = found {
+                self.slots[i].2 = 0;
             }
-        };
+            return false;
+        }
+        let i = found.unwrap_or_else(|| {
+            let i = self.next;
+            self.next = (self.next + 1) % REPEATS_TRACKED;
+            i
+        });
         let s = &mut self.slots[i];
-        let fresh = s.1 != tid
-            || s.0 != page.0
-            || s.3.is_none_or(|t| now.duration_since(t) > DROPPED_WITHIN);
-        if fresh {
-            *s = (page.0, tid, 1, Some(now));
+        if s.2 == 0 || s.0 != tid || s.1 != page.0 {
+            *s = (tid, page.0, 1);
             return false;
         }
         s.2 += 1;
-        if s.2 >= DROPPED_AFTER_FAULTS {
-            s.3 = None;
+        if s.2 >= SUSPECT_AFTER_FAULTS {
+            s.2 = 0;
             return true;
         }
         false
@@ -243,10 +244,9 @@ impl FaultHandler {
         let write = fault.kind != FaultKind::MissingRead;
         let mut action = writable_if_dirty_before(core, state, on_fault(state, write, wp));
         let mut state = state;
-        if action == FaultAction::Wake
-            && !wp
-            && state.resident()
-            && self.repeats.dropped(page, fault.tid, start)
+        let suspect = action == FaultAction::Wake && !wp && state.resident();
+        if self.repeats.suspect(fault.tid, page, suspect)
+            && !core.fx.is_mapped(core.layout.addr_of(page))
         {
             (state, action) = self.dropped_behind_our_back(core, page, state, write)?;
         }

@@ -165,6 +165,25 @@ fn a_clean_page_dropped_behind_our_back_is_installed_again() {
 }
 
 #[test]
+fn missing_faults_on_a_page_that_is_mapped_only_wake() {
+    let mut p = process(16, 8);
+    ok(p.write(3, 0x33));
+    p.model[3] = 0x33;
+    let fault = Fault {
+        addr: p.addr(3),
+        kind: FaultKind::MissingRead,
+        tid: 9,
+    };
+    for _ in 0..10 {
+        // As if the thread kept racing with installs: the page is there each time.
+        p.handler.serve(&p.core, &[fault]).unwrap();
+    }
+    assert_eq!(p.core.stats.pages_remapped.load(Ordering::Relaxed), 0);
+    assert_eq!(ok(p.read(3)), 0x33);
+    p.check().unwrap();
+}
+
+#[test]
 fn a_dirty_page_dropped_behind_our_back_is_a_clear_error() {
     let mut p = process(16, 8);
     ok(p.write(1, 0x77));
