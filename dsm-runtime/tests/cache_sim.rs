@@ -32,6 +32,7 @@ fn seeded_operations_never_lose_a_write() {
                 assert_eq!(r.ops, ops);
                 assert!(r.evictions > 0 && r.faults > 0 && r.sampled > 0, "{r:?}");
                 assert!(r.prefetched > 0 && r.discarded > 0, "{r:?}");
+                assert!(r.deferred > 0 && r.direct_reclaims > 0, "{r:?}");
                 node_failures += r.node_failures;
                 forks_allowed += r.forks_allowed;
             }

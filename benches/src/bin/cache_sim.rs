@@ -31,12 +31,15 @@ fn main() {
         match sim::run(seed, ops, SimOptions::default()) {
             Ok(r) => {
                 println!(
-                    "seed {seed}: {} ops, {} processes, {} faults, {} evictions, {} write-backs, \
+                    "seed {seed}: {} ops, {} processes, {} faults ({} deferred, {} direct reclaims), \
+                     {} evictions, {} write-backs, \
                      {} fetches, {} sampled, {} prefetched, {} discarded, forks {}/{} allowed, \
                      {} node failures, {:.2} s",
                     r.ops,
                     r.processes,
                     r.faults,
+                    r.deferred,
+                    r.direct_reclaims,
                     r.evictions,
                     r.write_backs,
                     r.fetches,

@@ -46,6 +46,9 @@ const NODE_FAILURE_ONE_IN: u64 = 5_000;
 /// processes, of new shapes, are where forks are allowed.
 const EXIT_ONE_IN: u64 = 4_000;
 
+/// Most threads whose faults one round serves together.
+const THREADS_MAX: usize = 6;
+
 /// What a simulation did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SimReport {
@@ -57,6 +60,10 @@ pub struct SimReport {
     pub accesses: u64,
     /// Faults delivered to the handler.
     pub faults: u64,
+    /// Faults deferred because another fault of their round held the page.
+    pub deferred: u64,
+    /// Times a fault had to evict for room itself (direct reclaim).
+    pub direct_reclaims: u64,
     /// Pages evicted.
     pub evictions: u64,
     /// Pages written home.
@@ -83,6 +90,8 @@ impl SimReport {
         self.processes += o.processes;
         self.accesses += o.accesses;
         self.faults += o.faults;
+        self.deferred += o.deferred;
+        self.direct_reclaims += o.direct_reclaims;
         self.evictions += o.evictions;
         self.write_backs += o.write_backs;
         self.fetches += o.fetches;
@@ -172,6 +181,9 @@ enum Op {
     Sample(usize),
     Discard(u64, u64),
     Prefetch(u64),
+    /// Several threads' accesses whose faults reach the handler in one round: up to
+    /// [`THREADS_MAX`] `(page, value to write or 0 to read)`, `.1` of them used.
+    Threads([(u64, u64); THREADS_MAX], usize),
     Fork,
     FailNodes,
     Exit,
@@ -352,8 +364,26 @@ impl Process {
             rng.range(0, hot - 1)
         };
         match rng.range(0, 99) {
-            0..=33 => Op::Read(page),
-            34..=67 => Op::Write(page, (step << 8) | rng.range(1, 255)),
+            0..=27 => Op::Read(page),
+            28..=61 => Op::Write(page, (step << 8) | rng.range(1, 255)),
+            62..=67 => {
+                let mut t = [(0, 0); THREADS_MAX];
+                let k = rng.range(2, THREADS_MAX as u64) as usize;
+                for (i, a) in t.iter_mut().take(k).enumerate() {
+                    // Neighbours of one page often, so that threads meet on a page.
+                    let q = (page + rng.range(0, 3)) % n;
+                    let write = rng.chance(2);
+                    *a = (
+                        q,
+                        if write {
+                            (step << 8) | (i as u64 + 1)
+                        } else {
+                            0
+                        },
+                    );
+                }
+                Op::Threads(t, k)
+            }
             68..=74 => Op::Reclaim,
             75..=79 => Op::Evict(rng.range(1, 8) as usize),
             80..=85 => Op::Sample(rng.range(1, 4) as usize),
@@ -405,6 +435,7 @@ impl Process {
                 self.prefetcher
                     .serve_batch(&self.core, self.session.as_mut(), Duration::ZERO)?;
             }
+            Op::Threads(t, k) => self.threads(&t[..k])?,
             Op::Fork => self.fork()?,
             Op::FailNodes => {
                 self.nodes.fail(true);
@@ -462,6 +493,57 @@ impl Process {
         Err(Stop::Broken(format!(
             "a write to page {page} faulted {ACCESS_FAULTS_MAX} times in a row (livelock)"
         )))
+    }
+
+    /// Each thread tries its access; those that fault block, and their faults reach the
+    /// handler in one round (faults on a page another fault of the round holds are
+    /// deferred to a later round, as in the runtime). Then each thread retries until
+    /// its access goes through. Threads run in order, so a read sees the writes of the
+    /// threads before it.
+    fn threads(&mut self, accesses: &[(u64, u64)]) -> Result<(), Stop> {
+        let mut faults = [Fault {
+            addr: 0,
+            kind: FaultKind::MissingRead,
+            tid: 0,
+        }; THREADS_MAX];
+        let mut n = 0;
+        for (i, &(page, value)) in accesses.iter().enumerate() {
+            let addr = self.addr(page);
+            // Only the fault is taken here; the access itself is made in the turns below.
+            let kind = match (self.core.fx.mapping(addr), value) {
+                (None, 0) => Some(FaultKind::MissingRead),
+                (None, _) => Some(FaultKind::MissingWrite),
+                (Some(true), v) if v != 0 => Some(FaultKind::WriteProtect),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                faults[n] = Fault {
+                    addr,
+                    kind,
+                    tid: 2 + i as u32,
+                };
+                n += 1;
+            }
+        }
+        self.report.faults += n as u64;
+        self.handler.serve(&self.core, &faults[..n])?;
+        self.prefetcher
+            .serve_batch(&self.core, self.session.as_mut(), Duration::ZERO)?;
+        for &(page, value) in accesses {
+            if value == 0 {
+                let v = self.read(page)?;
+                if v != self.model[page as usize] {
+                    return Err(Stop::Broken(format!(
+                        "page {page} read {v:#x} by a thread of a round, last written {:#x}",
+                        self.model[page as usize]
+                    )));
+                }
+            } else {
+                self.write(page, value)?;
+                self.model[page as usize] = value;
+            }
+        }
+        Ok(())
     }
 
     fn fault(&mut self, addr: usize, kind: FaultKind) -> Result<(), Stop> {
@@ -575,6 +657,8 @@ impl Process {
         let st = &self.core.stats;
         let r = &mut self.report;
         r.evictions = st.evictions.load(Ordering::Relaxed);
+        r.deferred = st.faults_deferred.load(Ordering::Relaxed);
+        r.direct_reclaims = st.direct_reclaims.load(Ordering::Relaxed);
         r.write_backs = st.remote_write_pages.load(Ordering::Relaxed);
         r.fetches = st.remote_read_pages.load(Ordering::Relaxed);
         r.sampled = st.sampled_pages.load(Ordering::Relaxed);
