@@ -659,7 +659,10 @@ impl Runtime {
     /// Gives up the contents of `[addr, addr + len)`, as `madvise(MADV_DONTNEED)` does
     /// for private anonymous memory: cached pages are dropped without a write-back and
     /// read as zeros afterwards. `addr` must be page-aligned and the range inside this
-    /// runtime's range (else `false`, nothing done). Returns whether it was done.
+    /// runtime's range (else `false`, nothing done). Returns whether it was done. A page
+    /// that another runtime thread keeps locked past twice the node timeout ends the
+    /// process ([`fatal`], [`RuntimeError::PageStuck`]): the range would be left half
+    /// discarded, which the caller cannot be told.
     pub fn discard(&self, addr: usize, len: usize) -> bool {
         let base = self.core.layout.base;
         let end = base + self.len();

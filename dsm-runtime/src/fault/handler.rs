@@ -419,9 +419,8 @@ impl FaultHandler {
                     .fetch_max(n, Ordering::Relaxed);
                 return Ok(());
             }
-            attempts += 1;
             let stalled_for = stalled_since.map_or(Duration::ZERO, |t| t.elapsed());
-            if attempts > RECLAIM_ATTEMPTS || stalled_for >= wedged_after {
+            if attempts >= RECLAIM_ATTEMPTS || stalled_for >= wedged_after {
                 return Err(RuntimeError::CacheWedged {
                     capacity_pages: core.budget.capacity(),
                 });
@@ -429,6 +428,7 @@ impl FaultHandler {
             core.stats.direct_reclaims.fetch_add(1, Ordering::Relaxed);
             let want = core.config.writeback_batch_pages;
             if self.evictor.evict(core, self.session.as_mut(), want)? > 0 {
+                attempts += 1;
                 stalled_since = None;
             } else if !self.fetches.is_empty() {
                 // The budget is held by this round's own fetches: install them now.
