@@ -6,7 +6,7 @@
 #   benches/cache_sim.sh                    (16 seeds x 250k ops)
 #   SEEDS=64 OPS=500000 FIRST=1000 benches/cache_sim.sh
 # Reproduce a failing seed alone:
-#   DSM_SIM_SEED=<seed> DSM_SIM_OPS=<ops> cargo test --release -p dsm-runtime --test cache_sim
+#   DSM_SIM_SEED=<seed> DSM_SIM_OPS=<step> cargo test --release -p dsm-runtime --test cache_sim
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-16}

@@ -11,8 +11,9 @@
 //! that every page holds what was last written to it, wherever the cache's state says
 //! it lives (mapped, staged, at home, or nowhere: zeros), and the bookkeeping around it.
 //!
-//! A run is a function of its seed: a failure names the seed and step, and
-//! `DSM_SIM_SEED=<seed>` reproduces it (see `tests/cache_sim.rs`).
+//! A run is a function of its seed (and a shorter run is a prefix of a longer one): a
+//! failure names the seed and step, and `DSM_SIM_SEED=<seed> DSM_SIM_OPS=<step>`
+//! reproduces it (see `tests/cache_sim.rs`).
 
 mod rng;
 
@@ -109,7 +110,8 @@ impl SimReport {
 pub struct SimFailure {
     /// The run's seed.
     pub seed: u64,
-    /// The operation (counted from 0 over the whole run) after which the check failed.
+    /// The operation (counted from 1 over the whole run) that failed, or after which the
+    /// check failed.
     pub step: u64,
     /// The operation.
     pub op: String,
@@ -122,8 +124,8 @@ impl fmt::Display for SimFailure {
         write!(
             f,
             "cache simulation failed: seed {} step {} ({}): {}\n  reproduce: DSM_SIM_SEED={} \
-             cargo test --release -p dsm-runtime --test cache_sim",
-            self.seed, self.step, self.op, self.message, self.seed
+             DSM_SIM_OPS={} cargo test --release -p dsm-runtime --test cache_sim",
+            self.seed, self.step, self.op, self.message, self.seed, self.step
         )
     }
 }
