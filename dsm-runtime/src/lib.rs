@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod coherence;
 pub mod config;
+pub mod effects;
 pub mod fault;
 pub mod launch;
 pub mod launcher;
@@ -17,6 +18,7 @@ pub mod node;
 pub mod policy;
 pub mod report;
 pub mod runtime;
+pub mod sim;
 pub mod space;
 pub mod stats;
 pub mod trace;

@@ -4,6 +4,7 @@
 use crate::cache::{CacheBudget, Evictor, PageTable, Staging};
 use crate::config::job::Owner;
 use crate::config::{ConfigError, RuntimeConfig};
+use crate::effects::Effects;
 use crate::fault::prefetcher::{self, PrefetchQueue};
 use crate::fault::uffd::{UffdError, Userfaultfd, FEATURE_PAGEFAULT_FLAG_WP, FEATURE_THREAD_ID};
 use crate::fault::FaultHandler;
@@ -59,6 +60,21 @@ pub enum RuntimeError {
         "the local cache ({capacity_pages} pages) stayed full of pages in use; raise --local-cache"
     )]
     CacheWedged { capacity_pages: usize },
+    /// A page stayed locked by another runtime thread for longer than any operation on
+    /// it may take (a fetch or a write-back bounded by the node timeout).
+    #[error(
+        "page {page} of the global range stayed locked for {waited_ms} ms while discarding it \
+         (a runtime thread stuck mid-operation)"
+    )]
+    PageStuck { page: u64, waited_ms: u64 },
+    /// A page the runtime held dirty was dropped by someone else: its only up-to-date
+    /// copy is gone.
+    #[error(
+        "page {page} of the global range (address {addr:#x}) was unmapped behind the \
+         runtime's back while it held the only up-to-date copy (something called munmap, \
+         madvise or mremap on the global range outside the runtime); its data is lost"
+    )]
+    PageLost { page: u64, addr: usize },
     /// A system call outside userfaultfd failed.
     #[error("{what}: {source}")]
     Os {
@@ -75,11 +91,14 @@ pub enum RuntimeError {
     },
 }
 
-/// State shared by the handler threads and the reclaimer.
-pub struct Core {
+/// State shared by the handler threads and the reclaimer, generic over the effects on the
+/// process's memory: the runtime runs it with the real [`Userfaultfd`], the simulator
+/// ([`crate::sim`]) with [`crate::effects::memory::MemoryEffects`].
+pub struct Core<E: Effects = Userfaultfd> {
     pub(crate) config: RuntimeConfig,
     pub(crate) layout: Layout,
-    pub(crate) uffd: Userfaultfd,
+    /// Installs, write-protects, wakes, copies out and unmaps pages.
+    pub(crate) fx: E,
     pub(crate) table: PageTable,
     pub(crate) budget: CacheBudget,
     pub(crate) staging: Staging,
@@ -111,7 +130,74 @@ struct Checkpoint {
     save: Box<dyn Fn(&StatsSnapshot) + Send + Sync>,
 }
 
-impl Core {
+/// What [`Core::new`] builds a core from, besides its effects.
+pub(crate) struct CoreParts {
+    pub(crate) config: RuntimeConfig,
+    pub(crate) layout: Layout,
+    pub(crate) placement: Box<dyn Placement>,
+    pub(crate) pool: Option<PoolAccount>,
+    pub(crate) eviction: Box<dyn EvictionPolicy>,
+    pub(crate) prefetch: Box<dyn PrefetchPolicy>,
+    pub(crate) trace: Option<crate::trace::TraceWriter>,
+}
+
+impl<E: Effects> Core<E> {
+    /// The shared state of a runtime over `layout` that acts through `fx`: an empty cache.
+    pub(crate) fn new(fx: E, parts: CoreParts) -> Result<Core<E>, RuntimeError> {
+        let CoreParts {
+            config,
+            layout,
+            placement,
+            pool,
+            eviction,
+            prefetch,
+            trace,
+        } = parts;
+        let table = PageTable::new(layout.pages, config.cache_pages() * 2).map_err(|source| {
+            RuntimeError::Os {
+                what: "allocating the page table",
+                source,
+            }
+        })?;
+        // SAFETY: eventfd with constant flags; the result is checked before use.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(RuntimeError::Os {
+                what: "eventfd",
+                source: io::Error::last_os_error(),
+            });
+        }
+        let capacity = config.cache_pages();
+        let pct = |p: u8| (capacity * usize::from(p) / 100).max(1);
+        Ok(Core {
+            layout,
+            fx,
+            table,
+            budget: CacheBudget::new(capacity),
+            staging: Staging::new(config.staging_slots()).map_err(|source| RuntimeError::Os {
+                what: "allocating the staging pool",
+                source,
+            })?,
+            placement,
+            pool,
+            protected: Default::default(),
+            eviction: Mutex::new(eviction),
+            prefetch: Mutex::new(prefetch),
+            prefetcher: PrefetchQueue::new(4 * config.prefetch_max_pages.max(16)),
+            trace,
+            stats: Arc::new(Stats::default()),
+            stop: AtomicBool::new(false),
+            pages_leaving: AtomicBool::new(false),
+            // SAFETY: `efd` is a fresh descriptor we own.
+            stop_fd: unsafe { OwnedFd::from_raw_fd(efd) },
+            reclaim: (Mutex::new(false), Condvar::new()),
+            reclaim_start_free: pct(config.reclaim_start_free_pct),
+            reclaim_stop_free: pct(config.reclaim_stop_free_pct),
+            checkpoint: std::sync::OnceLock::new(),
+            config,
+        })
+    }
+
     pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
     }
@@ -167,19 +253,85 @@ impl Core {
             if self.budget.free() >= self.reclaim_start_free {
                 continue;
             }
-            self.stats.reclaim_rounds.fetch_add(1, Ordering::Relaxed);
-            while self.budget.free() < self.reclaim_stop_free && !self.stopping() {
-                let want = self.reclaim_stop_free - self.budget.free();
-                if evictor.evict(self, session.as_mut(), want)? == 0 {
-                    break;
-                }
+            self.reclaim_round(&mut evictor, session.as_mut())?;
+        }
+        Ok(())
+    }
+
+    /// One round of background reclaim: evicts until free cache reaches the stop mark,
+    /// or nothing more can be evicted.
+    pub(crate) fn reclaim_round(
+        &self,
+        evictor: &mut Evictor,
+        session: &mut dyn Session,
+    ) -> Result<(), RuntimeError> {
+        self.stats.reclaim_rounds.fetch_add(1, Ordering::Relaxed);
+        while self.budget.free() < self.reclaim_stop_free && !self.stopping() {
+            let want = self.reclaim_stop_free - self.budget.free();
+            if evictor.evict(self, session, want)? == 0 {
+                break;
             }
         }
         Ok(())
     }
+
+    /// Sets or clears write protection on a page range, retrying while the kernel
+    /// answers EAGAIN (the address space is changing: a fork or an mremap), for at most
+    /// the node timeout: past it the change is not transient and the call fails with
+    /// [`UffdError::KeptRefusing`] instead of spinning forever.
+    pub(crate) fn write_protect(
+        &self,
+        addr: usize,
+        len: usize,
+        protect: bool,
+        dontwake: bool,
+    ) -> Result<(), RuntimeError> {
+        let mut first_refusal = None;
+        loop {
+            match self.fx.write_protect(addr, len, protect, dontwake) {
+                Err(e) if crate::fault::uffd::is_transient(&e) => {
+                    let since = *first_refusal.get_or_insert_with(std::time::Instant::now);
+                    let waited = since.elapsed();
+                    if waited >= Duration::from_millis(self.config.node_timeout_ms) {
+                        return Err(RuntimeError::Uffd(UffdError::KeptRefusing {
+                            call: "UFFDIO_WRITEPROTECT",
+                            addr,
+                            waited_ms: waited.as_millis() as u64,
+                        }));
+                    }
+                    std::thread::yield_now();
+                }
+                other => return other.map_err(RuntimeError::Uffd),
+            }
+        }
+    }
+
+    /// Whether free cache is below the mark where background reclaim starts.
+    pub(crate) fn reclaim_wanted(&self) -> bool {
+        self.budget.free() < self.reclaim_start_free
+    }
+
+    /// Copies the cached page at `addr` into `dst`, whatever protection the program gave
+    /// it (see `cache/protect.rs`).
+    ///
+    /// # Safety
+    /// As [`Effects::read_page`]: the page is mapped, locked by the caller and stable
+    /// during the copy, and `dst` is a page's worth of bytes.
+    pub(crate) unsafe fn read_page(&self, addr: usize, dst: &mut [u8]) {
+        // SAFETY: as the caller promises.
+        if !unsafe { self.protected.copy_if_unreadable(addr, dst) } {
+            // SAFETY: as the caller promises; the page is readable.
+            unsafe { self.fx.read_page(addr, dst) };
+        }
+    }
+
+    /// Whether any page may have left the cache; see [`Runtime::pages_have_left`].
+    pub(crate) fn pages_have_left(&self) -> bool {
+        self.pages_leaving.load(Ordering::SeqCst)
+    }
 }
 
-impl Core {
+impl<E: Effects> Core<E> {
     /// Hands a copy of the statistics to the checkpoint callback, if one is set and its
     /// period has passed. Runs on the reclaimer, which wakes at least every 10 ms.
     fn maybe_checkpoint(&self, last: &mut std::time::Instant) {
@@ -464,51 +616,21 @@ impl Runtime {
         let reservation = Reservation::new(config.space_base, space_bytes as usize)?;
         let uffd = Userfaultfd::open(FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID)?;
         uffd.register(reservation.base(), reservation.len(), true)?;
-        let table =
-            PageTable::new(pages, config.cache_pages() * 2).map_err(|source| RuntimeError::Os {
-                what: "allocating the page table",
-                source,
-            })?;
-        // SAFETY: eventfd with constant flags; the result is checked before use.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if efd < 0 {
-            return Err(RuntimeError::Os {
-                what: "eventfd",
-                source: io::Error::last_os_error(),
-            });
-        }
-        let capacity = config.cache_pages();
-        let pct = |p: u8| (capacity * usize::from(p) / 100).max(1);
-        let core = Arc::new(Core {
-            layout: Layout {
-                base: reservation.base(),
-                pages,
-            },
+        let core = Arc::new(Core::new(
             uffd,
-            table,
-            budget: CacheBudget::new(capacity),
-            staging: Staging::new(config.staging_slots()).map_err(|source| RuntimeError::Os {
-                what: "allocating the staging pool",
-                source,
-            })?,
-            placement,
-            pool,
-            protected: Default::default(),
-            eviction: Mutex::new(policies.eviction),
-            prefetch: Mutex::new(policies.prefetch),
-            prefetcher: PrefetchQueue::new(4 * config.prefetch_max_pages.max(16)),
-            trace: policies.trace,
-            stats: Arc::new(Stats::default()),
-            stop: AtomicBool::new(false),
-            pages_leaving: AtomicBool::new(false),
-            // SAFETY: `efd` is a fresh descriptor we own.
-            stop_fd: unsafe { OwnedFd::from_raw_fd(efd) },
-            reclaim: (Mutex::new(false), Condvar::new()),
-            reclaim_start_free: pct(config.reclaim_start_free_pct),
-            reclaim_stop_free: pct(config.reclaim_stop_free_pct),
-            checkpoint: std::sync::OnceLock::new(),
-            config,
-        });
+            CoreParts {
+                layout: Layout {
+                    base: reservation.base(),
+                    pages,
+                },
+                placement,
+                pool,
+                eviction: policies.eviction,
+                prefetch: policies.prefetch,
+                trace: policies.trace,
+                config,
+            },
+        )?);
         let mut rt = Runtime {
             core,
             threads: Vec::new(),
@@ -554,7 +676,10 @@ impl Runtime {
     /// Gives up the contents of `[addr, addr + len)`, as `madvise(MADV_DONTNEED)` does
     /// for private anonymous memory: cached pages are dropped without a write-back and
     /// read as zeros afterwards. `addr` must be page-aligned and the range inside this
-    /// runtime's range (else `false`, nothing done). Returns whether it was done.
+    /// runtime's range (else `false`, nothing done). Returns whether it was done. A page
+    /// that another runtime thread keeps locked past twice the node timeout ends the
+    /// process ([`fatal`], [`RuntimeError::PageStuck`]): the range would be left half
+    /// discarded, which the caller cannot be told.
     pub fn discard(&self, addr: usize, len: usize) -> bool {
         let base = self.core.layout.base;
         let end = base + self.len();
@@ -562,7 +687,12 @@ impl Runtime {
             return false;
         }
         let first = PageNum(((addr - base) / PAGE_BYTES) as u64);
-        as_internal(|| self.core.discard(first, len.div_ceil(PAGE_BYTES) as u64));
+        let done = as_internal(|| self.core.discard(first, len.div_ceil(PAGE_BYTES) as u64));
+        if let Err(e) = done {
+            // Part of the range may be discarded and the rest not: the program cannot be
+            // told, and zeroing by hand would fault on the stuck page.
+            fatal(&e);
+        }
         true
     }
 
@@ -584,7 +714,7 @@ impl Runtime {
     /// flag is set before the first one leaves, so a `fork` that sees it clear copies
     /// every page the process has.
     pub fn pages_have_left(&self) -> bool {
-        self.core.pages_leaving.load(Ordering::SeqCst)
+        self.core.pages_have_left()
     }
 
     /// Bytes the memory pool could still hold (as read from the nodes at most 100 ms
@@ -657,7 +787,7 @@ impl Runtime {
         }
         if let Some(r) = self.reservation.take() {
             // Unregistering wakes any thread still waiting; it then sees an empty range.
-            let _ = self.core.uffd.unregister(r.base(), r.len());
+            let _ = self.core.fx.unregister(r.base(), r.len());
             drop(r);
         }
     }

@@ -230,6 +230,8 @@ counters! {
     sampling_ns,
     /// Cached pages the program gave up (madvise DONTNEED or FREE, the allocator's purge): dropped without a write-back.
     discarded_pages,
+    /// Clean pages found dropped behind the runtime's back (a thread kept faulting on them while their state said mapped) and installed again.
+    pages_remapped,
     /// Pages cached now (mapped or staged).
     resident_pages,
     /// Highest number of pages resident at once.

@@ -11,9 +11,11 @@
 //! holding locks that a fault handler might need to make room.
 
 use crate::coherence::PageState;
-use crate::runtime::Core;
+use crate::effects::Effects;
+use crate::runtime::{Core, RuntimeError};
 use crate::space::PageNum;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// Pages locked at once.
 const BATCH: usize = 64;
@@ -40,10 +42,12 @@ impl Batch {
     }
 }
 
-impl Core {
+impl<E: Effects> Core<E> {
     /// Drops pages `first..first + count` of this process's range (resident or staged)
-    /// and marks them untouched. Returns how many were cached.
-    pub(crate) fn discard(&self, first: PageNum, count: u64) -> u64 {
+    /// and marks them untouched. Returns how many were cached, or
+    /// [`RuntimeError::PageStuck`] if a page stayed locked past the bound of
+    /// [`Core::lock_waiting`] (pages before it are discarded, none is left locked).
+    pub(crate) fn discard(&self, first: PageNum, count: u64) -> Result<u64, RuntimeError> {
         let end = (first.0 + count).min(self.layout.pages);
         let mut batch = Batch::default();
         let mut dropped = 0;
@@ -56,7 +60,7 @@ impl Core {
                 Some(s) => s,
                 None => {
                     dropped += self.discard_locked(&mut batch);
-                    self.lock_waiting(page)
+                    self.lock_waiting(page)?
                 }
             };
             batch.push(page, state);
@@ -64,14 +68,25 @@ impl Core {
                 dropped += self.discard_locked(&mut batch);
             }
         }
-        dropped + self.discard_locked(&mut batch)
+        Ok(dropped + self.discard_locked(&mut batch))
     }
 
-    /// Waits for another thread's short hold on `page` to end, then locks it.
-    fn lock_waiting(&self, page: PageNum) -> PageState {
+    /// Waits for another thread's hold on `page` to end, then locks it. A hold lasts at
+    /// most one fetch or write-back, each bounded by the node timeout (a node that does
+    /// not answer fails the operation); twice that and the holder is stuck.
+    fn lock_waiting(&self, page: PageNum) -> Result<PageState, RuntimeError> {
+        let limit = Duration::from_millis(self.config.node_timeout_ms.saturating_mul(2));
+        let start = Instant::now();
         loop {
             if let Some(s) = self.table.try_lock(page) {
-                return s;
+                return Ok(s);
+            }
+            let waited = start.elapsed();
+            if waited >= limit {
+                return Err(RuntimeError::PageStuck {
+                    page: page.0,
+                    waited_ms: waited.as_millis() as u64,
+                });
             }
             std::thread::yield_now();
         }

@@ -9,6 +9,7 @@
 use super::{recycle, UnmapBatch};
 use crate::coherence::state::{after_evict, on_evict, when_zero, EvictAction};
 use crate::coherence::{Access, PageState};
+use crate::effects::Effects;
 use crate::runtime::{Core, RuntimeError};
 use crate::space::{PageNum, PAGE_BYTES};
 use crate::transport::{Session, WriteOp};
@@ -50,9 +51,9 @@ impl Evictor {
     }
 
     /// Evicts up to `want` pages (capped at the batch size); returns how many.
-    pub fn evict(
+    pub fn evict<E: Effects>(
         &mut self,
-        core: &Core,
+        core: &Core<E>,
         session: &mut dyn Session,
         want: usize,
     ) -> Result<usize, RuntimeError> {
@@ -76,7 +77,7 @@ impl Evictor {
     /// write slips in between): on a program that writes what it uses, most victims are
     /// dirty, and skipping them would leave the policy blind to most of its choices.
     /// Returns the pages parked.
-    pub fn sample(&mut self, core: &Core, n: usize) -> Result<usize, RuntimeError> {
+    pub fn sample<E: Effects>(&mut self, core: &Core<E>, n: usize) -> Result<usize, RuntimeError> {
         let start = std::time::Instant::now();
         self.candidates.clear();
         core.eviction().select_victims(n, &mut self.candidates);
@@ -104,19 +105,17 @@ impl Evictor {
             if dirty {
                 // Freeze it: from here a writer waits in a write-protect fault, which
                 // finds the page locked and retries once it is parked.
-                if let Err(e) = core.uffd.write_protect(addr, PAGE_BYTES, true, true) {
+                if let Err(e) = core.write_protect(addr, PAGE_BYTES, true, true) {
                     core.staging.release(slot);
                     core.table.unlock(page, state);
                     // The pages parked so far are copied and locked: finish them first.
                     self.finish_parking(core, start);
-                    return Err(RuntimeError::Uffd(e));
+                    return Err(e);
                 }
             }
-            // SAFETY: we popped `slot`; the page is mapped write-protected and locked by us,
-            // so its bytes are stable while we copy them.
-            unsafe {
-                core.protected.copy_page(addr, core.staging.slot_mut(slot));
-            }
+            // SAFETY: we popped `slot`, so we own it; the page is mapped write-protected
+            // and locked by us, so its bytes are stable while we copy them.
+            unsafe { core.read_page(addr, core.staging.slot_mut(slot)) };
             self.unmap.push(core, page, 1);
             let invalid = state.with_access(Access::Invalid);
             let staged = if dirty {
@@ -136,8 +135,8 @@ impl Evictor {
 
     /// Unmaps the pages parked by a sampling round in one call, then publishes their
     /// states (until then each stays locked); returns how many.
-    fn finish_parking(&mut self, core: &Core, start: std::time::Instant) -> usize {
-        self.unmap.flush();
+    fn finish_parking<E: Effects>(&mut self, core: &Core<E>, start: std::time::Instant) -> usize {
+        self.unmap.flush(&core.fx);
         let parked = self.parked.len();
         for &(page, next) in &self.parked {
             core.table.unlock(page, next);
@@ -155,7 +154,7 @@ impl Evictor {
     /// Asks the eviction policy for candidates and locks those nobody else holds.
     /// Candidates the policy still tracks but that are no longer cached (state changed
     /// behind its back) are forgotten.
-    fn select(&mut self, core: &Core, want: usize) {
+    fn select<E: Effects>(&mut self, core: &Core<E>, want: usize) {
         self.victims.clear();
         self.candidates.clear();
         core.eviction()
@@ -180,7 +179,11 @@ impl Evictor {
         }
     }
 
-    fn write_back(&mut self, core: &Core, session: &mut dyn Session) -> Result<(), RuntimeError> {
+    fn write_back<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        session: &mut dyn Session,
+    ) -> Result<(), RuntimeError> {
         let mut dirty = 0;
         let mut zero = 0;
         for v in &mut self.victims {
@@ -189,12 +192,10 @@ impl Evictor {
                 EvictAction::WriteBack => {
                     let addr = core.layout.addr_of(v.page);
                     // Freeze the page first: from here writers wait in a write-protect fault.
-                    core.uffd
-                        .write_protect(addr, PAGE_BYTES, true, true)
-                        .map_err(RuntimeError::Uffd)?;
+                    core.write_protect(addr, PAGE_BYTES, true, true)?;
                     // SAFETY: a mapped, write-protected page of the global range that we
                     // hold locked: nobody can change it during the copy.
-                    unsafe { core.protected.copy_page(addr, dst) };
+                    unsafe { core.read_page(addr, dst) };
                 }
                 EvictAction::WriteBackStaged => {
                     let slot = v.state.staged().expect("staged dirty has a slot");
@@ -243,7 +244,7 @@ impl Evictor {
         Ok(())
     }
 
-    fn unmap(&mut self, core: &Core) {
+    fn unmap<E: Effects>(&mut self, core: &Core<E>) {
         // Unmap every mapped victim in one batch (adjacent pages merged into runs); staged
         // pages have nothing mapped.
         self.victims
@@ -262,7 +263,7 @@ impl Evictor {
             self.unmap.push(core, self.victims[i].page, j - i);
             i = j;
         }
-        self.unmap.flush();
+        self.unmap.flush(&core.fx);
         let st = &core.stats;
         let mut policy = core.eviction();
         for v in &self.victims {

@@ -16,11 +16,15 @@ pub use staging::Staging;
 
 /// Unmaps `n` pages of the global range from `first` (their contents are dropped; the
 /// next access faults as missing). The caller holds every one of those pages' locks.
-///
-/// The raw system call: in a program with the preload, a `madvise` symbol call from a
-/// program thread (a discard runs on one) would be routed back into the runtime.
-pub(crate) fn unmap_pages(core: &crate::runtime::Core, first: crate::space::PageNum, n: usize) {
-    unmap_range(core.layout.addr_of(first), n * crate::space::PAGE_BYTES);
+pub(crate) fn unmap_pages<E: crate::effects::Effects>(
+    core: &crate::runtime::Core<E>,
+    first: crate::space::PageNum,
+    n: usize,
+) {
+    core.fx.unmap(&[crate::effects::Run {
+        base: core.layout.addr_of(first),
+        len: n * crate::space::PAGE_BYTES,
+    }]);
 }
 
 /// Unmaps whole each 2 MiB region of `pages` (in page order) that no longer holds a
@@ -29,8 +33,8 @@ pub(crate) fn unmap_pages(core: &crate::runtime::Core, first: crate::space::Page
 /// access would otherwise leave a page table behind per touched 2 MiB
 /// ([`PageTable::try_zap`]). Costs one failed compare-and-swap per region that still
 /// holds pages.
-pub(crate) fn zap_empty_regions(
-    core: &crate::runtime::Core,
+pub(crate) fn zap_empty_regions<E: crate::effects::Effects>(
+    core: &crate::runtime::Core<E>,
     pages: impl Iterator<Item = crate::space::PageNum>,
 ) {
     let mut last = u64::MAX;
@@ -47,6 +51,8 @@ pub(crate) fn zap_empty_regions(
     }
 }
 
+/// The raw system call: in a program with the preload, a `madvise` symbol call from a
+/// program thread (a discard runs on one) would be routed back into the runtime.
 fn unmap_range(addr: usize, len: usize) {
     // SAFETY: callers pass runs of the global range, whose pages are private anonymous
     // memory locked by them; MADV_DONTNEED only drops those pages.
@@ -54,7 +60,7 @@ fn unmap_range(addr: usize, len: usize) {
     assert_eq!(rc, 0, "madvise(DONTNEED) on the global range failed");
 }
 
-pub(crate) use unmap::UnmapBatch;
+pub(crate) use unmap::{unmap_runs, UnmapBatch};
 
 /// Empties a vector and gives its allocation back with another lifetime parameter.
 ///

@@ -62,18 +62,16 @@ impl Protected {
         ranges.iter().any(|&(s, e)| addr >= s && addr < e)
     }
 
-    /// Copies the cached page at `addr` into `dst` (one page), whatever its protection.
+    /// Copies the cached page at `addr` into `dst` (one page) through `/proc/self/mem` if
+    /// the program made it unreadable; returns whether it did (if not, the caller copies
+    /// it the plain way).
     ///
     /// # Safety
     /// `addr` is a page of the global range that the caller holds locked and that is
     /// mapped (so its bytes are there and stable), and `dst` is a page's worth of bytes.
-    pub unsafe fn copy_page(&self, addr: usize, dst: &mut [u8]) {
+    pub unsafe fn copy_if_unreadable(&self, addr: usize, dst: &mut [u8]) -> bool {
         if !self.unreadable(addr) {
-            // SAFETY: as the caller promises; the page is readable.
-            unsafe {
-                std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), dst.len())
-            };
-            return;
+            return false;
         }
         let fd = self.mem.get_or_init(open_self_mem).as_raw_fd();
         // SAFETY: reads into `dst`, within its length; /proc/self/mem reads our own pages
@@ -85,6 +83,7 @@ impl Protected {
             "reading a protected page at {addr:#x} through /proc/self/mem: {}",
             std::io::Error::last_os_error()
         );
+        true
     }
 }
 
@@ -144,7 +143,7 @@ mod tests {
         assert_eq!(rc, 0);
         let mut dst = vec![0u8; 4096];
         // SAFETY: mapped, ours, and `dst` is a page.
-        unsafe { p.copy_page(page, &mut dst) };
+        assert!(unsafe { p.copy_if_unreadable(page, &mut dst) });
         assert!(dst.iter().all(|&b| b == 0x5A));
         // SAFETY: unmapping our own page.
         unsafe { libc::munmap(page as *mut _, 4096) };

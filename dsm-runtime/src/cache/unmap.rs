@@ -8,6 +8,7 @@
 //! to one `madvise` per run, once and for all.
 
 use super::unmap_range;
+use crate::effects::{Effects, Run};
 use crate::runtime::Core;
 use crate::space::{PageNum, PAGE_BYTES};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,14 +22,6 @@ const PIDFD_SELF: libc::c_int = -10000;
 
 /// Whether the kernel refused `process_madvise(MADV_DONTNEED)` on ourselves.
 static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
-
-/// One run, laid out as `struct iovec`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Run {
-    base: usize,
-    len: usize,
-}
 
 /// Runs of pages waiting to be unmapped. The caller keeps the pages locked until
 /// [`UnmapBatch::flush`] returns.
@@ -46,11 +39,11 @@ impl UnmapBatch {
 
     /// Adds `n` pages from `first`, merged with the previous run when adjacent; flushes
     /// first if the batch is full.
-    pub(crate) fn push(&mut self, core: &Core, first: PageNum, n: usize) {
-        self.push_range(core.layout.addr_of(first), n * PAGE_BYTES);
+    pub(crate) fn push<E: Effects>(&mut self, core: &Core<E>, first: PageNum, n: usize) {
+        self.push_range(&core.fx, core.layout.addr_of(first), n * PAGE_BYTES);
     }
 
-    fn push_range(&mut self, base: usize, len: usize) {
+    fn push_range<E: Effects>(&mut self, fx: &E, base: usize, len: usize) {
         if let Some(last) = self.runs.last_mut() {
             if last.base + last.len == base {
                 last.len += len;
@@ -58,60 +51,106 @@ impl UnmapBatch {
             }
         }
         if self.runs.len() == RUNS_MAX {
-            self.flush();
+            self.flush(fx);
         }
         self.runs.push(Run { base, len });
     }
 
     /// Unmaps every run added so far.
-    pub(crate) fn flush(&mut self) {
+    pub(crate) fn flush<E: Effects>(&mut self, fx: &E) {
         if self.runs.is_empty() {
             return;
         }
-        let total: usize = self.runs.iter().map(|r| r.len).sum();
-        let mut done = 0;
-        if !UNSUPPORTED.load(Ordering::Relaxed) {
-            // SAFETY: `Run` has iovec's layout; the runs lie in the global range, whose
-            // pages are private anonymous memory locked by the caller.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_process_madvise,
-                    PIDFD_SELF,
-                    self.runs.as_ptr(),
-                    self.runs.len(),
-                    libc::MADV_DONTNEED,
-                    0,
-                )
-            };
-            if rc < 0 {
-                UNSUPPORTED.store(true, Ordering::Relaxed);
-            } else {
-                done = rc as usize;
-            }
-        }
-        if done < total {
-            // Refused, or stopped short: finish run by run from where it stopped.
-            self.unmap_each_after(done);
-        }
+        fx.unmap(&self.runs);
         self.runs.clear();
     }
+}
 
-    /// One `madvise` per run for everything after the first `skip` bytes of the batch.
-    fn unmap_each_after(&self, mut skip: usize) {
-        for r in &self.runs {
-            if skip >= r.len {
-                skip -= r.len;
-                continue;
-            }
-            unmap_range(r.base + skip, r.len - skip);
-            skip = 0;
+/// The real unmapping of a batch of runs: one `process_madvise` where the kernel takes
+/// it, else (or for what it left) one `madvise` per run.
+pub(crate) fn unmap_runs(runs: &[Run]) {
+    if runs.is_empty() {
+        return;
+    }
+    let total: usize = runs.iter().map(|r| r.len).sum();
+    let mut done = 0;
+    if !UNSUPPORTED.load(Ordering::Relaxed) {
+        // SAFETY: `Run` has iovec's layout; the runs lie in the global range, whose
+        // pages are private anonymous memory locked by the caller.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_process_madvise,
+                PIDFD_SELF,
+                runs.as_ptr(),
+                runs.len(),
+                libc::MADV_DONTNEED,
+                0,
+            )
+        };
+        if rc < 0 {
+            UNSUPPORTED.store(true, Ordering::Relaxed);
+        } else {
+            done = rc as usize;
         }
+    }
+    if done < total {
+        // Refused, or stopped short: finish run by run from where it stopped.
+        unmap_each_after(runs, done);
+    }
+}
+
+/// One `madvise` per run for everything after the first `skip` bytes of the batch.
+fn unmap_each_after(runs: &[Run], mut skip: usize) {
+    for r in runs {
+        if skip >= r.len {
+            skip -= r.len;
+            continue;
+        }
+        unmap_range(r.base + skip, r.len - skip);
+        skip = 0;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The real effects' unmapping, without a userfaultfd.
+    struct Real;
+    const REAL: Real = Real;
+    impl Effects for Real {
+        unsafe fn install(
+            &self,
+            _: usize,
+            _: *const u8,
+            _: usize,
+            _: bool,
+            _: bool,
+        ) -> Result<crate::fault::uffd::Installed, crate::fault::uffd::UffdError> {
+            unreachable!()
+        }
+        fn write_protect(
+            &self,
+            _: usize,
+            _: usize,
+            _: bool,
+            _: bool,
+        ) -> Result<(), crate::fault::uffd::UffdError> {
+            unreachable!()
+        }
+        fn wake(&self, _: usize, _: usize) -> Result<(), crate::fault::uffd::UffdError> {
+            unreachable!()
+        }
+        unsafe fn read_page(&self, _: usize, _: &mut [u8]) {
+            unreachable!()
+        }
+        fn unmap(&self, runs: &[Run]) {
+            unmap_runs(runs);
+        }
+        fn is_mapped(&self, _: usize) -> bool {
+            unreachable!()
+        }
+    }
 
     /// A private anonymous mapping of `pages` pages, each holding 1 in its first byte.
     fn filled(pages: usize) -> usize {
@@ -153,12 +192,12 @@ mod tests {
         let mut batch = UnmapBatch::new();
         // Every third page: more runs than one call takes, so the batch flushes midway.
         for i in (0..pages).step_by(3) {
-            batch.push_range(base + i * PAGE_BYTES, PAGE_BYTES);
+            batch.push_range(&REAL, base + i * PAGE_BYTES, PAGE_BYTES);
         }
         // And two adjacent pages, merged into one run.
-        batch.push_range(base + 301 * PAGE_BYTES, PAGE_BYTES);
-        batch.push_range(base + 302 * PAGE_BYTES, PAGE_BYTES);
-        batch.flush();
+        batch.push_range(&REAL, base + 301 * PAGE_BYTES, PAGE_BYTES);
+        batch.push_range(&REAL, base + 302 * PAGE_BYTES, PAGE_BYTES);
+        batch.flush(&REAL);
         for i in 0..pages {
             let gone = i % 3 == 0 || i == 301 || i == 302;
             assert_eq!(first_byte(base, i), u8::from(!gone), "page {i}");
@@ -180,10 +219,10 @@ mod tests {
     fn the_fallback_resumes_where_the_kernel_stopped() {
         let base = filled(10);
         let mut batch = UnmapBatch::new();
-        batch.push_range(base, 3 * PAGE_BYTES); // pages 0-2
-        batch.push_range(base + 5 * PAGE_BYTES, 2 * PAGE_BYTES); // pages 5-6
-        batch.push_range(base + 8 * PAGE_BYTES, PAGE_BYTES); // page 8
-        batch.unmap_each_after(2 * PAGE_BYTES); // as if pages 0-1 were done
+        batch.push_range(&REAL, base, 3 * PAGE_BYTES); // pages 0-2
+        batch.push_range(&REAL, base + 5 * PAGE_BYTES, 2 * PAGE_BYTES); // pages 5-6
+        batch.push_range(&REAL, base + 8 * PAGE_BYTES, PAGE_BYTES); // page 8
+        unmap_each_after(&batch.runs, 2 * PAGE_BYTES); // as if pages 0-1 were done
         let left: Vec<u8> = (0..10).map(|i| first_byte(base, i)).collect();
         assert_eq!(left, [1, 1, 0, 1, 1, 0, 0, 1, 0, 1]);
         unmap_all(base, 10);

@@ -172,7 +172,9 @@ impl PageState {
         self.set(PREFETCHED, on)
     }
 
-    fn with_home_valid(self, on: bool) -> PageState {
+    /// With the home-valid bit set or cleared (for models of the cache; the runtime sets
+    /// it only through [`after_evict`]).
+    pub fn with_home_valid(self, on: bool) -> PageState {
         self.set(HOME_VALID, on)
     }
 }
@@ -207,6 +209,23 @@ pub fn on_fault(s: PageState, write: bool, wp: bool) -> FaultAction {
         (Access::Invalid, writable) => FaultAction::ZeroFill { writable },
         (Access::Shared, true) => FaultAction::Upgrade,
         (Access::Shared, false) | (Access::Exclusive, _) => FaultAction::Wake,
+    }
+}
+
+/// With `enabled` (the `writable_if_dirty_before` setting), a page coming back from
+/// home (fetched, or prefetched and now used) that was dirty at its last eviction is
+/// installed writable even for a read: it will most likely be written again, and this
+/// spares that write's write-protect fault.
+pub fn writable_if_dirty_before(enabled: bool, s: PageState, action: FaultAction) -> FaultAction {
+    if !enabled || !s.dirty_before() {
+        return action;
+    }
+    match action {
+        FaultAction::Fetch { .. } => FaultAction::Fetch { writable: true },
+        FaultAction::InstallStaged { .. } if s.prefetched() => {
+            FaultAction::InstallStaged { writable: true }
+        }
+        other => other,
     }
 }
 

@@ -6,9 +6,10 @@
 
 use super::uffd::{is_transient, Fault, FaultKind, Installed, UffdMsg};
 use crate::cache::{recycle, Evictor};
-use crate::coherence::state::{after_fault, on_fault, FaultAction};
-use crate::coherence::PageState;
+use crate::coherence::state::{self, after_fault, on_fault, FaultAction};
+use crate::coherence::{Access, PageState};
 use crate::config::{HandlerWait, ZERO_FILL_AHEAD_PAGES_MAX};
+use crate::effects::Effects;
 use crate::fault::prefetcher;
 use crate::runtime::{Core, RuntimeError};
 use crate::space::{PageNum, PAGE_BYTES};
@@ -16,7 +17,7 @@ use crate::trace::EventKind;
 use crate::transport::{ReadOp, Session};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Source of zero-filled pages: one for a fault, and the ones zero-filled ahead of it.
 static ZEROS: [u8; PAGE_BYTES * (1 + ZERO_FILL_AHEAD_PAGES_MAX)] =
@@ -26,8 +27,60 @@ static ZEROS: [u8; PAGE_BYTES * (1 + ZERO_FILL_AHEAD_PAGES_MAX)] =
 const DEFERRED_RECHECK_NS: i64 = 20_000;
 /// Bound on retries of an install the kernel answers with EAGAIN.
 const INSTALL_RETRIES: usize = 1000;
-/// Bound on direct-reclaim attempts for one slot before declaring the cache wedged.
+/// Bound on direct-reclaim rounds for one page of budget before declaring the cache
+/// wedged (each round evicted pages that other threads took first).
 const RECLAIM_ATTEMPTS: usize = 10_000;
+
+/// Missing faults by one thread on one page whose state says it is mapped, in a row,
+/// after which the handler looks whether the page is really there.
+const SUSPECT_AFTER_FAULTS: u32 = 3;
+/// Threads tracked at once by [`Repeats`].
+const REPEATS_TRACKED: usize = 8;
+
+/// A missing fault on a page whose state says it is mapped is normally a race: the
+/// thread faulted before another fault's install, and waking it is enough. If the page
+/// was dropped behind the runtime's back (an munmap or madvise outside it; there is no
+/// EVENT_REMOVE registration), waking it makes it fault again, forever. This counts, per
+/// thread, such faults in a row (any other fault of the thread restarts the count); at
+/// [`SUSPECT_AFTER_FAULTS`] the handler asks the kernel whether the page is mapped
+/// ([`Effects::is_mapped`]). A fixed table: no allocation on the fault path.
+#[derive(Default)]
+struct Repeats {
+    /// `(tid, page, faults in a row)`; a count of 0 marks a free slot.
+    slots: [(u32, u64, u32); REPEATS_TRACKED],
+    next: usize,
+}
+
+impl Repeats {
+    /// Notes a fault by `tid` on `page`, `suspect` if it was a missing fault on a page
+    /// whose state says mapped; true when it is the [`SUSPECT_AFTER_FAULTS`]th such fault
+    /// of that thread in a row on that page (the count then restarts).
+    fn suspect(&mut self, tid: u32, page: PageNum, suspect: bool) -> bool {
+        let found = self.slots.iter().position(|s| s.2 > 0 && s.0 == tid);
+        if !suspect {
+            if let Some(i) = found {
+                self.slots[i].2 = 0;
+            }
+            return false;
+        }
+        let i = found.unwrap_or_else(|| {
+            let i = self.next;
+            self.next = (self.next + 1) % REPEATS_TRACKED;
+            i
+        });
+        let s = &mut self.slots[i];
+        if s.2 == 0 || s.0 != tid || s.1 != page.0 {
+            *s = (tid, page.0, 1);
+            return false;
+        }
+        s.2 += 1;
+        if s.2 >= SUSPECT_AFTER_FAULTS {
+            s.2 = 0;
+            return true;
+        }
+        false
+    }
+}
 
 /// A page to fetch this round.
 struct Fetch {
@@ -55,11 +108,13 @@ pub struct FaultHandler {
     /// the same batch and staged.
     block: Vec<prefetcher::Staged>,
     block_pages: Vec<PageNum>,
+    /// Missing faults on mapped pages, per thread (see [`Repeats`]).
+    repeats: Repeats,
 }
 
 impl FaultHandler {
     /// A handler that talks to the nodes through `session`.
-    pub fn new(core: &Core, session: Box<dyn Session>) -> FaultHandler {
+    pub fn new<E: Effects>(core: &Core<E>, session: Box<dyn Session>) -> FaultHandler {
         let batch = core.config.fault_batch_max;
         FaultHandler {
             session,
@@ -73,6 +128,7 @@ impl FaultHandler {
             prefetch_out: Vec::with_capacity(core.config.prefetch_max_pages),
             block: Vec::with_capacity(batch * 5 * core.config.fetch_granularity_pages),
             block_pages: Vec::with_capacity(core.config.fetch_granularity_pages),
+            repeats: Repeats::default(),
         }
     }
 
@@ -83,7 +139,7 @@ impl FaultHandler {
                 continue;
             }
             let n = if self.deferred.len() + self.msgs.len() <= self.round.capacity() {
-                core.uffd
+                core.fx
                     .read_events(&mut self.msgs)
                     .map_err(RuntimeError::Uffd)?
             } else {
@@ -100,6 +156,22 @@ impl FaultHandler {
         Ok(())
     }
 
+    /// Serves `faults` as one round (with any deferred from earlier rounds): how the
+    /// simulator delivers the faults of its program.
+    pub(crate) fn serve<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        faults: &[Fault],
+    ) -> Result<(), RuntimeError> {
+        self.round.clear();
+        self.round.append(&mut self.deferred);
+        self.round.extend_from_slice(faults);
+        if self.round.is_empty() {
+            return Ok(());
+        }
+        self.serve_round(core)
+    }
+
     /// Waits for events (or a deferred-fault recheck); false if nothing may be ready.
     fn wait(&self, core: &Core) -> bool {
         if core.config.handler_wait == HandlerWait::Spin && self.deferred.is_empty() {
@@ -110,7 +182,7 @@ impl FaultHandler {
         }
         let mut fds = [
             libc::pollfd {
-                fd: core.uffd.as_raw_fd(),
+                fd: core.fx.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -134,7 +206,7 @@ impl FaultHandler {
         rc > 0 || !self.deferred.is_empty()
     }
 
-    fn serve_round(&mut self, core: &Core) -> Result<(), RuntimeError> {
+    fn serve_round<E: Effects>(&mut self, core: &Core<E>) -> Result<(), RuntimeError> {
         let start = Instant::now();
         self.fetches.clear();
         let mut round = std::mem::take(&mut self.round);
@@ -150,11 +222,16 @@ impl FaultHandler {
     }
 
     /// Decides one fault and performs every action that needs no network trip.
-    fn plan(&mut self, core: &Core, fault: Fault, start: Instant) -> Result<(), RuntimeError> {
+    fn plan<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        fault: Fault,
+        start: Instant,
+    ) -> Result<(), RuntimeError> {
         let Some(page) = core.layout.page_of(fault.addr) else {
             // Not ours (cannot happen for a registered range); let the thread retry.
             return core
-                .uffd
+                .fx
                 .wake(fault.addr & !(PAGE_BYTES - 1), PAGE_BYTES)
                 .map_err(RuntimeError::Uffd);
         };
@@ -165,7 +242,14 @@ impl FaultHandler {
         };
         let wp = fault.kind == FaultKind::WriteProtect;
         let write = fault.kind != FaultKind::MissingRead;
-        let action = writable_if_dirty_before(core, state, on_fault(state, write, wp));
+        let mut action = writable_if_dirty_before(core, state, on_fault(state, write, wp));
+        let mut state = state;
+        let suspect = action == FaultAction::Wake && !wp && state.resident();
+        if self.repeats.suspect(fault.tid, page, suspect)
+            && !core.fx.is_mapped(core.layout.addr_of(page))
+        {
+            (state, action) = self.dropped_behind_our_back(core, page, state, write)?;
+        }
         count_fault(core, fault.kind, action);
         if let Some(trace) = &core.trace {
             trace.record(trace_kind(fault.kind, action, state), page);
@@ -174,16 +258,12 @@ impl FaultHandler {
         match action {
             FaultAction::Wake => {
                 core.table.unlock(page, after_fault(state, action));
-                core.uffd
-                    .wake(addr, PAGE_BYTES)
-                    .map_err(RuntimeError::Uffd)?;
+                core.fx.wake(addr, PAGE_BYTES).map_err(RuntimeError::Uffd)?;
                 core.eviction().on_access(page);
             }
             FaultAction::Upgrade => {
                 // Mode 1: this process owns every page, so the upgrade is granted locally.
-                core.uffd
-                    .write_protect(addr, PAGE_BYTES, false, false)
-                    .map_err(RuntimeError::Uffd)?;
+                core.write_protect(addr, PAGE_BYTES, false, false)?;
                 core.table.unlock(page, after_fault(state, action));
                 core.eviction().on_access(page);
             }
@@ -191,7 +271,7 @@ impl FaultHandler {
                 self.install_staged(core, page, state, writable)?
             }
             FaultAction::ZeroFill { writable } => {
-                self.take_budget(core)?;
+                self.take_budget(core, start)?;
                 if self.install(core, page, state, ZEROS.as_ptr(), writable)? {
                     core.stats.zero_fills.fetch_add(1, Ordering::Relaxed);
                     core.eviction().on_insert(page, false);
@@ -203,7 +283,7 @@ impl FaultHandler {
                 }
             }
             FaultAction::Fetch { writable } => {
-                self.take_budget(core)?;
+                self.take_budget(core, start)?;
                 self.fetches.push(Fetch {
                     fault,
                     page,
@@ -219,13 +299,44 @@ impl FaultHandler {
         Ok(())
     }
 
+    /// A page whose state says mapped keeps faulting as missing: it was dropped behind
+    /// our back. A clean page is what its home (or, never written home, zeros) holds:
+    /// forget the mapping and serve the fault as for an invalid page. A dirty page held
+    /// the only up-to-date copy: its data is lost, which must end the process with a
+    /// message, never a zero page in its place.
+    fn dropped_behind_our_back<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        page: PageNum,
+        state: PageState,
+        write: bool,
+    ) -> Result<(PageState, FaultAction), RuntimeError> {
+        if state.access() == Access::Exclusive {
+            core.table.unlock(page, state);
+            return Err(RuntimeError::PageLost {
+                page: page.0,
+                addr: core.layout.addr_of(page),
+            });
+        }
+        core.stats.pages_remapped.fetch_add(1, Ordering::Relaxed);
+        core.eviction().on_remove(page);
+        core.budget.give_back();
+        let invalid = state.with_access(Access::Invalid).with_referenced(false);
+        let action = writable_if_dirty_before(core, invalid, on_fault(invalid, write, false));
+        Ok((invalid, action))
+    }
+
     /// Fresh memory is first written in address order (the allocator carves objects from
     /// the start of a span), and every first touch would cost a round trip of its own. So
     /// a write's zero-fill also zero-fills the untouched pages that follow it, writable,
     /// in one `UFFDIO_COPY` without waking anyone: as many as
     /// `zero_fill_ahead_pages`, stopping at the first page with a state or without free
     /// cache (this never reclaims for a page nobody asked for yet).
-    fn zero_fill_ahead(&mut self, core: &Core, page: PageNum) -> Result<(), RuntimeError> {
+    fn zero_fill_ahead<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        page: PageNum,
+    ) -> Result<(), RuntimeError> {
         let max = core.config.zero_fill_ahead_pages as u64;
         let first = page.0 + 1;
         let mut n = 0;
@@ -255,7 +366,7 @@ impl FaultHandler {
         let addr = core.layout.addr_of(PageNum(first));
         let len = n as usize * PAGE_BYTES;
         // SAFETY: `ZEROS` holds at least `len` bytes.
-        let whole = unsafe { core.uffd.copy(addr, ZEROS.as_ptr(), len, false, true) };
+        let whole = unsafe { core.fx.install(addr, ZEROS.as_ptr(), len, false, true) };
         if matches!(whole, Ok(Installed::Done)) {
             let installed = after_fault(
                 PageState::UNTOUCHED,
@@ -284,8 +395,22 @@ impl FaultHandler {
     }
 
     /// One page of cache budget, reclaiming on this thread if the cache is full.
-    fn take_budget(&mut self, core: &Core) -> Result<(), RuntimeError> {
-        for _ in 0..RECLAIM_ATTEMPTS {
+    ///
+    /// Bounded both ways: evicting makes progress but others may take the freed budget
+    /// first (at most [`RECLAIM_ATTEMPTS`] rounds), or nothing can be evicted because
+    /// every cached page is locked mid-operation. Then this round's own pending fetches,
+    /// which hold budget but become evictable only once installed, are completed first;
+    /// other threads' holds end within a node timeout (the fetch or write-back that holds
+    /// them succeeds or fails), so after twice that the cache is declared wedged.
+    fn take_budget<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        start: Instant,
+    ) -> Result<(), RuntimeError> {
+        let wedged_after = Duration::from_millis(core.config.node_timeout_ms.saturating_mul(2));
+        let mut stalled_since: Option<Instant> = None;
+        let mut attempts = 0;
+        loop {
             if core.budget.try_take() {
                 let n = core.budget.used() as u64;
                 core.stats.resident_pages.store(n, Ordering::Relaxed);
@@ -294,23 +419,33 @@ impl FaultHandler {
                     .fetch_max(n, Ordering::Relaxed);
                 return Ok(());
             }
+            let stalled_for = stalled_since.map_or(Duration::ZERO, |t| t.elapsed());
+            if attempts >= RECLAIM_ATTEMPTS || stalled_for >= wedged_after {
+                return Err(RuntimeError::CacheWedged {
+                    capacity_pages: core.budget.capacity(),
+                });
+            }
             core.stats.direct_reclaims.fetch_add(1, Ordering::Relaxed);
             let want = core.config.writeback_batch_pages;
-            if self.evictor.evict(core, self.session.as_mut(), want)? == 0 {
+            if self.evictor.evict(core, self.session.as_mut(), want)? > 0 {
+                attempts += 1;
+                stalled_since = None;
+            } else if !self.fetches.is_empty() {
+                // The budget is held by this round's own fetches: install them now.
+                self.fetch_and_install(core, start)?;
+            } else {
                 // Every cached page is locked by someone mid-operation; let them finish.
+                stalled_since.get_or_insert_with(Instant::now);
                 std::thread::yield_now();
             }
         }
-        Err(RuntimeError::CacheWedged {
-            capacity_pages: core.budget.capacity(),
-        })
     }
 
     /// Maps a page's staged local copy: a prefetched page's first use, or a sampled
     /// page's next use. No network; the budget was taken when it was staged.
-    fn install_staged(
+    fn install_staged<E: Effects>(
         &mut self,
-        core: &Core,
+        core: &Core<E>,
         page: PageNum,
         state: PageState,
         writable: bool,
@@ -336,7 +471,12 @@ impl FaultHandler {
     }
 
     /// Tells the prefetch policy about a fault and queues what it asks for.
-    fn consult_prefetch(&mut self, core: &Core, page: PageNum, hit_prefetched: bool) {
+    fn consult_prefetch<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        page: PageNum,
+        hit_prefetched: bool,
+    ) {
         let max = core.config.prefetch_max_pages;
         if max == 0 {
             return;
@@ -352,7 +492,7 @@ impl FaultHandler {
 
     /// Claims the other pages of each fetched page's aligned block of
     /// `fetch_granularity_pages`, to be fetched in the same batch and staged.
-    fn claim_blocks(&mut self, core: &Core) {
+    fn claim_blocks<E: Effects>(&mut self, core: &Core<E>) {
         let g = core.config.fetch_granularity_pages as u64;
         if g <= 1 {
             return;
@@ -369,7 +509,11 @@ impl FaultHandler {
         }
     }
 
-    fn fetch_and_install(&mut self, core: &Core, start: Instant) -> Result<(), RuntimeError> {
+    fn fetch_and_install<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        start: Instant,
+    ) -> Result<(), RuntimeError> {
         self.claim_blocks(core);
         let mut ops: Vec<ReadOp<'_>> = recycle(std::mem::take(&mut self.read_ops));
         for b in &self.block {
@@ -421,15 +565,16 @@ impl FaultHandler {
             self.consult_prefetch(core, f.page, false);
         }
         self.fetches = fetches;
+        self.fetches.clear();
         Ok(())
     }
 
     /// Maps a copy of `src` at `page` (write-protected unless `writable`), publishes the
     /// new state and wakes waiters. Returns false if the kernel kept refusing: the page is
     /// unlocked unchanged and the faulting thread simply faults again.
-    fn install(
+    fn install<E: Effects>(
         &self,
-        core: &Core,
+        core: &Core<E>,
         page: PageNum,
         state: PageState,
         src: *const u8,
@@ -438,7 +583,7 @@ impl FaultHandler {
         let addr = core.layout.addr_of(page);
         for _ in 0..INSTALL_RETRIES {
             // SAFETY: `src` points at a full page (a fetch buffer or the zero page).
-            match unsafe { core.uffd.copy(addr, src, PAGE_BYTES, !writable, false) } {
+            match unsafe { core.fx.install(addr, src, PAGE_BYTES, !writable, false) } {
                 Ok(Installed::Done) => {
                     let action = if writable {
                         FaultAction::Fetch { writable: true }
@@ -453,9 +598,7 @@ impl FaultHandler {
                     // it holds is written home rather than dropped.
                     let action = FaultAction::Fetch { writable: true };
                     core.table.unlock(page, after_fault(state, action));
-                    core.uffd
-                        .wake(addr, PAGE_BYTES)
-                        .map_err(RuntimeError::Uffd)?;
+                    core.fx.wake(addr, PAGE_BYTES).map_err(RuntimeError::Uffd)?;
                     return Ok(true);
                 }
                 Err(e) if is_transient(&e) => std::thread::yield_now(),
@@ -463,27 +606,18 @@ impl FaultHandler {
             }
         }
         core.table.unlock(page, state);
-        core.uffd
-            .wake(addr, PAGE_BYTES)
-            .map_err(RuntimeError::Uffd)?;
+        core.fx.wake(addr, PAGE_BYTES).map_err(RuntimeError::Uffd)?;
         Ok(false)
     }
 }
 
-/// A page coming back from home (fetched, or prefetched and now used) that was dirty at
-/// its last eviction is installed writable even for a read: it will most likely be
-/// written again, and this spares that write's write-protect fault.
-fn writable_if_dirty_before(core: &Core, state: PageState, action: FaultAction) -> FaultAction {
-    if !core.config.fetch_writable_if_dirty_before || !state.dirty_before() {
-        return action;
-    }
-    match action {
-        FaultAction::Fetch { .. } => FaultAction::Fetch { writable: true },
-        FaultAction::InstallStaged { .. } if state.prefetched() => {
-            FaultAction::InstallStaged { writable: true }
-        }
-        other => other,
-    }
+/// [`state::writable_if_dirty_before`] with the runtime's setting.
+fn writable_if_dirty_before<E: Effects>(
+    core: &Core<E>,
+    state: PageState,
+    action: FaultAction,
+) -> FaultAction {
+    state::writable_if_dirty_before(core.config.fetch_writable_if_dirty_before, state, action)
 }
 
 /// How a fault appears in a recorded trace: staged pages' uses are told apart from
@@ -498,7 +632,7 @@ fn trace_kind(kind: FaultKind, action: FaultAction, state: PageState) -> EventKi
     }
 }
 
-fn count_fault(core: &Core, kind: FaultKind, action: FaultAction) {
+fn count_fault<E: Effects>(core: &Core<E>, kind: FaultKind, action: FaultAction) {
     let st = &core.stats;
     let counter = match (kind, action) {
         (_, FaultAction::Wake) => &st.faults_spurious,

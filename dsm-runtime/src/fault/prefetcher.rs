@@ -5,6 +5,7 @@
 
 use crate::cache::recycle;
 use crate::coherence::Access;
+use crate::effects::Effects;
 use crate::runtime::{Core, RuntimeError};
 use crate::space::{PageNum, PAGE_BYTES};
 use crate::stats::Stats;
@@ -47,7 +48,7 @@ impl PrefetchQueue {
     }
 
     /// Waits up to `timeout` for requests and moves up to `max` of them into `out`.
-    fn take(&self, out: &mut Vec<PageNum>, max: usize, timeout: Duration) {
+    pub(crate) fn take(&self, out: &mut Vec<PageNum>, max: usize, timeout: Duration) {
         let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let (mut q, _) = self
             .ready
@@ -72,25 +73,45 @@ pub(crate) struct Staged {
     state: crate::coherence::PageState,
 }
 
-/// Runs the prefetcher until the runtime stops.
-pub fn run(core: &Core, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
-    let batch = core.config.prefetch_max_pages.clamp(1, 256);
-    let mut requested = Vec::with_capacity(batch);
-    let mut staged: Vec<Staged> = Vec::with_capacity(batch);
-    let mut ops_store: Vec<ReadOp<'static>> = Vec::with_capacity(batch);
-    while !core.stopping() {
-        requested.clear();
-        core.prefetcher
-            .take(&mut requested, batch, Duration::from_millis(50));
-        if requested.is_empty() {
-            continue;
+/// The prefetcher's buffers, allocated once.
+pub(crate) struct Prefetcher {
+    batch: usize,
+    requested: Vec<PageNum>,
+    staged: Vec<Staged>,
+    ops: Vec<ReadOp<'static>>,
+}
+
+impl Prefetcher {
+    /// Buffers for batches of up to `prefetch_max_pages` (1 to 256) pages.
+    pub(crate) fn new(prefetch_max_pages: usize) -> Prefetcher {
+        let batch = prefetch_max_pages.clamp(1, 256);
+        Prefetcher {
+            batch,
+            requested: Vec::with_capacity(batch),
+            staged: Vec::with_capacity(batch),
+            ops: Vec::with_capacity(batch),
         }
-        claim(core, &requested, &mut staged);
-        if staged.is_empty() {
-            continue;
+    }
+
+    /// Takes one batch of requests (waiting up to `wait` for some), fetches the pages
+    /// worth fetching and stages them. Returns how many were staged.
+    pub(crate) fn serve_batch<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        session: &mut dyn Session,
+        wait: Duration,
+    ) -> Result<usize, RuntimeError> {
+        self.requested.clear();
+        core.prefetcher.take(&mut self.requested, self.batch, wait);
+        if self.requested.is_empty() {
+            return Ok(0);
         }
-        let mut ops: Vec<ReadOp<'_>> = recycle(std::mem::take(&mut ops_store));
-        for s in &staged {
+        claim(core, &self.requested, &mut self.staged);
+        if self.staged.is_empty() {
+            return Ok(0);
+        }
+        let mut ops: Vec<ReadOp<'_>> = recycle(std::mem::take(&mut self.ops));
+        for s in &self.staged {
             let home = core.placement.home(s.page);
             ops.push(ReadOp {
                 node: home.node,
@@ -102,16 +123,26 @@ pub fn run(core: &Core, mut session: Box<dyn Session>) -> Result<(), RuntimeErro
         }
         let res = session.read_batch(&mut ops);
         count_node_reads(core, &ops);
-        ops_store = recycle(ops);
+        self.ops = recycle(ops);
         res.map_err(RuntimeError::Transport)?;
-        count_fetch(core, staged.len());
-        publish(core, &mut staged);
+        let n = self.staged.len();
+        count_fetch(core, n);
+        publish(core, &mut self.staged);
+        Ok(n)
+    }
+}
+
+/// Runs the prefetcher until the runtime stops.
+pub fn run(core: &Core, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
+    let mut prefetcher = Prefetcher::new(core.config.prefetch_max_pages);
+    while !core.stopping() {
+        prefetcher.serve_batch(core, session.as_mut(), Duration::from_millis(50))?;
     }
     Ok(())
 }
 
 /// Counts `n` pages fetched for staging.
-pub(crate) fn count_fetch(core: &Core, n: usize) {
+pub(crate) fn count_fetch<E: Effects>(core: &Core<E>, n: usize) {
     let st = &core.stats;
     let n = n as u64;
     st.remote_read_pages.fetch_add(n, Ordering::Relaxed);
@@ -122,14 +153,14 @@ pub(crate) fn count_fetch(core: &Core, n: usize) {
 }
 
 /// Counts the bytes of a read batch per node (the per-node plots of `dsmrun report`).
-pub(crate) fn count_node_reads(core: &Core, ops: &[ReadOp<'_>]) {
+pub(crate) fn count_node_reads<E: Effects>(core: &Core<E>, ops: &[ReadOp<'_>]) {
     for op in ops {
         core.stats.node_traffic.read(op.node.0, op.buf.len());
     }
 }
 
 /// Publishes fetched pages as staged prefetches and unlocks them.
-pub(crate) fn publish(core: &Core, staged: &mut Vec<Staged>) {
+pub(crate) fn publish<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
     for s in staged.drain(..) {
         let next = s
             .state
@@ -144,7 +175,7 @@ pub(crate) fn publish(core: &Core, staged: &mut Vec<Staged>) {
 /// Locks each requested page that is worth fetching (not cached, data at home), and
 /// gives it budget and a staging slot. Pages that are busy, cached, never written, or
 /// that find the cache full are skipped.
-pub(crate) fn claim(core: &Core, requested: &[PageNum], staged: &mut Vec<Staged>) {
+pub(crate) fn claim<E: Effects>(core: &Core<E>, requested: &[PageNum], staged: &mut Vec<Staged>) {
     for &page in requested {
         let Some(state) = core.table.try_lock(page) else {
             continue;

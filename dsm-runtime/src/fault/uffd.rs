@@ -25,6 +25,16 @@ pub enum UffdError {
         addr: usize,
         source: io::Error,
     },
+    /// A call the kernel kept answering with EAGAIN ("retry") for longer than the bound.
+    #[error(
+        "{call} at {addr:#x} was refused with EAGAIN for {waited_ms} ms: the address space \
+         kept changing (a process forking or remapping without pause?)"
+    )]
+    KeptRefusing {
+        call: &'static str,
+        addr: usize,
+        waited_ms: u64,
+    },
     /// The kernel lacks a feature the runtime needs.
     #[error("kernel userfaultfd lacks required features {missing:#x} (has {available:#x})")]
     MissingFeatures { missing: u64, available: u64 },
@@ -390,7 +400,9 @@ impl Userfaultfd {
     }
 
     /// Sets (`protect`) or clears write protection on a range. Clearing wakes waiters
-    /// unless `dontwake`.
+    /// unless `dontwake`. One attempt: EAGAIN (the mm is changing under us: mremap,
+    /// fork) is returned, and retried within a bound by the caller
+    /// ([`crate::runtime::Core::write_protect`]).
     pub fn write_protect(
         &self,
         start: usize,
@@ -413,17 +425,9 @@ impl Userfaultfd {
             },
             mode,
         };
-        loop {
-            // SAFETY: UFFDIO_WRITEPROTECT reads one `UffdioWriteprotect` on our stack.
-            let rc =
-                unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WRITEPROTECT_IOC as _, &mut wp) };
-            if rc < 0 && last_error().raw_os_error() == Some(libc::EAGAIN) {
-                // The mm is changing under us (mremap, fork); the kernel asks for a retry.
-                std::hint::spin_loop();
-                continue;
-            }
-            return self.check(rc, "UFFDIO_WRITEPROTECT", start);
-        }
+        // SAFETY: UFFDIO_WRITEPROTECT reads one `UffdioWriteprotect` on our stack.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WRITEPROTECT_IOC as _, &mut wp) };
+        self.check(rc, "UFFDIO_WRITEPROTECT", start)
     }
 
     /// Wakes threads waiting on faults in `[start, start+len)`; they retry the access.

@@ -20,8 +20,16 @@
 //!
 //! Every event of a trace is an access by the program: a page the simulated cache does
 //! not hold is a miss even if the recorded run had it (a sampled access, say).
+//!
+//! Page states and their transitions are the runtime's own ([`crate::coherence::state`]):
+//! the simulator keeps a [`PageState`] per page, as the runtime's page table does, and
+//! only adds the costs.
 
-use crate::policy::{EvictionPolicy, PageMap, PageSet, PrefetchPolicy, Profile};
+use crate::coherence::state::{
+    after_evict, after_fault, on_evict, on_fault, writable_if_dirty_before, FaultAction,
+};
+use crate::coherence::PageState;
+use crate::policy::{EvictionPolicy, PageMap, PrefetchPolicy, Profile};
 use crate::space::PageNum;
 use crate::trace::{EventKind, TraceEvent};
 
@@ -79,12 +87,15 @@ pub struct SimCounts {
     pub bogus_victims: u64,
 }
 
-#[derive(Clone, Copy)]
-struct Resident {
-    dirty: bool,
-    /// Prefetched and not yet used; usable from `ready_ns`.
-    staged: bool,
-    ready_ns: u64,
+/// Whether a page is in the cache (mapped, or staged: prefetched and not yet used).
+fn cached(s: PageState) -> bool {
+    s.resident() || s.staged().is_some()
+}
+
+/// A staged page's state. The simulator models no staging slots: every staged page
+/// names slot 0.
+fn staged(s: PageState) -> PageState {
+    s.with_staged(0).with_prefetched(true).with_busy(false)
 }
 
 /// One profile's simulated cache.
@@ -99,10 +110,12 @@ pub struct Simulator {
     reclaim_start_free_pages: usize,
     reclaim_stop_free_pages: usize,
     latencies: Latencies,
-    resident: PageMap<Resident>,
-    home_valid: PageSet,
-    /// Pages that were dirty when last evicted.
-    dirty_before: PageSet,
+    /// Every page whose state is not untouched (as the runtime's page table holds them).
+    states: PageMap<PageState>,
+    /// When each staged page's fetch completes.
+    ready_ns: PageMap<u64>,
+    /// Pages cached (mapped or staged).
+    cached_pages: usize,
     counts: SimCounts,
     victims: Vec<PageNum>,
     prefetched: Vec<PageNum>,
@@ -124,9 +137,9 @@ impl Simulator {
             reclaim_start_free_pages: pct(profile.reclaim_start_free_pct),
             reclaim_stop_free_pages: pct(profile.reclaim_stop_free_pct).max(1),
             latencies,
-            resident: PageMap::with_capacity_and_hasher(capacity_pages, Default::default()),
-            home_valid: PageSet::default(),
-            dirty_before: PageSet::default(),
+            states: PageMap::with_capacity_and_hasher(capacity_pages, Default::default()),
+            ready_ns: PageMap::default(),
+            cached_pages: 0,
             counts: SimCounts::default(),
             victims: Vec::new(),
             prefetched: Vec::new(),
@@ -138,57 +151,78 @@ impl Simulator {
         &self.counts
     }
 
+    fn state(&self, page: PageNum) -> PageState {
+        self.states
+            .get(&page)
+            .copied()
+            .unwrap_or(PageState::UNTOUCHED)
+    }
+
+    fn set_state(&mut self, page: PageNum, s: PageState) {
+        if s == PageState::UNTOUCHED {
+            self.states.remove(&page);
+        } else {
+            self.states.insert(page, s);
+        }
+    }
+
     /// Replays one event.
     pub fn access(&mut self, e: &TraceEvent) {
         let page = e.page;
+        let s = self.state(page);
         if e.kind == EventKind::Discard {
             // Dropped without a write-back; its next touch is a zero-fill.
-            if self.resident.remove(&page).is_some() {
+            if cached(s) {
                 self.eviction.on_remove(page);
+                self.ready_ns.remove(&page);
+                self.cached_pages -= 1;
             }
-            self.home_valid.remove(&page);
-            self.dirty_before.remove(&page);
+            self.set_state(page, PageState::UNTOUCHED);
             return;
         }
         self.counts.accesses += 1;
         let write = e.kind.is_write();
-        match self.resident.get_mut(&page) {
-            Some(r) if r.staged => {
-                r.staged = false;
-                r.dirty |=
-                    write || (self.writable_if_dirty_before && self.dirty_before.contains(&page));
-                let wait = r.ready_ns.saturating_sub(e.time_ns);
-                self.counts.prefetch_used += 1;
-                self.counts.stall_ns += self.latencies.local_fault_ns + wait;
+        if s.staged().is_some() {
+            let action = writable_if_dirty_before(
+                self.writable_if_dirty_before,
+                s,
+                on_fault(s, write, false),
+            );
+            self.set_state(page, after_fault(s, action));
+            let ready = self.ready_ns.remove(&page).unwrap_or(0);
+            let wait = ready.saturating_sub(e.time_ns);
+            self.counts.prefetch_used += 1;
+            self.counts.stall_ns += self.latencies.local_fault_ns + wait;
+            self.eviction.on_access(page);
+            self.run_prefetch(page, true, e.time_ns);
+        } else if s.resident() {
+            // Clean pages are mapped write-protected: the first write traps (Upgrade).
+            let action = on_fault(s, write, false);
+            self.set_state(page, after_fault(s, action));
+            if e.kind == EventKind::Sampled {
+                // The runtime parked the page to watch it: its next use re-faults
+                // locally and, like any served fault, is shown to the prefetcher.
+                self.eviction.on_sampled_hit(page);
+                self.counts.sampled_hits += 1;
+                self.counts.stall_ns += self.latencies.local_fault_ns;
+                self.run_prefetch(page, false, e.time_ns);
+            } else if action == FaultAction::Upgrade {
                 self.eviction.on_access(page);
-                self.run_prefetch(page, true, e.time_ns);
+                self.counts.write_protect_faults += 1;
+                self.counts.stall_ns += self.latencies.local_fault_ns;
+            } else {
+                self.eviction.on_access(page);
+                self.counts.hits += 1;
             }
-            Some(r) => {
-                // Clean pages are mapped write-protected: the first write traps.
-                let wp_fault = write && !r.dirty;
-                r.dirty |= write;
-                if e.kind == EventKind::Sampled {
-                    // The runtime parked the page to watch it: its next use re-faults
-                    // locally and, like any served fault, is shown to the prefetcher.
-                    self.eviction.on_sampled_hit(page);
-                    self.counts.sampled_hits += 1;
-                    self.counts.stall_ns += self.latencies.local_fault_ns;
-                    self.run_prefetch(page, false, e.time_ns);
-                } else if wp_fault {
-                    self.eviction.on_access(page);
-                    self.counts.write_protect_faults += 1;
-                    self.counts.stall_ns += self.latencies.local_fault_ns;
-                } else {
-                    self.eviction.on_access(page);
-                    self.counts.hits += 1;
-                }
-            }
-            None => self.miss(page, write, e.time_ns),
+        } else {
+            self.miss(page, s, write, e.time_ns);
         }
     }
 
-    fn miss(&mut self, page: PageNum, write: bool, now_ns: u64) {
-        let remote = self.home_valid.contains(&page);
+    fn miss(&mut self, page: PageNum, s: PageState, write: bool, now_ns: u64) {
+        let action =
+            writable_if_dirty_before(self.writable_if_dirty_before, s, on_fault(s, write, false));
+        let remote = matches!(action, FaultAction::Fetch { .. });
         if remote {
             self.counts.remote_fetches += 1;
             self.counts.stall_ns += self.latencies.fetch_latency_ns;
@@ -196,9 +230,7 @@ impl Simulator {
             self.counts.zero_fills += 1;
             self.counts.stall_ns += self.latencies.local_fault_ns;
         }
-        let writable =
-            write || (remote && self.writable_if_dirty_before && self.dirty_before.contains(&page));
-        self.install(page, writable, false, now_ns, page);
+        self.install(page, after_fault(s, action), None, page);
         if remote {
             self.fetch_block(page, now_ns);
             self.run_prefetch(page, false, now_ns);
@@ -216,10 +248,11 @@ impl Simulator {
         }
         let first = page.0 & !(g - 1);
         for q in (first..first.saturating_add(g)).map(PageNum) {
+            let sq = self.state(q);
             if q != page
-                && !self.resident.contains_key(&q)
-                && self.home_valid.contains(&q)
-                && self.install(q, false, true, now_ns, page)
+                && !cached(sq)
+                && sq.home_valid()
+                && self.install(q, staged(sq), Some(now_ns), page)
             {
                 self.counts.granularity_fetches += 1;
                 self.counts.prefetch_issued += 1;
@@ -236,46 +269,44 @@ impl Simulator {
         self.prefetch
             .on_fault(page, hit, self.prefetch_max_pages, &mut out);
         for &q in &out {
-            if self.resident.contains_key(&q) || !self.home_valid.contains(&q) {
+            let sq = self.state(q);
+            if cached(sq) || !sq.home_valid() {
                 continue;
             }
             let ready = now_ns.saturating_add(self.latencies.fetch_latency_ns);
-            if self.install(q, false, true, ready, page) {
+            if self.install(q, staged(sq), Some(ready), page) {
                 self.counts.prefetch_issued += 1;
             }
         }
         self.prefetched = out;
     }
 
-    /// Makes room (sparing `protect`, the page being served) and inserts `page`; returns
-    /// false if no room could be made (a tiny cache holding only `protect`), in which
-    /// case the runtime would not fetch the extra page either.
+    /// Makes room (sparing `protect`, the page being served) and caches `page` in state
+    /// `next` (staged, usable from `ready_ns`, if given); returns false if no room could
+    /// be made (a tiny cache holding only `protect`), in which case the runtime would not
+    /// fetch the extra page either.
     fn install(
         &mut self,
         page: PageNum,
-        dirty: bool,
-        staged: bool,
-        ready_ns: u64,
+        next: PageState,
+        ready_ns: Option<u64>,
         protect: PageNum,
     ) -> bool {
         self.reclaim(protect);
         if self.free_pages() == 0 {
             return false;
         }
-        self.resident.insert(
-            page,
-            Resident {
-                dirty,
-                staged,
-                ready_ns,
-            },
-        );
-        self.eviction.on_insert(page, staged);
+        self.set_state(page, next);
+        if let Some(t) = ready_ns {
+            self.ready_ns.insert(page, t);
+        }
+        self.cached_pages += 1;
+        self.eviction.on_insert(page, ready_ns.is_some());
         true
     }
 
     fn free_pages(&self) -> usize {
-        self.capacity_pages.saturating_sub(self.resident.len())
+        self.capacity_pages.saturating_sub(self.cached_pages)
     }
 
     fn reclaim(&mut self, protect: PageNum) {
@@ -308,38 +339,47 @@ impl Simulator {
     }
 
     fn evict(&mut self, page: PageNum) -> bool {
-        let Some(r) = self.resident.remove(&page) else {
+        let s = self.state(page);
+        if !cached(s) {
             self.counts.bogus_victims += 1;
             return false;
-        };
+        }
         self.eviction.on_remove(page);
         self.counts.evictions += 1;
-        if r.dirty {
+        let action = on_evict(s);
+        if action.writes_back() {
             self.counts.writebacks += 1;
-            self.home_valid.insert(page);
-            self.dirty_before.insert(page);
-        } else {
-            self.dirty_before.remove(&page);
         }
-        if r.staged {
+        if s.staged().is_some() {
             self.counts.prefetch_wasted += 1;
+            self.ready_ns.remove(&page);
         }
+        self.set_state(page, after_evict(s, action));
+        self.cached_pages -= 1;
         true
     }
 
     #[cfg(test)]
     fn check_invariants(&self, written: &std::collections::HashSet<PageNum>) {
-        assert!(self.resident.len() <= self.capacity_pages);
-        assert_eq!(self.eviction.len(), self.resident.len());
+        assert!(self.cached_pages <= self.capacity_pages);
+        assert_eq!(self.eviction.len(), self.cached_pages);
+        assert_eq!(
+            self.states.values().filter(|&&s| cached(s)).count(),
+            self.cached_pages
+        );
         assert_eq!(self.counts.bogus_victims, 0);
         for p in written {
-            let dirty_here = self.resident.get(p).is_some_and(|r| r.dirty);
-            assert!(
-                dirty_here || self.home_valid.contains(p),
-                "written page {} lost",
-                p.0
-            );
+            let s = self.state(*p);
+            let dirty_here = s.access() == crate::coherence::Access::Exclusive;
+            assert!(dirty_here || s.home_valid(), "written page {} lost", p.0);
         }
+    }
+
+    /// Marks `page` as having data at home (a test's starting point).
+    #[cfg(test)]
+    fn put_home(&mut self, page: u64) {
+        let s = self.state(PageNum(page)).with_home_valid(true);
+        self.set_state(PageNum(page), s);
     }
 }
 
@@ -429,7 +469,7 @@ mod tests {
         let p = profile("[prefetch]\npolicy = \"stride\"\nmax_pages = 2\n");
         let mut s = Simulator::new(&p, 64, Latencies::default());
         for q in [0, 10, 20, 30, 40] {
-            s.home_valid.insert(PageNum(q));
+            s.put_home(q);
         }
         let at = |t, q| TraceEvent {
             time_ns: t,
@@ -453,7 +493,7 @@ mod tests {
         let p = profile("[prefetch]\npolicy = \"none\"\n[fetch]\ngranularity_pages = 4\n");
         let mut s = Simulator::new(&p, 64, Latencies::default());
         for q in [4, 6, 7] {
-            s.home_valid.insert(PageNum(q));
+            s.put_home(q);
         }
         use EventKind::FaultRead;
         for e in events(&[
@@ -475,7 +515,7 @@ mod tests {
     fn a_discarded_page_leaves_the_cache_and_comes_back_as_zeros() {
         let p = profile("[prefetch]\npolicy = \"none\"\n");
         let mut s = Simulator::new(&p, 64, Latencies::default());
-        s.home_valid.insert(PageNum(3));
+        s.put_home(3);
         use EventKind::{Discard, FaultRead};
         for e in events(&[(FaultRead, 3), (Discard, 3), (FaultRead, 3), (Discard, 8)]) {
             s.access(&e);
