@@ -52,7 +52,13 @@ pub struct ArenaRefused {
 /// Splits `[base, base + len)` between mimalloc and the large extents and gives mimalloc
 /// its first arena.
 pub fn init(base: usize, len: usize) -> Result<(), ArenaRefused> {
-    let small = (len / 2).min(ARENAS_MAX * ARENA_BYTES) / ARENA_MIN_BYTES * ARENA_MIN_BYTES;
+    // A slot of one arena or less (nodes started with a small --span) is all mimalloc's:
+    // a large block would not fit in it anyway.
+    let small = if len <= ARENA_BYTES {
+        len / ARENA_MIN_BYTES * ARENA_MIN_BYTES
+    } else {
+        (len / 2).min(ARENAS_MAX * ARENA_BYTES) / ARENA_MIN_BYTES * ARENA_MIN_BYTES
+    };
     *SMALL_NEXT.lock().unwrap_or_else(|e| e.into_inner()) = base;
     SMALL_END.store(base + small, Ordering::Release);
     *LARGE.lock().unwrap_or_else(|e| e.into_inner()) =
