@@ -109,10 +109,12 @@ pub enum LaunchError {
     /// userfaultfd is not permitted; the text says which fix applies on this machine.
     #[error("{0}")]
     UffdPermission(String),
-    /// The pool cannot hold the processes' slots.
+    /// The nodes' regions cannot place the processes' slots (nodes started elsewhere
+    /// with a small span).
     #[error(
-        "the pool ({nodes} nodes x {node_mib} MiB) is too small for {procs} processes of at \
-         least 64 MiB each: raise --node-memory or lower --max-procs"
+        "the nodes' regions ({nodes} nodes x {node_mib} MiB) cannot place {procs} processes \
+         of at least 64 MiB each: start the nodes with a larger --span (address space, \
+         lazily backed) or lower --max-procs"
     )]
     PoolTooSmall {
         nodes: usize,
