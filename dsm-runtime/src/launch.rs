@@ -38,6 +38,10 @@ pub struct LocalNodes {
     /// Set while the remote nodes' stderr is passed on to ours; cleared at teardown, where
     /// their starters' farewells (srun's "task 0: Killed") are noise.
     forwarding: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Processes the remote nodes depend on (ssh connection masters), ended after them,
+    /// and a directory of theirs removed then.
+    keepers: Vec<Child>,
+    keepers_dir: Option<std::path::PathBuf>,
 }
 
 impl LocalNodes {
@@ -65,6 +69,8 @@ impl LocalNodes {
             hosts: Vec::new(),
             terminate_first: false,
             forwarding: None,
+            keepers: Vec::new(),
+            keepers_dir: None,
         };
         for id in 0..count {
             let mut cmd = Command::new(exe);
@@ -112,6 +118,8 @@ impl LocalNodes {
             hosts: Vec::new(),
             terminate_first: false,
             forwarding: None,
+            keepers: Vec::new(),
+            keepers_dir: None,
         }
     }
 
@@ -131,7 +139,15 @@ impl LocalNodes {
             hosts,
             terminate_first,
             forwarding: Some(forwarding),
+            keepers: Vec::new(),
+            keepers_dir: None,
         }
+    }
+
+    /// Keeps `children` (and `dir`) until the nodes are gone: see `keepers`.
+    pub fn keep(&mut self, children: Vec<Child>, dir: std::path::PathBuf) {
+        self.keepers.extend(children);
+        self.keepers_dir = Some(dir);
     }
 
     /// The host node `i` runs on, if it is not this machine.
@@ -181,6 +197,13 @@ impl Drop for LocalNodes {
         }
         for i in 0..self.children.len() {
             self.kill(i);
+        }
+        for mut c in self.keepers.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(d) = self.keepers_dir.take() {
+            let _ = std::fs::remove_dir_all(d);
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::node::{NodeSize, READY_PREFIX};
 use crate::transport::auth::Secret;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -346,6 +347,11 @@ struct Pending {
 /// report ready. On any failure everything started is stopped, and the error names the
 /// host and says what to do.
 pub fn start(plan: &RemotePlan, size: NodeSize, secret: &Secret) -> Result<LocalNodes, LaunchError> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let masters = match plan.starter {
+        Starter::Ssh => Some(SshMasters::open(plan, deadline)?),
+        Starter::Srun => None,
+    };
     let forward = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<(usize, Result<SocketAddr, String>)>();
     let mut pending: Vec<Pending> = Vec::with_capacity(plan.node_hosts.len());
@@ -356,7 +362,8 @@ pub fn start(plan: &RemotePlan, size: NodeSize, secret: &Secret) -> Result<Local
     for (id, &h) in plan.node_hosts.iter().enumerate() {
         let host = &plan.hosts[h].name;
         let listen = SocketAddr::new(plan.addrs[h], 0);
-        let mut cmd = starter_command(plan, id, host, listen, size, secret);
+        let control = masters.as_ref().map(|m| m.socket(h));
+        let mut cmd = starter_command(plan, id, host, control, listen, size, secret);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -387,7 +394,6 @@ pub fn start(plan: &RemotePlan, size: NodeSize, secret: &Secret) -> Result<Local
         });
     }
     drop(tx);
-    let deadline = Instant::now() + READY_TIMEOUT;
     let mut addrs: Vec<Option<SocketAddr>> = vec![None; pending.len()];
     let mut ready = 0;
     while ready < addrs.len() {
@@ -426,19 +432,157 @@ pub fn start(plan: &RemotePlan, size: NodeSize, secret: &Secret) -> Result<Local
         .iter()
         .map(|&h| plan.hosts[h].name.clone())
         .collect();
-    Ok(LocalNodes::remote(
+    let mut nodes = LocalNodes::remote(
         pending.into_iter().map(|p| p.child).collect(),
         addrs.into_iter().map(|a| a.expect("all ready")).collect(),
         hosts,
         plan.starter == Starter::Srun,
         forward,
-    ))
+    );
+    if let Some(m) = masters {
+        let (children, dir) = m.into_parts();
+        nodes.keep(children, dir);
+    }
+    Ok(nodes)
+}
+
+/// One ssh connection per host, which every node's session on that host shares
+/// (OpenSSH's ControlMaster): a key exchange per host instead of one per node, which on
+/// a loaded machine is most of the start-up time. A master that ends takes its sessions
+/// with it, so a host that dies is still seen as its nodes' ssh processes exiting.
+struct SshMasters {
+    dir: PathBuf,
+    children: Vec<Option<Child>>,
+}
+
+impl SshMasters {
+    fn open(plan: &RemotePlan, deadline: Instant) -> Result<SshMasters, LaunchError> {
+        let dir = std::env::temp_dir().join(format!("dsmrun-ssh-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| LaunchError::Remote(format!("creating {}: {e}", dir.display())))?;
+        let mut m = SshMasters {
+            dir,
+            children: Vec::new(),
+        };
+        let used: std::collections::BTreeSet<usize> = plan.node_hosts.iter().copied().collect();
+        for h in 0..plan.hosts.len() {
+            if !used.contains(&h) {
+                m.children.push(None);
+                continue;
+            }
+            let mut cmd = ssh_command(&plan.hosts[h].name, &m.socket(h), true);
+            cmd.arg("-N")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            detach(&mut cmd, libc::SIGKILL);
+            let child = cmd.spawn().map_err(|e| {
+                LaunchError::Remote(format!(
+                    "host {}: starting ssh (apt-get install openssh-client): {e}",
+                    plan.hosts[h].name
+                ))
+            })?;
+            m.children.push(Some(child));
+        }
+        // Up when its control socket exists; gone when ssh exits (its stderr says why).
+        loop {
+            let mut waiting = None;
+            let dir = m.dir.clone();
+            for (h, c) in m.children.iter_mut().enumerate() {
+                let Some(child) = c else { continue };
+                if let Ok(Some(st)) = child.try_wait() {
+                    let mut text = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut text);
+                    }
+                    let host = &plan.hosts[h].name;
+                    return Err(LaunchError::Remote(format!(
+                        "host {host}: ssh failed ({}): {}; check that the host is up, runs \
+                         sshd and accepts your key without a password (ssh -o \
+                         BatchMode=yes {host} true)",
+                        describe(st),
+                        text.trim().replace('\n', " / ")
+                    )));
+                }
+                if waiting.is_none() && !dir.join(format!("h{h}")).exists() {
+                    waiting = Some(h);
+                }
+            }
+            let Some(h) = waiting else { return Ok(m) };
+            if Instant::now() >= deadline {
+                return Err(LaunchError::Remote(format!(
+                    "host {}: no ssh connection within {} s (is the host up?)",
+                    plan.hosts[h].name,
+                    READY_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn socket(&self, host: usize) -> PathBuf {
+        self.dir.join(format!("h{host}"))
+    }
+
+    fn into_parts(mut self) -> (Vec<Child>, PathBuf) {
+        let children = std::mem::take(&mut self.children).into_iter().flatten().collect();
+        (children, std::mem::take(&mut self.dir))
+    }
+}
+
+impl Drop for SshMasters {
+    fn drop(&mut self) {
+        for mut c in self.children.drain(..).flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// ssh to `host` with the options every connection of a job uses: the master of the
+/// connection, or a session through it (`control` is the master's socket).
+fn ssh_command(host: &str, control: &Path, master: bool) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.arg(if master { "-M" } else { "-oControlMaster=no" })
+        .arg("-S")
+        .arg(control)
+        .args(["-o", "BatchMode=yes"])
+        .arg("-o")
+        .arg(format!("ConnectTimeout={SSH_CONNECT_TIMEOUT_S}"))
+        .arg("-o")
+        .arg(format!("ServerAliveInterval={SSH_ALIVE_INTERVAL_S}"))
+        .arg("-o")
+        .arg(format!("ServerAliveCountMax={SSH_ALIVE_COUNT}"))
+        .args(["-T", "-x", host]);
+    cmd
+}
+
+/// A starter is not part of the program: no preloaded runtime, its own process group (a
+/// Ctrl-C meant for the program must not cut the nodes off), no blocked signals, and
+/// `deathsig` when dsmrun dies.
+fn detach(cmd: &mut Command, deathsig: i32) {
+    cmd.env_remove("LD_PRELOAD").process_group(0);
+    unblock_signals_in_child(cmd);
+    // SAFETY: prctl with integer arguments is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, deathsig);
+            Ok(())
+        });
+    }
 }
 
 fn starter_command(
     plan: &RemotePlan,
     id: usize,
     host: &str,
+    control: Option<PathBuf>,
     listen: SocketAddr,
     size: NodeSize,
     secret: &Secret,
@@ -460,15 +604,8 @@ fn starter_command(
     let deathsig;
     match plan.starter {
         Starter::Ssh => {
-            cmd = Command::new("ssh");
-            cmd.args(["-o", "BatchMode=yes"])
-                .arg("-o")
-                .arg(format!("ConnectTimeout={SSH_CONNECT_TIMEOUT_S}"))
-                .arg("-o")
-                .arg(format!("ServerAliveInterval={SSH_ALIVE_INTERVAL_S}"))
-                .arg("-o")
-                .arg(format!("ServerAliveCountMax={SSH_ALIVE_COUNT}"))
-                .args(["-T", "-x", host, "--"]);
+            cmd = ssh_command(host, &control.unwrap_or_default(), false);
+            cmd.arg("--");
             let mut line = format!("exec {}", shell_quote(&exe));
             for a in node_args.iter().map(String::as_str).chain(["--secret-stdin"]) {
                 line.push(' ');
@@ -490,19 +627,8 @@ fn starter_command(
             deathsig = libc::SIGTERM;
         }
     }
-    cmd.env_remove("LD_PRELOAD")
-        // Not the program's: a Ctrl-C meant for it must not cut the nodes off.
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    unblock_signals_in_child(&mut cmd);
-    // SAFETY: prctl with integer arguments is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, deathsig);
-            Ok(())
-        });
-    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    detach(&mut cmd, deathsig);
     cmd
 }
 
