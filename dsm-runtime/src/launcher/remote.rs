@@ -53,7 +53,9 @@ pub fn parse_host_list(text: &str) -> Result<Vec<Host>, String> {
         add_host(&mut hosts, host_with_slots(item)?);
     }
     if hosts.is_empty() {
-        return Err(format!("--hosts {text:?}: no host given (e.g. --hosts h1,h2:4)"));
+        return Err(format!(
+            "--hosts {text:?}: no host given (e.g. --hosts h1,h2:4)"
+        ));
     }
     Ok(hosts)
 }
@@ -202,7 +204,9 @@ impl RemotePlan {
         check_srun_overlap()?;
         let names = command_lines("scontrol", &["show", "hostnames", &nodelist])?;
         if names.is_empty() {
-            return Err(format!("scontrol found no host in SLURM_JOB_NODELIST={nodelist}"));
+            return Err(format!(
+                "scontrol found no host in SLURM_JOB_NODELIST={nodelist}"
+            ));
         }
         let cpus = std::env::var("SLURM_JOB_CPUS_PER_NODE")
             .ok()
@@ -227,10 +231,12 @@ impl RemotePlan {
         let node_addrs = slurm_node_addrs(&nodelist);
         let addrs = hosts
             .iter()
-            .map(|h| match node_addrs.iter().find(|(name, _)| *name == h.name) {
-                Some((_, a)) => Ok(*a),
-                None => resolve(&h.name),
-            })
+            .map(
+                |h| match node_addrs.iter().find(|(name, _)| *name == h.name) {
+                    Some((_, a)) => Ok(*a),
+                    None => resolve(&h.name),
+                },
+            )
             .collect::<Result<_, _>>()?;
         Ok(Some(RemotePlan {
             starter: Starter::Srun,
@@ -346,7 +352,11 @@ struct Pending {
 /// Starts every node of `plan` at once and waits, up to [`READY_TIMEOUT`], for all to
 /// report ready. On any failure everything started is stopped, and the error names the
 /// host and says what to do.
-pub fn start(plan: &RemotePlan, size: NodeSize, secret: &Secret) -> Result<LocalNodes, LaunchError> {
+pub fn start(
+    plan: &RemotePlan,
+    size: NodeSize,
+    secret: &Secret,
+) -> Result<LocalNodes, LaunchError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let masters = match plan.starter {
         Starter::Ssh => Some(SshMasters::open(plan, deadline)?),
@@ -528,7 +538,10 @@ impl SshMasters {
     }
 
     fn into_parts(mut self) -> (Vec<Child>, PathBuf) {
-        let children = std::mem::take(&mut self.children).into_iter().flatten().collect();
+        let children = std::mem::take(&mut self.children)
+            .into_iter()
+            .flatten()
+            .collect();
         (children, std::mem::take(&mut self.dir))
     }
 }
@@ -607,7 +620,11 @@ fn starter_command(
             cmd = ssh_command(host, &control.unwrap_or_default(), false);
             cmd.arg("--");
             let mut line = format!("exec {}", shell_quote(&exe));
-            for a in node_args.iter().map(String::as_str).chain(["--secret-stdin"]) {
+            for a in node_args
+                .iter()
+                .map(String::as_str)
+                .chain(["--secret-stdin"])
+            {
                 line.push(' ');
                 line.push_str(&shell_quote(a));
             }
@@ -616,13 +633,19 @@ fn starter_command(
         }
         Starter::Srun => {
             cmd = Command::new("srun");
-            cmd.args(["--overlap", "--nodes=1", "--ntasks=1", "--input=none", "--quiet"])
-                .arg(format!("--nodelist={host}"))
-                .arg(format!("--job-name=dsm-node-{id}"))
-                .arg(&exe)
-                .args(&node_args)
-                .env("DSM_SECRET", secret.as_str())
-                .stdin(Stdio::null());
+            cmd.args([
+                "--overlap",
+                "--nodes=1",
+                "--ntasks=1",
+                "--input=none",
+                "--quiet",
+            ])
+            .arg(format!("--nodelist={host}"))
+            .arg(format!("--job-name=dsm-node-{id}"))
+            .arg(&exe)
+            .args(&node_args)
+            .env("DSM_SECRET", secret.as_str())
+            .stdin(Stdio::null());
             // srun ends its step when asked politely; SIGKILL would leave it running.
             deathsig = libc::SIGTERM;
         }
@@ -744,9 +767,9 @@ fn stop(pending: Vec<Pending>, plan: &RemotePlan) {
 
 /// The dsmrun binary on the hosts: `--remote-dsmrun`, else this one's path.
 pub fn remote_exe(given: Option<&Path>, this: &Path) -> PathBuf {
-    given.map(Path::to_path_buf).unwrap_or_else(|| {
-        this.canonicalize().unwrap_or_else(|_| this.to_path_buf())
-    })
+    given
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| this.canonicalize().unwrap_or_else(|_| this.to_path_buf()))
 }
 
 #[cfg(test)]
