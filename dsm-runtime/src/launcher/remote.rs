@@ -257,7 +257,7 @@ fn expand_cpus_per_node(text: &str) -> Option<Vec<usize>> {
             None => (part, 1),
         };
         let n: usize = n.trim().parse().ok()?;
-        out.extend(std::iter::repeat(n).take(times));
+        out.extend(std::iter::repeat_n(n, times));
     }
     Some(out)
 }
