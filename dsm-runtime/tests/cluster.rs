@@ -530,3 +530,70 @@ fn an_allocation_too_small_for_the_nodes_is_an_error() {
     );
     assert_nothing_left("after a refused allocation", 5);
 }
+
+/// Ctrl-C (SIGINT to dsmrun) and dsmrun's own death (SIGKILL: nothing of it runs to
+/// clean up) stop every node on every host, over ssh and under Slurm.
+#[test]
+fn interrupting_or_killing_dsmrun_stops_every_node() {
+    let _turn = heavy();
+    let Some(hostfile) = cluster("cluster_interrupt") else {
+        return;
+    };
+    require_preload();
+    let hostfile_arg = hostfile.display().to_string();
+    let ssh_args = [
+        "-q",
+        "-n",
+        "16",
+        "--hostfile",
+        &hostfile_arg,
+        "--",
+        "sleep",
+        "60",
+    ];
+    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGKILL, "SIGKILL")] {
+        let what = format!("dsmrun --hostfile given {name}");
+        let mut child = Command::new(dsmrun())
+            .args(ssh_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_nodes(16, &what);
+        // SAFETY: signalling the child we started.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let _ = child.wait();
+        assert_nothing_left(&what, 10);
+    }
+    // Under Slurm: dsmrun killed inside an allocation; its srun steps are cancelled.
+    let script = format!(
+        "{} -q -n 16 -- sleep 60 & p=$!; \
+         while [ \"$(pgrep -f -c '^{}')\" -lt 16 ]; do sleep 0.1; done; kill -KILL $p; wait $p",
+        dsmrun().display(),
+        node_pattern()
+    );
+    let out = Command::new("timeout")
+        .args(["60", "salloc", "-N", "4", "--quiet", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // sh's status is dsmrun's: killed by SIGKILL.
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGKILL),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_nothing_left("dsmrun killed under salloc", 10);
+}
+
+fn wait_for_nodes(n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nodes_running().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the {n} nodes never all ran"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
