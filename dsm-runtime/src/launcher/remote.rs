@@ -342,8 +342,7 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// One started node: its starter process, what came back on its stderr, and whether
-/// that is now forwarded to ours.
+/// One started node: its starter process and the last lines of its stderr.
 struct Pending {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
