@@ -1,5 +1,6 @@
 //! Starting memory nodes as local processes (the embedded default of `dsmrun`, and the
-//! integration tests).
+//! integration tests), and owning the processes that stand for nodes on other hosts
+//! (`ssh` or `srun`, started by `launcher::remote`).
 
 use crate::node::{NodeSize, READY_PREFIX};
 use crate::transport::auth::Secret;
@@ -24,11 +25,23 @@ pub fn unblock_signals_in_child(cmd: &mut Command) {
     }
 }
 
-/// Memory-node processes on this machine; killed and reaped on drop.
+/// Memory-node processes on this machine, or the `ssh`/`srun` processes that keep remote
+/// nodes alive; killed and reaped on drop.
 #[derive(Debug)]
 pub struct LocalNodes {
     children: Vec<Option<Child>>,
     addrs: Vec<SocketAddr>,
+    /// The host each node runs on, for messages; empty for nodes on this machine.
+    hosts: Vec<String>,
+    /// Ask with SIGTERM first on teardown (srun must cancel its job step itself).
+    terminate_first: bool,
+    /// Set while the remote nodes' stderr is passed on to ours; cleared at teardown, where
+    /// their starters' farewells (srun's "task 0: Killed") are noise.
+    forwarding: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Processes the remote nodes depend on (ssh connection masters), ended after them,
+    /// and a directory of theirs removed then.
+    keepers: Vec<Child>,
+    keepers_dir: Option<std::path::PathBuf>,
 }
 
 impl LocalNodes {
@@ -53,6 +66,11 @@ impl LocalNodes {
         let mut nodes = LocalNodes {
             children: Vec::with_capacity(count),
             addrs: Vec::with_capacity(count),
+            hosts: Vec::new(),
+            terminate_first: false,
+            forwarding: None,
+            keepers: Vec::new(),
+            keepers_dir: None,
         };
         for id in 0..count {
             let mut cmd = Command::new(exe);
@@ -97,7 +115,44 @@ impl LocalNodes {
         LocalNodes {
             children: addrs.iter().map(|_| None).collect(),
             addrs,
+            hosts: Vec::new(),
+            terminate_first: false,
+            forwarding: None,
+            keepers: Vec::new(),
+            keepers_dir: None,
         }
+    }
+
+    /// Nodes on other hosts, each kept alive by a local process (`ssh`, `srun`) whose exit
+    /// means the node is gone. `terminate_first`: teardown sends SIGTERM and waits a
+    /// little before SIGKILL.
+    pub fn remote(
+        children: Vec<Child>,
+        addrs: Vec<SocketAddr>,
+        hosts: Vec<String>,
+        terminate_first: bool,
+        forwarding: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> LocalNodes {
+        LocalNodes {
+            children: children.into_iter().map(Some).collect(),
+            addrs,
+            hosts,
+            terminate_first,
+            forwarding: Some(forwarding),
+            keepers: Vec::new(),
+            keepers_dir: None,
+        }
+    }
+
+    /// Keeps `children` (and `dir`) until the nodes are gone: see `keepers`.
+    pub fn keep(&mut self, children: Vec<Child>, dir: std::path::PathBuf) {
+        self.keepers.extend(children);
+        self.keepers_dir = Some(dir);
+    }
+
+    /// The host node `i` runs on, if it is not this machine.
+    pub fn host(&self, i: usize) -> Option<&str> {
+        self.hosts.get(i).map(String::as_str)
     }
 
     /// The nodes' addresses, by node index.
@@ -134,8 +189,45 @@ impl LocalNodes {
 
 impl Drop for LocalNodes {
     fn drop(&mut self) {
+        if let Some(f) = &self.forwarding {
+            f.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        if self.terminate_first {
+            terminate_all(&mut self.children, std::time::Duration::from_secs(5));
+        }
         for i in 0..self.children.len() {
             self.kill(i);
         }
+        for mut c in self.keepers.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(d) = self.keepers_dir.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// SIGTERM to every child still running, then reaps those that exit within `grace`.
+pub fn terminate_all(children: &mut [Option<Child>], grace: std::time::Duration) {
+    for c in children.iter().flatten() {
+        // SAFETY: signalling a child we started and have not reaped.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        let mut running = 0;
+        for slot in children.iter_mut() {
+            if let Some(c) = slot {
+                match c.try_wait() {
+                    Ok(None) => running += 1,
+                    _ => *slot = None,
+                }
+            }
+        }
+        if running == 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

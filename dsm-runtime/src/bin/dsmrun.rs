@@ -28,7 +28,14 @@ Sizes accept 4096, 64K, 64M, 8G, 1T, and for --local-cache and --node-memory a s
 this machine's memory such as 25%.
 
 Exit status: the program's own; 128+N if signal N killed it; 127 if it was not found;
-70 if the runtime failed (a memory node died); 1 if the job could not be set up.";
+70 if the runtime failed (a memory node died); 1 if the job could not be set up
+(including a host that cannot be reached, refuses ssh or lacks dsmrun).
+
+On other hosts:
+  dsmrun --hostfile hosts.txt -n 16 -- ./prog
+      16 nodes over ssh on the hosts of an Open MPI or MPICH hostfile
+  salloc -N 4 dsmrun -n 16 -- ./prog
+      inside a Slurm allocation: the nodes run as `srun --overlap` steps on its hosts";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,7 +52,8 @@ Exit status: the program's own; 128+N if signal N killed it; 127 if it was not f
     trailing_var_arg = true
 )]
 struct RunCli {
-    /// Number of memory nodes to spread the heap over, started on this machine (e.g. -n 16).
+    /// Number of memory nodes to spread the heap over (e.g. -n 16): started on this
+    /// machine, on the --hosts, or inside a Slurm allocation on its hosts.
     #[arg(
         short = 'n',
         long = "nodes",
@@ -63,6 +71,23 @@ struct RunCli {
         conflicts_with = "nodes"
     )]
     attach: Vec<std::net::SocketAddr>,
+    /// Start the nodes on these hosts over ssh (BatchMode: keys, no passwords), spread
+    /// across the hosts first and up to each host's slots (host:N; 1 without); the
+    /// program runs here (e.g. --hosts node1:4,node2:4 -n 8).
+    #[arg(long, value_name = "HOST[:N],...", conflicts_with_all = ["attach", "hostfile"])]
+    hosts: Option<String>,
+    /// As --hosts, from a file of Open MPI `host slots=N` or MPICH `host:N` lines
+    /// (e.g. --hostfile hosts.txt -n 16).
+    #[arg(long, value_name = "FILE", conflicts_with = "attach")]
+    hostfile: Option<PathBuf>,
+    /// The dsmrun binary on the hosts, if not at this one's path (e.g. --remote-dsmrun
+    /// /opt/dsm/bin/dsmrun).
+    #[arg(long, value_name = "PATH")]
+    remote_dsmrun: Option<PathBuf>,
+    /// Inside a Slurm allocation, still start the nodes on this machine (by default they
+    /// run as job steps on the allocation's hosts).
+    #[arg(long)]
+    local_nodes: bool,
     /// Most of a process's heap kept in local memory at once; the rest lives on the nodes.
     /// Applies to each process of the job (e.g. 512M, 8G, 25%).
     #[arg(long, value_name = "SIZE", default_value = "50%")]
@@ -179,6 +204,11 @@ struct NodeCli {
     /// Exit when the launching process exits.
     #[arg(long)]
     die_with_parent: bool,
+    /// Read the job secret from the first line of standard input instead of DSM_SECRET,
+    /// and exit when standard input closes (how `dsmrun --hosts` starts nodes over ssh:
+    /// the secret stays off every command line, and the node ends with the connection).
+    #[arg(long)]
+    secret_stdin: bool,
 }
 
 fn size_arg(flag: &str, text: &str, percent: bool) -> Result<u64> {
@@ -201,8 +231,25 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
     .with_context(|| {
         format!("--space-base {base_text}: expected an address like 0x100000000000")
     })?;
+    let hosts = match (&cli.hosts, &cli.hostfile) {
+        (Some(list), _) => {
+            Some(launcher::remote::parse_host_list(list).map_err(anyhow::Error::msg)?)
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--hostfile {}", path.display()))?;
+            Some(
+                launcher::remote::parse_hostfile(&text)
+                    .map_err(|e| anyhow::anyhow!("--hostfile {}: {e}", path.display()))?,
+            )
+        }
+        (None, None) => None,
+    };
     Ok(RunOptions {
         nodes: cli.nodes.unwrap_or(cli.attach.len()),
+        hosts,
+        remote_dsmrun: cli.remote_dsmrun,
+        slurm: !cli.local_nodes,
         attach: (!cli.attach.is_empty()).then_some(cli.attach),
         cache_bytes_max: cache,
         node_bytes: node,
@@ -264,13 +311,39 @@ fn node_main(args: Vec<OsString>) -> Result<()> {
             bail!("--span {text}: must be a multiple of 4 KiB above the 64 KiB header");
         }
     }
-    let secret = std::env::var("DSM_SECRET")
-        .ok()
-        .and_then(Secret::new)
-        .context("DSM_SECRET is not set: a memory node needs the job secret")?;
+    let secret = if cli.secret_stdin {
+        secret_from_stdin()?
+    } else {
+        std::env::var("DSM_SECRET")
+            .ok()
+            .and_then(Secret::new)
+            .context("DSM_SECRET is not set: a memory node needs the job secret")?
+    };
     dsm_runtime::node::run(cli.id, cli.listen, size, secret, cli.die_with_parent)
         .with_context(|| format!("memory node {} on {}", cli.id, cli.listen))?;
     Ok(())
+}
+
+/// The secret on stdin's first line; then a thread that ends the node when stdin closes
+/// (the launcher, or its ssh connection, is gone).
+fn secret_from_stdin() -> Result<Secret> {
+    use std::io::{BufRead, Read};
+    let mut stdin = std::io::stdin().lock();
+    let mut line = String::new();
+    stdin
+        .read_line(&mut line)
+        .context("--secret-stdin: reading the secret")?;
+    let secret = Secret::new(line.trim_end_matches(['\r', '\n']))
+        .context("--secret-stdin: standard input closed before a secret was sent")?;
+    drop(stdin);
+    std::thread::spawn(|| {
+        let mut sink = [0u8; 256];
+        let mut stdin = std::io::stdin().lock();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        eprintln!("dsmrun node: standard input closed: the launcher is gone, exiting");
+        std::process::exit(0);
+    });
+    Ok(secret)
 }
 
 /// `dsmrun tune`: ranks profiles on a recorded trace.

@@ -9,6 +9,7 @@
 
 pub mod cpus;
 pub mod progress;
+pub mod remote;
 pub mod signals;
 pub mod summary;
 pub mod thrash;
@@ -49,6 +50,13 @@ pub struct RunOptions {
     /// Nodes already running elsewhere, by address (`--attach`); `None` starts `nodes`
     /// local ones.
     pub attach: Option<Vec<SocketAddr>>,
+    /// Hosts to start the nodes on over ssh (`--hosts`, `--hostfile`).
+    pub hosts: Option<Vec<remote::Host>>,
+    /// The dsmrun binary on those hosts (default: this one's path).
+    pub remote_dsmrun: Option<PathBuf>,
+    /// Inside a Slurm allocation (and with no hosts or --attach), start the nodes as job
+    /// steps on its hosts; false with `--local-nodes`.
+    pub slurm: bool,
     /// Local cache of each process.
     pub cache_bytes_max: u64,
     /// Memory each node contributes (lazily backed).
@@ -124,6 +132,9 @@ pub enum LaunchError {
     /// A setting is unusable.
     #[error("{0}")]
     Invalid(String),
+    /// Nodes on other hosts could not be placed or started; the text names the host.
+    #[error("{0}")]
+    Remote(String),
     /// Starting the nodes or the program failed.
     #[error("{what}: {source}")]
     Io {
@@ -346,6 +357,7 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         Err(e) => return Err(e.into()),
     }
     let plan = plan_job(opts, attached.as_ref().map(|(_, span)| *span))?;
+    let remote_plan = remote_plan(opts, attached.is_some(), dsmrun_exe)?;
 
     signals::start_forwarding().map_err(io_err("blocking forwarded signals"))?;
     let (secret, mut nodes) = match attached {
@@ -356,17 +368,24 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         None => {
             let secret = Secret::generate().map_err(io_err("generating the job secret"))?;
             let size = plan.node_size(opts.nodes, opts.node_bytes);
-            let nodes = LocalNodes::spawn_sized(dsmrun_exe, opts.nodes, size, &secret)
-                .map_err(io_err("starting memory nodes"))?;
+            let nodes = match &remote_plan {
+                Some(p) => remote::start(p, size, &secret)?,
+                None => LocalNodes::spawn_sized(dsmrun_exe, opts.nodes, size, &secret)
+                    .map_err(io_err("starting memory nodes"))?,
+            };
             (secret, nodes)
         }
     };
     if opts.verbose {
         for i in 0..opts.nodes {
             eprintln!(
-                "dsmrun: node {i} pid {} at {} ({} MiB)",
+                "dsmrun: node {i} pid {} at {}{} ({} MiB)",
                 nodes.pid(i).unwrap_or(0),
                 nodes.addrs()[i],
+                nodes
+                    .host(i)
+                    .map(|h| format!(" on host {h}"))
+                    .unwrap_or_default(),
                 opts.node_bytes >> 20
             );
         }
@@ -394,6 +413,9 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         profile: opts.profile.clone(),
         trace: opts.record_trace.clone(),
     };
+    let node_hosts: Vec<String> = (0..nodes.addrs().len())
+        .map(|i| nodes.host(i).unwrap_or("localhost").to_string())
+        .collect();
     let result = job
         .validate()
         .map_err(|e| LaunchError::Invalid(e.to_string()))
@@ -406,9 +428,31 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
             return Err(e);
         }
     };
-    report(opts, &stats_dir, code, started, watched);
+    report(opts, &stats_dir, code, started, watched, &node_hosts);
     let _ = std::fs::remove_dir_all(&stats_dir);
     Ok(code)
+}
+
+/// Where the nodes go when not on this machine: the `--hosts` over ssh, or the Slurm
+/// allocation this runs in; `None` for local (or attached) nodes.
+fn remote_plan(
+    opts: &RunOptions,
+    attached: bool,
+    dsmrun_exe: &Path,
+) -> Result<Option<remote::RemotePlan>, LaunchError> {
+    if attached {
+        return Ok(None);
+    }
+    let exe = remote::remote_exe(opts.remote_dsmrun.as_deref(), dsmrun_exe);
+    match &opts.hosts {
+        Some(hosts) => remote::RemotePlan::ssh(hosts.clone(), opts.nodes, exe)
+            .map(Some)
+            .map_err(LaunchError::Remote),
+        None if opts.slurm => {
+            remote::RemotePlan::slurm(opts.nodes, exe).map_err(LaunchError::Remote)
+        }
+        None => Ok(None),
+    }
 }
 
 /// Checks that the nodes at `addrs` answer and know the job secret (from DSM_SECRET);
@@ -524,10 +568,18 @@ fn wait_watching_nodes(
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            watch.say(&format!(
-                "dsmrun: memory node {i} exited during the run ({st}); the program cannot \
-                 continue without its memory"
-            ));
+            let said = match nodes.host(i) {
+                None => format!(
+                    "dsmrun: memory node {i} exited during the run ({st}); the program cannot \
+                     continue without its memory"
+                ),
+                Some(host) => format!(
+                    "dsmrun: memory node {i} on host {host} is gone ({st} from its ssh/srun): \
+                     the host, the node or the connection to it died; the program cannot \
+                     continue without its memory"
+                ),
+            };
+            watch.say(&said);
             if let Ok(None) = child.try_wait() {
                 // SAFETY: signalling the child we started.
                 unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
@@ -580,6 +632,7 @@ fn report(
     code: i32,
     started: Instant,
     mut watched: watch::Watched,
+    node_hosts: &[String],
 ) {
     let processes = summary::read_processes(stats_dir);
     let total = summary::total(&processes);
@@ -601,7 +654,9 @@ fn report(
     watched
         .timeline
         .finish(timeline::Sample::of_total(wall, processes.len(), &total));
-    let doc = stats_document(opts, code, wall, total, processes, watched);
+    let mut doc = stats_document(opts, code, wall, total, processes, watched);
+    // Which host each node (the index of the `_by_node` counters) ran on.
+    doc["job"]["node_hosts"] = serde_json::json!(node_hosts);
     if let Some(path) = &opts.stats_path {
         let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
         if let Err(e) = std::fs::write(path, text) {
