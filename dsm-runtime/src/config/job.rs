@@ -573,7 +573,7 @@ mod tests {
 
     #[test]
     fn a_slot_is_never_taken_from_a_live_process_or_another_hosts() {
-        use crate::transport::mem::MemNodes;
+        use crate::effects::memory::MemoryNodes;
         let job = JobConfig::from_vars(vars(&[
             ("DSM_NODES", "127.0.0.1:1"),
             ("DSM_SECRET", "x"),
@@ -581,7 +581,7 @@ mod tests {
             ("DSM_SLOTS", "3"),
         ]))
         .unwrap();
-        let mut nodes = MemNodes::new(1, 1 << 20);
+        let mut nodes = MemoryNodes::new();
         let here = 7;
         let alive_here = |o: Owner| o.host() != here || o.pid() == 100;
         // Another host's process whose pid happens to be dead here, then a live local one.

@@ -330,11 +330,11 @@ impl PoolAccount {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::mem::MemNodes;
+    use crate::effects::memory::MemoryNodes;
 
     /// Two nodes of `capacity` pages each, as a node writes its header at start.
-    fn nodes(capacity: u64) -> MemNodes {
-        let mut m = MemNodes::new(2, 1 << 20);
+    fn nodes(capacity: u64) -> MemoryNodes {
+        let mut m = MemoryNodes::new();
         for n in 0..2 {
             m.compare_and_swap(NodeId(n), CAPACITY_PAGES_OFFSET, 0, capacity)
                 .unwrap();
@@ -342,7 +342,7 @@ mod tests {
         m
     }
 
-    fn claimed(m: &mut MemNodes, node: u16) -> u64 {
+    fn claimed(m: &mut MemoryNodes, node: u16) -> u64 {
         read_word(m, NodeId(node), CLAIMED_PAGES_OFFSET).unwrap()
     }
 

@@ -19,8 +19,6 @@
 //!   sends something malformed yields an error naming that node. Nothing blocks forever.
 
 pub mod auth;
-#[cfg(test)]
-pub(crate) mod mem;
 pub mod select;
 pub mod shm;
 pub mod tcp;
