@@ -121,8 +121,9 @@ pub enum LaunchError {
     /// with a small span).
     #[error(
         "the nodes' regions ({nodes} nodes x {node_mib} MiB) cannot place {procs} processes \
-         of at least 64 MiB each: start the nodes with a larger --span (address space, \
-         lazily backed) or lower --max-procs"
+         of at least 64 MiB each: lower --max-procs, start attached nodes with a larger \
+         --span, or, for RDMA (which pins a node's region: it is then its memory), raise \
+         --node-memory"
     )]
     PoolTooSmall {
         nodes: usize,
@@ -302,6 +303,17 @@ fn plan_job(opts: &RunOptions, span_bytes: Option<u64>) -> Result<Plan, LaunchEr
     })
 }
 
+/// Whether the nodes will register their regions for RDMA (which pins them whole on
+/// devices without on-demand paging, Soft-RoCE's included): `--transport verbs`, or
+/// `auto` with nodes on other hosts and an RDMA device up here.
+fn regions_pinned(kind: TransportKind, remote: bool) -> bool {
+    match kind {
+        TransportKind::Verbs => true,
+        TransportKind::Auto => remote && crate::transport::verbs_device().is_ok(),
+        TransportKind::Tcp | TransportKind::Shm => false,
+    }
+}
+
 /// Runs the program as `opts` says and returns the exit status for `dsmrun`.
 pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
     let started = Instant::now();
@@ -356,8 +368,16 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         }
         Err(e) => return Err(e.into()),
     }
-    let plan = plan_job(opts, attached.as_ref().map(|(_, span)| *span))?;
     let remote_plan = remote_plan(opts, attached.is_some(), dsmrun_exe)?;
+    // Nodes this launcher starts get terabyte spans, unless they will serve RDMA: without
+    // on-demand paging a registration pins the node's whole region, so those get a region
+    // of their memory only, and the slots shrink to what such regions can place.
+    let pinned = attached.is_none() && regions_pinned(opts.transport, remote_plan.is_some());
+    let fixed_span = match &attached {
+        Some((_, span)) => Some(*span),
+        None => pinned.then(|| NodeSize::of_memory(opts.node_bytes).span_bytes),
+    };
+    let plan = plan_job(opts, fixed_span)?;
 
     signals::start_forwarding().map_err(io_err("blocking forwarded signals"))?;
     let (secret, mut nodes) = match attached {
@@ -367,7 +387,10 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         ),
         None => {
             let secret = Secret::generate().map_err(io_err("generating the job secret"))?;
-            let size = plan.node_size(opts.nodes, opts.node_bytes);
+            let size = match fixed_span {
+                Some(_) => NodeSize::of_memory(opts.node_bytes),
+                None => plan.node_size(opts.nodes, opts.node_bytes),
+            };
             let nodes = match &remote_plan {
                 Some(p) => remote::start(p, size, &secret)?,
                 None => LocalNodes::spawn_sized(dsmrun_exe, opts.nodes, size, &secret)
