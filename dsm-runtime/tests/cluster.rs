@@ -145,7 +145,7 @@ fn assert_pooled_on_every_host(
         );
     }
     assert!(
-        run.stderr.contains("over tcp"),
+        run.stderr.contains("over tcp") || run.stderr.contains("over shm+tcp"),
         "{what}: nodes on other hosts are reached over TCP: {}",
         run.stderr
     );
@@ -284,7 +284,8 @@ enum Via<'a> {
 fn run_on_cluster(via: Via, cache: u64, stats: &Path, program: &[String], dir: &Path) -> Ran {
     require_preload();
     let dsm_args: Vec<String> = [
-        "-n".to_string(),
+        "-v".to_string(),
+        "-n".into(),
         "16".into(),
         "--local-cache".into(),
         cache.to_string(),
@@ -376,6 +377,14 @@ fn a_program_runs_with_its_nodes_on_a_slurm_allocation() {
         let run = run_on_cluster(via, cache, &stats, &program, &dir);
         let what = format!("heapwalk under {what}");
         assert_pooled_on_every_host(&what, &run, &native, &stats, &slurm_hosts());
+        // salloc runs the program here, outside the allocation's hosts: every node is
+        // remote. A batch script runs on the allocation's first host, whose nodes it
+        // maps (shm) while it reaches the others' over TCP.
+        let expect = match via {
+            Via::Sbatch => "transport auto: shm for nodes 0,4,8,12 (on this host), tcp for nodes 1-3,5-7,9-11,13-15",
+            _ => "transport auto: tcp, because",
+        };
+        assert!(run.stderr.contains(expect), "{what}: {}", run.stderr);
         assert_nothing_left(&what, 10);
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -730,4 +739,93 @@ fn wait_for_nodes(n: usize, what: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Writes an executable `--remote-dsmrun` stand-in that waits on each host as `delays`
+/// says (a `case` on the host's name) before it becomes the real dsmrun, or, on a host
+/// whose delay ends in `!`, never does.
+fn slow_starter(dir: &Path, name: &str, delays: &[(&str, &str)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cases = String::new();
+    for (host, delay) in delays {
+        let line = match delay.strip_suffix('!') {
+            Some(d) => format!("    {host}) sleep {d}; exit 1 ;;\n"),
+            None => format!("    {host}) sleep {delay} ;;\n"),
+        };
+        cases.push_str(&line);
+    }
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\ncase \"$(hostname)\" in\n{cases}esac\nexec {} \"$@\"\n",
+            dsmrun().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Nodes that report ready late and in another order than they were started (host 1
+/// last, host 2 first) still make one job with the right node at each index: the
+/// program's output is the native one. A host whose nodes never report ready ends the
+/// job at the ready timeout, naming that host, with nothing left running elsewhere.
+#[test]
+fn nodes_that_start_late_or_in_any_order_never_hang_the_job() {
+    let Some(exe) = compile_c("heapwalk", &[]) else {
+        return skip("cluster_late_start", "no C compiler (apt-get install gcc)");
+    };
+    let _turn = heavy();
+    let Some(hostfile) = cluster("cluster_late_start") else {
+        return;
+    };
+    require_preload();
+    let native = heapwalk_native(&exe);
+    let dir = scratch("cluster-late");
+    let late = slow_starter(
+        &dir,
+        "late.sh",
+        &[("host1", "3"), ("host3", "1.5"), ("host4", "0.7")],
+    );
+    let stats = dir.join("stats.json");
+    let run = run_measured(
+        dsmrun_cmd(16, quarter_of(native.peak_rss), &stats)
+            .arg("--hostfile")
+            .arg(&hostfile)
+            .arg("--remote-dsmrun")
+            .arg(&late)
+            .arg("--")
+            .arg(&exe)
+            .args(HEAPWALK_ARGS),
+    );
+    assert_pooled_on_every_host("late nodes", &run, &native, &stats, &addrs());
+    assert_nothing_left("after the late nodes' job", 5);
+
+    let stuck = slow_starter(&dir, "stuck.sh", &[("host3", "30!")]);
+    let t = Instant::now();
+    let out = Command::new(dsmrun())
+        .args(["-q", "-n", "16", "--hostfile"])
+        .arg(&hostfile)
+        .arg("--remote-dsmrun")
+        .arg(&stuck)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let _ = Command::new("pkill").arg("-f").arg(&stuck).status();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(took < Duration::from_secs(15), "took {took:?}: {err}");
+    assert!(
+        err.contains(&format!(
+            "host {}: memory nodes did not report ready within 10 s",
+            host_addr(3)
+        )),
+        "{err}"
+    );
+    assert_nothing_left("after a host never started its nodes", 5);
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(exe);
 }

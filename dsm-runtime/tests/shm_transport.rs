@@ -179,14 +179,14 @@ struct ForeignNode {
 }
 
 impl ForeignNode {
-    fn spawn(secret: &str) -> Option<ForeignNode> {
+    fn spawn(secret: &str, id: u16) -> Option<ForeignNode> {
         let mut child = Command::new("unshare")
             .args(["--pid", "--fork", "--kill-child"])
             .arg(env!("CARGO_BIN_EXE_dsmrun"))
             .args([
                 "node",
                 "--id",
-                "0",
+                &id.to_string(),
                 "--listen",
                 "127.0.0.1:0",
                 "--memory",
@@ -223,7 +223,7 @@ impl Drop for ForeignNode {
 #[test]
 fn a_node_that_cannot_be_mapped_means_tcp_for_auto_and_an_error_for_shm() {
     let secret = dsm_runtime::transport::auth::Secret::generate().unwrap();
-    let Some(node) = ForeignNode::spawn(secret.as_str()) else {
+    let Some(node) = ForeignNode::spawn(secret.as_str(), 0) else {
         common::skip(
             "a_node_that_cannot_be_mapped_means_tcp_for_auto_and_an_error_for_shm",
             "cannot start a node in its own pid namespace: needs root and unshare (apt-get install util-linux)",
@@ -262,4 +262,96 @@ fn a_node_that_cannot_be_mapped_means_tcp_for_auto_and_an_error_for_shm() {
     assert!(s.reason.contains("not shm: node 0"), "{}", s.reason);
     let mut session = s.transport.connect().unwrap();
     assert_eq!(session.call(NodeId(0), b"ping").unwrap(), b"pong");
+}
+
+/// Nodes here and a node "elsewhere" (another pid namespace): `auto` maps the local ones
+/// and reaches the other over TCP in the same session, says which is which and why, and
+/// a batch that spans both lands on the nodes' memory as plain TCP sees it.
+#[test]
+fn auto_maps_the_nodes_here_and_reaches_the_others_over_tcp() {
+    let (nodes, secret) = common::nodes(2, 1 << 20);
+    let Some(foreign) = ForeignNode::spawn(secret.as_str(), 2) else {
+        common::skip(
+            "auto_maps_the_nodes_here_and_reaches_the_others_over_tcp",
+            "cannot start a node in its own pid namespace: needs root and unshare (apt-get install util-linux)",
+        );
+        return;
+    };
+    let addrs = [nodes.addrs()[0], nodes.addrs()[1], foreign.addr];
+    let s = select(TransportKind::Auto, &addrs, secret.clone(), TIMEOUT).unwrap();
+    if s.transport.name() == "verbs" {
+        return common::skip(
+            "auto_maps_the_nodes_here_and_reaches_the_others_over_tcp",
+            "an RDMA device is up, so auto takes verbs for every node",
+        );
+    }
+    assert_eq!(s.transport.name(), "shm+tcp", "{}", s.reason);
+    assert!(
+        s.reason
+            .starts_with("auto: shm for nodes 0-1 (on this host), tcp for nodes 2 (node 2: "),
+        "{}",
+        s.reason
+    );
+    assert!(s.reason.contains("not verbs, because"), "{}", s.reason);
+    let mut mixed = s.transport.connect().unwrap();
+    let tcp_t = TcpTransport::discover(&addrs, secret, TIMEOUT).unwrap();
+    let mut tcp = tcp_t.connect().unwrap();
+
+    let pages: Vec<Vec<u8>> = (0..3u8)
+        .map(|n| (0..4096u32).map(|i| (i as u8) ^ (n * 85 + 1)).collect())
+        .collect();
+    let writes: Vec<WriteOp<'_>> = (0..3u16)
+        .rev()
+        .map(|n| WriteOp {
+            node: NodeId(n),
+            offset: 65536 + u64::from(n) * 4096,
+            data: &pages[usize::from(n)],
+        })
+        .collect();
+    mixed.write_batch(&writes).unwrap();
+    for n in 0..3u16 {
+        let at = 65536 + u64::from(n) * 4096;
+        assert_eq!(
+            read(tcp.as_mut(), n, at, 4096),
+            pages[usize::from(n)],
+            "node {n}"
+        );
+    }
+    // One read batch over all three nodes, interleaved: every buffer gets its own page.
+    let mut bufs = vec![vec![0u8; 4096]; 6];
+    let mut ops: Vec<ReadOp<'_>> = bufs
+        .iter_mut()
+        .enumerate()
+        .map(|(i, buf)| {
+            let n = (i % 3) as u16;
+            ReadOp {
+                node: NodeId(n),
+                offset: 65536 + u64::from(n) * 4096,
+                buf,
+            }
+        })
+        .collect();
+    mixed.read_batch(&mut ops).unwrap();
+    drop(ops);
+    for (i, buf) in bufs.iter().enumerate() {
+        assert_eq!(buf, &pages[i % 3], "buffer {i}");
+    }
+    // Atomics on the header of a mapped node and of the TCP one.
+    for n in [0u16, 2] {
+        assert_eq!(mixed.compare_and_swap(NodeId(n), 4096, 0, 7).unwrap(), 0);
+        assert_eq!(mixed.compare_and_swap(NodeId(n), 4096, 0, 9).unwrap(), 7);
+        let word = read(tcp.as_mut(), n, 4096, 8);
+        assert_eq!(u64::from_le_bytes(word.try_into().unwrap()), 7);
+    }
+    // The node elsewhere dies: an operation on it fails naming it; the others serve on.
+    drop(foreign);
+    let err = mixed
+        .read_batch(&mut [ReadOp {
+            node: NodeId(2),
+            offset: 0,
+            buf: &mut [0u8; 8],
+        }])
+        .unwrap_err();
+    assert_eq!(err.node(), NodeId(2), "{err}");
+    assert_eq!(read(mixed.as_mut(), 1, 65536 + 4096, 4096), pages[1]);
 }

@@ -9,6 +9,8 @@
 //!   span nodes; the backend issues every node's share before waiting for any reply
 //!   (pipelining), and returns only when every operation has completed. The buffers are
 //!   borrowed for the whole call, so none can be reused while a request is in flight.
+//!   A backend may reorder a read batch's ops in place (shm+tcp groups them by route);
+//!   callers find their data through their own buffers, never by an op's position.
 //! - Every operation is bounds-checked by the node against its region; an out-of-range
 //!   access is an error, never a partial transfer.
 //! - [`Session::compare_and_swap`] is an 8-byte atomic on an 8-byte-aligned offset in

@@ -3,7 +3,8 @@
 //! `auto` takes shared memory when every node runs on this host (the embedded default:
 //! nothing is faster than a memory copy, and it is one-sided like RDMA); otherwise verbs
 //! when this build has it, an RDMA device with an active port is present, and every node
-//! accepts a queue pair; otherwise TCP. Whatever it picks, the reason is returned so the
+//! accepts a queue pair; otherwise shared memory for the nodes on this host and TCP for
+//! the others (`shm+tcp`), or TCP alone when no node is here. Whatever it picks, the reason is returned so the
 //! launcher can say it. Asking for `shm` or `verbs` where it cannot work is an error that
 //! says why and what to do.
 
@@ -115,16 +116,20 @@ pub fn select(
             reason: why,
         })
     };
-    let shm = || -> Result<Selected, ShmUnavailable> {
-        let t = ShmTransport::discover(addrs, secret.clone(), timeout)?;
+    let shm = |mixed: bool| -> Result<Selected, ShmUnavailable> {
+        let t = if mixed {
+            ShmTransport::discover_mixed(addrs, secret.clone(), timeout)?
+        } else {
+            ShmTransport::discover(addrs, secret.clone(), timeout)?
+        };
         Ok(Selected {
+            reason: t.describe(),
             transport: Box::new(t),
-            reason: "shm: every node runs on this host".into(),
         })
     };
     match kind {
         TransportKind::Tcp => tcp("tcp (as asked)".into()),
-        TransportKind::Shm => match shm() {
+        TransportKind::Shm => match shm(false) {
             Ok(s) => Ok(s),
             Err(ShmUnavailable::NotLocal(reason)) => Err(SelectError::ShmUnavailable { reason }),
             Err(ShmUnavailable::Transport(e)) => Err(e.into()),
@@ -134,28 +139,48 @@ pub fn select(
             Err(VerbsFailure::NoDevice(reason)) => Err(SelectError::VerbsUnavailable { reason }),
             Err(VerbsFailure::Transport(e)) => Err(e.into()),
         },
-        TransportKind::Auto => {
-            let not_local = match shm() {
-                Ok(mut s) => {
-                    s.reason = format!("auto: {}", s.reason);
-                    return Ok(s);
-                }
-                Err(ShmUnavailable::NotLocal(reason)) => reason,
-                Err(ShmUnavailable::Transport(e)) => return Err(e.into()),
-            };
-            match open_verbs(addrs, &secret, timeout) {
-                Ok(mut s) => {
-                    s.reason = format!("auto: {} (not shm: {not_local})", s.reason);
-                    Ok(s)
-                }
-                Err(VerbsFailure::NoDevice(reason)) => tcp(format!(
-                    "auto: tcp, because {reason} (and not shm: {not_local})"
-                )),
-                Err(VerbsFailure::Transport(e)) => tcp(format!(
-                    "auto: tcp, because verbs failed: {e} (and not shm: {not_local})"
-                )),
-            }
+        TransportKind::Auto => auto(addrs, &secret, timeout, shm, tcp),
+    }
+}
+
+/// `auto`: shm when every node is on this host; else verbs when they serve every node;
+/// else shm for the nodes on this host and TCP for the others (TCP alone when none is
+/// here). The reason says what serves which nodes, and why.
+fn auto(
+    addrs: &[SocketAddr],
+    secret: &Secret,
+    timeout: Duration,
+    shm: impl Fn(bool) -> Result<Selected, ShmUnavailable>,
+    tcp: impl Fn(String) -> Result<Selected, SelectError>,
+) -> Result<Selected, SelectError> {
+    let (mixed, not_local) = match shm(true) {
+        Ok(mut s) if s.transport.name() == "shm" => {
+            s.reason = format!("auto: {}", s.reason);
+            return Ok(s);
         }
+        Ok(s) => {
+            let why = s.reason.clone();
+            (Some(s), why)
+        }
+        Err(ShmUnavailable::NotLocal(reason)) => (None, reason),
+        Err(ShmUnavailable::Transport(e)) => return Err(e.into()),
+    };
+    let no_verbs = match open_verbs(addrs, secret, timeout) {
+        Ok(mut s) => {
+            s.reason = format!("auto: {} (not shm: {not_local})", s.reason);
+            return Ok(s);
+        }
+        Err(VerbsFailure::NoDevice(reason)) => reason,
+        Err(VerbsFailure::Transport(e)) => format!("verbs failed: {e}"),
+    };
+    match mixed {
+        Some(mut s) => {
+            s.reason = format!("auto: {}; not verbs, because {no_verbs}", s.reason);
+            Ok(s)
+        }
+        None => tcp(format!(
+            "auto: tcp, because {no_verbs} (and not shm: {not_local})"
+        )),
     }
 }
 

@@ -11,6 +11,12 @@
 //! TCP round trip costs (docs/performance.md), so this is the backend `--transport auto`
 //! picks when every node runs on the same host, the embedded default of `dsmrun -n N`.
 //!
+//! Nodes on other hosts: [`ShmTransport::discover_mixed`] maps the nodes it can and
+//! serves the others over the TCP connections every session keeps anyway, so a job whose
+//! nodes are partly on this host (a Slurm allocation that includes the program's host,
+//! a hostfile naming it) copies locally where it can and crosses the network only where
+//! it must. That is what `--transport auto` picks when verbs cannot serve every node.
+//!
 //! Node death: the mapping outlives the node's process, so liveness comes from the TCP
 //! control connection each session keeps to each node. A closed connection (the node's
 //! process is gone) fails every later operation on that node, as a broken RDMA queue pair
@@ -137,10 +143,13 @@ pub enum ShmUnavailable {
     Transport(TransportError),
 }
 
-/// The shared-memory backend for a set of nodes on this host.
+/// The shared-memory backend: nodes on this host mapped, any others over TCP.
 pub struct ShmTransport {
     tcp: TcpTransport,
-    regions: Arc<[Region]>,
+    /// Per node, its mapped region, or `None` for a node served over TCP.
+    regions: Arc<[Option<Region>]>,
+    /// Per node served over TCP, why it could not be mapped.
+    remote: Vec<(NodeId, String)>,
 }
 
 impl ShmTransport {
@@ -151,35 +160,112 @@ impl ShmTransport {
         secret: super::auth::Secret,
         timeout: Duration,
     ) -> Result<ShmTransport, ShmUnavailable> {
+        let t = ShmTransport::discover_mixed(addrs, secret, timeout)?;
+        match t.remote.first() {
+            Some((node, why)) => Err(ShmUnavailable::NotLocal(format!(
+                "{node} at {}: {why}",
+                t.tcp.nodes()[usize::from(node.0)].addr
+            ))),
+            None => Ok(t),
+        }
+    }
+
+    /// Like [`ShmTransport::discover`], but a node that cannot be mapped is served over
+    /// TCP instead; fails with [`ShmUnavailable::NotLocal`] only when no node can be.
+    pub fn discover_mixed(
+        addrs: &[std::net::SocketAddr],
+        secret: super::auth::Secret,
+        timeout: Duration,
+    ) -> Result<ShmTransport, ShmUnavailable> {
         let tcp =
             TcpTransport::discover(addrs, secret, timeout).map_err(ShmUnavailable::Transport)?;
         let mut control = tcp.open().map_err(ShmUnavailable::Transport)?;
         let mut regions = Vec::with_capacity(addrs.len());
+        let mut remote = Vec::new();
         for n in tcp.nodes() {
-            let answer = match control.call(n.id, ATTACH_CALL.as_bytes()) {
-                Ok(a) => a,
-                Err(TransportError::Rejected { detail, .. }) => {
-                    return Err(ShmUnavailable::NotLocal(format!("{}: {detail}", n.id)))
+            match attach(&mut control, n).map_err(ShmUnavailable::Transport)? {
+                Ok(region) => regions.push(Some(region)),
+                Err(why) => {
+                    regions.push(None);
+                    remote.push((n.id, why));
                 }
-                Err(e) => return Err(ShmUnavailable::Transport(e)),
-            };
-            let mapping = Offer::decode(&answer)
-                .and_then(|offer| offer.map(n.region_bytes))
-                .map_err(|why| {
-                    ShmUnavailable::NotLocal(format!("{} at {}: {why}", n.id, n.addr))
-                })?;
-            regions.push(mapping);
+            }
+        }
+        if remote.len() == regions.len() {
+            let (node, why) = &remote[0];
+            let addr = tcp.nodes()[usize::from(node.0)].addr;
+            return Err(ShmUnavailable::NotLocal(format!("{node} at {addr}: {why}")));
         }
         Ok(ShmTransport {
             tcp,
             regions: regions.into(),
+            remote,
         })
     }
+
+    /// The nodes served over TCP, each with why it could not be mapped.
+    pub fn remote_nodes(&self) -> &[(NodeId, String)] {
+        &self.remote
+    }
+
+    /// What serves which nodes, for the user: `shm` alone, or the split.
+    pub fn describe(&self) -> String {
+        if self.remote.is_empty() {
+            return "shm: every node runs on this host".into();
+        }
+        let local: Vec<u16> = (0..self.regions.len() as u16)
+            .filter(|&i| self.regions[usize::from(i)].is_some())
+            .collect();
+        let remote: Vec<u16> = self.remote.iter().map(|(n, _)| n.0).collect();
+        let (first, why) = &self.remote[0];
+        format!(
+            "shm for nodes {} (on this host), tcp for nodes {} ({first}: {why})",
+            ranges(&local),
+            ranges(&remote)
+        )
+    }
+}
+
+/// Asks node `n` for its region and maps it: `Ok(Err(why))` when the node is not on this
+/// host or will not share it, `Err` when the node could not be reached at all.
+fn attach(
+    control: &mut TcpSession,
+    n: &NodeInfo,
+) -> Result<Result<Region, String>, TransportError> {
+    let answer = match control.call(n.id, ATTACH_CALL.as_bytes()) {
+        Ok(a) => a,
+        Err(TransportError::Rejected { detail, .. }) => return Ok(Err(detail)),
+        Err(e) => return Err(e),
+    };
+    Ok(Offer::decode(&answer).and_then(|offer| offer.map(n.region_bytes)))
+}
+
+/// `0-3,6,8-9`: node numbers, consecutive ones as ranges.
+fn ranges(ids: &[u16]) -> String {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let mut j = i;
+        while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            ids[i].to_string()
+        } else {
+            format!("{}-{}", ids[i], ids[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
 }
 
 impl Transport for ShmTransport {
     fn name(&self) -> &'static str {
-        "shm"
+        if self.remote.is_empty() {
+            "shm"
+        } else {
+            "shm+tcp"
+        }
     }
 
     fn nodes(&self) -> &[NodeInfo] {
@@ -188,36 +274,50 @@ impl Transport for ShmTransport {
 
     fn connect(&self) -> Result<Box<dyn Session>, TransportError> {
         let control = self.tcp.open()?;
-        let watch = control
+        // Only mapped nodes' connections are watched: the others carry data, and their
+        // failures surface as errors of the TCP operations themselves.
+        let (watched, watch) = control
             .raw_fds()
             .into_iter()
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN | libc::POLLRDHUP,
-                revents: 0,
+            .enumerate()
+            .filter(|(i, _)| self.regions[*i].is_some())
+            .map(|(i, fd)| {
+                let p = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN | libc::POLLRDHUP,
+                    revents: 0,
+                };
+                (i, p)
             })
-            .collect();
+            .unzip();
         Ok(Box::new(ShmSession {
             regions: Arc::clone(&self.regions),
             nodes: self.tcp.nodes().to_vec(),
             dead: vec![false; self.regions.len()],
+            watched,
             watch,
             checked: Instant::now(),
+            any_remote: !self.remote.is_empty(),
             control,
         }))
     }
 }
 
-/// A thread's view of every node's region, plus its control connections.
+/// A thread's view of every mapped node's region, plus its TCP connections to every
+/// node (control for mapped nodes, all traffic for the others).
 pub struct ShmSession {
-    regions: Arc<[Region]>,
+    regions: Arc<[Option<Region>]>,
     nodes: Vec<NodeInfo>,
     /// Nodes whose control connection was found closed.
     dead: Vec<bool>,
-    /// poll(2) set over the control connections, in node order, preallocated.
+    /// The mapped nodes whose connections `watch` polls, in the same order.
+    watched: Vec<usize>,
+    /// poll(2) set over the mapped nodes' connections, preallocated.
     watch: Vec<libc::pollfd>,
     /// When liveness was last checked.
     checked: Instant,
+    /// Whether some node is served over TCP (the split costs nothing otherwise).
+    any_remote: bool,
     control: TcpSession,
 }
 
@@ -238,11 +338,24 @@ impl ShmSession {
             return;
         }
         let gone = libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
-        for (i, p) in self.watch.iter().enumerate() {
+        for (&i, p) in self.watched.iter().zip(&self.watch) {
             if p.revents & gone != 0 {
                 self.dead[i] = true;
             }
         }
+    }
+
+    /// Whether `node` is served over TCP rather than mapped (unknown nodes are not: the
+    /// bounds check names them).
+    fn is_remote(&self, node: NodeId) -> bool {
+        matches!(self.regions.get(usize::from(node.0)), Some(None))
+    }
+
+    /// The mapped region of `node`, checked by [`ShmSession::locate`] before.
+    fn region(&self, node: NodeId) -> &Region {
+        self.regions[usize::from(node.0)]
+            .as_ref()
+            .expect("located ops are on mapped nodes")
     }
 
     /// Checks that `node` is alive and `[offset, offset+len)` lies inside its region.
@@ -257,6 +370,7 @@ impl ShmSession {
         let region = self
             .regions
             .get(i)
+            .and_then(Option::as_ref)
             .ok_or(TransportError::UnknownNode(node))?;
         if self.dead[i] {
             return Err(TransportError::Io {
@@ -329,12 +443,23 @@ fn file_io(
 impl Session for ShmSession {
     fn read_batch(&mut self, ops: &mut [ReadOp<'_>]) -> Result<(), TransportError> {
         self.check_liveness();
+        let ops = if self.any_remote {
+            // Mapped nodes' ops first, then the others' as one TCP batch, in place (the
+            // contract lets a backend reorder a batch): no allocation on the fault path.
+            ops.sort_unstable_by_key(|op| self.is_remote(op.node));
+            let split = ops.partition_point(|op| !self.is_remote(op.node));
+            let (mapped, remote) = ops.split_at_mut(split);
+            self.control.read_batch(remote)?;
+            mapped
+        } else {
+            ops
+        };
         // Check every op before copying any: an error is never a partial transfer.
         for op in ops.iter() {
             self.locate(op.node, "read", op.offset, op.buf.len())?;
         }
         for op in ops.iter_mut() {
-            let file = self.regions[usize::from(op.node.0)].file();
+            let file = self.region(op.node).file();
             file_io(op.node, &self.nodes, op.buf.len(), |at| {
                 // SAFETY: reads into the caller's buffer, within its length.
                 unsafe {
@@ -352,11 +477,21 @@ impl Session for ShmSession {
 
     fn write_batch(&mut self, ops: &[WriteOp<'_>]) -> Result<(), TransportError> {
         self.check_liveness();
-        for op in ops {
+        for op in ops.iter().filter(|op| !self.is_remote(op.node)) {
             self.locate(op.node, "write", op.offset, op.data.len())?;
         }
-        for op in ops {
-            let file = self.regions[usize::from(op.node.0)].file();
+        if self.any_remote && ops.iter().any(|op| self.is_remote(op.node)) {
+            // Write-back batches are not on the fault path's fast side: a small vector
+            // here costs nothing next to the network round trip it saves.
+            let remote: Vec<WriteOp<'_>> = ops
+                .iter()
+                .filter(|op| self.is_remote(op.node))
+                .copied()
+                .collect();
+            self.control.write_batch(&remote)?;
+        }
+        for op in ops.iter().filter(|op| !self.is_remote(op.node)) {
+            let file = self.region(op.node).file();
             file_io(op.node, &self.nodes, op.data.len(), |at| {
                 // SAFETY: writes from the caller's data, within its length.
                 unsafe {
@@ -380,9 +515,13 @@ impl Session for ShmSession {
         new: u64,
     ) -> Result<u64, TransportError> {
         self.check_liveness();
+        if self.is_remote(node) {
+            return self.control.compare_and_swap(node, offset, expected, new);
+        }
         super::check_cas_alignment(node, offset)?;
         self.locate(node, "compare-and-swap", offset, 8)?;
-        Ok(self.regions[usize::from(node.0)]
+        Ok(self
+            .region(node)
             .compare_and_swap(offset, expected, new)
             .expect("alignment and bounds checked above"))
     }
