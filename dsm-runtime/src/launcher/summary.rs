@@ -125,13 +125,16 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
-/// Fraction of faults served locally (zero-fill, write-protect upgrade, already present)
-/// rather than by fetching the page from a node. Accesses to resident pages never fault
-/// and are not counted, so this understates how often the cache hits.
+/// Fraction of faults served locally (zero-fill, write-protect upgrade, a prefetched
+/// copy, already present) rather than by fetching the page for that fault. Pages the
+/// prefetcher fetched are not the faults' own fetches: counting them made the rate
+/// negative under an eager prefetcher. Accesses to resident pages never fault and are
+/// not counted, so this understates how often the cache hits.
 pub fn fault_hit_rate(total: &Value) -> Option<f64> {
     let g = |k: &str| total[k].as_u64().unwrap_or(0);
     let faults = g("faults_read") + g("faults_write") + g("faults_write_protect");
-    (faults > 0).then(|| 1.0 - g("remote_read_pages") as f64 / faults as f64)
+    let demand = g("remote_read_pages").saturating_sub(g("prefetch_issued"));
+    (faults > 0).then(|| (1.0 - demand as f64 / faults as f64).max(0.0))
 }
 
 /// How many processes left only a checkpoint (they did not reach their exit handlers:
@@ -228,5 +231,16 @@ mod tests {
             1,
             "old files without the flag count as complete"
         );
+    }
+
+    #[test]
+    fn the_hit_rate_leaves_out_the_prefetchers_fetches() {
+        // 100 faults: 40 fetched for themselves, 60 served from 300 prefetched pages.
+        let t = json!({"faults_read": 90, "faults_write": 10, "remote_read_pages": 340,
+            "prefetch_issued": 300});
+        assert_eq!(fault_hit_rate(&t), Some(0.6));
+        let none = json!({"faults_read": 10, "remote_read_pages": 10});
+        assert_eq!(fault_hit_rate(&none), Some(0.0));
+        assert_eq!(fault_hit_rate(&json!({})), None);
     }
 }

@@ -69,7 +69,7 @@ pub fn charts(t: &Timeline, nodes: usize) -> Vec<Chart> {
                     x.faults_network_wait
                 }),
                 per_fault(s, "without any fetch (the summary's fault hit rate)", |x| {
-                    x.remote_read_pages
+                    x.remote_read_pages.saturating_sub(x.prefetch_issued)
                 }),
             ],
         },
