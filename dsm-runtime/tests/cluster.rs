@@ -647,6 +647,14 @@ fn a_host_dying_mid_job_ends_it_naming_the_host() {
         "{err}"
     );
     assert!(err.contains(&host_addr(2)), "names no host: {err}");
+    // dsmrun names the host whose nodes went silent (the hostfile's interleave puts
+    // nodes 1, 5, 9 and 13 on host 2), and only that one.
+    let line = format!(
+        "dsmrun: host {}: its memory node(s) 1, 5, 9, 13 no longer answer",
+        host_addr(2)
+    );
+    assert!(err.contains(&line), "{err}");
+    assert_eq!(err.matches("no longer answer").count(), 1, "{err}");
     assert_nothing_left("after a host died", 10);
     let _ = std::fs::remove_file(exe);
 }

@@ -8,6 +8,7 @@
 //! `PR_SET_PDEATHSIG` too; every exit path drops [`LocalNodes`], which kills and reaps them.
 
 pub mod cpus;
+pub mod lost_hosts;
 pub mod progress;
 pub mod remote;
 pub mod signals;
@@ -560,8 +561,25 @@ fn run_program(
         Ok(st) => exit_code_of(st, opts),
         Err(()) => EXIT_RUNTIME_FAILURE,
     };
+    if code == EXIT_RUNTIME_FAILURE {
+        name_lost_hosts(nodes);
+    }
     signals::stop_forwarding();
     Ok((code, watched))
+}
+
+/// After the runtime failed, names the hosts whose nodes no longer answer (nodes on this
+/// machine are not probed: their deaths are seen as their processes' exits).
+fn name_lost_hosts(nodes: &LocalNodes) {
+    let remote: Vec<lost_hosts::Probe<'_>> = (0..nodes.addrs().len())
+        .filter_map(|i| Some((i, nodes.addrs()[i], nodes.host(i)?)))
+        .collect();
+    if remote.is_empty() {
+        return;
+    }
+    for lost in lost_hosts::find(&remote) {
+        eprintln!("{}", lost_hosts::describe(&lost));
+    }
 }
 
 /// Waits for the program; if a node dies first, says which and stops the program
