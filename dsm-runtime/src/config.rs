@@ -67,6 +67,10 @@ pub struct RuntimeConfig {
     pub fetch_granularity_pages: usize,
     /// Most pages the prefetch policy may request per fault (0 disables prefetch).
     pub prefetch_max_pages: usize,
+    /// Prefetched pages are mapped ahead of use, write-protected, except one in this many
+    /// (by page number) and the last of each batch, which stay staged as probes whose use
+    /// traps and is counted (see `fault::map_ahead`); 0 or 1 = map none ahead, stage all.
+    pub prefetch_probe_every: usize,
     /// On a write's zero-fill, zero-fill up to this many following untouched pages too,
     /// writable, in the same call (0 to [`ZERO_FILL_AHEAD_PAGES_MAX`]; 0 = off).
     pub zero_fill_ahead_pages: usize,
@@ -116,6 +120,7 @@ impl Default for RuntimeConfig {
             handler_cpu: None,
             fetch_granularity_pages: 1,
             prefetch_max_pages: 32,
+            prefetch_probe_every: 16,
             zero_fill_ahead_pages: 15,
             fetch_writable_if_dirty_before: false,
             staging_pages: 0,

@@ -110,6 +110,8 @@ pub struct FaultHandler {
     block_pages: Vec<PageNum>,
     /// Missing faults on mapped pages, per thread (see [`Repeats`]).
     repeats: Repeats,
+    /// Mapped-ahead pages passed over on the way to a probe (see `map_ahead`).
+    passed_over: Vec<PageNum>,
 }
 
 impl FaultHandler {
@@ -129,6 +131,7 @@ impl FaultHandler {
             block: Vec::with_capacity(batch * 5 * core.config.fetch_granularity_pages),
             block_pages: Vec::with_capacity(core.config.fetch_granularity_pages),
             repeats: Repeats::default(),
+            passed_over: Vec::with_capacity(2 * core.config.prefetch_probe_every),
         }
     }
 
@@ -264,7 +267,14 @@ impl FaultHandler {
             FaultAction::Upgrade => {
                 // Mode 1: this process owns every page, so the upgrade is granted locally.
                 core.write_protect(addr, PAGE_BYTES, false, false)?;
-                core.table.unlock(page, after_fault(state, action));
+                if state.prefetched() {
+                    // A page mapped ahead of use, now written: a known use.
+                    core.stats
+                        .prefetch_ahead_written
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                let next = after_fault(state, action).with_prefetched(false);
+                core.table.unlock(page, next);
                 core.eviction().on_access(page);
             }
             FaultAction::InstallStaged { writable } => {
@@ -482,8 +492,20 @@ impl FaultHandler {
             return;
         }
         self.prefetch_out.clear();
-        core.prefetch_policy()
-            .on_fault(page, hit_prefetched, max, &mut self.prefetch_out);
+        if hit_prefetched {
+            super::map_ahead::passed_over(core, page, &mut self.passed_over);
+        }
+        let mut policy = core.prefetch_policy();
+        if hit_prefetched {
+            // The stream went through the pages mapped ahead since the last probe; the
+            // policy follows it as though they had faulted (their requests are dropped:
+            // the probe's answer covers them, from further on).
+            for &p in &self.passed_over {
+                policy.on_fault(p, true, max, &mut self.prefetch_out);
+            }
+        }
+        policy.on_fault(page, hit_prefetched, max, &mut self.prefetch_out);
+        drop(policy);
         if !self.prefetch_out.is_empty() {
             core.prefetcher
                 .enqueue(&self.prefetch_out, core.layout.pages, &core.stats);
@@ -543,7 +565,7 @@ impl FaultHandler {
         res.map_err(RuntimeError::Transport)?;
         if !self.block.is_empty() {
             prefetcher::count_fetch(core, self.block.len());
-            prefetcher::publish(core, &mut self.block);
+            prefetcher::publish(core, &mut self.block)?;
         }
         let st = &core.stats;
         let n = self.fetches.len() as u64;

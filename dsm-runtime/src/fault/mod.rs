@@ -6,6 +6,7 @@
 //! ```
 
 pub mod handler;
+pub(crate) mod map_ahead;
 pub mod prefetcher;
 pub mod uffd;
 

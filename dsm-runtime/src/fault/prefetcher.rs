@@ -1,7 +1,8 @@
 //! The prefetcher: fetches the pages the prefetch policy asked for, on its own thread and
-//! connection, so a faulting thread never waits for them. Fetched pages are staged (not
-//! mapped); their first use is a local install, which is how the runtime learns that a
-//! prefetch was used.
+//! connection, so a faulting thread never waits for them. Fetched pages are mapped ahead
+//! of use, write-protected, except a sample of probes that stay staged: a probe's first
+//! use is a local install, which is how the runtime learns how many prefetches were used
+//! (see `map_ahead`).
 
 use crate::cache::recycle;
 use crate::coherence::Access;
@@ -70,7 +71,7 @@ impl PrefetchQueue {
 pub(crate) struct Staged {
     pub(crate) page: PageNum,
     pub(crate) slot: u32,
-    state: crate::coherence::PageState,
+    pub(crate) state: crate::coherence::PageState,
 }
 
 /// The prefetcher's buffers, allocated once.
@@ -127,7 +128,7 @@ impl Prefetcher {
         res.map_err(RuntimeError::Transport)?;
         let n = self.staged.len();
         count_fetch(core, n);
-        publish(core, &mut self.staged);
+        publish(core, &mut self.staged)?;
         Ok(n)
     }
 }
@@ -159,8 +160,13 @@ pub(crate) fn count_node_reads<E: Effects>(core: &Core<E>, ops: &[ReadOp<'_>]) {
     }
 }
 
-/// Publishes fetched pages as staged prefetches and unlocks them.
-pub(crate) fn publish<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
+/// Publishes fetched pages and unlocks them: most mapped ahead of use, the probes (or,
+/// with mapping ahead off, all) as staged prefetches.
+pub(crate) fn publish<E: Effects>(
+    core: &Core<E>,
+    staged: &mut Vec<Staged>,
+) -> Result<(), RuntimeError> {
+    super::map_ahead::install(core, staged)?;
     for s in staged.drain(..) {
         let next = s
             .state
@@ -170,6 +176,7 @@ pub(crate) fn publish<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
         core.table.unlock(s.page, next);
         core.eviction().on_insert(s.page, true);
     }
+    Ok(())
 }
 
 /// Locks each requested page that is worth fetching (not cached, data at home), and
