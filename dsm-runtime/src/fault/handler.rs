@@ -463,7 +463,10 @@ impl FaultHandler {
         let slot = state.staged().expect("planned as staged");
         // SAFETY: we hold the page's lock, which owns its staging slot.
         let src = unsafe { core.staging.slot_mut(slot) }.as_ptr();
-        if !self.install(core, page, state, src, writable)? {
+        // Once used, a prefetched page is no longer a prefetch waiting for its use (the
+        // flag then marks only pages mapped ahead and not known used).
+        let used = state.with_prefetched(false);
+        if !self.install(core, page, used, src, writable)? {
             return Ok(()); // still staged; the thread faults again
         }
         core.staging.release(slot);

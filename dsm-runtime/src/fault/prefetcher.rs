@@ -4,6 +4,7 @@
 //! use is a local install, which is how the runtime learns how many prefetches were used
 //! (see `map_ahead`).
 
+use super::map_ahead;
 use crate::cache::recycle;
 use crate::coherence::Access;
 use crate::effects::Effects;
@@ -72,6 +73,8 @@ pub(crate) struct Staged {
     pub(crate) page: PageNum,
     pub(crate) slot: u32,
     pub(crate) state: crate::coherence::PageState,
+    /// Mapped ahead (or otherwise settled) and unlocked: no longer to publish.
+    pub(crate) done: bool,
 }
 
 /// The prefetcher's buffers, allocated once.
@@ -80,6 +83,9 @@ pub(crate) struct Prefetcher {
     requested: Vec<PageNum>,
     staged: Vec<Staged>,
     ops: Vec<ReadOp<'static>>,
+    /// The bytes of a batch's pages to map ahead, one after the other in page order, so
+    /// that each run of them is installed with one call.
+    ahead_buf: Vec<u8>,
 }
 
 impl Prefetcher {
@@ -91,6 +97,7 @@ impl Prefetcher {
             requested: Vec::with_capacity(batch),
             staged: Vec::with_capacity(batch),
             ops: Vec::with_capacity(batch),
+            ahead_buf: vec![0u8; batch * PAGE_BYTES],
         }
     }
 
@@ -111,15 +118,25 @@ impl Prefetcher {
         if self.staged.is_empty() {
             return Ok(0);
         }
+        self.staged.sort_unstable_by_key(|s| s.page.0);
+        let every = core.config.prefetch_probe_every;
+        let last = map_ahead::last_page(&self.staged);
+        let mut ahead = self.ahead_buf.chunks_exact_mut(PAGE_BYTES);
         let mut ops: Vec<ReadOp<'_>> = recycle(std::mem::take(&mut self.ops));
         for s in &self.staged {
             let home = core.placement.home(s.page);
+            let buf = match map_ahead::stays_staged(s.page, last, every) {
+                // SAFETY: the slot was just taken from the pool by this thread and the
+                // page it will stage is locked by us; nobody else touches it.
+                true => unsafe { core.staging.slot_mut(s.slot) },
+                false => ahead
+                    .next()
+                    .expect("a page of ahead_buf per page of the batch"),
+            };
             ops.push(ReadOp {
                 node: home.node,
                 offset: home.offset,
-                // SAFETY: the slot was just taken from the pool by this thread and the
-                // page it will stage is locked by us; nobody else touches it.
-                buf: unsafe { core.staging.slot_mut(s.slot) },
+                buf,
             });
         }
         let res = session.read_batch(&mut ops);
@@ -128,7 +145,10 @@ impl Prefetcher {
         res.map_err(RuntimeError::Transport)?;
         let n = self.staged.len();
         count_fetch(core, n);
-        publish(core, &mut self.staged)?;
+        if every > 1 {
+            map_ahead::install_runs(core, &mut self.staged, &self.ahead_buf)?;
+        }
+        stage(core, &mut self.staged);
         Ok(n)
     }
 }
@@ -166,7 +186,13 @@ pub(crate) fn publish<E: Effects>(
     core: &Core<E>,
     staged: &mut Vec<Staged>,
 ) -> Result<(), RuntimeError> {
-    super::map_ahead::install(core, staged)?;
+    map_ahead::install(core, staged)?;
+    stage(core, staged);
+    Ok(())
+}
+
+/// Publishes fetched pages as staged prefetches and unlocks them.
+fn stage<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
     for s in staged.drain(..) {
         let next = s
             .state
@@ -176,7 +202,6 @@ pub(crate) fn publish<E: Effects>(
         core.table.unlock(s.page, next);
         core.eviction().on_insert(s.page, true);
     }
-    Ok(())
 }
 
 /// Locks each requested page that is worth fetching (not cached, data at home), and
@@ -205,6 +230,11 @@ pub(crate) fn claim<E: Effects>(core: &Core<E>, requested: &[PageNum], staged: &
             core.stats.prefetch_dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        staged.push(Staged { page, slot, state });
+        staged.push(Staged {
+            page,
+            slot,
+            state,
+            done: false,
+        });
     }
 }
