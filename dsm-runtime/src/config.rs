@@ -62,6 +62,9 @@ pub struct RuntimeConfig {
     pub node_timeout_ms: u64,
     /// CPU to pin handler threads to (`None`: let the scheduler decide).
     pub handler_cpu: Option<usize>,
+    /// Without `handler_cpu`: a handler moves to the CPU of the thread that makes all its
+    /// faults, so that a fault does not cross vCPUs (see `fault::follow`).
+    pub handler_follows_faults: bool,
     /// Pages fetched per demand fault: the aligned block of this many pages around the
     /// faulting page (a power of two, 1 to [`FETCH_GRANULARITY_PAGES_MAX`]).
     pub fetch_granularity_pages: usize,
@@ -118,6 +121,7 @@ impl Default for RuntimeConfig {
             placement_chunk_pages: 1,
             node_timeout_ms: 5000,
             handler_cpu: None,
+            handler_follows_faults: true,
             fetch_granularity_pages: 1,
             prefetch_max_pages: 32,
             prefetch_probe_every: 16,

@@ -112,6 +112,8 @@ pub struct FaultHandler {
     repeats: Repeats,
     /// Mapped-ahead pages passed over on the way to a probe (see `map_ahead`).
     passed_over: Vec<PageNum>,
+    /// Moves this thread to the CPU of the thread that faults (see `follow`).
+    follow: super::follow::Follow,
 }
 
 impl FaultHandler {
@@ -132,6 +134,9 @@ impl FaultHandler {
             block_pages: Vec::with_capacity(core.config.fetch_granularity_pages),
             repeats: Repeats::default(),
             passed_over: Vec::with_capacity(2 * core.config.prefetch_probe_every),
+            follow: super::follow::Follow::new(
+                core.config.handler_follows_faults && core.config.handler_cpu.is_none(),
+            ),
         }
     }
 
@@ -152,6 +157,7 @@ impl FaultHandler {
             self.round.append(&mut self.deferred);
             self.round
                 .extend(self.msgs[..n].iter().filter_map(UffdMsg::decode));
+            self.follow.note(&self.round);
             if !self.round.is_empty() {
                 self.serve_round(core)?;
             }
