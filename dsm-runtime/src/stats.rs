@@ -265,11 +265,11 @@ impl StatsSnapshot {
     /// Prefetched pages used: counted when all were staged, estimated from the probes'
     /// accuracy when most were mapped ahead.
     pub fn prefetch_used_estimate(&self) -> u64 {
-        if self.prefetch_probes > 0 {
-            (self.prefetch_accuracy() * self.prefetch_issued as f64).round() as u64
-        } else {
-            self.prefetch_used
-        }
+        prefetch_used_estimate(
+            self.prefetch_used,
+            self.prefetch_issued,
+            self.prefetch_probes,
+        )
     }
 
     /// Fraction of would-be network waits that prefetch avoided.
@@ -282,6 +282,16 @@ impl StatsSnapshot {
     pub fn faults_total(&self) -> u64 {
         self.faults_read + self.faults_write + self.faults_write_protect
     }
+}
+
+/// Prefetched pages used, from the counters: `used` itself when every prefetched page was
+/// staged (`probes` = 0), else the probes' accuracy times `issued` (most pages were mapped
+/// ahead, and their reads are not seen one by one).
+pub fn prefetch_used_estimate(used: u64, issued: u64, probes: u64) -> u64 {
+    if probes == 0 {
+        return used;
+    }
+    (ratio(used, probes) * issued as f64).round() as u64
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
