@@ -5,7 +5,9 @@
 # - userfaultfd round trip by CPU placement (why `dsmrun --cpus` keeps the program and
 #   its handler on one CPU, and why the reclaimer stays there too);
 # - dropping scattered pages with a madvise each against one process_madvise per batch
-#   (what cache/unmap.rs does).
+#   (what cache/unmap.rs does);
+# - installing pages with UFFDIO_COPY one by one or in runs, with the drops a scan through
+#   the cache needs (what fault/map_ahead.rs does).
 # Usage: benches/kernel_costs.sh [CPU_A CPU_B]   (default 0 1). Needs gcc.
 set -euo pipefail
 A=${1:-0}; B=${2:-1}
@@ -14,6 +16,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 gcc -O2 -pthread -o "$DIR/uffd_placement" "$HERE/kernel/uffd_placement.c"
 gcc -O2 -o "$DIR/unmap_batch" "$HERE/kernel/unmap_batch.c"
 gcc -O2 -pthread -o "$DIR/uffd_modes" "$HERE/kernel/uffd_modes.c"
+gcc -O2 -o "$DIR/uffd_copy_runs" "$HERE/kernel/uffd_copy_runs.c"
 echo "== a fault by who serves it, on CPU $A (20000 faults each)"
 for mode in poll read sigbus kernel; do taskset -c "$A" "$DIR/uffd_modes" "$mode"; done
 echo "== userfaultfd round trip (20000 faults each)"
@@ -23,3 +26,5 @@ for cfg in "$A $A 0 0" "$B $A 0 0" "$B $A 1 0" "$B $A 1 1" "$B $A 0 1" "$A $A 0 
 done
 echo "== dropping 65536 scattered pages, on CPU $A"
 taskset -c "$A" "$DIR/unmap_batch"
+echo "== mapping pages ahead: UFFDIO_COPY and MADV_DONTNEED in runs, on CPU $A"
+for run in 1 16 64; do taskset -c "$A" "$DIR/uffd_copy_runs" "$run"; done

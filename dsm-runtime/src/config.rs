@@ -62,11 +62,18 @@ pub struct RuntimeConfig {
     pub node_timeout_ms: u64,
     /// CPU to pin handler threads to (`None`: let the scheduler decide).
     pub handler_cpu: Option<usize>,
+    /// Without `handler_cpu`: a handler moves to the CPU of the thread that makes all its
+    /// faults, so that a fault does not cross vCPUs (see `fault::follow`).
+    pub handler_follows_faults: bool,
     /// Pages fetched per demand fault: the aligned block of this many pages around the
     /// faulting page (a power of two, 1 to [`FETCH_GRANULARITY_PAGES_MAX`]).
     pub fetch_granularity_pages: usize,
     /// Most pages the prefetch policy may request per fault (0 disables prefetch).
     pub prefetch_max_pages: usize,
+    /// Prefetched pages are mapped ahead of use, write-protected, except one in this many
+    /// (by page number) and the last of each batch, which stay staged as probes whose use
+    /// traps and is counted (see `fault::map_ahead`); 0 or 1 = map none ahead, stage all.
+    pub prefetch_probe_every: usize,
     /// On a write's zero-fill, zero-fill up to this many following untouched pages too,
     /// writable, in the same call (0 to [`ZERO_FILL_AHEAD_PAGES_MAX`]; 0 = off).
     pub zero_fill_ahead_pages: usize,
@@ -114,8 +121,10 @@ impl Default for RuntimeConfig {
             placement_chunk_pages: 1,
             node_timeout_ms: 5000,
             handler_cpu: None,
+            handler_follows_faults: true,
             fetch_granularity_pages: 1,
             prefetch_max_pages: 32,
+            prefetch_probe_every: 16,
             zero_fill_ahead_pages: 15,
             fetch_writable_if_dirty_before: false,
             staging_pages: 0,

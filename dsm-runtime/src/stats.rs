@@ -214,8 +214,16 @@ counters! {
     staged_hits,
     /// Pages fetched by the prefetcher.
     prefetch_issued,
-    /// Prefetched pages used before eviction (accuracy = used / issued).
+    /// Staged prefetched pages used before eviction (with mapping ahead on, the probes used; accuracy = used / probes, else used / issued).
     prefetch_used,
+    /// Prefetched pages mapped into the range ahead of use (write-protected): their use costs no fault and is not seen one by one.
+    prefetch_mapped_ahead,
+    /// Prefetched pages kept staged as probes while the rest were mapped ahead: the sample whose use measures accuracy.
+    prefetch_probes,
+    /// Mapped-ahead pages written (a known use: the write-protect fault shows it).
+    prefetch_ahead_written,
+    /// Mapped-ahead pages evicted (whether they were read is not known; see the probes).
+    prefetch_ahead_evicted,
     /// Prefetched pages evicted without being used.
     prefetch_unused,
     /// Prefetch requests dropped (queue full, or no room in the cache or staging).
@@ -244,23 +252,46 @@ impl StatsSnapshot {
         serde_json::to_string_pretty(self).expect("stats serialise")
     }
 
-    /// Fraction of prefetched pages used before eviction.
+    /// Fraction of prefetched pages used before eviction: measured on the probes when
+    /// pages were mapped ahead (their reads are not seen one by one), else on all.
     pub fn prefetch_accuracy(&self) -> f64 {
-        ratio(self.prefetch_used, self.prefetch_issued)
+        if self.prefetch_probes > 0 {
+            ratio(self.prefetch_used, self.prefetch_probes)
+        } else {
+            ratio(self.prefetch_used, self.prefetch_issued)
+        }
+    }
+
+    /// Prefetched pages used: counted when all were staged, estimated from the probes'
+    /// accuracy when most were mapped ahead.
+    pub fn prefetch_used_estimate(&self) -> u64 {
+        prefetch_used_estimate(
+            self.prefetch_used,
+            self.prefetch_issued,
+            self.prefetch_probes,
+        )
     }
 
     /// Fraction of would-be network waits that prefetch avoided.
     pub fn prefetch_coverage(&self) -> f64 {
-        ratio(
-            self.prefetch_used,
-            self.prefetch_used + self.faults_network_wait,
-        )
+        let used = self.prefetch_used_estimate();
+        ratio(used, used + self.faults_network_wait)
     }
 
     /// Faults of every kind that needed the handler.
     pub fn faults_total(&self) -> u64 {
         self.faults_read + self.faults_write + self.faults_write_protect
     }
+}
+
+/// Prefetched pages used, from the counters: `used` itself when every prefetched page was
+/// staged (`probes` = 0), else the probes' accuracy times `issued` (most pages were mapped
+/// ahead, and their reads are not seen one by one).
+pub fn prefetch_used_estimate(used: u64, issued: u64, probes: u64) -> u64 {
+    if probes == 0 {
+        return used;
+    }
+    (ratio(used, probes) * issued as f64).round() as u64
 }
 
 fn ratio(a: u64, b: u64) -> f64 {

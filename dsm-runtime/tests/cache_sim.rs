@@ -36,6 +36,7 @@ fn seeded_operations_never_lose_a_write() {
                 total.direct_reclaims += r.direct_reclaims;
                 total.sampled += r.sampled;
                 total.prefetched += r.prefetched;
+                total.mapped_ahead += r.mapped_ahead;
                 total.discarded += r.discarded;
                 total.node_failures += r.node_failures;
                 total.forks_allowed += r.forks_allowed;
@@ -48,6 +49,7 @@ fn seeded_operations_never_lose_a_write() {
         let t = &total;
         assert!(t.evictions > 0 && t.faults > 0 && t.sampled > 0, "{t:?}");
         assert!(t.prefetched > 0 && t.discarded > 0, "{t:?}");
+        assert!(t.mapped_ahead > 0 && t.mapped_ahead < t.prefetched, "{t:?}");
         assert!(t.deferred > 0 && t.direct_reclaims > 0, "{t:?}");
         assert!(t.node_failures > 0, "no node failure was simulated");
         assert!(t.forks_allowed > 0, "no fork was allowed");

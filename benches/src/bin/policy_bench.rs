@@ -206,10 +206,11 @@ fn velvet_rows(profiles: &[String], rows: &mut Vec<Row>) -> Result<String, Strin
         }
         let st = run.stats.unwrap_or_default();
         let g = |k: &str| st[k].as_u64().unwrap_or(0);
-        let (issued, used, waits) = (
-            g("prefetch_issued"),
+        let (issued, waits) = (g("prefetch_issued"), g("faults_network_wait"));
+        let used = dsm_runtime::stats::prefetch_used_estimate(
             g("prefetch_used"),
-            g("faults_network_wait"),
+            issued,
+            g("prefetch_probes"),
         );
         let row = Row::new(
             "velvetg",
@@ -296,7 +297,10 @@ fn run_one(
     let fetched = s.remote_read_pages - before.remote_read_pages;
     let waits = s.faults_network_wait - before.faults_network_wait;
     let issued = s.prefetch_issued - before.prefetch_issued;
-    let used = s.prefetch_used - before.prefetch_used;
+    // Most prefetched pages are mapped ahead: their use is estimated from the probes.
+    let used = s
+        .prefetch_used_estimate()
+        .saturating_sub(before.prefetch_used_estimate());
     Row::new(
         pattern.name(),
         name,

@@ -275,6 +275,8 @@ impl Evictor {
                 core.staging.release(slot);
                 st.prefetch_unused
                     .fetch_add(u64::from(v.state.prefetched()), Ordering::Relaxed);
+            } else if v.state.prefetched() {
+                st.prefetch_ahead_evicted.fetch_add(1, Ordering::Relaxed);
             }
             let next = after_evict(v.state, v.action);
             core.table.unlock(v.page, next);

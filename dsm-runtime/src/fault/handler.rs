@@ -110,6 +110,10 @@ pub struct FaultHandler {
     block_pages: Vec<PageNum>,
     /// Missing faults on mapped pages, per thread (see [`Repeats`]).
     repeats: Repeats,
+    /// Mapped-ahead pages passed over on the way to a probe (see `map_ahead`).
+    passed_over: Vec<PageNum>,
+    /// Moves this thread to the CPU of the thread that faults (see `follow`).
+    follow: super::follow::Follow,
 }
 
 impl FaultHandler {
@@ -129,6 +133,10 @@ impl FaultHandler {
             block: Vec::with_capacity(batch * 5 * core.config.fetch_granularity_pages),
             block_pages: Vec::with_capacity(core.config.fetch_granularity_pages),
             repeats: Repeats::default(),
+            passed_over: Vec::with_capacity(2 * core.config.prefetch_probe_every),
+            follow: super::follow::Follow::new(
+                core.config.handler_follows_faults && core.config.handler_cpu.is_none(),
+            ),
         }
     }
 
@@ -149,6 +157,7 @@ impl FaultHandler {
             self.round.append(&mut self.deferred);
             self.round
                 .extend(self.msgs[..n].iter().filter_map(UffdMsg::decode));
+            self.follow.note(&self.round);
             if !self.round.is_empty() {
                 self.serve_round(core)?;
             }
@@ -264,7 +273,14 @@ impl FaultHandler {
             FaultAction::Upgrade => {
                 // Mode 1: this process owns every page, so the upgrade is granted locally.
                 core.write_protect(addr, PAGE_BYTES, false, false)?;
-                core.table.unlock(page, after_fault(state, action));
+                if state.prefetched() {
+                    // A page mapped ahead of use, now written: a known use.
+                    core.stats
+                        .prefetch_ahead_written
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                let next = after_fault(state, action).with_prefetched(false);
+                core.table.unlock(page, next);
                 core.eviction().on_access(page);
             }
             FaultAction::InstallStaged { writable } => {
@@ -453,7 +469,10 @@ impl FaultHandler {
         let slot = state.staged().expect("planned as staged");
         // SAFETY: we hold the page's lock, which owns its staging slot.
         let src = unsafe { core.staging.slot_mut(slot) }.as_ptr();
-        if !self.install(core, page, state, src, writable)? {
+        // Once used, a prefetched page is no longer a prefetch waiting for its use (the
+        // flag then marks only pages mapped ahead and not known used).
+        let used = state.with_prefetched(false);
+        if !self.install(core, page, used, src, writable)? {
             return Ok(()); // still staged; the thread faults again
         }
         core.staging.release(slot);
@@ -482,8 +501,20 @@ impl FaultHandler {
             return;
         }
         self.prefetch_out.clear();
-        core.prefetch_policy()
-            .on_fault(page, hit_prefetched, max, &mut self.prefetch_out);
+        if hit_prefetched {
+            super::map_ahead::passed_over(core, page, &mut self.passed_over);
+        }
+        let mut policy = core.prefetch_policy();
+        if hit_prefetched {
+            // The stream went through the pages mapped ahead since the last probe; the
+            // policy follows it as though they had faulted (their requests are dropped:
+            // the probe's answer covers them, from further on).
+            for &p in &self.passed_over {
+                policy.on_fault(p, true, max, &mut self.prefetch_out);
+            }
+        }
+        policy.on_fault(page, hit_prefetched, max, &mut self.prefetch_out);
+        drop(policy);
         if !self.prefetch_out.is_empty() {
             core.prefetcher
                 .enqueue(&self.prefetch_out, core.layout.pages, &core.stats);
@@ -543,7 +574,7 @@ impl FaultHandler {
         res.map_err(RuntimeError::Transport)?;
         if !self.block.is_empty() {
             prefetcher::count_fetch(core, self.block.len());
-            prefetcher::publish(core, &mut self.block);
+            prefetcher::publish(core, &mut self.block)?;
         }
         let st = &core.stats;
         let n = self.fetches.len() as u64;

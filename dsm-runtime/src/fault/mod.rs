@@ -5,7 +5,9 @@
 //!             -> install (UFFDIO_COPY, write-protected for reads) -> wake -> statistics
 //! ```
 
+pub mod follow;
 pub mod handler;
+pub(crate) mod map_ahead;
 pub mod prefetcher;
 pub mod uffd;
 

@@ -1,8 +1,10 @@
 //! The prefetcher: fetches the pages the prefetch policy asked for, on its own thread and
-//! connection, so a faulting thread never waits for them. Fetched pages are staged (not
-//! mapped); their first use is a local install, which is how the runtime learns that a
-//! prefetch was used.
+//! connection, so a faulting thread never waits for them. Fetched pages are mapped ahead
+//! of use, write-protected, except a sample of probes that stay staged: a probe's first
+//! use is a local install, which is how the runtime learns how many prefetches were used
+//! (see `map_ahead`).
 
+use super::map_ahead;
 use crate::cache::recycle;
 use crate::coherence::Access;
 use crate::effects::Effects;
@@ -70,7 +72,9 @@ impl PrefetchQueue {
 pub(crate) struct Staged {
     pub(crate) page: PageNum,
     pub(crate) slot: u32,
-    state: crate::coherence::PageState,
+    pub(crate) state: crate::coherence::PageState,
+    /// Mapped ahead (or otherwise settled) and unlocked: no longer to publish.
+    pub(crate) done: bool,
 }
 
 /// The prefetcher's buffers, allocated once.
@@ -79,6 +83,9 @@ pub(crate) struct Prefetcher {
     requested: Vec<PageNum>,
     staged: Vec<Staged>,
     ops: Vec<ReadOp<'static>>,
+    /// The bytes of a batch's pages to map ahead, one after the other in page order, so
+    /// that each run of them is installed with one call.
+    ahead_buf: Vec<u8>,
 }
 
 impl Prefetcher {
@@ -90,6 +97,7 @@ impl Prefetcher {
             requested: Vec::with_capacity(batch),
             staged: Vec::with_capacity(batch),
             ops: Vec::with_capacity(batch),
+            ahead_buf: vec![0u8; batch * PAGE_BYTES],
         }
     }
 
@@ -110,15 +118,25 @@ impl Prefetcher {
         if self.staged.is_empty() {
             return Ok(0);
         }
+        self.staged.sort_unstable_by_key(|s| s.page.0);
+        let every = core.config.prefetch_probe_every;
+        let last = map_ahead::last_page(&self.staged);
+        let mut ahead = self.ahead_buf.chunks_exact_mut(PAGE_BYTES);
         let mut ops: Vec<ReadOp<'_>> = recycle(std::mem::take(&mut self.ops));
         for s in &self.staged {
             let home = core.placement.home(s.page);
+            let buf = match map_ahead::stays_staged(s.page, last, every) {
+                // SAFETY: the slot was just taken from the pool by this thread and the
+                // page it will stage is locked by us; nobody else touches it.
+                true => unsafe { core.staging.slot_mut(s.slot) },
+                false => ahead
+                    .next()
+                    .expect("a page of ahead_buf per page of the batch"),
+            };
             ops.push(ReadOp {
                 node: home.node,
                 offset: home.offset,
-                // SAFETY: the slot was just taken from the pool by this thread and the
-                // page it will stage is locked by us; nobody else touches it.
-                buf: unsafe { core.staging.slot_mut(s.slot) },
+                buf,
             });
         }
         let res = session.read_batch(&mut ops);
@@ -127,7 +145,10 @@ impl Prefetcher {
         res.map_err(RuntimeError::Transport)?;
         let n = self.staged.len();
         count_fetch(core, n);
-        publish(core, &mut self.staged);
+        if every > 1 {
+            map_ahead::install_runs(core, &mut self.staged, &self.ahead_buf)?;
+        }
+        stage(core, &mut self.staged);
         Ok(n)
     }
 }
@@ -159,8 +180,19 @@ pub(crate) fn count_node_reads<E: Effects>(core: &Core<E>, ops: &[ReadOp<'_>]) {
     }
 }
 
+/// Publishes fetched pages and unlocks them: most mapped ahead of use, the probes (or,
+/// with mapping ahead off, all) as staged prefetches.
+pub(crate) fn publish<E: Effects>(
+    core: &Core<E>,
+    staged: &mut Vec<Staged>,
+) -> Result<(), RuntimeError> {
+    map_ahead::install(core, staged)?;
+    stage(core, staged);
+    Ok(())
+}
+
 /// Publishes fetched pages as staged prefetches and unlocks them.
-pub(crate) fn publish<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
+fn stage<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
     for s in staged.drain(..) {
         let next = s
             .state
@@ -198,6 +230,11 @@ pub(crate) fn claim<E: Effects>(core: &Core<E>, requested: &[PageNum], staged: &
             core.stats.prefetch_dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        staged.push(Staged { page, slot, state });
+        staged.push(Staged {
+            page,
+            slot,
+            state,
+            done: false,
+        });
     }
 }

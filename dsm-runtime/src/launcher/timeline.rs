@@ -31,6 +31,8 @@ pub struct Sample {
     pub evictions: u64,
     pub evictions_clean: u64,
     pub prefetch_issued: u64,
+    /// Prefetched pages used: estimated from the probes when pages were mapped ahead
+    /// (`crate::stats::prefetch_used_estimate`).
     pub prefetch_used: u64,
     pub faults_network_wait: u64,
     /// Time spent in faults, summed over the job's faulting threads.
@@ -64,7 +66,11 @@ impl Sample {
             evictions: g("evictions"),
             evictions_clean: g("evictions_clean"),
             prefetch_issued: g("prefetch_issued"),
-            prefetch_used: g("prefetch_used"),
+            prefetch_used: crate::stats::prefetch_used_estimate(
+                g("prefetch_used"),
+                g("prefetch_issued"),
+                g("prefetch_probes"),
+            ),
             faults_network_wait: g("faults_network_wait"),
             stall_ns: total["fault_service"]["sum_ns"].as_u64().unwrap_or(0),
             remote_read_bytes_by_node: list("remote_read_bytes_by_node"),

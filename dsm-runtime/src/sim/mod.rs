@@ -73,8 +73,10 @@ pub struct SimReport {
     pub fetches: u64,
     /// Pages parked by sampling.
     pub sampled: u64,
-    /// Pages prefetched (staged).
+    /// Pages prefetched (mapped ahead or staged).
     pub prefetched: u64,
+    /// Of those, pages mapped ahead of use.
+    pub mapped_ahead: u64,
     /// Cached pages discarded.
     pub discarded: u64,
     /// Forks allowed (no page had left), each checked for a complete copy.
@@ -98,6 +100,7 @@ impl SimReport {
         self.fetches += o.fetches;
         self.sampled += o.sampled;
         self.prefetched += o.prefetched;
+        self.mapped_ahead += o.mapped_ahead;
         self.discarded += o.discarded;
         self.forks_allowed += o.forks_allowed;
         self.forks_refused += o.forks_refused;
@@ -249,6 +252,8 @@ impl Shape {
             ..RuntimeConfig::default()
         };
         config.staging_pages = rng.range(1, (cache_pages as u64 / 2).max(1)) as usize;
+        // Prefetched pages all staged (0), or mapped ahead with a probe every 2, 4 or 16.
+        config.prefetch_probe_every = [0, 2, 4, 16][rng.range(0, 3) as usize];
         let eviction = ["fifo", "clock", "2q"][rng.range(0, 2) as usize];
         let prefetch = ["none", "readahead", "stride", "leap"][rng.range(0, 3) as usize];
         Shape {
@@ -665,6 +670,7 @@ impl Process {
         r.fetches = st.remote_read_pages.load(Ordering::Relaxed);
         r.sampled = st.sampled_pages.load(Ordering::Relaxed);
         r.prefetched = st.prefetch_issued.load(Ordering::Relaxed);
+        r.mapped_ahead = st.prefetch_mapped_ahead.load(Ordering::Relaxed);
     }
 }
 
