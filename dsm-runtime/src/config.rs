@@ -85,6 +85,9 @@ pub struct RuntimeConfig {
     /// How long the program's allocator keeps a freed span before giving it up (a
     /// discard: no write-back, zero-filled when reused); -1 = never. Read by the preload.
     pub purge_delay_ms: i64,
+    /// How many places each page is kept at home (`--redundancy`); checked against the
+    /// node count when the runtime starts.
+    pub redundancy: crate::redundancy::Redundancy,
 }
 
 /// Default of [`RuntimeConfig::purge_delay_ms`].
@@ -122,6 +125,7 @@ impl Default for RuntimeConfig {
             sample_pages: 0,
             sample_interval_ms: 20,
             purge_delay_ms: PURGE_DELAY_MS_DEFAULT,
+            redundancy: crate::redundancy::Redundancy::None,
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::policy::eviction::Clock;
 use crate::policy::placement::Shifted;
 use crate::policy::prefetch::NoPrefetch;
 use crate::policy::{EvictionPolicy, Interleaved, Placement, PlacementError, PrefetchPolicy};
+use crate::redundancy;
 use crate::space::pool::PoolAccount;
 use crate::space::{Layout, PageNum, Reservation, ReserveError, PAGE_BYTES};
 use crate::stats::{Stats, StatsSnapshot};
@@ -569,11 +570,14 @@ impl Runtime {
     ) -> Result<Runtime, RuntimeError> {
         config.validate()?;
         let nodes = transport.nodes();
-        let node_bytes = nodes
+        let data_bytes = nodes
             .iter()
             .map(|n| crate::node::header::data_bytes(n.region_bytes))
             .min()
             .ok_or(RuntimeError::NoNodes)?;
+        let copies = redundancy::Copies::plan(config.redundancy, nodes, data_bytes)?;
+        // Placement places primaries in the first band of each node; copies use the rest.
+        let node_bytes = copies.primary_bytes(data_bytes);
         let page = PAGE_BYTES as u64;
         let space_bytes = if config.space_bytes == 0 {
             ((node_bytes / page) * nodes.len() as u64).saturating_sub(config.space_page_offset)
@@ -597,12 +601,13 @@ impl Runtime {
                 config.space_page_offset + pages,
             )?),
         };
-        let placement = Box::new(Shifted::new(placement, config.space_page_offset));
+        let placement =
+            copies.placement(Box::new(Shifted::new(placement, config.space_page_offset)));
 
         // Connect before reserving, so an unreachable node fails fast and leaves nothing.
         let mut sessions = Vec::with_capacity(config.handler_threads + 2);
         for _ in 0..config.handler_threads + 2 {
-            sessions.push(transport.connect()?);
+            sessions.push(copies.wrap(transport.connect()?));
         }
         let pool = match config.pool_slot {
             Some(slot) => Some(PoolAccount::open(
@@ -631,6 +636,7 @@ impl Runtime {
                 config,
             },
         )?);
+        copies.count_into(&core.stats);
         let mut rt = Runtime {
             core,
             threads: Vec::new(),

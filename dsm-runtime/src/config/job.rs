@@ -32,6 +32,7 @@
 //! | `DSM_VERBOSE` | `1` to report each process's start and end on stderr |
 //! | `DSM_PROFILE` | policy profile: a shipped name or a path to a TOML file |
 //! | `DSM_TRACE` | record the page-access stream to this file (`FILE.SLOT` for slots above 0) |
+//! | `DSM_REDUNDANCY` | `none` (default), `replicate:R` or `ec:K+M`: how many places each page is kept at home (`redundancy`) |
 //! | `DSM_ALLOW_SKIP`, `DSM_SKIP_LOG`, `DSM_SKIP_VERBS`, `DSM_SKIP_SOFT_ROCE`, `DSM_SKIP_FUZZ` | the test suite's own (scripts/test-all); accepted and ignored |
 
 use super::{parse_size, ConfigError, RuntimeConfig, DEFAULT_SPACE_BASE, SPACE_END_MAX};
@@ -62,6 +63,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "DSM_VERBOSE",
     "DSM_PROFILE",
     "DSM_TRACE",
+    "DSM_REDUNDANCY",
     // RDMA device selection, read by the verbs transport (transport/verbs/device.rs).
     "DSM_RDMA_DEVICE",
     "DSM_RDMA_PORT",
@@ -142,6 +144,8 @@ pub struct JobConfig {
     pub profile: Option<String>,
     /// Where to record the page-access stream.
     pub trace: Option<PathBuf>,
+    /// How many places each page is kept at home.
+    pub redundancy: crate::redundancy::Redundancy,
 }
 
 fn bad(name: &'static str, value: &str, hint: impl Into<String>) -> JobError {
@@ -250,6 +254,10 @@ impl JobConfig {
             placement_chunk_pages: defaults.placement_chunk_pages,
             profile: get("DSM_PROFILE").map(str::to_owned),
             trace: get("DSM_TRACE").map(PathBuf::from),
+            redundancy: match get("DSM_REDUNDANCY") {
+                None => Default::default(),
+                Some(v) => v.parse().map_err(|e: String| bad("DSM_REDUNDANCY", v, e))?,
+            },
         };
         job.validate()?;
         Ok(job)
@@ -270,6 +278,7 @@ impl JobConfig {
             ("DSM_NODE_TIMEOUT_MS", self.node_timeout_ms.to_string()),
             ("DSM_MMAP_MIN_BYTES", self.mmap_min_bytes.to_string()),
             ("DSM_VERBOSE", u8::from(self.verbose).to_string()),
+            ("DSM_REDUNDANCY", self.redundancy.to_string()),
         ];
         if let Some(d) = &self.stats_dir {
             v.push(("DSM_STATS_DIR", d.display().to_string()));
@@ -310,6 +319,9 @@ impl JobConfig {
                 ),
             ));
         }
+        if let Err(hint) = self.redundancy.check_nodes(self.nodes.len()) {
+            return Err(bad("DSM_REDUNDANCY", &self.redundancy.to_string(), hint));
+        }
         for slot in [0, self.slots - 1] {
             self.runtime_config(slot).validate()?;
         }
@@ -336,6 +348,7 @@ impl JobConfig {
             handler_threads: self.handler_threads,
             node_timeout_ms: self.node_timeout_ms,
             placement_chunk_pages: self.placement_chunk_pages,
+            redundancy: self.redundancy,
             ..RuntimeConfig::default()
         }
     }

@@ -126,6 +126,9 @@ fn add_bounded(
 pub fn release_slot(s: &mut dyn Session, slot: usize, nodes: usize) -> Result<(), PoolError> {
     for n in 0..nodes {
         let node = NodeId(n as u16);
+        if s.fenced(node) {
+            continue; // a dead node's counters died with it
+        }
         let offset = slot_claimed_offset(slot);
         let held = read_word(s, node, offset)?;
         // Zero the slot word first: if we die between the two, the pages leak (counted
@@ -201,13 +204,21 @@ impl PoolAccount {
 
     /// Makes room for `pages` more pages of this process at home on `node`, claiming
     /// from the node when local credit does not cover them.
+    /// A fenced node (dead, `redundancy`) takes nothing: no copy is written to it.
     pub fn reserve(&self, s: &mut dyn Session, node: NodeId, pages: u64) -> Result<(), PoolError> {
+        if s.fenced(node) {
+            return Ok(());
+        }
         let mut claims = self.claims();
         let i = usize::from(node.0);
         let c = claims[i];
         if c.credit() < pages {
             let needed = pages - c.credit();
-            let granted = self.claim(s, node, c, needed)?;
+            let granted = match self.claim(s, node, c, needed) {
+                // It died during the claim: its copy will not be written either.
+                Err(PoolError::Transport(_)) if s.fenced(node) => return Ok(()),
+                other => other?,
+            };
             claims[i].claimed_pages += granted;
         }
         claims[i].used_pages += pages;
@@ -264,7 +275,8 @@ impl PoolAccount {
     pub fn forget(&self, node: NodeId, pages: u64) {
         let mut claims = self.claims();
         let c = &mut claims[usize::from(node.0)];
-        debug_assert!(c.used_pages >= pages, "more pages forgotten than used");
+        // Fewer used than forgotten only on a node fenced before the page's first trip
+        // home (`reserve` counted nothing there).
         c.used_pages = c.used_pages.saturating_sub(pages);
     }
 
@@ -290,10 +302,10 @@ impl PoolAccount {
     fn give_back_credit(&self, s: &mut dyn Session) -> Result<(), PoolError> {
         let mut claims = self.claims();
         for (i, c) in claims.iter_mut().enumerate() {
-            if c.credit() <= CREDIT_KEPT_PAGES {
+            let node = NodeId(i as u16);
+            if c.credit() <= CREDIT_KEPT_PAGES || s.fenced(node) {
                 continue;
             }
-            let node = NodeId(i as u16);
             let back = c.credit() - GRANT_PAGES;
             let offset = slot_claimed_offset(self.slot);
             let next = c.claimed_pages - back;
@@ -320,6 +332,9 @@ impl PoolAccount {
         let claims = self.claims().clone();
         let mut free = 0;
         for (i, c) in claims.iter().enumerate() {
+            if s.fenced(NodeId(i as u16)) {
+                continue;
+            }
             let claimed = read_word(s, NodeId(i as u16), CLAIMED_PAGES_OFFSET)?;
             free += c.capacity_pages.saturating_sub(claimed) + c.credit();
         }
