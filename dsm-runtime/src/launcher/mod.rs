@@ -740,6 +740,7 @@ fn stats_document(
             "profile": opts.profile.as_deref().unwrap_or("default"),
             "attach": opts.attach.as_ref().map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
             "max_procs": opts.max_procs,
+            "redundancy": opts.redundancy.to_string(),
             "handler_threads": opts.handler_threads,
             "mmap_min_bytes": opts.mmap_min_bytes,
             "space_base": format!("{:#x}", opts.space_base),

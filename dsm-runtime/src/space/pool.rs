@@ -121,6 +121,20 @@ fn add_bounded(
     })
 }
 
+/// `result`, or `None` when it failed because `node` died during it (the session fenced
+/// it, `redundancy`): a dead node's counters died with it and no longer matter.
+fn unless_fenced<T, E: Into<PoolError>>(
+    s: &dyn Session,
+    node: NodeId,
+    result: Result<T, E>,
+) -> Result<Option<T>, PoolError> {
+    match result.map_err(Into::into) {
+        Ok(v) => Ok(Some(v)),
+        Err(PoolError::Transport(_)) if s.fenced(node) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Gives back whatever slot `slot` claimed on every one of `nodes` nodes. The caller
 /// holds the slot (its owner word is the caller's), so nobody adds to the claim meanwhile.
 pub fn release_slot(s: &mut dyn Session, slot: usize, nodes: usize) -> Result<(), PoolError> {
@@ -130,13 +144,18 @@ pub fn release_slot(s: &mut dyn Session, slot: usize, nodes: usize) -> Result<()
             continue; // a dead node's counters died with it
         }
         let offset = slot_claimed_offset(slot);
-        let held = read_word(s, node, offset)?;
+        let read = read_word(s, node, offset);
+        let Some(held) = unless_fenced(s, node, read)? else {
+            continue;
+        };
         // Zero the slot word first: if we die between the two, the pages leak (counted
         // as claimed) rather than being given back twice.
-        if held == 0 || s.compare_and_swap(node, offset, held, 0)? != held {
+        let zeroed = s.compare_and_swap(node, offset, held, 0);
+        if held == 0 || unless_fenced(s, node, zeroed)? != Some(held) {
             continue;
         }
-        add_bounded(s, node, CLAIMED_PAGES_OFFSET, -(held as i64), u64::MAX)?;
+        let given = add_bounded(s, node, CLAIMED_PAGES_OFFSET, -(held as i64), u64::MAX);
+        unless_fenced(s, node, given)?;
     }
     Ok(())
 }
@@ -214,10 +233,10 @@ impl PoolAccount {
         let c = claims[i];
         if c.credit() < pages {
             let needed = pages - c.credit();
-            let granted = match self.claim(s, node, c, needed) {
-                // It died during the claim: its copy will not be written either.
-                Err(PoolError::Transport(_)) if s.fenced(node) => return Ok(()),
-                other => other?,
+            // If it died during the claim, its copy will not be written either.
+            let claimed = self.claim(s, node, c, needed);
+            let Some(granted) = unless_fenced(s, node, claimed)? else {
+                return Ok(());
             };
             claims[i].claimed_pages += granted;
         }
@@ -309,14 +328,19 @@ impl PoolAccount {
             let back = c.credit() - GRANT_PAGES;
             let offset = slot_claimed_offset(self.slot);
             let next = c.claimed_pages - back;
-            if s.compare_and_swap(node, offset, c.claimed_pages, next)? != c.claimed_pages {
+            let cas = s.compare_and_swap(node, offset, c.claimed_pages, next);
+            let Some(found) = unless_fenced(s, node, cas)? else {
+                continue;
+            };
+            if found != c.claimed_pages {
                 return Err(PoolError::Corrupt {
                     node,
                     detail: format!("slot {}'s claim changed under its owner", self.slot),
                 });
             }
             c.claimed_pages = next;
-            add_bounded(s, node, CLAIMED_PAGES_OFFSET, -(back as i64), u64::MAX)?;
+            let given = add_bounded(s, node, CLAIMED_PAGES_OFFSET, -(back as i64), u64::MAX);
+            unless_fenced(s, node, given)?;
         }
         Ok(())
     }
@@ -335,7 +359,11 @@ impl PoolAccount {
             if s.fenced(NodeId(i as u16)) {
                 continue;
             }
-            let claimed = read_word(s, NodeId(i as u16), CLAIMED_PAGES_OFFSET)?;
+            let node = NodeId(i as u16);
+            let read = read_word(s, node, CLAIMED_PAGES_OFFSET);
+            let Some(claimed) = unless_fenced(s, node, read)? else {
+                continue;
+            };
             free += c.capacity_pages.saturating_sub(claimed) + c.credit();
         }
         Ok(free)
