@@ -119,20 +119,25 @@ fn start_runtime(
         PlacementSpec::Interleaved { .. } => None,
         _ => {
             // Under redundancy, primaries use the first band of each node.
-            let node_bytes = Copies::for_transport(config.redundancy, transport)
-                .map_err(RuntimeError::from)?
-                .primary_bytes(
-                    transport
-                        .nodes()
-                        .iter()
-                        .map(|n| dsm_runtime::node::header::data_bytes(n.region_bytes))
-                        .min()
-                        .unwrap_or(0),
-                );
+            let node_bytes =
+                Copies::for_transport(config.redundancy, config.spare_nodes, transport)
+                    .map_err(RuntimeError::from)?
+                    .primary_bytes(
+                        transport
+                            .nodes()
+                            .iter()
+                            .map(|n| dsm_runtime::node::header::data_bytes(n.region_bytes))
+                            .min()
+                            .unwrap_or(0),
+                    );
             let pages = config.space_page_offset + config.space_bytes / PAGE_BYTES as u64;
             Some(
                 profile
-                    .placement(transport.nodes().len(), node_bytes, pages)
+                    .placement(
+                        transport.nodes().len() - config.spare_nodes,
+                        node_bytes,
+                        pages,
+                    )
                     .map_err(RuntimeError::from)?,
             )
         }
@@ -177,7 +182,7 @@ fn start() -> Result<Running, StartError> {
     let slot = {
         // Through the redundancy wrapper: the slot table has a copy on each of the first
         // R nodes, and claims go to the first live one.
-        let copies = Copies::for_transport(job.redundancy, transport.as_ref())
+        let copies = Copies::for_transport(job.redundancy, job.spare_nodes, transport.as_ref())
             .map_err(RuntimeError::from)?;
         let mut session = copies.wrap(transport.connect().map_err(RuntimeError::from)?);
         job.claim_slot(session.as_mut(), Owner::this_process(), owner_alive)?

@@ -88,6 +88,9 @@ pub struct RuntimeConfig {
     /// How many places each page is kept at home (`--redundancy`); checked against the
     /// node count when the runtime starts.
     pub redundancy: crate::redundancy::Redundancy,
+    /// The last this many nodes hold no pages until one stands in for a dead node
+    /// (`--spare-nodes`, `redundancy::reprotect`).
+    pub spare_nodes: usize,
 }
 
 /// Default of [`RuntimeConfig::purge_delay_ms`].
@@ -126,6 +129,7 @@ impl Default for RuntimeConfig {
             sample_interval_ms: 20,
             purge_delay_ms: PURGE_DELAY_MS_DEFAULT,
             redundancy: crate::redundancy::Redundancy::None,
+            spare_nodes: 0,
         }
     }
 }

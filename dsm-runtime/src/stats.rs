@@ -182,6 +182,10 @@ counters! {
     failover_stall_ns_max,
     /// Sum of those stalls, in ns.
     failover_stall_ns_total,
+    /// Pages copied onto a spare node after a death (re-protection).
+    reprotect_pages,
+    /// Time spent re-protecting, in ns.
+    reprotect_ns,
     /// Missing faults caused by reads.
     faults_read,
     /// Missing faults caused by writes.

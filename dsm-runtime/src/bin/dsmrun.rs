@@ -168,6 +168,11 @@ struct RunCli {
     /// the profile's `redundancy` key, else none (e.g. --redundancy replicate:2).
     #[arg(long, value_name = "MODE")]
     redundancy: Option<String>,
+    /// Start N more nodes that hold nothing until one stands in for a dead node: its
+    /// pages' surviving copies are then copied onto it in the background, so that a second
+    /// failure loses nothing either (needs --redundancy replicate:R; e.g. --spare-nodes 1).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    spare_nodes: usize,
     /// A node that does not answer within this many milliseconds fails the operation;
     /// under --redundancy it is declared dead and fenced (e.g. --node-timeout 1000).
     #[arg(long, value_name = "MS", default_value_t = dsm_runtime::RuntimeConfig::default().node_timeout_ms)]
@@ -266,7 +271,8 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
         None => None,
     };
     Ok(RunOptions {
-        nodes: cli.nodes.unwrap_or(cli.attach.len()),
+        nodes: cli.nodes.unwrap_or(cli.attach.len()) + cli.spare_nodes,
+        spare_nodes: cli.spare_nodes,
         hosts,
         remote_dsmrun: cli.remote_dsmrun,
         slurm: !cli.local_nodes,

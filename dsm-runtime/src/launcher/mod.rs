@@ -94,6 +94,8 @@ pub struct RunOptions {
     pub thrash_warning: Option<Duration>,
     /// How many places each page is kept at home (`--redundancy`).
     pub redundancy: crate::redundancy::Redundancy,
+    /// Of `nodes`, how many (the last) are spares that stand in for dead nodes.
+    pub spare_nodes: usize,
     /// Any node operation slower than this fails, and under redundancy declares the
     /// node dead (`--node-timeout`).
     pub node_timeout_ms: u64,
@@ -294,7 +296,8 @@ fn plan_job(opts: &RunOptions, span_bytes: Option<u64>) -> Result<Plan, LaunchEr
     let by_nodes = match span_bytes {
         Some(span) => {
             let copies = opts.redundancy.copies() as u64;
-            (data_bytes(span) / copies / page * opts.nodes as u64 * page) / procs
+            let placed = opts.nodes.saturating_sub(opts.spare_nodes) as u64;
+            (data_bytes(span) / copies / page * placed * page) / procs
         }
         None => u64::MAX,
     };
@@ -326,9 +329,17 @@ fn regions_pinned(kind: TransportKind, remote: bool) -> bool {
 /// Runs the program as `opts` says and returns the exit status for `dsmrun`.
 pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
     let started = Instant::now();
+    let placed = crate::redundancy::placed_nodes(opts.nodes, opts.spare_nodes)
+        .map_err(|e| LaunchError::Invalid(format!("--spare-nodes: {e}")))?;
     opts.redundancy
-        .check_nodes(opts.nodes)
+        .check_nodes(placed)
         .map_err(LaunchError::Invalid)?;
+    if opts.spare_nodes > 0 && opts.redundancy.copies() < 2 {
+        return Err(LaunchError::Invalid(format!(
+            "--spare-nodes {} stand in for dead nodes, which only --redundancy replicate:R              survives: add --redundancy replicate:2",
+            opts.spare_nodes
+        )));
+    }
     if let Some(cpus) = &opts.cpus {
         // Before anything starts, so that nodes, program and runtime threads inherit it.
         cpus::restrict_to(cpus).map_err(LaunchError::Invalid)?;
@@ -401,7 +412,11 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
             let secret = Secret::generate().map_err(io_err("generating the job secret"))?;
             let size = match fixed_span {
                 Some(_) => NodeSize::of_memory(opts.node_bytes),
-                None => plan.node_size(opts.nodes, opts.node_bytes, opts.redundancy.copies()),
+                None => plan.node_size(
+                    opts.nodes - opts.spare_nodes,
+                    opts.node_bytes,
+                    opts.redundancy.copies(),
+                ),
             };
             let nodes = match &remote_plan {
                 Some(p) => remote::start(p, size, &secret)?,
@@ -448,6 +463,7 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         profile: opts.profile.clone(),
         trace: opts.record_trace.clone(),
         redundancy: opts.redundancy,
+        spare_nodes: opts.spare_nodes,
     };
     let node_hosts: Vec<String> = (0..nodes.addrs().len())
         .map(|i| nodes.host(i).unwrap_or("localhost").to_string())
@@ -741,6 +757,7 @@ fn stats_document(
             "attach": opts.attach.as_ref().map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
             "max_procs": opts.max_procs,
             "redundancy": opts.redundancy.to_string(),
+            "spare_nodes": opts.spare_nodes,
             "handler_threads": opts.handler_threads,
             "mmap_min_bytes": opts.mmap_min_bytes,
             "space_base": format!("{:#x}", opts.space_base),

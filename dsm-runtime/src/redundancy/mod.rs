@@ -17,6 +17,7 @@
 
 pub mod copies;
 pub mod fence;
+pub mod reprotect;
 pub mod session;
 
 use crate::config::ConfigError;
@@ -130,6 +131,17 @@ impl FromStr for Redundancy {
     }
 }
 
+/// Nodes that hold pages when the last `spares` of `nodes` are spares; an error unless
+/// at least one node is left.
+pub fn placed_nodes(nodes: usize, spares: usize) -> Result<usize, String> {
+    match nodes.checked_sub(spares) {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{spares} spare nodes leave none of the {nodes} nodes to hold pages"
+        )),
+    }
+}
+
 /// A runtime's redundancy machinery: nothing at all for `none` (the fast path is the
 /// plain session), else the copy layout and the process's fence.
 pub struct Copies {
@@ -139,8 +151,19 @@ pub struct Copies {
 impl Copies {
     /// The machinery for `config.redundancy` over `nodes`, whose data areas hold at least
     /// `data_bytes` each; an error when the job has too few nodes for it.
-    pub fn plan(r: Redundancy, nodes: &[NodeInfo], data_bytes: u64) -> Result<Copies, ConfigError> {
-        r.check_nodes(nodes.len()).map_err(|hint| ConfigError {
+    /// The last `spares` of `nodes` hold no pages until they stand in for a dead node.
+    pub fn plan(
+        r: Redundancy,
+        nodes: &[NodeInfo],
+        spares: usize,
+        data_bytes: u64,
+    ) -> Result<Copies, ConfigError> {
+        let active = placed_nodes(nodes.len(), spares).map_err(|hint| ConfigError {
+            field: "spare_nodes",
+            value: spares.to_string(),
+            hint,
+        })?;
+        r.check_nodes(active).map_err(|hint| ConfigError {
             field: "redundancy",
             value: r.to_string(),
             hint,
@@ -148,8 +171,8 @@ impl Copies {
         if r.copies() == 1 {
             return Ok(Copies { kept: None });
         }
-        let layout = Arc::new(CopyLayout::new(nodes, r.copies(), data_bytes));
-        let fence = Arc::new(Fence::new(nodes, r));
+        let layout = Arc::new(CopyLayout::new(&nodes[..active], r.copies(), data_bytes));
+        let fence = Arc::new(Fence::new(nodes, r, spares));
         Ok(Copies {
             kept: Some((layout, fence)),
         })
@@ -159,6 +182,7 @@ impl Copies {
     /// runtime starts: the slot claim).
     pub fn for_transport(
         r: Redundancy,
+        spares: usize,
         transport: &dyn crate::transport::Transport,
     ) -> Result<Copies, ConfigError> {
         let data_bytes = transport
@@ -167,7 +191,7 @@ impl Copies {
             .map(|n| crate::node::header::data_bytes(n.region_bytes))
             .min()
             .unwrap_or(0);
-        Copies::plan(r, transport.nodes(), data_bytes)
+        Copies::plan(r, transport.nodes(), spares, data_bytes)
     }
 
     /// Bytes of each node's data area that primary homes may use.

@@ -6,6 +6,8 @@
 //! - a write goes to every live home, in one batch of the inner session; the batch
 //!   returns (and the page counts as clean at home) only when every copy is stored;
 //! - a read goes to the first live home; after it, the op names the copy actually read;
+//! - a home on a dead node that a spare stands in for (`reprotect`) is written on the
+//!   spare at the same offset, and read there once re-protection has filled the spare;
 //! - an operation that fails because a node is gone ([`Fence::is_death`]) fences that
 //!   node and is retried on the surviving copies (reads and writes of whole pages are
 //!   idempotent), so a fault that waited on a dead node is served from another copy;
@@ -60,8 +62,7 @@ impl RedundantSession {
         let set = self.layout.homes_of(primary);
         set.as_slice()
             .iter()
-            .copied()
-            .find(|h| !self.fence.is_dead(h.node))
+            .find_map(|&h| self.fence.read_target(h))
             .ok_or_else(|| self.lost(primary))
     }
 
@@ -195,7 +196,7 @@ impl Session for RedundantSession {
                 for h in set
                     .as_slice()
                     .iter()
-                    .filter(|h| !self.fence.is_dead(h.node))
+                    .filter_map(|&h| self.fence.write_target(h))
                 {
                     out.push(WriteOp {
                         node: h.node,
