@@ -42,12 +42,14 @@ fn seed(test: &str) -> u64 {
     s
 }
 
-/// What to do to which nodes, how long after the nodes are up.
+/// What to do to which nodes, how long after the program is up; then, optionally, a
+/// second kill of another node once a line containing `then_after` appears on stderr.
 #[derive(Clone, Debug)]
 struct Fault {
     nodes: Vec<usize>,
     signal: i32,
     after: Duration,
+    then: Option<(&'static str, usize)>,
 }
 
 /// A finished chaos run.
@@ -92,11 +94,19 @@ fn run_with_fault(dsmrun_args: &[&str], program: &[&std::ffi::OsStr], fault: &Fa
         out.read_to_end(&mut v).unwrap();
         v
     });
-    let pids = node_pids(&lines_rx, NODES);
-    let landed = match pids {
-        Some(pids) => inject(&mut child, &pids, fault),
+    let arg = |name: &str| {
+        let at = dsmrun_args.iter().position(|a| *a == name)?;
+        dsmrun_args.get(at + 1)?.parse::<usize>().ok()
+    };
+    let node_count = arg("-n").unwrap_or(NODES) + arg("--spare-nodes").unwrap_or(0);
+    let pids = node_pids(&lines_rx, node_count);
+    let mut landed = match &pids {
+        Some(pids) => inject(&mut child, pids, fault),
         None => false,
     };
+    if let (Some((line, node)), Some(pids), true) = (fault.then, &pids, landed) {
+        landed = second_kill(&mut child, &lines_rx, line, pids[node]);
+    }
     let code = wait_bounded(&mut child);
     Outcome {
         code,
@@ -150,6 +160,29 @@ fn inject(child: &mut Child, pids: &[u32], fault: &Fault) -> bool {
         unsafe { libc::kill(pids[n] as i32, fault.signal) };
     }
     true
+}
+
+/// Kills `pid` once a stderr line contains `line`, if the program still runs then.
+fn second_kill(child: &mut Child, rx: &mpsc::Receiver<String>, line: &str, pid: u32) -> bool {
+    let deadline = Instant::now() + HANG;
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(l) if l.contains(line) => {
+                if child.try_wait().unwrap().is_some() {
+                    return false;
+                }
+                // SAFETY: signalling a node process this test's dsmrun started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                return true;
+            }
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+    }
+    false
 }
 
 /// Waits for `child`; after [`HANG`] kills it and fails: a hang is a bug.
@@ -228,6 +261,7 @@ fn heapwalk_survives_a_random_node_killed_at_a_random_moment() {
             nodes: vec![rng.below(NODES as u64) as usize],
             signal: libc::SIGKILL,
             after: Duration::from_millis(rng.below(800)),
+            then: None,
         };
         let out = run_with_fault(
             &[
@@ -325,6 +359,7 @@ fn velvetg_survives_a_random_node_killed_at_a_random_moment() {
             nodes: vec![rng.below(NODES as u64) as usize],
             signal: libc::SIGKILL,
             after: Duration::from_millis(rng.below(2000)),
+            then: None,
         };
         let program = [std::ffi::OsStr::new("velvetg"), g.as_os_str()];
         let out = run_with_fault(
@@ -377,6 +412,7 @@ fn a_frozen_node_is_declared_dead_after_the_node_timeout_and_fenced() {
         nodes: vec![1],
         signal: libc::SIGSTOP,
         after: Duration::from_millis(300),
+        then: None,
     };
     // Over TCP: a stopped node's socket stays open, so only the timeout reveals it.
     let out = run_with_fault(
@@ -423,6 +459,7 @@ fn both_nodes_of_a_pair_killed_at_once_end_the_job_saying_data_was_lost() {
         nodes: vec![1, 2],
         signal: libc::SIGKILL,
         after: Duration::from_millis(300),
+        then: None,
     };
     let out = run_with_fault(
         &[
@@ -451,4 +488,62 @@ fn both_nodes_of_a_pair_killed_at_once_end_the_job_saying_data_was_lost() {
         !String::from_utf8_lossy(&out.stdout).contains("heapwalk"),
         "a job that lost data printed a result"
     );
+}
+
+#[test]
+fn a_second_kill_after_reprotection_onto_a_spare_loses_nothing() {
+    let Some(exe) = heapwalk() else { return };
+    let _turn = heavy();
+    // More rounds than the other runs: the second kill comes after re-protection.
+    let args = ["96", "4", "8", "11"];
+    let mut program = vec![exe.clone().into_os_string()];
+    program.extend(os(&args));
+    let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
+    let expected = native(&program);
+    // Node 1's pages have their second copy on node 2: without re-protection onto the
+    // spare (node 3), killing node 2 after node 1 would lose them.
+    let fault = Fault {
+        nodes: vec![1],
+        signal: libc::SIGKILL,
+        after: Duration::from_millis(400),
+        then: Some(("re-protection after node 1's death done", 2)),
+    };
+    let out = run_with_fault(
+        &[
+            "-n",
+            "3",
+            "--spare-nodes",
+            "1",
+            "--redundancy",
+            "replicate:2",
+            "--local-cache",
+            "16M",
+        ],
+        &program,
+        &fault,
+    );
+    eprintln!("{}", out.stderr);
+    assert!(
+        out.landed,
+        "the program ended before the second kill: make it run longer"
+    );
+    assert_survived("second kill after re-protection", &out, &fault, &expected);
+    for said in [
+        "re-protection: copying the pages that had a copy on node 1 to spare node 3",
+        "memory node 2 exited during the run",
+        "no spare node left to stand in for node 2",
+        "redundancy: 2 node(s) died",
+    ] {
+        assert!(
+            out.stderr.contains(said),
+            "stderr lacks {said:?}:\n{}",
+            out.stderr
+        );
+    }
+    let done = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("re-protection after node 1's death done"))
+        .unwrap();
+    eprintln!("{done}");
 }

@@ -263,3 +263,180 @@ impl Session for RedundantSession {
         self.fence.is_dead(node)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::memory::MemoryNodes;
+    use crate::redundancy::Redundancy;
+    use crate::transport::NodeInfo;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    /// In-memory nodes where single nodes can go down and come back, logging every node
+    /// each operation reaches.
+    #[derive(Clone, Default)]
+    struct Flaky {
+        nodes: MemoryNodes,
+        down: Arc<Mutex<HashSet<u16>>>,
+        contacted: Arc<Mutex<Vec<u16>>>,
+    }
+
+    impl Flaky {
+        fn reach(&self, node: NodeId) -> Result<(), TransportError> {
+            self.contacted.lock().unwrap().push(node.0);
+            if self.down.lock().unwrap().contains(&node.0) {
+                return Err(TransportError::Timeout {
+                    node,
+                    addr: "127.0.0.1:1".parse().unwrap(),
+                    timeout_ms: 1,
+                });
+            }
+            Ok(())
+        }
+        fn set_down(&self, node: u16, down: bool) {
+            let mut d = self.down.lock().unwrap();
+            if down {
+                d.insert(node);
+            } else {
+                d.remove(&node);
+            }
+        }
+    }
+
+    impl Session for Flaky {
+        fn read_batch(&mut self, ops: &mut [ReadOp<'_>]) -> Result<(), TransportError> {
+            for op in ops.iter() {
+                self.reach(op.node)?;
+            }
+            self.nodes.read_batch(ops)
+        }
+        fn write_batch(&mut self, ops: &[WriteOp<'_>]) -> Result<(), TransportError> {
+            for op in ops {
+                self.reach(op.node)?;
+            }
+            self.nodes.write_batch(ops)
+        }
+        fn compare_and_swap(
+            &mut self,
+            node: NodeId,
+            offset: u64,
+            expected: u64,
+            new: u64,
+        ) -> Result<u64, TransportError> {
+            self.reach(node)?;
+            self.nodes.compare_and_swap(node, offset, expected, new)
+        }
+        fn call(&mut self, node: NodeId, msg: &[u8]) -> Result<Vec<u8>, TransportError> {
+            self.reach(node)?;
+            self.nodes.call(node, msg)
+        }
+    }
+
+    fn infos(n: u16) -> Vec<NodeInfo> {
+        (0..n)
+            .map(|i| NodeInfo {
+                id: NodeId(i),
+                addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                region_bytes: 1 << 20,
+            })
+            .collect()
+    }
+
+    fn session(flaky: &Flaky, nodes: u16, spares: usize) -> (RedundantSession, Arc<Fence>) {
+        let infos = infos(nodes);
+        let placed = &infos[..infos.len() - spares];
+        let layout = Arc::new(CopyLayout::new(placed, 2, 1 << 19));
+        let fence = Arc::new(Fence::new(
+            &infos,
+            Redundancy::Replicate { copies: 2 },
+            spares,
+        ));
+        let s = RedundantSession::new(Box::new(flaky.clone()), layout, fence.clone());
+        (s, fence)
+    }
+
+    fn write(s: &mut RedundantSession, node: u16, byte: u8) {
+        let data = [byte; 4096];
+        s.write_batch(&[WriteOp {
+            node: NodeId(node),
+            offset: 0,
+            data: &data,
+        }])
+        .unwrap();
+    }
+
+    fn read(s: &mut RedundantSession, node: u16) -> Result<u8, TransportError> {
+        let mut buf = [0u8; 4096];
+        s.read_batch(&mut [ReadOp {
+            node: NodeId(node),
+            offset: 0,
+            buf: &mut buf,
+        }])?;
+        assert!(buf.iter().all(|&b| b == buf[0]), "a torn page");
+        Ok(buf[0])
+    }
+
+    #[test]
+    fn a_dead_node_is_fenced_for_good_and_a_page_without_copies_is_lost_not_wrong() {
+        let flaky = Flaky::default();
+        let (mut s, fence) = session(&flaky, 3, 0);
+        // Primary on node 1, second copy on node 2 (at offset + band).
+        write(&mut s, 1, 7);
+        assert_eq!(flaky.nodes.read(NodeId(1), 0).unwrap()[0], 7);
+        assert_eq!(flaky.nodes.read(NodeId(2), 1 << 18).unwrap()[0], 7);
+        flaky.set_down(1, true);
+        assert_eq!(read(&mut s, 1).unwrap(), 7, "served from the other copy");
+        assert!(fence.is_dead(NodeId(1)));
+        // A newer version is written while node 1 is dead: only node 2 has it.
+        write(&mut s, 1, 9);
+        // Node 1 comes back holding the stale version: it must never be asked again.
+        flaky.set_down(1, false);
+        flaky.contacted.lock().unwrap().clear();
+        assert_eq!(read(&mut s, 1).unwrap(), 9, "never the stale copy");
+        write(&mut s, 1, 10);
+        assert!(
+            !flaky.contacted.lock().unwrap().contains(&1),
+            "a fenced node was contacted"
+        );
+        // The page's other home dies too: its data is lost, and said so.
+        flaky.set_down(2, true);
+        let err = read(&mut s, 1).unwrap_err();
+        assert!(matches!(err, TransportError::DataLost { .. }), "{err}");
+        assert!(err.to_string().contains("data was lost"), "{err}");
+    }
+
+    #[test]
+    fn a_spare_is_read_only_once_filled_and_then_survives_a_second_death() {
+        let flaky = Flaky::default();
+        let (mut s, fence) = session(&flaky, 4, 1);
+        write(&mut s, 1, 3);
+        flaky.set_down(1, true);
+        assert_eq!(read(&mut s, 1).unwrap(), 3);
+        assert_eq!(fence.assign_spare(NodeId(1)), Some(NodeId(3)));
+        // Being filled: writes reach the spare, reads do not rely on it.
+        write(&mut s, 1, 4);
+        assert_eq!(flaky.nodes.read(NodeId(3), 0).unwrap()[0], 4);
+        flaky.set_down(2, true);
+        assert!(matches!(
+            read(&mut s, 1),
+            Err(TransportError::DataLost { .. })
+        ));
+        // Once filled, the spare serves alone after a second death.
+        let flaky = Flaky::default();
+        let (mut s, fence) = session(&flaky, 4, 1);
+        write(&mut s, 1, 5);
+        flaky.set_down(1, true);
+        let _ = read(&mut s, 1);
+        assert_eq!(fence.assign_spare(NodeId(1)), Some(NodeId(3)));
+        write(&mut s, 1, 6); // as re-protection rewrites every page of the dead node
+        fence.mark_substitute_full(NodeId(1));
+        flaky.set_down(2, true);
+        assert_eq!(read(&mut s, 1).unwrap(), 6, "the filled spare serves");
+        assert_eq!(
+            fence.assign_spare(NodeId(2)),
+            None,
+            "one spare, already used"
+        );
+    }
+}
