@@ -547,3 +547,62 @@ fn a_second_kill_after_reprotection_onto_a_spare_loses_nothing() {
         .unwrap();
     eprintln!("{done}");
 }
+
+#[test]
+fn bad_redundancy_settings_are_refused_before_anything_starts() {
+    require_preload();
+    for (args, said) in [
+        (
+            vec!["-n", "2", "--redundancy", "replicate:3"],
+            "keeps every page on 3 different nodes, but the job has 2: raise -n to at least 3",
+        ),
+        (
+            vec!["-n", "2", "--redundancy", "mirror:2"],
+            "use none, replicate:R",
+        ),
+        (
+            vec!["-n", "2", "--redundancy", "replicate:1"],
+            "replicate:1",
+        ),
+        (
+            vec!["-n", "5", "--redundancy", "ec:4+1"],
+            "erasure coding is not implemented yet",
+        ),
+        (
+            vec!["-n", "2", "--spare-nodes", "1"],
+            "add --redundancy replicate:2",
+        ),
+        (vec!["-n", "2", "--node-timeout", "0"], "--node-timeout 0"),
+    ] {
+        let out = Command::new(dsmrun())
+            .args(&args)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && out.status.code() != Some(EXIT_RUNTIME_FAILURE),
+            "{args:?}: {:?}\n{err}",
+            out.status
+        );
+        assert!(err.contains(said), "{args:?}: expected {said:?} in:\n{err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // A profile's key is checked when the profile is loaded.
+    let dir = scratch("chaos-profile");
+    let profile = dir.join("r.toml");
+    std::fs::write(&profile, "redundancy = \"replicate:x\"\n").unwrap();
+    let out = Command::new(dsmrun())
+        .args(["-n", "2", "--profile"])
+        .arg(&profile)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("redundancy") && err.contains("line 1"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -34,7 +34,7 @@
 //! | `DSM_TRACE` | record the page-access stream to this file (`FILE.SLOT` for slots above 0) |
 //! | `DSM_SPARE_NODES` | the last this many of `DSM_NODES` hold no pages until one stands in for a dead node (default 0) |
 //! | `DSM_REDUNDANCY` | `none` (default), `replicate:R` or `ec:K+M`: how many places each page is kept at home (`redundancy`) |
-//! | `DSM_ALLOW_SKIP`, `DSM_SKIP_LOG`, `DSM_SKIP_VERBS`, `DSM_SKIP_SOFT_ROCE`, `DSM_SKIP_FUZZ` | the test suite's own (scripts/test-all); accepted and ignored |
+//! | `DSM_ALLOW_SKIP`, `DSM_SKIP_LOG`, `DSM_SKIP_VERBS`, `DSM_SKIP_SOFT_ROCE`, `DSM_SKIP_FUZZ`, `DSM_CHAOS_SEED` | the test suite's own (scripts/test-all); accepted and ignored |
 
 use super::{parse_size, ConfigError, RuntimeConfig, DEFAULT_SPACE_BASE, SPACE_END_MAX};
 use crate::node::header::slot_owner_offset;
@@ -78,6 +78,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "DSM_SKIP_VERBS",
     "DSM_SKIP_SOFT_ROCE",
     "DSM_SKIP_FUZZ",
+    "DSM_CHAOS_SEED",
 ];
 
 /// Errors reading the job description or claiming a slot.
