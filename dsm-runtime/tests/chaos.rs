@@ -601,7 +601,7 @@ fn bad_redundancy_settings_are_refused_before_anything_starts() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("redundancy") && err.contains("line 1"),
+        err.contains("is not a redundancy setting") && err.contains("r.toml:1:"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(dir);
