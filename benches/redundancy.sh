@@ -8,9 +8,11 @@
 #      node timeout): the longest stall (--stats failover_stall_ns_max) and the
 #      re-protection rate the runtime reports.
 # Usage: benches/redundancy.sh [WORK]   (after cargo build --release --workspace)
-#   env: ROUNDS (3), NODES (3), KILL_MS (400), TIMEOUT_MS (500)
+#   env: ROUNDS (3), NODES (3), KILL_MS (400), TIMEOUT_MS (500),
+#        PROGRAMS ("velvetg heapwalk": the failure-free comparisons to run; "" for none)
 set -euo pipefail
 WORK=${1:-/tmp/dsm-redundancy-bench}
+PROGRAMS=${PROGRAMS-velvetg heapwalk}
 ROUNDS=${ROUNDS:-3}; NODES=${NODES:-3}; KILL_MS=${KILL_MS:-400}; TIMEOUT_MS=${TIMEOUT_MS:-500}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DSMRUN=$ROOT/target/release/dsmrun
@@ -47,7 +49,7 @@ one() {
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 echo "# failure-free, $ROUNDS rounds alternated, $NODES nodes; velvetg cache $CACHE (75% of $PEAK_KIB KiB)"
-for what in velvetg heapwalk; do
+for what in $PROGRAMS; do
     : >"$WORK/$what.none"; : >"$WORK/$what.rep"
     for r in $(seq 1 "$ROUNDS"); do
         one none "$what" >>"$WORK/$what.none"
