@@ -4,6 +4,7 @@
 use crate::route::{self, FORKED, OFF, READY, STARTING, UNINIT};
 use dsm_runtime::config::job::{owner_alive, JobConfig, JobError, Owner};
 use dsm_runtime::policy::profile::{PlacementSpec, Profile};
+use dsm_runtime::redundancy::Copies;
 use dsm_runtime::runtime::{Policies, EXIT_RUNTIME_FAILURE};
 use dsm_runtime::space::PAGE_BYTES;
 use dsm_runtime::stats::StatsSnapshot;
@@ -117,16 +118,26 @@ fn start_runtime(
         // Interleaving takes its chunk from the config the profile just set.
         PlacementSpec::Interleaved { .. } => None,
         _ => {
-            let node_bytes = transport
-                .nodes()
-                .iter()
-                .map(|n| dsm_runtime::node::header::data_bytes(n.region_bytes))
-                .min()
-                .unwrap_or(0);
+            // Under redundancy, primaries use the first band of each node.
+            let node_bytes =
+                Copies::for_transport(config.redundancy, config.spare_nodes, transport)
+                    .map_err(RuntimeError::from)?
+                    .primary_bytes(
+                        transport
+                            .nodes()
+                            .iter()
+                            .map(|n| dsm_runtime::node::header::data_bytes(n.region_bytes))
+                            .min()
+                            .unwrap_or(0),
+                    );
             let pages = config.space_page_offset + config.space_bytes / PAGE_BYTES as u64;
             Some(
                 profile
-                    .placement(transport.nodes().len(), node_bytes, pages)
+                    .placement(
+                        transport.nodes().len() - config.spare_nodes,
+                        node_bytes,
+                        pages,
+                    )
                     .map_err(RuntimeError::from)?,
             )
         }
@@ -169,7 +180,11 @@ fn start() -> Result<Running, StartError> {
         );
     }
     let slot = {
-        let mut session = transport.connect().map_err(RuntimeError::from)?;
+        // Through the redundancy wrapper: the slot table has a copy on each of the first
+        // R nodes, and claims go to the first live one.
+        let copies = Copies::for_transport(job.redundancy, job.spare_nodes, transport.as_ref())
+            .map_err(RuntimeError::from)?;
+        let mut session = copies.wrap(transport.connect().map_err(RuntimeError::from)?);
         job.claim_slot(session.as_mut(), Owner::this_process(), owner_alive)?
     };
     let runtime = start_runtime(&job, slot, transport.as_ref())?;

@@ -92,6 +92,12 @@ pub struct RuntimeConfig {
     /// How long the program's allocator keeps a freed span before giving it up (a
     /// discard: no write-back, zero-filled when reused); -1 = never. Read by the preload.
     pub purge_delay_ms: i64,
+    /// How many places each page is kept at home (`--redundancy`); checked against the
+    /// node count when the runtime starts.
+    pub redundancy: crate::redundancy::Redundancy,
+    /// The last this many nodes hold no pages until one stands in for a dead node
+    /// (`--spare-nodes`, `redundancy::reprotect`).
+    pub spare_nodes: usize,
 }
 
 /// Default of [`RuntimeConfig::purge_delay_ms`].
@@ -131,6 +137,8 @@ impl Default for RuntimeConfig {
             sample_pages: 0,
             sample_interval_ms: 20,
             purge_delay_ms: PURGE_DELAY_MS_DEFAULT,
+            redundancy: crate::redundancy::Redundancy::None,
+            spare_nodes: 0,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod launch;
 pub mod launcher;
 pub mod node;
 pub mod policy;
+pub mod redundancy;
 pub mod report;
 pub mod runtime;
 pub mod sim;

@@ -12,6 +12,7 @@ use crate::policy::eviction::Clock;
 use crate::policy::placement::Shifted;
 use crate::policy::prefetch::NoPrefetch;
 use crate::policy::{EvictionPolicy, Interleaved, Placement, PlacementError, PrefetchPolicy};
+use crate::redundancy;
 use crate::space::pool::PoolAccount;
 use crate::space::{Layout, PageNum, Reservation, ReserveError, PAGE_BYTES};
 use crate::stats::{Stats, StatsSnapshot};
@@ -569,15 +570,20 @@ impl Runtime {
     ) -> Result<Runtime, RuntimeError> {
         config.validate()?;
         let nodes = transport.nodes();
-        let node_bytes = nodes
+        let data_bytes = nodes
             .iter()
             .map(|n| crate::node::header::data_bytes(n.region_bytes))
             .min()
             .ok_or(RuntimeError::NoNodes)?;
+        let copies =
+            redundancy::Copies::plan(config.redundancy, nodes, config.spare_nodes, data_bytes)?;
+        // Spares hold nothing until they stand in for a dead node.
+        let placed = nodes.len() - config.spare_nodes;
+        // Placement places primaries in the first band of each node; copies use the rest.
+        let node_bytes = copies.primary_bytes(data_bytes);
         let page = PAGE_BYTES as u64;
         let space_bytes = if config.space_bytes == 0 {
-            ((node_bytes / page) * nodes.len() as u64).saturating_sub(config.space_page_offset)
-                * page
+            ((node_bytes / page) * placed as u64).saturating_sub(config.space_page_offset) * page
         } else {
             config.space_bytes.div_ceil(page) * page
         };
@@ -591,19 +597,24 @@ impl Runtime {
         let placement: Box<dyn Placement> = match policies.placement {
             Some(p) => p,
             None => Box::new(Interleaved::new(
-                nodes.len(),
+                placed,
                 node_bytes,
                 config.placement_chunk_pages,
                 config.space_page_offset + pages,
             )?),
         };
-        let placement = Box::new(Shifted::new(placement, config.space_page_offset));
+        let placement =
+            copies.placement(Box::new(Shifted::new(placement, config.space_page_offset)));
 
         // Connect before reserving, so an unreachable node fails fast and leaves nothing.
         let mut sessions = Vec::with_capacity(config.handler_threads + 2);
         for _ in 0..config.handler_threads + 2 {
-            sessions.push(transport.connect()?);
+            sessions.push(copies.wrap(transport.connect()?));
         }
+        let reprotect_session = match copies.fence() {
+            Some(_) => Some(copies.wrap(transport.connect()?)),
+            None => None,
+        };
         let pool = match config.pool_slot {
             Some(slot) => Some(PoolAccount::open(
                 sessions[0].as_mut(),
@@ -631,6 +642,7 @@ impl Runtime {
                 config,
             },
         )?);
+        copies.count_into(&core.stats);
         let mut rt = Runtime {
             core,
             threads: Vec::new(),
@@ -655,6 +667,12 @@ impl Runtime {
             core.reclaim_loop(reclaim_session)
         })?;
         rt.threads.push(t);
+        if let (Some(fence), Some(session)) = (copies.fence().cloned(), reprotect_session) {
+            let t = spawn_internal(&rt.core, "dsm-reprotect".into(), move |core| {
+                redundancy::reprotect::run(core, &fence, session)
+            })?;
+            rt.threads.push(t);
+        }
         Ok(rt)
     }
 

@@ -172,6 +172,20 @@ macro_rules! counters {
 }
 
 counters! {
+    /// Memory nodes this process declared dead and fenced (`redundancy`).
+    node_deaths,
+    /// Pages read from another copy because their first home was dead.
+    failover_read_pages,
+    /// Pages written home with fewer copies than the redundancy asks for (a home dead).
+    degraded_write_pages,
+    /// Longest stall of one operation caused by a node's failure (first failed attempt to success on another copy), ns.
+    failover_stall_ns_max,
+    /// Sum of those stalls, in ns.
+    failover_stall_ns_total,
+    /// Pages copied onto a spare node after a death (re-protection).
+    reprotect_pages,
+    /// Time spent re-protecting, in ns.
+    reprotect_ns,
     /// Missing faults caused by reads.
     faults_read,
     /// Missing faults caused by writes.

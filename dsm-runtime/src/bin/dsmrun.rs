@@ -162,6 +162,21 @@ struct RunCli {
     /// start slowly).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     thrash_warning: u64,
+    /// Keep every page at home in several places, so the job survives a memory node's
+    /// death: none, replicate:R (R copies on R different nodes, on different hosts where
+    /// the nodes span hosts; needs -n R or more) or ec:K+M (not implemented yet). Default:
+    /// the profile's `redundancy` key, else none (e.g. --redundancy replicate:2).
+    #[arg(long, value_name = "MODE")]
+    redundancy: Option<String>,
+    /// Start N more nodes that hold nothing until one stands in for a dead node: its
+    /// pages' surviving copies are then copied onto it in the background, so that a second
+    /// failure loses nothing either (needs --redundancy replicate:R; e.g. --spare-nodes 1).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    spare_nodes: usize,
+    /// A node that does not answer within this many milliseconds fails the operation;
+    /// under --redundancy it is declared dead and fenced (e.g. --node-timeout 1000).
+    #[arg(long, value_name = "MS", default_value_t = dsm_runtime::RuntimeConfig::default().node_timeout_ms)]
+    node_timeout: u64,
     /// The program and its arguments.
     #[arg(required = true, value_name = "PROGRAM [ARGS]...")]
     program: Vec<OsString>,
@@ -245,8 +260,19 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
         }
         (None, None) => None,
     };
+    // Load the profile now, so a bad one is reported (file, line, hint) before anything
+    // starts; the processes load it again from DSM_PROFILE.
+    let profile_redundancy = match &cli.profile {
+        Some(p) => {
+            Profile::load(p)
+                .map_err(|e| anyhow::anyhow!("--profile {p}: {e}"))?
+                .redundancy
+        }
+        None => None,
+    };
     Ok(RunOptions {
-        nodes: cli.nodes.unwrap_or(cli.attach.len()),
+        nodes: cli.nodes.unwrap_or(cli.attach.len()) + cli.spare_nodes,
+        spare_nodes: cli.spare_nodes,
         hosts,
         remote_dsmrun: cli.remote_dsmrun,
         slurm: !cli.local_nodes,
@@ -279,15 +305,17 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
             .map_err(anyhow::Error::msg)?,
         mmap_min_bytes: size_arg("--mmap-min", &cli.mmap_min, false)?,
         preload_lib: cli.preload_lib,
-        profile: match cli.profile {
-            // Load it now, so a bad profile is reported (file, line, hint) before anything
-            // starts; the processes load it again from DSM_PROFILE.
-            Some(p) => {
-                Profile::load(&p).map_err(|e| anyhow::anyhow!("--profile {p}: {e}"))?;
-                Some(p)
-            }
-            None => None,
+        redundancy: match &cli.redundancy {
+            Some(r) => r
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--redundancy {r}: {e}"))?,
+            None => profile_redundancy.unwrap_or_default(),
         },
+        node_timeout_ms: match cli.node_timeout {
+            0 => anyhow::bail!("--node-timeout 0: use a positive number of milliseconds"),
+            ms => ms,
+        },
+        profile: cli.profile,
         record_trace: cli.record_trace,
         thrash_warning: (cli.thrash_warning > 0)
             .then(|| std::time::Duration::from_secs(cli.thrash_warning)),

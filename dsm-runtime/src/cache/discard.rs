@@ -131,7 +131,9 @@ impl<E: Effects> Core<E> {
             }
             if let (Some(pool), true) = (&self.pool, state.home_valid()) {
                 // Its home copy is forgotten: the node memory is free for other pages.
-                pool.forget(self.placement.home(page).node, 1);
+                for h in self.placement.homes(page).as_slice() {
+                    pool.forget(h.node, 1);
+                }
             }
             self.table.unlock(page, PageState::UNTOUCHED);
             if let Some(trace) = &self.trace {

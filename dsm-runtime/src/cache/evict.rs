@@ -220,8 +220,10 @@ impl Evictor {
         for v in self.victims.iter().filter(|v| v.action.writes_back()) {
             let home = core.placement.home(v.page);
             if let (Some(pool), false) = (&core.pool, v.state.home_valid()) {
-                // Its first trip home: the page takes memory on its node from now on.
-                pool.reserve(session, home.node, 1)?;
+                // Its first trip home: the page takes memory on its homes from now on.
+                for h in core.placement.homes(v.page).as_slice() {
+                    pool.reserve(session, h.node, 1)?;
+                }
             }
             ops.push(WriteOp {
                 node: home.node,

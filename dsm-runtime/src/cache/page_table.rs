@@ -237,6 +237,20 @@ impl PageTable {
         was
     }
 
+    /// Appends to `out` every page whose state says it has data at home, one shard at a
+    /// time (for re-protection after a node's death, `redundancy::reprotect`).
+    pub fn pages_at_home(&self, out: &mut Vec<PageNum>) {
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(
+                shard
+                    .iter()
+                    .filter(|(_, s)| s.home_valid())
+                    .map(|(&p, _)| PageNum(p)),
+            );
+        }
+    }
+
     /// Number of pages with tracked state.
     pub fn tracked(&self) -> usize {
         self.shards

@@ -32,7 +32,9 @@
 //! | `DSM_VERBOSE` | `1` to report each process's start and end on stderr |
 //! | `DSM_PROFILE` | policy profile: a shipped name or a path to a TOML file |
 //! | `DSM_TRACE` | record the page-access stream to this file (`FILE.SLOT` for slots above 0) |
-//! | `DSM_ALLOW_SKIP`, `DSM_SKIP_LOG`, `DSM_SKIP_VERBS`, `DSM_SKIP_SOFT_ROCE`, `DSM_SKIP_FUZZ` | the test suite's own (scripts/test-all); accepted and ignored |
+//! | `DSM_SPARE_NODES` | the last this many of `DSM_NODES` hold no pages until one stands in for a dead node (default 0) |
+//! | `DSM_REDUNDANCY` | `none` (default), `replicate:R` or `ec:K+M`: how many places each page is kept at home (`redundancy`) |
+//! | `DSM_ALLOW_SKIP`, `DSM_SKIP_LOG`, `DSM_SKIP_VERBS`, `DSM_SKIP_SOFT_ROCE`, `DSM_SKIP_FUZZ`, `DSM_CHAOS_SEED` | the test suite's own (scripts/test-all); accepted and ignored |
 
 use super::{parse_size, ConfigError, RuntimeConfig, DEFAULT_SPACE_BASE, SPACE_END_MAX};
 use crate::node::header::slot_owner_offset;
@@ -62,6 +64,8 @@ pub const KNOWN_VARS: &[&str] = &[
     "DSM_VERBOSE",
     "DSM_PROFILE",
     "DSM_TRACE",
+    "DSM_REDUNDANCY",
+    "DSM_SPARE_NODES",
     // RDMA device selection, read by the verbs transport (transport/verbs/device.rs).
     "DSM_RDMA_DEVICE",
     "DSM_RDMA_PORT",
@@ -74,6 +78,7 @@ pub const KNOWN_VARS: &[&str] = &[
     "DSM_SKIP_VERBS",
     "DSM_SKIP_SOFT_ROCE",
     "DSM_SKIP_FUZZ",
+    "DSM_CHAOS_SEED",
 ];
 
 /// Errors reading the job description or claiming a slot.
@@ -142,6 +147,10 @@ pub struct JobConfig {
     pub profile: Option<String>,
     /// Where to record the page-access stream.
     pub trace: Option<PathBuf>,
+    /// How many places each page is kept at home.
+    pub redundancy: crate::redundancy::Redundancy,
+    /// Nodes at the end of `nodes` that stand in for dead ones.
+    pub spare_nodes: usize,
 }
 
 fn bad(name: &'static str, value: &str, hint: impl Into<String>) -> JobError {
@@ -250,6 +259,11 @@ impl JobConfig {
             placement_chunk_pages: defaults.placement_chunk_pages,
             profile: get("DSM_PROFILE").map(str::to_owned),
             trace: get("DSM_TRACE").map(PathBuf::from),
+            redundancy: match get("DSM_REDUNDANCY") {
+                None => Default::default(),
+                Some(v) => v.parse().map_err(|e: String| bad("DSM_REDUNDANCY", v, e))?,
+            },
+            spare_nodes: number("DSM_SPARE_NODES", 0)? as usize,
         };
         job.validate()?;
         Ok(job)
@@ -270,6 +284,8 @@ impl JobConfig {
             ("DSM_NODE_TIMEOUT_MS", self.node_timeout_ms.to_string()),
             ("DSM_MMAP_MIN_BYTES", self.mmap_min_bytes.to_string()),
             ("DSM_VERBOSE", u8::from(self.verbose).to_string()),
+            ("DSM_REDUNDANCY", self.redundancy.to_string()),
+            ("DSM_SPARE_NODES", self.spare_nodes.to_string()),
         ];
         if let Some(d) = &self.stats_dir {
             v.push(("DSM_STATS_DIR", d.display().to_string()));
@@ -310,6 +326,11 @@ impl JobConfig {
                 ),
             ));
         }
+        let placed = crate::redundancy::placed_nodes(self.nodes.len(), self.spare_nodes)
+            .map_err(|hint| bad("DSM_SPARE_NODES", &self.spare_nodes.to_string(), hint))?;
+        if let Err(hint) = self.redundancy.check_nodes(placed) {
+            return Err(bad("DSM_REDUNDANCY", &self.redundancy.to_string(), hint));
+        }
         for slot in [0, self.slots - 1] {
             self.runtime_config(slot).validate()?;
         }
@@ -336,6 +357,8 @@ impl JobConfig {
             handler_threads: self.handler_threads,
             node_timeout_ms: self.node_timeout_ms,
             placement_chunk_pages: self.placement_chunk_pages,
+            redundancy: self.redundancy,
+            spare_nodes: self.spare_nodes,
             ..RuntimeConfig::default()
         }
     }

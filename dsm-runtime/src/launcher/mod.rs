@@ -93,6 +93,13 @@ pub struct RunOptions {
     /// Warn when the job's faults take more than half the wall time over this long
     /// (`--thrash-warning`); `None` never warns.
     pub thrash_warning: Option<Duration>,
+    /// How many places each page is kept at home (`--redundancy`).
+    pub redundancy: crate::redundancy::Redundancy,
+    /// Of `nodes`, how many (the last) are spares that stand in for dead nodes.
+    pub spare_nodes: usize,
+    /// Any node operation slower than this fails, and under redundancy declares the
+    /// node dead (`--node-timeout`).
+    pub node_timeout_ms: u64,
     /// The program and its arguments.
     pub program: Vec<OsString>,
 }
@@ -258,9 +265,10 @@ struct Plan {
 impl Plan {
     /// What each of `nodes` nodes must offer: `node_bytes` of memory, and a region that
     /// can place its share of every slot's pages (address space only: lazily backed).
-    fn node_size(&self, nodes: usize, node_bytes: u64) -> NodeSize {
+    fn node_size(&self, nodes: usize, node_bytes: u64, copies: usize) -> NodeSize {
         let page = PAGE_BYTES as u64;
-        let pages = self.slots as u64 * (self.slot_bytes / page);
+        // Every page is placed `copies` times (`redundancy`), each copy in its own band.
+        let pages = self.slots as u64 * (self.slot_bytes / page) * copies as u64;
         // Room for the largest placement chunk a profile may ask for, rounded up.
         let per_node = pages.div_ceil(nodes as u64) + PLACEMENT_CHUNK_PAGES_MAX;
         NodeSize {
@@ -287,7 +295,11 @@ fn plan_job(opts: &RunOptions, span_bytes: Option<u64>) -> Result<Plan, LaunchEr
     let procs = opts.max_procs as u64;
     let by_space = (SPACE_END_MAX.saturating_sub(opts.space_base) as u64) / procs;
     let by_nodes = match span_bytes {
-        Some(span) => (data_bytes(span) / page * opts.nodes as u64 * page) / procs,
+        Some(span) => {
+            let copies = opts.redundancy.copies() as u64;
+            let placed = opts.nodes.saturating_sub(opts.spare_nodes) as u64;
+            (data_bytes(span) / copies / page * placed * page) / procs
+        }
         None => u64::MAX,
     };
     let slot = DEFAULT_SLOT_BYTES.min(by_space).min(by_nodes) / SLOT_ALIGN_BYTES * SLOT_ALIGN_BYTES;
@@ -318,6 +330,17 @@ fn regions_pinned(kind: TransportKind, remote: bool) -> bool {
 /// Runs the program as `opts` says and returns the exit status for `dsmrun`.
 pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
     let started = Instant::now();
+    let placed = crate::redundancy::placed_nodes(opts.nodes, opts.spare_nodes)
+        .map_err(|e| LaunchError::Invalid(format!("--spare-nodes: {e}")))?;
+    opts.redundancy
+        .check_nodes(placed)
+        .map_err(LaunchError::Invalid)?;
+    if opts.spare_nodes > 0 && opts.redundancy.copies() < 2 {
+        return Err(LaunchError::Invalid(format!(
+            "--spare-nodes {} stand in for dead nodes, which only --redundancy replicate:R              survives: add --redundancy replicate:2",
+            opts.spare_nodes
+        )));
+    }
     if let Some(cpus) = &opts.cpus {
         // Before anything starts, so that nodes, program and runtime threads inherit it.
         cpus::restrict_to(cpus).map_err(LaunchError::Invalid)?;
@@ -390,7 +413,11 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
             let secret = Secret::generate().map_err(io_err("generating the job secret"))?;
             let size = match fixed_span {
                 Some(_) => NodeSize::of_memory(opts.node_bytes),
-                None => plan.node_size(opts.nodes, opts.node_bytes),
+                None => plan.node_size(
+                    opts.nodes - opts.spare_nodes,
+                    opts.node_bytes,
+                    opts.redundancy.copies(),
+                ),
             };
             let nodes = match &remote_plan {
                 Some(p) => remote::start(p, size, &secret)?,
@@ -429,13 +456,15 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         slots: plan.slots,
         cache_bytes_max: opts.cache_bytes_max,
         handler_threads: opts.handler_threads,
-        node_timeout_ms: crate::RuntimeConfig::default().node_timeout_ms,
+        node_timeout_ms: opts.node_timeout_ms,
         mmap_min_bytes: opts.mmap_min_bytes,
         stats_dir: Some(stats_dir.clone()),
         verbose: opts.verbose,
         placement_chunk_pages: crate::RuntimeConfig::default().placement_chunk_pages,
         profile: opts.profile.clone(),
         trace: opts.record_trace.clone(),
+        redundancy: opts.redundancy,
+        spare_nodes: opts.spare_nodes,
     };
     let node_hosts: Vec<String> = (0..nodes.addrs().len())
         .map(|i| nodes.host(i).unwrap_or("localhost").to_string())
@@ -554,7 +583,7 @@ fn run_program(
     });
     let stats_dir = job.stats_dir.clone().unwrap_or_default();
     let mut watch = watch::JobWatch::new(stats_dir, started, opts.progress, thrash, !opts.quiet);
-    let status = wait_watching_nodes(&mut child, nodes, &mut watch);
+    let status = wait_watching_nodes(&mut child, nodes, &mut watch, opts.redundancy);
     // The status line goes before anything else is printed about the end.
     let watched = watch.finish();
     let code = match status {
@@ -588,6 +617,7 @@ fn wait_watching_nodes(
     child: &mut Child,
     nodes: &mut LocalNodes,
     watch: &mut watch::JobWatch,
+    redundancy: crate::redundancy::Redundancy,
 ) -> Result<ExitStatus, ()> {
     loop {
         watch.poll();
@@ -600,6 +630,15 @@ fn wait_watching_nodes(
             }
         }
         if let Some((i, st)) = nodes.exited() {
+            if redundancy.copies() > 1 {
+                // The program's runtime fails over to the other copies, or ends with
+                // status 70 saying data was lost when a page had no other copy.
+                watch.say(&format!(
+                    "dsmrun: memory node {i} exited during the run ({st}); the job goes on \
+                     with its pages' other copies ({redundancy}, degraded)"
+                ));
+                continue;
+            }
             // Give the program a moment to report the failure itself (it names the node
             // it was waiting on), then stop it.
             let deadline = Instant::now() + Duration::from_secs(2);
@@ -735,6 +774,8 @@ fn stats_document(
             "profile": opts.profile.as_deref().unwrap_or("default"),
             "attach": opts.attach.as_ref().map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
             "max_procs": opts.max_procs,
+            "redundancy": opts.redundancy.to_string(),
+            "spare_nodes": opts.spare_nodes,
             "handler_threads": opts.handler_threads,
             "mmap_min_bytes": opts.mmap_min_bytes,
             "space_base": format!("{:#x}", opts.space_base),

@@ -9,7 +9,12 @@ use serde_json::{json, Map, Value};
 use std::path::Path;
 
 /// Counters that are high-water marks: combined with `max`, not summed.
-const MAXIMA: &[&str] = &["resident_pages_peak"];
+/// (Each process declares a node's death on its own, so the job's count is the largest.)
+const MAXIMA: &[&str] = &[
+    "resident_pages_peak",
+    "node_deaths",
+    "failover_stall_ns_max",
+];
 /// Counters that describe the final state of one process: not meaningful as a sum.
 const DROPPED: &[&str] = &["resident_pages"];
 
@@ -187,7 +192,8 @@ pub fn render(total: &Value, processes: usize, incomplete: usize, transports: &s
         g("evictions_clean"),
         g("zero_fills"),
         mib(g("resident_pages_peak") * crate::space::PAGE_BYTES as u64),
-    ) + &if incomplete > 0 {
+    ) + &redundancy_line(total)
+        + &if incomplete > 0 {
         format!(
             "dsmrun: {incomplete} of them ended without writing final statistics (killed by a \
              signal, or ended by a runtime failure): their figures are from their last \
@@ -196,6 +202,29 @@ pub fn render(total: &Value, processes: usize, incomplete: usize, transports: &s
     } else {
         String::new()
     }
+}
+
+/// What node deaths cost the job (`redundancy`), or nothing when no node died.
+fn redundancy_line(total: &Value) -> String {
+    let g = |k: &str| total[k].as_u64().unwrap_or(0);
+    if g("node_deaths") == 0 {
+        return String::new();
+    }
+    let reprotected = match g("reprotect_pages") {
+        0 => String::new(),
+        n => format!(
+            "; {n} pages re-protected onto spares in {:.2} s",
+            g("reprotect_ns") as f64 / 1e9
+        ),
+    };
+    format!(
+        "dsmrun: redundancy: {} node(s) died and were fenced; {} pages read from another \
+         copy, {} written with fewer copies; longest stall {:.1} ms{reprotected}\n",
+        g("node_deaths"),
+        g("failover_read_pages"),
+        g("degraded_write_pages"),
+        g("failover_stall_ns_max") as f64 / 1e6,
+    )
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use crate::node::header::NODE_HEADER_BYTES;
 use crate::policy::PageMap;
+use crate::redundancy::copies::{CopyLayout, HomeSet};
 use crate::space::{PageNum, PAGE_BYTES};
 use crate::transport::NodeId;
 use std::sync::Mutex;
@@ -18,13 +19,45 @@ pub struct Home {
 /// Maps global pages to homes. Must be a pure function of the page: every process of a
 /// job (and, later, every node's directory) must compute the same answer.
 pub trait Placement: Send + Sync + std::fmt::Debug {
-    /// Home of `page`.
+    /// Primary home of `page`: where operations on it are addressed.
     fn home(&self, page: PageNum) -> Home;
+    /// Every home of `page`, primary first: one unless the job keeps copies
+    /// (`redundancy`).
+    fn homes(&self, page: PageNum) -> HomeSet {
+        HomeSet::one(self.home(page))
+    }
 }
 
 impl<P: Placement + ?Sized> Placement for Box<P> {
     fn home(&self, page: PageNum) -> Home {
         (**self).home(page)
+    }
+    fn homes(&self, page: PageNum) -> HomeSet {
+        (**self).homes(page)
+    }
+}
+
+/// Another placement whose pages have copies on other nodes (`replicate:R`): its homes
+/// are the primary home's copy set ([`CopyLayout`]).
+#[derive(Debug)]
+pub struct Replicated<P> {
+    inner: P,
+    layout: std::sync::Arc<CopyLayout>,
+}
+
+impl<P: Placement> Replicated<P> {
+    /// `inner` must place primaries within `layout.band_bytes()` of each node's data.
+    pub fn new(inner: P, layout: std::sync::Arc<CopyLayout>) -> Replicated<P> {
+        Replicated { inner, layout }
+    }
+}
+
+impl<P: Placement> Placement for Replicated<P> {
+    fn home(&self, page: PageNum) -> Home {
+        self.inner.home(page)
+    }
+    fn homes(&self, page: PageNum) -> HomeSet {
+        self.layout.homes_of(self.inner.home(page))
     }
 }
 

@@ -124,6 +124,10 @@ pub struct Profile {
     pub sample_interval_ms: u64,
     /// Milliseconds before the allocator gives a freed span up (-1: never).
     pub purge_delay_ms: i64,
+    /// How many places each page is kept at home (`redundancy = "replicate:2"`); `None`
+    /// leaves it to `--redundancy` (default `none`). A job-wide setting: `dsmrun` reads it
+    /// to size the nodes, and `--redundancy` overrides it.
+    pub redundancy: Option<crate::redundancy::Redundancy>,
 }
 
 /// What kind of mistake a profile file holds.
@@ -345,6 +349,7 @@ impl Profile {
 #[serde(deny_unknown_fields)]
 struct RawProfile {
     description: Option<Spanned<String>>,
+    redundancy: Option<Spanned<String>>,
     eviction: Option<RawEviction>,
     prefetch: Option<RawPrefetch>,
     placement: Option<RawPlacement>,
@@ -673,6 +678,16 @@ impl RawProfile {
                 "reclaim starts when free cache falls below the start mark and stops at the stop mark, so start < stop (e.g. 3 and 8)".to_owned(),
             ));
         }
+        let redundancy = match &self.redundancy {
+            None => None,
+            Some(r) => Some(r.get_ref().parse().map_err(|e: String| {
+                ctx.value_error(
+                    r.span(),
+                    format!("redundancy = {:?} is not a redundancy setting", r.get_ref()),
+                    e,
+                )
+            })?),
+        };
         Ok(Profile {
             name: name.to_owned(),
             origin: origin.to_owned(),
@@ -689,6 +704,7 @@ impl RawProfile {
             sample_pages: sample_pages as usize,
             sample_interval_ms: sample_interval_ms as u64,
             purge_delay_ms,
+            redundancy,
         })
     }
 }

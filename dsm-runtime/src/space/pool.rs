@@ -121,19 +121,41 @@ fn add_bounded(
     })
 }
 
+/// `result`, or `None` when it failed because `node` died during it (the session fenced
+/// it, `redundancy`): a dead node's counters died with it and no longer matter.
+fn unless_fenced<T, E: Into<PoolError>>(
+    s: &dyn Session,
+    node: NodeId,
+    result: Result<T, E>,
+) -> Result<Option<T>, PoolError> {
+    match result.map_err(Into::into) {
+        Ok(v) => Ok(Some(v)),
+        Err(PoolError::Transport(_)) if s.fenced(node) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Gives back whatever slot `slot` claimed on every one of `nodes` nodes. The caller
 /// holds the slot (its owner word is the caller's), so nobody adds to the claim meanwhile.
 pub fn release_slot(s: &mut dyn Session, slot: usize, nodes: usize) -> Result<(), PoolError> {
     for n in 0..nodes {
         let node = NodeId(n as u16);
+        if s.fenced(node) {
+            continue; // a dead node's counters died with it
+        }
         let offset = slot_claimed_offset(slot);
-        let held = read_word(s, node, offset)?;
+        let read = read_word(s, node, offset);
+        let Some(held) = unless_fenced(s, node, read)? else {
+            continue;
+        };
         // Zero the slot word first: if we die between the two, the pages leak (counted
         // as claimed) rather than being given back twice.
-        if held == 0 || s.compare_and_swap(node, offset, held, 0)? != held {
+        let zeroed = s.compare_and_swap(node, offset, held, 0);
+        if held == 0 || unless_fenced(s, node, zeroed)? != Some(held) {
             continue;
         }
-        add_bounded(s, node, CLAIMED_PAGES_OFFSET, -(held as i64), u64::MAX)?;
+        let given = add_bounded(s, node, CLAIMED_PAGES_OFFSET, -(held as i64), u64::MAX);
+        unless_fenced(s, node, given)?;
     }
     Ok(())
 }
@@ -201,13 +223,21 @@ impl PoolAccount {
 
     /// Makes room for `pages` more pages of this process at home on `node`, claiming
     /// from the node when local credit does not cover them.
+    /// A fenced node (dead, `redundancy`) takes nothing: no copy is written to it.
     pub fn reserve(&self, s: &mut dyn Session, node: NodeId, pages: u64) -> Result<(), PoolError> {
+        if s.fenced(node) {
+            return Ok(());
+        }
         let mut claims = self.claims();
         let i = usize::from(node.0);
         let c = claims[i];
         if c.credit() < pages {
             let needed = pages - c.credit();
-            let granted = self.claim(s, node, c, needed)?;
+            // If it died during the claim, its copy will not be written either.
+            let claimed = self.claim(s, node, c, needed);
+            let Some(granted) = unless_fenced(s, node, claimed)? else {
+                return Ok(());
+            };
             claims[i].claimed_pages += granted;
         }
         claims[i].used_pages += pages;
@@ -264,7 +294,8 @@ impl PoolAccount {
     pub fn forget(&self, node: NodeId, pages: u64) {
         let mut claims = self.claims();
         let c = &mut claims[usize::from(node.0)];
-        debug_assert!(c.used_pages >= pages, "more pages forgotten than used");
+        // Fewer used than forgotten only on a node fenced before the page's first trip
+        // home (`reserve` counted nothing there).
         c.used_pages = c.used_pages.saturating_sub(pages);
     }
 
@@ -290,21 +321,26 @@ impl PoolAccount {
     fn give_back_credit(&self, s: &mut dyn Session) -> Result<(), PoolError> {
         let mut claims = self.claims();
         for (i, c) in claims.iter_mut().enumerate() {
-            if c.credit() <= CREDIT_KEPT_PAGES {
+            let node = NodeId(i as u16);
+            if c.credit() <= CREDIT_KEPT_PAGES || s.fenced(node) {
                 continue;
             }
-            let node = NodeId(i as u16);
             let back = c.credit() - GRANT_PAGES;
             let offset = slot_claimed_offset(self.slot);
             let next = c.claimed_pages - back;
-            if s.compare_and_swap(node, offset, c.claimed_pages, next)? != c.claimed_pages {
+            let cas = s.compare_and_swap(node, offset, c.claimed_pages, next);
+            let Some(found) = unless_fenced(s, node, cas)? else {
+                continue;
+            };
+            if found != c.claimed_pages {
                 return Err(PoolError::Corrupt {
                     node,
                     detail: format!("slot {}'s claim changed under its owner", self.slot),
                 });
             }
             c.claimed_pages = next;
-            add_bounded(s, node, CLAIMED_PAGES_OFFSET, -(back as i64), u64::MAX)?;
+            let given = add_bounded(s, node, CLAIMED_PAGES_OFFSET, -(back as i64), u64::MAX);
+            unless_fenced(s, node, given)?;
         }
         Ok(())
     }
@@ -320,7 +356,14 @@ impl PoolAccount {
         let claims = self.claims().clone();
         let mut free = 0;
         for (i, c) in claims.iter().enumerate() {
-            let claimed = read_word(s, NodeId(i as u16), CLAIMED_PAGES_OFFSET)?;
+            if s.fenced(NodeId(i as u16)) {
+                continue;
+            }
+            let node = NodeId(i as u16);
+            let read = read_word(s, node, CLAIMED_PAGES_OFFSET);
+            let Some(claimed) = unless_fenced(s, node, read)? else {
+                continue;
+            };
             free += c.capacity_pages.saturating_sub(claimed) + c.credit();
         }
         Ok(free)

@@ -105,6 +105,20 @@ pub enum TransportError {
     /// The request names a node that is not in the cluster.
     #[error("no such node: {0}")]
     UnknownNode(NodeId),
+    /// Every home of a page is on a dead node (`redundancy`): its data is lost.
+    #[error(
+        "data was lost: every one of the {copies} copies of the page whose primary home is \
+         {node} offset {offset:#x} was on a dead node (dead: {dead:?}); the job cannot go on"
+    )]
+    DataLost {
+        /// The page's primary home.
+        node: NodeId,
+        offset: u64,
+        /// Copies the page had.
+        copies: usize,
+        /// The nodes declared dead so far.
+        dead: Vec<NodeId>,
+    },
     /// An RDMA verb, or the completion of a work request, failed.
     #[error("{node}: {verb} failed: {status}")]
     Verbs {
@@ -127,6 +141,7 @@ impl TransportError {
             | TransportError::Auth { node, .. }
             | TransportError::Rejected { node, .. }
             | TransportError::Verbs { node, .. }
+            | TransportError::DataLost { node, .. }
             | TransportError::UnknownNode(node) => *node,
         }
     }
@@ -185,6 +200,11 @@ pub trait Session: Send {
     ) -> Result<u64, TransportError>;
     /// Sends a small control message and returns the node's answer.
     fn call(&mut self, node: NodeId, msg: &[u8]) -> Result<Vec<u8>, TransportError>;
+    /// Whether `node` was declared dead and is never contacted again (only sessions that
+    /// keep redundant copies declare deaths; see `redundancy`).
+    fn fenced(&self, _node: NodeId) -> bool {
+        false
+    }
 }
 
 /// A cluster reachable through one backend.

@@ -396,6 +396,40 @@ impl TcpSession {
         Some(seq)
     }
 
+    /// Reads the reply of every request in `pending`, even after one failed, so that no
+    /// healthy node's connection is left with an unread reply (which the next batch would
+    /// take for its own): a caller that fails over to other nodes keeps using this
+    /// session. Returns the first error.
+    fn drain_pending(
+        &mut self,
+        mut reply: impl FnMut(&mut Self, usize, u64) -> Result<(), TransportError>,
+    ) -> Result<(), TransportError> {
+        let mut first_error = None;
+        for p in 0..self.pending.len() {
+            let (i, seq) = self.pending[p];
+            if self.conns[i].broken {
+                continue;
+            }
+            if let Err(e) = reply(self, i, seq) {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.pending.clear();
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn drain_write_replies(&mut self, ops: &[WriteOp<'_>]) -> Result<(), TransportError> {
+        self.drain_pending(|s, i, seq| {
+            let node = s.conns[i].info.id;
+            let first = ops.iter().find(|o| o.node == node).map_or(0, |o| o.offset);
+            let h = s.read_reply(i, Op::Write, seq, first)?;
+            if h.payload_len != 0 {
+                return Err(s.protocol(i, "write reply with payload".into()));
+            }
+            Ok(())
+        })
+    }
+
     fn send_frame(&mut self, i: usize) -> Result<(), TransportError> {
         let res = self.conns[i].stream.write_all(&self.frame);
         res.map_err(|e| self.fail(i, e))
@@ -414,15 +448,14 @@ impl Session for TcpSession {
             else {
                 continue;
             };
-            self.conn_index(node)?;
-            self.send_frame(i)?;
+            if let Err(e) = self.conn_index(node).and_then(|_| self.send_frame(i)) {
+                // This error is the first; the drained replies' own errors come after it.
+                let _ = self.drain_pending(|s, i, seq| s.read_data_reply(i, seq, ops));
+                return Err(e);
+            }
             self.pending.push((i, seq));
         }
-        for p in 0..self.pending.len() {
-            let (i, seq) = self.pending[p];
-            self.read_data_reply(i, seq, ops)?;
-        }
-        Ok(())
+        self.drain_pending(|s, i, seq| s.read_data_reply(i, seq, ops))
     }
 
     fn write_batch(&mut self, ops: &[WriteOp<'_>]) -> Result<(), TransportError> {
@@ -436,7 +469,10 @@ impl Session for TcpSession {
             let Some(seq) = self.frame_share(Op::Write, entries, total) else {
                 continue;
             };
-            self.conn_index(node)?;
+            if let Err(e) = self.conn_index(node) {
+                let _ = self.drain_write_replies(ops);
+                return Err(e);
+            }
             self.iov.clear();
             self.iov.push(iovec(self.frame.as_ptr(), self.frame.len()));
             for o in ops.iter().filter(|o| o.node == node) {
@@ -446,20 +482,13 @@ impl Session for TcpSession {
             // SAFETY: the iovecs point into `self.frame` and the callers' borrowed data,
             // both alive for this call.
             if let Err(e) = unsafe { vectored::write_all(fd, &mut self.iov) } {
-                return Err(self.fail(i, e));
+                let e = self.fail(i, e);
+                let _ = self.drain_write_replies(ops);
+                return Err(e);
             }
             self.pending.push((i, seq));
         }
-        for p in 0..self.pending.len() {
-            let (i, seq) = self.pending[p];
-            let node = self.conns[i].info.id;
-            let first = ops.iter().find(|o| o.node == node).map_or(0, |o| o.offset);
-            let h = self.read_reply(i, Op::Write, seq, first)?;
-            if h.payload_len != 0 {
-                return Err(self.protocol(i, "write reply with payload".into()));
-            }
-        }
-        Ok(())
+        self.drain_write_replies(ops)
     }
 
     fn compare_and_swap(

@@ -1,0 +1,186 @@
+//! The dead nodes of this process, and what their deaths cost.
+//!
+//! A node is declared dead on the first operation that fails in a way that says the node
+//! itself is gone or unreachable: its connection broke, it did not answer within the node
+//! timeout, or it answered garbage. From then on it is fenced: no session of this process
+//! sends it anything again, even if it comes back (a stopped node that resumes, a link
+//! that heals), so a stale copy on it can never be served. A rejected operation (out of
+//! bounds, a full node) is the caller's error, not a death.
+
+use crate::policy::Home;
+use crate::stats::Stats;
+use crate::transport::{NodeId, NodeInfo, TransportError};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Set in a substitute word once the spare holds every page the dead node held.
+const SUBSTITUTE_VALID: u32 = 1 << 31;
+
+/// This process's view of which nodes are dead. Shared by every session of the process.
+#[derive(Debug)]
+pub struct Fence {
+    nodes: Vec<NodeInfo>,
+    dead: Vec<AtomicBool>,
+    /// Per node: 0, or the spare node standing in for it (+1), with [`SUBSTITUTE_VALID`]
+    /// once re-protection copied everything onto it.
+    substitutes: Vec<AtomicU32>,
+    /// Nodes kept out of placement to stand in for dead ones (`--spare-nodes`).
+    spares: Vec<NodeId>,
+    /// Serialises the choice of a spare.
+    assigning: Mutex<()>,
+    redundancy: super::Redundancy,
+    stats: OnceLock<Arc<Stats>>,
+}
+
+impl Fence {
+    /// Every node of `nodes` alive; the last `spares` of them are spares.
+    pub fn new(nodes: &[NodeInfo], redundancy: super::Redundancy, spares: usize) -> Fence {
+        let first_spare = nodes.len().saturating_sub(spares);
+        Fence {
+            nodes: nodes.to_vec(),
+            dead: nodes.iter().map(|_| AtomicBool::new(false)).collect(),
+            substitutes: nodes.iter().map(|_| AtomicU32::new(0)).collect(),
+            spares: (first_spare..nodes.len())
+                .map(|i| NodeId(i as u16))
+                .collect(),
+            assigning: Mutex::new(()),
+            redundancy,
+            stats: OnceLock::new(),
+        }
+    }
+
+    /// The node standing in for `node`, and whether it already holds all its pages.
+    fn substitute(&self, node: NodeId) -> Option<(NodeId, bool)> {
+        let word = self
+            .substitutes
+            .get(usize::from(node.0))?
+            .load(Ordering::Acquire);
+        let id = word & !SUBSTITUTE_VALID;
+        (id != 0).then(|| (NodeId((id - 1) as u16), word & SUBSTITUTE_VALID != 0))
+    }
+
+    /// Where to write the copy that lives at `home`: there if its node lives, else on
+    /// the live spare standing in for it (being filled or full), else nowhere.
+    pub fn write_target(&self, home: Home) -> Option<Home> {
+        if !self.is_dead(home.node) {
+            return Some(home);
+        }
+        let (spare, _) = self.substitute(home.node)?;
+        (!self.is_dead(spare)).then_some(Home {
+            node: spare,
+            offset: home.offset,
+        })
+    }
+
+    /// Where to read the copy that lives at `home`: there if its node lives, else on the
+    /// live spare standing in for it once re-protection has filled it, else nowhere.
+    pub fn read_target(&self, home: Home) -> Option<Home> {
+        if !self.is_dead(home.node) {
+            return Some(home);
+        }
+        match self.substitute(home.node)? {
+            (spare, true) if !self.is_dead(spare) => Some(Home {
+                node: spare,
+                offset: home.offset,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Chooses a live spare, not standing in for anyone, to stand in for `dead`; from now
+    /// on writes of `dead`'s copies go to it. `None` when no spare is left.
+    pub fn assign_spare(&self, dead: NodeId) -> Option<NodeId> {
+        let _one_at_a_time = self.assigning.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((spare, _)) = self.substitute(dead) {
+            return Some(spare);
+        }
+        let taken: Vec<NodeId> = (0..self.nodes.len() as u16)
+            .filter_map(|n| self.substitute(NodeId(n)).map(|(s, _)| s))
+            .collect();
+        let spare = *self
+            .spares
+            .iter()
+            .find(|s| !self.is_dead(**s) && !taken.contains(s))?;
+        self.substitutes[usize::from(dead.0)].store(u32::from(spare.0) + 1, Ordering::Release);
+        Some(spare)
+    }
+
+    /// Records that `dead`'s spare now holds every page `dead` held: reads may use it.
+    pub fn mark_substitute_full(&self, dead: NodeId) {
+        self.substitutes[usize::from(dead.0)].fetch_or(SUBSTITUTE_VALID, Ordering::AcqRel);
+    }
+
+    /// Where deaths, fail-overs and stalls are counted (set once, when the runtime's
+    /// statistics exist).
+    pub fn count_into(&self, stats: Arc<Stats>) {
+        let _ = self.stats.set(stats);
+    }
+
+    pub(crate) fn stats(&self) -> Option<&Stats> {
+        self.stats.get().map(|s| &**s)
+    }
+
+    /// Whether `node` was declared dead.
+    pub fn is_dead(&self, node: NodeId) -> bool {
+        self.dead
+            .get(usize::from(node.0))
+            .is_some_and(|d| d.load(Ordering::Acquire))
+    }
+
+    /// Dead nodes, in order.
+    pub fn dead_nodes(&self) -> Vec<NodeId> {
+        (0..self.dead.len() as u16)
+            .map(NodeId)
+            .filter(|&n| self.is_dead(n))
+            .collect()
+    }
+
+    /// Whether `err` means that its node is gone (rather than that the request was wrong).
+    pub fn is_death(err: &TransportError) -> bool {
+        matches!(
+            err,
+            TransportError::Connect { .. }
+                | TransportError::Timeout { .. }
+                | TransportError::Io { .. }
+                | TransportError::Protocol { .. }
+                | TransportError::Verbs { .. }
+        )
+    }
+
+    /// Declares `node` dead because of `cause`: fences it and, the first time, says so on
+    /// stderr and counts the death. Returns whether this call declared it.
+    pub fn declare_dead(&self, node: NodeId, cause: &TransportError) -> bool {
+        let Some(flag) = self.dead.get(usize::from(node.0)) else {
+            return false;
+        };
+        if flag.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        if let Some(st) = self.stats() {
+            st.node_deaths.fetch_add(1, Ordering::Relaxed);
+        }
+        let addr = self.nodes[usize::from(node.0)].addr;
+        let dead = self.dead_nodes();
+        let line = format!(
+            "dsm: {node} at {addr} died ({cause}); it is fenced: this job never contacts it \
+             again. Redundancy degraded ({} with {} of {} nodes dead): pages that had a copy \
+             on it are served from their other copies\n",
+            self.redundancy,
+            dead.len(),
+            self.nodes.len()
+        );
+        // One write, so the line stays whole among other threads' output.
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        true
+    }
+
+    /// Records a stall of `ns` caused by a failure (from the first failed attempt of an
+    /// operation to its success on another copy).
+    pub fn record_stall(&self, ns: u64) {
+        if let Some(st) = self.stats() {
+            st.failover_stall_ns_max.fetch_max(ns, Ordering::Relaxed);
+            st.failover_stall_ns_total.fetch_add(ns, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Redundancy: every page at home in several places, so that a memory node's death costs
+//! the job a stall, not its data.
+//!
+//! - [`Redundancy`] is the setting (`--redundancy none|replicate:R|ec:K+M`).
+//! - [`copies::CopyLayout`] says where a page's copies live: placement picks the primary
+//!   home, and copy `r` sits on another node, in that node's `r`-th band of its region
+//!   ([`crate::policy::Placement::homes`] returns the set).
+//! - [`fence::Fence`] is a process's list of dead nodes: a node declared dead is never
+//!   contacted again by this process, even if it comes back.
+//! - [`session::RedundantSession`] wraps a transport session: writes go to every live
+//!   copy before they count as done, reads take one copy and fail over to the next when
+//!   a node dies or does not answer within the node timeout; a page left with no live copy
+//!   is a [`crate::transport::TransportError::DataLost`], which ends the job with status
+//!   70 and a message saying data was lost.
+//!
+//! With `none` nothing here is on the fault path: sessions are not wrapped.
+
+pub mod copies;
+pub mod fence;
+pub mod reprotect;
+pub mod session;
+
+use crate::config::ConfigError;
+use crate::policy::placement::Replicated;
+use crate::policy::Placement;
+use crate::stats::Stats;
+use crate::transport::{NodeInfo, Session};
+use copies::CopyLayout;
+use fence::Fence;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// Most copies of a page (`replicate:R`) or pieces of a group (`ec:K+M`).
+pub const COPIES_MAX: usize = 8;
+
+/// How pages are kept at home.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Redundancy {
+    /// One copy: a node's death loses the pages it held (the job ends with status 70).
+    #[default]
+    None,
+    /// `copies` copies of every page, each on a different node.
+    Replicate { copies: u8 },
+    /// `data` data pieces and `parity` parity pieces per group, on `data + parity` nodes.
+    ErasureCoded { data: u8, parity: u8 },
+}
+
+impl Redundancy {
+    /// Copies of each page kept at home (1 for `none`).
+    pub fn copies(self) -> usize {
+        match self {
+            Redundancy::None => 1,
+            Redundancy::Replicate { copies } => usize::from(copies),
+            Redundancy::ErasureCoded { .. } => 1,
+        }
+    }
+
+    /// Nodes the setting needs at least.
+    pub fn nodes_needed(self) -> usize {
+        match self {
+            Redundancy::None => 1,
+            Redundancy::Replicate { copies } => usize::from(copies),
+            Redundancy::ErasureCoded { data, parity } => usize::from(data) + usize::from(parity),
+        }
+    }
+
+    /// Checks the setting against a job of `nodes` memory nodes; the error says what to do.
+    pub fn check_nodes(self, nodes: usize) -> Result<(), String> {
+        if let Redundancy::ErasureCoded { .. } = self {
+            return Err(format!(
+                "--redundancy {self}: erasure coding is not implemented yet; use replicate:2 \
+                 (two copies of every page)"
+            ));
+        }
+        let needed = self.nodes_needed();
+        if nodes < needed {
+            return Err(format!(
+                "--redundancy {self} keeps every page on {needed} different nodes, but the job \
+                 has {nodes}: raise -n to at least {needed}, or lower the redundancy"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Redundancy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Redundancy::None => write!(f, "none"),
+            Redundancy::Replicate { copies } => write!(f, "replicate:{copies}"),
+            Redundancy::ErasureCoded { data, parity } => write!(f, "ec:{data}+{parity}"),
+        }
+    }
+}
+
+impl FromStr for Redundancy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Redundancy, String> {
+        let t = text.trim();
+        let usage = "use none, replicate:R (R copies, 2 to 8) or ec:K+M (K data and M parity \
+                     pieces, K+M at most 8)";
+        if t == "none" {
+            return Ok(Redundancy::None);
+        }
+        let count = |s: &str, what: &str| -> Result<u8, String> {
+            s.trim()
+                .parse::<u8>()
+                .map_err(|_| format!("{what} {s:?} is not a number: {usage}"))
+        };
+        if let Some(r) = t.strip_prefix("replicate:") {
+            let copies = count(r, "copy count")?;
+            if !(2..=COPIES_MAX as u8).contains(&copies) {
+                return Err(format!("replicate:{copies}: {usage}"));
+            }
+            return Ok(Redundancy::Replicate { copies });
+        }
+        if let Some(km) = t.strip_prefix("ec:") {
+            let (k, m) = km
+                .split_once('+')
+                .ok_or_else(|| format!("ec:{km}: expect ec:K+M, e.g. ec:4+1; {usage}"))?;
+            let (data, parity) = (count(k, "data pieces")?, count(m, "parity pieces")?);
+            let total = usize::from(data) + usize::from(parity);
+            if data == 0 || parity == 0 || total > COPIES_MAX {
+                return Err(format!("ec:{data}+{parity}: {usage}"));
+            }
+            return Ok(Redundancy::ErasureCoded { data, parity });
+        }
+        Err(format!("{t:?}: {usage}"))
+    }
+}
+
+/// Nodes that hold pages when the last `spares` of `nodes` are spares; an error unless
+/// at least one node is left.
+pub fn placed_nodes(nodes: usize, spares: usize) -> Result<usize, String> {
+    match nodes.checked_sub(spares) {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{spares} spare nodes leave none of the {nodes} nodes to hold pages"
+        )),
+    }
+}
+
+/// A runtime's redundancy machinery: nothing at all for `none` (the fast path is the
+/// plain session), else the copy layout and the process's fence.
+pub struct Copies {
+    kept: Option<(Arc<CopyLayout>, Arc<Fence>)>,
+}
+
+impl Copies {
+    /// The machinery for `config.redundancy` over `nodes`, whose data areas hold at least
+    /// `data_bytes` each; an error when the job has too few nodes for it.
+    /// The last `spares` of `nodes` hold no pages until they stand in for a dead node.
+    pub fn plan(
+        r: Redundancy,
+        nodes: &[NodeInfo],
+        spares: usize,
+        data_bytes: u64,
+    ) -> Result<Copies, ConfigError> {
+        let active = placed_nodes(nodes.len(), spares).map_err(|hint| ConfigError {
+            field: "spare_nodes",
+            value: spares.to_string(),
+            hint,
+        })?;
+        r.check_nodes(active).map_err(|hint| ConfigError {
+            field: "redundancy",
+            value: r.to_string(),
+            hint,
+        })?;
+        if r.copies() == 1 {
+            return Ok(Copies { kept: None });
+        }
+        let layout = Arc::new(CopyLayout::new(&nodes[..active], r.copies(), data_bytes));
+        let fence = Arc::new(Fence::new(nodes, r, spares));
+        Ok(Copies {
+            kept: Some((layout, fence)),
+        })
+    }
+
+    /// The machinery for `r` over `transport`'s nodes (for a session used before the
+    /// runtime starts: the slot claim).
+    pub fn for_transport(
+        r: Redundancy,
+        spares: usize,
+        transport: &dyn crate::transport::Transport,
+    ) -> Result<Copies, ConfigError> {
+        let data_bytes = transport
+            .nodes()
+            .iter()
+            .map(|n| crate::node::header::data_bytes(n.region_bytes))
+            .min()
+            .unwrap_or(0);
+        Copies::plan(r, transport.nodes(), spares, data_bytes)
+    }
+
+    /// Bytes of each node's data area that primary homes may use.
+    pub fn primary_bytes(&self, data_bytes: u64) -> u64 {
+        match &self.kept {
+            None => data_bytes,
+            Some((layout, _)) => layout.band_bytes(),
+        }
+    }
+
+    /// `placement` with each page's copies as its homes.
+    pub fn placement(&self, placement: Box<dyn Placement>) -> Box<dyn Placement> {
+        match &self.kept {
+            None => placement,
+            Some((layout, _)) => Box::new(Replicated::new(placement, layout.clone())),
+        }
+    }
+
+    /// `session`, writing every copy and failing over between them.
+    pub fn wrap(&self, session: Box<dyn Session>) -> Box<dyn Session> {
+        match &self.kept {
+            None => session,
+            Some((layout, fence)) => Box::new(session::RedundantSession::new(
+                session,
+                layout.clone(),
+                fence.clone(),
+            )),
+        }
+    }
+
+    /// Counts deaths, fail-overs and stalls into `stats`.
+    pub fn count_into(&self, stats: &Arc<Stats>) {
+        if let Some((_, fence)) = &self.kept {
+            fence.count_into(stats.clone());
+        }
+    }
+
+    /// The process's fence, when pages are kept redundantly.
+    pub fn fence(&self) -> Option<&Arc<Fence>> {
+        self.kept.as_ref().map(|(_, f)| f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_print_and_check_the_node_count() {
+        for (text, r) in [
+            ("none", Redundancy::None),
+            ("replicate:2", Redundancy::Replicate { copies: 2 }),
+            ("replicate:3", Redundancy::Replicate { copies: 3 }),
+            ("ec:4+1", Redundancy::ErasureCoded { data: 4, parity: 1 }),
+        ] {
+            assert_eq!(text.parse::<Redundancy>().unwrap(), r);
+            assert_eq!(r.to_string(), text);
+        }
+        for bad in [
+            "",
+            "replicate",
+            "replicate:1",
+            "replicate:9",
+            "replicate:x",
+            "ec:4",
+            "ec:0+1",
+            "ec:4+0",
+            "ec:8+1",
+            "raid5",
+            "mirror:2",
+        ] {
+            let err = bad.parse::<Redundancy>().unwrap_err();
+            assert!(err.contains("use none, replicate:R"), "{bad}: {err}");
+        }
+        let two = Redundancy::Replicate { copies: 2 };
+        assert!(two.check_nodes(2).is_ok());
+        let err = two.check_nodes(1).unwrap_err();
+        assert!(err.contains("raise -n to at least 2"), "{err}");
+        assert!(Redundancy::None.check_nodes(1).is_ok());
+        let ec = "ec:4+1".parse::<Redundancy>().unwrap();
+        assert_eq!(ec.nodes_needed(), 5);
+        assert!(ec.check_nodes(5).unwrap_err().contains("not implemented"));
+    }
+}

@@ -1,0 +1,442 @@
+//! A session that keeps every page on all its homes and survives the death of nodes.
+//!
+//! Callers address each operation to a page's primary home, exactly as without
+//! redundancy; this wrapper maps it to the page's set of homes ([`CopyLayout`]):
+//!
+//! - a write goes to every live home, in one batch of the inner session; the batch
+//!   returns (and the page counts as clean at home) only when every copy is stored;
+//! - a read goes to the first live home; after it, the op names the copy actually read;
+//! - a home on a dead node that a spare stands in for (`reprotect`) is written on the
+//!   spare at the same offset, and read there once re-protection has filled the spare;
+//! - an operation that fails because a node is gone ([`Fence::is_death`]) fences that
+//!   node and is retried on the surviving copies (reads and writes of whole pages are
+//!   idempotent), so a fault that waited on a dead node is served from another copy;
+//! - an operation whose page has no live home left fails with
+//!   [`TransportError::DataLost`]: wrong data is never returned.
+//!
+//! Header words: the slot table (node 0's, `node::header`) is kept on the first
+//! `copies` nodes; a compare-and-swap on it goes to the first live one, and a swap that
+//! took effect is copied to the others, so the table outlives node 0. Pool counters live
+//! on the node they count and die with it: the pool skips fenced nodes
+//! ([`Session::fenced`]).
+
+use super::copies::CopyLayout;
+use super::fence::Fence;
+use crate::node::header::CAPACITY_PAGES_OFFSET;
+use crate::policy::Home;
+use crate::transport::{NodeId, ReadOp, Session, TransportError, WriteOp};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A session over a job kept with `replicate:R` (see the module documentation).
+pub struct RedundantSession {
+    inner: Box<dyn Session>,
+    layout: Arc<CopyLayout>,
+    fence: Arc<Fence>,
+    /// The primary home of each op of the current read batch.
+    primaries: Vec<Home>,
+    /// The expanded write batch, kept for its capacity.
+    writes: Vec<WriteOp<'static>>,
+}
+
+impl RedundantSession {
+    /// Wraps `inner`, a session to every node of the job.
+    pub fn new(inner: Box<dyn Session>, layout: Arc<CopyLayout>, fence: Arc<Fence>) -> Self {
+        RedundantSession {
+            inner,
+            layout,
+            fence,
+            primaries: Vec::new(),
+            writes: Vec::new(),
+        }
+    }
+
+    /// Most attempts of one operation: each failed one fences a node.
+    fn attempts_max(&self) -> usize {
+        self.layout.copies() + 1
+    }
+
+    /// The first live home of the page whose primary home is `primary`.
+    fn live_home(&self, primary: Home) -> Result<Home, TransportError> {
+        let set = self.layout.homes_of(primary);
+        set.as_slice()
+            .iter()
+            .find_map(|&h| self.fence.read_target(h))
+            .ok_or_else(|| self.lost(primary))
+    }
+
+    fn lost(&self, primary: Home) -> TransportError {
+        TransportError::DataLost {
+            node: primary.node,
+            offset: primary.offset,
+            copies: self.layout.copies(),
+            dead: self.fence.dead_nodes(),
+        }
+    }
+
+    /// Handles a failed attempt: a death fences its node and asks for a retry.
+    fn after_failure(&self, err: TransportError) -> Result<(), TransportError> {
+        if Fence::is_death(&err) {
+            self.fence.declare_dead(err.node(), &err);
+            return Ok(());
+        }
+        Err(err)
+    }
+
+    fn count(&self, failover_pages: u64, degraded_pages: u64, stalled_since: Option<Instant>) {
+        if let Some(st) = self.fence.stats() {
+            if failover_pages > 0 {
+                st.failover_read_pages
+                    .fetch_add(failover_pages, Ordering::Relaxed);
+            }
+            if degraded_pages > 0 {
+                st.degraded_write_pages
+                    .fetch_add(degraded_pages, Ordering::Relaxed);
+            }
+        }
+        if let Some(t) = stalled_since {
+            self.fence.record_stall(t.elapsed().as_nanos() as u64);
+        }
+    }
+
+    /// The nodes holding the slot table, first to last.
+    fn table_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        (0..self.layout.copies() as u16).map(NodeId)
+    }
+
+    /// A compare-and-swap on the slot table: decided by its first live copy, then copied
+    /// to the others when it took effect.
+    fn table_cas(&mut self, offset: u64, expected: u64, new: u64) -> Result<u64, TransportError> {
+        let mut decided = None;
+        for node in self.table_nodes().collect::<Vec<_>>() {
+            if self.fence.is_dead(node) {
+                continue;
+            }
+            match decided {
+                None => match self.inner.compare_and_swap(node, offset, expected, new) {
+                    Ok(found) => decided = Some(found),
+                    Err(e) => self.after_failure(e)?,
+                },
+                Some(found) if found == expected && expected != new => {
+                    if let Err(e) = self.mirror_word(node, offset, new) {
+                        self.after_failure(e)?;
+                    }
+                }
+                Some(_) => break,
+            }
+        }
+        decided.ok_or_else(|| {
+            self.lost(Home {
+                node: NodeId(0),
+                offset,
+            })
+        })
+    }
+
+    /// Sets the word at `offset` on `node` to `new`, whatever it held.
+    fn mirror_word(&mut self, node: NodeId, offset: u64, new: u64) -> Result<(), TransportError> {
+        let mut current = self.inner.compare_and_swap(node, offset, 0, 0)?;
+        for _ in 0..1000 {
+            let found = self.inner.compare_and_swap(node, offset, current, new)?;
+            if found == current {
+                return Ok(());
+            }
+            current = found;
+        }
+        Ok(())
+    }
+}
+
+impl Session for RedundantSession {
+    fn read_batch(&mut self, ops: &mut [ReadOp<'_>]) -> Result<(), TransportError> {
+        self.primaries.clear();
+        self.primaries.extend(ops.iter().map(|o| Home {
+            node: o.node,
+            offset: o.offset,
+        }));
+        let mut stalled_since = None;
+        for _ in 0..self.attempts_max() {
+            let mut moved = 0;
+            for (op, &primary) in ops.iter_mut().zip(&self.primaries) {
+                let h = self.live_home(primary)?;
+                moved += u64::from(h.node != primary.node);
+                (op.node, op.offset) = (h.node, h.offset);
+            }
+            let started = Instant::now();
+            match self.inner.read_batch(ops) {
+                Ok(()) => {
+                    self.count(moved, 0, stalled_since);
+                    return Ok(());
+                }
+                Err(e) => self.after_failure(e)?,
+            }
+            stalled_since.get_or_insert(started);
+        }
+        Err(self.lost(self.primaries[0]))
+    }
+
+    fn write_batch(&mut self, ops: &[WriteOp<'_>]) -> Result<(), TransportError> {
+        let mut out: Vec<WriteOp<'_>> = crate::cache::recycle(std::mem::take(&mut self.writes));
+        let mut stalled_since = None;
+        let mut result = Err(self.lost(Home {
+            node: ops.first().map_or(NodeId(0), |o| o.node),
+            offset: ops.first().map_or(0, |o| o.offset),
+        }));
+        for _ in 0..self.attempts_max() {
+            out.clear();
+            let mut degraded = 0;
+            for op in ops {
+                let primary = Home {
+                    node: op.node,
+                    offset: op.offset,
+                };
+                let set = self.layout.homes_of(primary);
+                let before = out.len();
+                for h in set
+                    .as_slice()
+                    .iter()
+                    .filter_map(|&h| self.fence.write_target(h))
+                {
+                    out.push(WriteOp {
+                        node: h.node,
+                        offset: h.offset,
+                        data: op.data,
+                    });
+                }
+                if out.len() == before {
+                    self.writes = crate::cache::recycle(out);
+                    return Err(self.lost(primary));
+                }
+                degraded += u64::from(out.len() - before < set.len());
+            }
+            let started = Instant::now();
+            match self.inner.write_batch(&out) {
+                Ok(()) => {
+                    self.count(0, degraded, stalled_since);
+                    result = Ok(());
+                    break;
+                }
+                Err(e) => {
+                    if let Err(e) = self.after_failure(e) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            stalled_since.get_or_insert(started);
+        }
+        self.writes = crate::cache::recycle(out);
+        result
+    }
+
+    fn compare_and_swap(
+        &mut self,
+        node: NodeId,
+        offset: u64,
+        expected: u64,
+        new: u64,
+    ) -> Result<u64, TransportError> {
+        if node == NodeId(0) && offset < CAPACITY_PAGES_OFFSET {
+            return self.table_cas(offset, expected, new);
+        }
+        let res = self.inner.compare_and_swap(node, offset, expected, new);
+        if let Err(e) = &res {
+            if Fence::is_death(e) {
+                self.fence.declare_dead(node, e);
+            }
+        }
+        res
+    }
+
+    fn call(&mut self, node: NodeId, msg: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let res = self.inner.call(node, msg);
+        if let Err(e) = &res {
+            if Fence::is_death(e) {
+                self.fence.declare_dead(node, e);
+            }
+        }
+        res
+    }
+
+    fn fenced(&self, node: NodeId) -> bool {
+        self.fence.is_dead(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::memory::MemoryNodes;
+    use crate::redundancy::Redundancy;
+    use crate::transport::NodeInfo;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    /// In-memory nodes where single nodes can go down and come back, logging every node
+    /// each operation reaches.
+    #[derive(Clone, Default)]
+    struct Flaky {
+        nodes: MemoryNodes,
+        down: Arc<Mutex<HashSet<u16>>>,
+        contacted: Arc<Mutex<Vec<u16>>>,
+    }
+
+    impl Flaky {
+        fn reach(&self, node: NodeId) -> Result<(), TransportError> {
+            self.contacted.lock().unwrap().push(node.0);
+            if self.down.lock().unwrap().contains(&node.0) {
+                return Err(TransportError::Timeout {
+                    node,
+                    addr: "127.0.0.1:1".parse().unwrap(),
+                    timeout_ms: 1,
+                });
+            }
+            Ok(())
+        }
+        fn set_down(&self, node: u16, down: bool) {
+            let mut d = self.down.lock().unwrap();
+            if down {
+                d.insert(node);
+            } else {
+                d.remove(&node);
+            }
+        }
+    }
+
+    impl Session for Flaky {
+        fn read_batch(&mut self, ops: &mut [ReadOp<'_>]) -> Result<(), TransportError> {
+            for op in ops.iter() {
+                self.reach(op.node)?;
+            }
+            self.nodes.read_batch(ops)
+        }
+        fn write_batch(&mut self, ops: &[WriteOp<'_>]) -> Result<(), TransportError> {
+            for op in ops {
+                self.reach(op.node)?;
+            }
+            self.nodes.write_batch(ops)
+        }
+        fn compare_and_swap(
+            &mut self,
+            node: NodeId,
+            offset: u64,
+            expected: u64,
+            new: u64,
+        ) -> Result<u64, TransportError> {
+            self.reach(node)?;
+            self.nodes.compare_and_swap(node, offset, expected, new)
+        }
+        fn call(&mut self, node: NodeId, msg: &[u8]) -> Result<Vec<u8>, TransportError> {
+            self.reach(node)?;
+            self.nodes.call(node, msg)
+        }
+    }
+
+    fn infos(n: u16) -> Vec<NodeInfo> {
+        (0..n)
+            .map(|i| NodeInfo {
+                id: NodeId(i),
+                addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                region_bytes: 1 << 20,
+            })
+            .collect()
+    }
+
+    fn session(flaky: &Flaky, nodes: u16, spares: usize) -> (RedundantSession, Arc<Fence>) {
+        let infos = infos(nodes);
+        let placed = &infos[..infos.len() - spares];
+        let layout = Arc::new(CopyLayout::new(placed, 2, 1 << 19));
+        let fence = Arc::new(Fence::new(
+            &infos,
+            Redundancy::Replicate { copies: 2 },
+            spares,
+        ));
+        let s = RedundantSession::new(Box::new(flaky.clone()), layout, fence.clone());
+        (s, fence)
+    }
+
+    fn write(s: &mut RedundantSession, node: u16, byte: u8) {
+        let data = [byte; 4096];
+        s.write_batch(&[WriteOp {
+            node: NodeId(node),
+            offset: 0,
+            data: &data,
+        }])
+        .unwrap();
+    }
+
+    fn read(s: &mut RedundantSession, node: u16) -> Result<u8, TransportError> {
+        let mut buf = [0u8; 4096];
+        s.read_batch(&mut [ReadOp {
+            node: NodeId(node),
+            offset: 0,
+            buf: &mut buf,
+        }])?;
+        assert!(buf.iter().all(|&b| b == buf[0]), "a torn page");
+        Ok(buf[0])
+    }
+
+    #[test]
+    fn a_dead_node_is_fenced_for_good_and_a_page_without_copies_is_lost_not_wrong() {
+        let flaky = Flaky::default();
+        let (mut s, fence) = session(&flaky, 3, 0);
+        // Primary on node 1, second copy on node 2 (at offset + band).
+        write(&mut s, 1, 7);
+        assert_eq!(flaky.nodes.read(NodeId(1), 0).unwrap()[0], 7);
+        assert_eq!(flaky.nodes.read(NodeId(2), 1 << 18).unwrap()[0], 7);
+        flaky.set_down(1, true);
+        assert_eq!(read(&mut s, 1).unwrap(), 7, "served from the other copy");
+        assert!(fence.is_dead(NodeId(1)));
+        // A newer version is written while node 1 is dead: only node 2 has it.
+        write(&mut s, 1, 9);
+        // Node 1 comes back holding the stale version: it must never be asked again.
+        flaky.set_down(1, false);
+        flaky.contacted.lock().unwrap().clear();
+        assert_eq!(read(&mut s, 1).unwrap(), 9, "never the stale copy");
+        write(&mut s, 1, 10);
+        assert!(
+            !flaky.contacted.lock().unwrap().contains(&1),
+            "a fenced node was contacted"
+        );
+        // The page's other home dies too: its data is lost, and said so.
+        flaky.set_down(2, true);
+        let err = read(&mut s, 1).unwrap_err();
+        assert!(matches!(err, TransportError::DataLost { .. }), "{err}");
+        assert!(err.to_string().contains("data was lost"), "{err}");
+    }
+
+    #[test]
+    fn a_spare_is_read_only_once_filled_and_then_survives_a_second_death() {
+        let flaky = Flaky::default();
+        let (mut s, fence) = session(&flaky, 4, 1);
+        write(&mut s, 1, 3);
+        flaky.set_down(1, true);
+        assert_eq!(read(&mut s, 1).unwrap(), 3);
+        assert_eq!(fence.assign_spare(NodeId(1)), Some(NodeId(3)));
+        // Being filled: writes reach the spare, reads do not rely on it.
+        write(&mut s, 1, 4);
+        assert_eq!(flaky.nodes.read(NodeId(3), 0).unwrap()[0], 4);
+        flaky.set_down(2, true);
+        assert!(matches!(
+            read(&mut s, 1),
+            Err(TransportError::DataLost { .. })
+        ));
+        // Once filled, the spare serves alone after a second death.
+        let flaky = Flaky::default();
+        let (mut s, fence) = session(&flaky, 4, 1);
+        write(&mut s, 1, 5);
+        flaky.set_down(1, true);
+        let _ = read(&mut s, 1);
+        assert_eq!(fence.assign_spare(NodeId(1)), Some(NodeId(3)));
+        write(&mut s, 1, 6); // as re-protection rewrites every page of the dead node
+        fence.mark_substitute_full(NodeId(1));
+        flaky.set_down(2, true);
+        assert_eq!(read(&mut s, 1).unwrap(), 6, "the filled spare serves");
+        assert_eq!(
+            fence.assign_spare(NodeId(2)),
+            None,
+            "one spare, already used"
+        );
+    }
+}
