@@ -261,7 +261,7 @@ impl<E: Effects> Core<E> {
             }
             self.maybe_checkpoint(&mut last_checkpoint);
             if self.gate.take_release_request() {
-                let released = crate::suspend::release_cache(self, &mut evictor, session.as_mut());
+                let released = crate::suspend::release_cache(self, session.as_mut());
                 self.gate
                     .report_released(released.map_err(|e| e.to_string()));
             }

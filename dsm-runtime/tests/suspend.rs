@@ -276,6 +276,37 @@ fn sigtstp_and_sigcont_to_dsmrun_suspend_and_resume_the_job() {
 }
 
 #[test]
+fn a_suspended_job_that_is_killed_ends() {
+    let Some(exe) = heapwalk() else {
+        return skip(
+            "a_suspended_job_that_is_killed",
+            "no C compiler (apt-get install gcc)",
+        );
+    };
+    let _turn = heavy();
+    let dir = scratch("suspend-kill");
+    let jobs = jobs_dir(&dir);
+    let mut job = start_job(&dir, "doomed", 32 << 20, &exe, &HEAPWALK_ARGS);
+    let pid = program_running_with(&mut job, 24 << 20);
+    let (ok, _, err) = control(&jobs, "suspend", "doomed");
+    assert!(ok, "{err}");
+    assert!(stopped(pid));
+    // SAFETY: signalling the dsmrun we started; it forwards SIGTERM to the program.
+    unsafe { libc::kill(job.id() as i32, libc::SIGTERM) };
+    let mut status = None;
+    wait_for(
+        || {
+            status = job.try_wait().unwrap();
+            status.is_some()
+        },
+        "the suspended job to end on SIGTERM",
+    );
+    assert_eq!(status.unwrap().code(), Some(128 + libc::SIGTERM));
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(exe);
+}
+
+#[test]
 fn velvetg_suspended_mid_run_assembles_the_native_contigs() {
     const EXAMPLES: &str = "/usr/share/doc/velvet/examples/test_reads.fa.xz";
     if !have("velveth") || !have("velvetg") || !Path::new(EXAMPLES).exists() || !have("xz") {

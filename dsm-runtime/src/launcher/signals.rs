@@ -58,7 +58,16 @@ fn job_control(sig: libc::c_int, from_terminal: bool) -> bool {
             c.say(c.resume().map(|a| format!("SIGCONT: {a}")));
             true
         }
-        _ => false,
+        libc::SIGWINCH => false,
+        _ => {
+            // A stopped program would keep any other signal pending, and a `kill` of a
+            // suspended job would do nothing: resume it first, so that the signal acts
+            // (a handler that touches the heap needs the fault path open).
+            if c.is_suspended() {
+                c.say(c.resume().map(|a| format!("signal {sig}: {a}")));
+            }
+            false
+        }
     }
 }
 

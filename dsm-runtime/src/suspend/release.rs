@@ -8,6 +8,9 @@ use crate::transport::Session;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+/// Pages per write-back batch while emptying the cache: the largest batch the runtime
+/// allows (config.rs), since nothing waits on this eviction but the suspend itself.
+const RELEASE_BATCH_PAGES: usize = 1024;
 /// Rounds in a row that may evict nothing (pages locked by a program thread's discard)
 /// before the cache is declared as empty as it will get.
 const IDLE_ROUNDS_MAX: usize = 200;
@@ -26,13 +29,14 @@ pub struct Released {
 }
 
 /// Evicts every cached page (the fault path is closed, so none comes back), then frees
-/// the staging pool's memory. Runs on the reclaimer, with its session and evictor.
+/// the staging pool's memory. Runs on the reclaimer, with its session, and an evictor of
+/// its own with large batches (its buffer is freed when done).
 pub(crate) fn release_cache<E: Effects>(
     core: &Core<E>,
-    evictor: &mut Evictor,
     session: &mut dyn Session,
 ) -> Result<Released, RuntimeError> {
     let start = Instant::now();
+    let mut evictor = Evictor::new(RELEASE_BATCH_PAGES);
     let written_before = core.stats.remote_write_pages.load(Ordering::Relaxed);
     let mut dropped = 0u64;
     let mut idle = 0;
