@@ -30,6 +30,18 @@ program_of() {
     done
 }
 
+# The physical reference, measured in the same run: writing CACHE_MIB into a tmpfs file
+# with dd (a node's region is a memfd, a tmpfs file, and the shm transport writes into it).
+ref_ms() {
+    local t0 t1
+    t0=$(now_ms)
+    dd if=/dev/zero of=/dev/shm/dsm-suspend-bench-ref bs=1M count="$CACHE_MIB" status=none
+    t1=$(now_ms)
+    rm -f /dev/shm/dsm-suspend-bench-ref
+    echo $((t1 - t0))
+}
+echo "Load average before: $(cut -d' ' -f1-3 /proc/loadavg); dd of ${CACHE_MIB} MiB to tmpfs: $(ref_ms) ms"
+echo
 echo "| mode | RSS before (MiB) | RSS after (MiB) | released | suspend (ms) | pages written home | resume (ms) |"
 echo "|---|---|---|---|---|---|---|"
 for mode in r w; do
@@ -57,3 +69,5 @@ for mode in r w; do
         echo "| $([ $mode = r ] && echo reading || echo writing) | $((before / 1024)) | $((after / 1024)) | $(( (before - after) * 100 / before ))% | $((t1 - t0)) | $written | $((t3 - t2)) |"
     done
 done
+echo
+echo "Load average after: $(cut -d' ' -f1-3 /proc/loadavg); dd of ${CACHE_MIB} MiB to tmpfs: $(ref_ms) ms"
