@@ -47,7 +47,7 @@ On other hosts:
                   cache holds the pages in use and the rest live on the nodes. With no host \
                   list, the nodes are started on this machine. Needs userfaultfd: root, \
                   CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1, or access to /dev/userfaultfd.",
-    override_usage = "dsmrun [OPTIONS] -n N [--] PROGRAM [ARGS]...\n       dsmrun profiles\n       dsmrun tune TRACE [--profiles a,b,...]\n       dsmrun report STATS.json [-o REPORT.html]\n       dsmrun suspend|resume JOB\n       dsmrun node --id I --listen ADDR --memory SIZE",
+    override_usage = "dsmrun [OPTIONS] -n N [--] PROGRAM [ARGS]...\n       dsmrun profiles\n       dsmrun tune TRACE [--profiles a,b,...]\n       dsmrun report STATS.json [-o REPORT.html]\n       dsmrun suspend|resume|status JOB\n       dsmrun node --id I --listen ADDR --memory SIZE",
     after_help = EXAMPLES,
     trailing_var_arg = true
 )]
@@ -401,7 +401,7 @@ fn report_main(args: Vec<OsString>) -> Result<()> {
 /// `dsmrun suspend JOB` / `dsmrun resume JOB`.
 #[derive(Parser, Debug)]
 #[command(
-    name = "dsmrun suspend|resume",
+    name = "dsmrun suspend|resume|status",
     about = "Suspend a running job (its processes write their dirty pages home, free their \
              local cache and stop; the nodes keep the data) or resume it. JOB is the pid of \
              its dsmrun or the --name it was started with (e.g. dsmrun suspend velvet-run1). \
