@@ -402,6 +402,7 @@ fn report_main(args: Vec<OsString>) -> Result<()> {
 #[derive(Parser, Debug)]
 #[command(
     name = "dsmrun suspend|resume|status",
+    bin_name = "dsmrun suspend|resume|status",
     about = "Suspend a running job (its processes write their dirty pages home, free their \
              local cache and stop; the nodes keep the data) or resume it. JOB is the pid of \
              its dsmrun or the --name it was started with (e.g. dsmrun suspend velvet-run1). \
