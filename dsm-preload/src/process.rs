@@ -86,6 +86,9 @@ pub extern "C" fn on_load() {
                 r.runtime
                     .on_checkpoint(STATS_CHECKPOINT_PERIOD, |snap| save_stats(snap, false));
             }
+            if let Some(r) = running() {
+                serve_control(r);
+            }
         }
         Err(StartError::Job(JobError::NotInJob)) => route::set_state(OFF),
         Err(e) => {
@@ -223,6 +226,25 @@ fn start() -> Result<Running, StartError> {
         slot,
         transport,
     })
+}
+
+/// Lets `dsmrun suspend`/`resume` reach this process: a control socket in the job's
+/// `ctl` directory, named by pid. A process that cannot serve one runs on (it then cannot
+/// be suspended, which `dsmrun suspend` reports), after saying why.
+fn serve_control(r: &Running) {
+    let Some(dir) = &r.job.stats_dir else { return };
+    let ctl = dir.join(dsm_runtime::suspend::control::CTL_DIR);
+    if !ctl.is_dir() {
+        return;
+    }
+    let socket = ctl.join(format!("{}.sock", std::process::id()));
+    if let Err(e) = r.runtime.serve_control(&socket) {
+        eprintln!(
+            "dsm: {} (pid {}): no control socket, so it cannot be suspended: {e}",
+            program_name(),
+            std::process::id()
+        );
+    }
 }
 
 /// How often a process's statistics are saved while it runs, for `dsmrun` to report

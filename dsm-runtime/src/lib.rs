@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod sim;
 pub mod space;
 pub mod stats;
+pub mod suspend;
 pub mod trace;
 pub mod transport;
 pub mod tune;

@@ -122,6 +122,8 @@ pub struct Core<E: Effects = Userfaultfd> {
     reclaim_start_free: usize,
     reclaim_stop_free: usize,
     checkpoint: std::sync::OnceLock<Checkpoint>,
+    /// Closed while the process is suspended (see [`crate::suspend`]).
+    pub(crate) gate: crate::suspend::Gate,
 }
 
 /// A periodic copy of the statistics handed to whoever started the runtime, so that a
@@ -195,6 +197,7 @@ impl<E: Effects> Core<E> {
             reclaim_start_free: pct(config.reclaim_start_free_pct),
             reclaim_stop_free: pct(config.reclaim_stop_free_pct),
             checkpoint: std::sync::OnceLock::new(),
+            gate: Default::default(),
             config,
         })
     }
@@ -231,6 +234,13 @@ impl<E: Effects> Core<E> {
         }
     }
 
+    /// Wakes the reclaimer whatever the free cache.
+    pub(crate) fn kick_reclaim(&self) {
+        let (lock, cv) = &self.reclaim;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_one();
+    }
+
     fn reclaim_loop(&self, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
         let mut evictor = Evictor::new(self.config.writeback_batch_pages);
         let mut last_sample = std::time::Instant::now();
@@ -251,7 +261,12 @@ impl<E: Effects> Core<E> {
                 pool.trim(session.as_mut())?;
             }
             self.maybe_checkpoint(&mut last_checkpoint);
-            if self.budget.free() >= self.reclaim_start_free {
+            if self.gate.take_release_request() {
+                let released = crate::suspend::release_cache(self, session.as_mut());
+                self.gate
+                    .report_released(released.map_err(|e| e.to_string()));
+            }
+            if self.gate.is_closed() || self.budget.free() >= self.reclaim_start_free {
                 continue;
             }
             self.reclaim_round(&mut evictor, session.as_mut())?;
@@ -757,6 +772,23 @@ impl Runtime {
                 save: Box::new(save),
             })
             .is_ok()
+    }
+
+    /// Serves `dsmrun`'s suspend and resume requests on a Unix socket at `socket` (see
+    /// [`crate::suspend::control`]), on a runtime thread that ends when the runtime stops.
+    pub fn serve_control(&self, socket: &std::path::Path) -> Result<(), RuntimeError> {
+        // Called by a program thread once the global heap serves it: what starting the
+        // thread allocates (its name, its handle, the closure) must come from libc, or the
+        // control thread would touch the global range while the cache is being emptied.
+        as_internal(|| {
+            let listener = crate::suspend::control::bind(socket)?;
+            // Not joined at shutdown: it ends on the stop event like the others, and a
+            // process that exits without shutting down has nothing to wait for.
+            spawn_internal(&self.core, "dsm-control".into(), move |core| {
+                crate::suspend::control::serve(core, listener)
+            })?;
+            Ok(())
+        })
     }
 
     /// The configuration it runs with.

@@ -47,7 +47,7 @@ On other hosts:
                   cache holds the pages in use and the rest live on the nodes. With no host \
                   list, the nodes are started on this machine. Needs userfaultfd: root, \
                   CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1, or access to /dev/userfaultfd.",
-    override_usage = "dsmrun [OPTIONS] -n N [--] PROGRAM [ARGS]...\n       dsmrun profiles\n       dsmrun tune TRACE [--profiles a,b,...]\n       dsmrun report STATS.json [-o REPORT.html]\n       dsmrun node --id I --listen ADDR --memory SIZE",
+    override_usage = "dsmrun [OPTIONS] -n N [--] PROGRAM [ARGS]...\n       dsmrun profiles\n       dsmrun tune TRACE [--profiles a,b,...]\n       dsmrun report STATS.json [-o REPORT.html]\n       dsmrun suspend|resume|status JOB\n       dsmrun node --id I --listen ADDR --memory SIZE",
     after_help = EXAMPLES,
     trailing_var_arg = true
 )]
@@ -177,6 +177,10 @@ struct RunCli {
     /// under --redundancy it is declared dead and fenced (e.g. --node-timeout 1000).
     #[arg(long, value_name = "MS", default_value_t = dsm_runtime::RuntimeConfig::default().node_timeout_ms)]
     node_timeout: u64,
+    /// A name to suspend and resume the job by (`dsmrun suspend NAME`) instead of
+    /// dsmrun's pid; refused if a running job has it (e.g. --name velvet-run1).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     /// The program and its arguments.
     #[arg(required = true, value_name = "PROGRAM [ARGS]...")]
     program: Vec<OsString>,
@@ -319,6 +323,13 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
         record_trace: cli.record_trace,
         thrash_warning: (cli.thrash_warning > 0)
             .then(|| std::time::Duration::from_secs(cli.thrash_warning)),
+        name: match cli.name {
+            Some(n) => {
+                launcher::jobs::check_name(&n).map_err(anyhow::Error::msg)?;
+                Some(n)
+            }
+            None => None,
+        },
         program: cli.program,
     })
 }
@@ -415,8 +426,41 @@ fn report_main(args: Vec<OsString>) -> Result<()> {
     Ok(())
 }
 
+/// `dsmrun suspend JOB` / `dsmrun resume JOB`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "dsmrun suspend|resume|status",
+    bin_name = "dsmrun suspend|resume|status",
+    about = "Suspend a running job (its processes write their dirty pages home, free their \
+             local cache and stop; the nodes keep the data) or resume it. JOB is the pid of \
+             its dsmrun or the --name it was started with (e.g. dsmrun suspend velvet-run1). \
+             SIGTSTP and SIGCONT sent to dsmrun do the same."
+)]
+struct JobCli {
+    /// The job: its dsmrun's pid or its --name.
+    #[arg(value_name = "JOB")]
+    job: String,
+}
+
+fn job_main(verb: &str, args: Vec<OsString>) -> Result<()> {
+    let cli = JobCli::parse_from(args);
+    let answer = launcher::jobs::request(&cli.job, verb).map_err(anyhow::Error::msg)?;
+    println!("{answer}");
+    Ok(())
+}
+
 fn main() {
     let mut args: Vec<OsString> = std::env::args_os().collect();
+    for verb in ["suspend", "resume", "status"] {
+        if args.get(1).is_some_and(|a| a == verb) {
+            args.remove(1);
+            if let Err(e) = job_main(verb, args) {
+                eprintln!("dsmrun {verb}: {e:#}");
+                std::process::exit(EXIT_SETUP);
+            }
+            return;
+        }
+    }
     if args.get(1).is_some_and(|a| a == "profiles") {
         tune::print_profiles();
         return;

@@ -64,6 +64,28 @@ impl Staging {
         self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
+    /// Gives the memory of the pool back to the host when every slot is free (a
+    /// suspended process's cache is empty); slots read as zeros afterwards, which no one
+    /// relies on: a slot is always filled before use. Returns whether it did.
+    pub fn release_memory(&self) -> bool {
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() != self.slots {
+            return false;
+        }
+        // SAFETY: our own private anonymous mapping, no slot of which is in use (we hold
+        // the free list, and every slot is on it); MADV_DONTNEED only drops its pages.
+        // The raw call: in a program with the preload, `madvise` is the runtime's.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_madvise,
+                self.base,
+                self.slots * PAGE_BYTES,
+                libc::MADV_DONTNEED,
+            )
+        };
+        rc == 0
+    }
+
     /// Returns a slot to the pool.
     pub fn release(&self, slot: u32) {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());

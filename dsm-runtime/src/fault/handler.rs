@@ -146,6 +146,10 @@ impl FaultHandler {
             if !self.wait(core) {
                 continue;
             }
+            // Closed while the process is suspended: its faults wait for the resume.
+            let Some(_pass) = core.gate.enter(|| core.stopping()) else {
+                continue;
+            };
             let n = if self.deferred.len() + self.msgs.len() <= self.round.capacity() {
                 core.fx
                     .read_events(&mut self.msgs)

@@ -157,6 +157,9 @@ impl Prefetcher {
 pub fn run(core: &Core, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
     let mut prefetcher = Prefetcher::new(core.config.prefetch_max_pages);
     while !core.stopping() {
+        let Some(_pass) = core.gate.enter(|| core.stopping()) else {
+            continue;
+        };
         prefetcher.serve_batch(core, session.as_mut(), Duration::from_millis(50))?;
     }
     Ok(())

@@ -9,10 +9,12 @@
 
 pub mod cpus;
 pub mod lost_hosts;
+pub mod jobs;
 pub mod progress;
 pub mod remote;
 pub mod signals;
 pub mod summary;
+pub mod suspend;
 pub mod thrash;
 pub mod timeline;
 pub mod watch;
@@ -30,7 +32,7 @@ use crate::space::PAGE_BYTES;
 use crate::transport::auth::Secret;
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -100,6 +102,8 @@ pub struct RunOptions {
     /// Any node operation slower than this fails, and under redundancy declares the
     /// node dead (`--node-timeout`).
     pub node_timeout_ms: u64,
+    /// The job's name for `dsmrun suspend/resume NAME` (`--name`).
+    pub name: Option<String>,
     /// The program and its arguments.
     pub program: Vec<OsString>,
 }
@@ -402,6 +406,7 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         None => pinned.then(|| NodeSize::of_memory(opts.node_bytes).span_bytes),
     };
     let plan = plan_job(opts, fixed_span)?;
+    let control = register_job(opts)?;
 
     signals::start_forwarding().map_err(io_err("blocking forwarded signals"))?;
     let (secret, mut nodes) = match attached {
@@ -447,6 +452,10 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         &secret.as_str()[..8.min(secret.as_str().len())]
     ));
     std::fs::create_dir_all(&stats_dir).map_err(io_err("creating the statistics directory"))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(stats_dir.join(crate::suspend::control::CTL_DIR))
+        .map_err(io_err("creating the control directory"))?;
     let job = JobConfig {
         nodes: nodes.addrs().to_vec(),
         secret,
@@ -472,7 +481,16 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
     let result = job
         .validate()
         .map_err(|e| LaunchError::Invalid(e.to_string()))
-        .and_then(|()| run_program(opts, &job, &program_path, &preload, &mut nodes, started));
+        .and_then(|()| {
+            run_program(
+                opts,
+                &job,
+                (&program_path, &preload),
+                &mut nodes,
+                started,
+                control,
+            )
+        });
     drop(nodes);
     let (code, watched) = match result {
         Ok(r) => r,
@@ -533,13 +551,28 @@ fn attach(addrs: &[SocketAddr]) -> Result<(Secret, u64), LaunchError> {
     Ok((secret, node_bytes))
 }
 
+/// Registers the job in the per-user jobs directory, for `dsmrun suspend/resume`. Without
+/// `--name` a failure only costs that, and is said; with one it stops the job.
+fn register_job(
+    opts: &RunOptions,
+) -> Result<Option<(jobs::Registration, std::os::unix::net::UnixListener)>, LaunchError> {
+    match jobs::register(opts.name.as_deref()) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if opts.name.is_some() => Err(LaunchError::Invalid(e)),
+        Err(e) => {
+            eprintln!("dsmrun: warning: the job cannot be suspended by pid: {e}");
+            Ok(None)
+        }
+    }
+}
+
 fn run_program(
     opts: &RunOptions,
     job: &JobConfig,
-    program_path: &Path,
-    preload: &Path,
+    (program_path, preload): (&Path, &Path),
     nodes: &mut LocalNodes,
     started: Instant,
+    control: Option<(jobs::Registration, std::os::unix::net::UnixListener)>,
 ) -> Result<(i32, watch::Watched), LaunchError> {
     let mut cmd = Command::new(program_path);
     cmd.arg0(&opts.program[0]).args(&opts.program[1..]);
@@ -574,6 +607,17 @@ fn run_program(
         opts.program[0].to_string_lossy()
     )))?;
     signals::forward_to(child.id());
+    let stats_dir = job.stats_dir.clone().unwrap_or_default();
+    let controller = std::sync::Arc::new(suspend::Controller::new(
+        child.id(),
+        &stats_dir,
+        !opts.quiet,
+    ));
+    signals::control_with(Some(controller.clone()));
+    let registration = control.map(|(registration, listener)| {
+        controller.serve(listener);
+        registration
+    });
     let thrash = opts.thrash_warning.map(|window| {
         thrash::JobThrashWatch::new(
             window,
@@ -581,7 +625,6 @@ fn run_program(
             opts.cache_bytes_max,
         )
     });
-    let stats_dir = job.stats_dir.clone().unwrap_or_default();
     let mut watch = watch::JobWatch::new(stats_dir, started, opts.progress, thrash, !opts.quiet);
     let status = wait_watching_nodes(&mut child, nodes, &mut watch, opts.redundancy);
     // The status line goes before anything else is printed about the end.
@@ -594,6 +637,8 @@ fn run_program(
         name_lost_hosts(nodes);
     }
     signals::stop_forwarding();
+    signals::control_with(None);
+    drop(registration);
     Ok((code, watched))
 }
 

@@ -5,8 +5,12 @@
 //! dies of them and always tears the nodes down. A Ctrl-C or Ctrl-\ typed at the terminal
 //! already reaches the program, which shares `dsmrun`'s process group: those are not sent
 //! a second time. Everything else (`kill -TERM`, a batch system's `SIGUSR1`) is.
+//! SIGTSTP and SIGCONT suspend and resume the job (see [`super::suspend`]) once
+//! [`control_with`] has given this thread the job's controller.
 
+use super::suspend::Controller;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Signals `dsmrun` forwards to the program.
 pub const FORWARDED: &[libc::c_int] = &[
@@ -19,7 +23,53 @@ pub const FORWARDED: &[libc::c_int] = &[
     libc::SIGWINCH,
     libc::SIGCONT,
     libc::SIGALRM,
+    libc::SIGTSTP,
 ];
+
+/// Suspends and resumes the job on SIGTSTP/SIGCONT while the program runs.
+static JOB_CONTROL: Mutex<Option<Arc<Controller>>> = Mutex::new(None);
+
+/// Hands SIGTSTP and SIGCONT to `controller` (`None`: forward them as others).
+pub fn control_with(controller: Option<Arc<Controller>>) {
+    *JOB_CONTROL.lock().unwrap_or_else(|e| e.into_inner()) = controller;
+}
+
+/// SIGTSTP suspends the job (a batch system preempting it, or Ctrl-Z: then `dsmrun`
+/// stops itself too, so that the shell sees the job stopped); SIGCONT resumes a suspended
+/// job. Returns whether the signal was taken care of.
+fn job_control(sig: libc::c_int, from_terminal: bool) -> bool {
+    let Some(c) = JOB_CONTROL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    else {
+        return false;
+    };
+    match sig {
+        libc::SIGTSTP => {
+            c.say(c.suspend().map(|a| format!("SIGTSTP: {a}")));
+            if from_terminal {
+                // SAFETY: stops this process until a SIGCONT; no memory is involved.
+                unsafe { libc::raise(libc::SIGSTOP) };
+            }
+            true
+        }
+        libc::SIGCONT if c.is_suspended() => {
+            c.say(c.resume().map(|a| format!("SIGCONT: {a}")));
+            true
+        }
+        libc::SIGWINCH => false,
+        _ => {
+            // A stopped program would keep any other signal pending, and a `kill` of a
+            // suspended job would do nothing: resume it first, so that the signal acts
+            // (a handler that touches the heap needs the fault path open).
+            if c.is_suspended() {
+                c.say(c.resume().map(|a| format!("signal {sig}: {a}")));
+            }
+            false
+        }
+    }
+}
 
 /// The pid signals go to (0 until the program runs).
 static TARGET: AtomicI32 = AtomicI32::new(0);
@@ -56,6 +106,9 @@ pub fn start_forwarding() -> std::io::Result<()> {
                 continue;
             }
             let from_terminal = info.si_code == libc::SI_KERNEL;
+            if job_control(sig, from_terminal) {
+                continue;
+            }
             if from_terminal && matches!(sig, libc::SIGINT | libc::SIGQUIT | libc::SIGWINCH) {
                 continue;
             }
