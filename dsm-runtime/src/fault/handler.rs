@@ -264,7 +264,17 @@ impl FaultHandler {
             (state, action) = self.dropped_behind_our_back(core, page, state, write)?;
         }
         count_fault(core, fault.kind, action);
+        self.passed_over.clear();
+        if matches!(action, FaultAction::InstallStaged { .. }) && state.prefetched() {
+            // A probe: the stream went through the pages mapped ahead before it.
+            super::map_ahead::passed_over(core, page, &mut self.passed_over);
+        }
         if let Some(trace) = &core.trace {
+            // The trace shows what the prefetch policy is told: the passed-over pages as
+            // uses, then the probe (so the tuner's replay follows the same stream).
+            for &p in &self.passed_over {
+                trace.record(EventKind::StagedHit, p);
+            }
             trace.record(trace_kind(fault.kind, action, state), page);
         }
         let addr = core.layout.addr_of(page);
@@ -505,20 +515,19 @@ impl FaultHandler {
             return;
         }
         self.prefetch_out.clear();
-        if hit_prefetched {
-            super::map_ahead::passed_over(core, page, &mut self.passed_over);
-        }
         let mut policy = core.prefetch_policy();
         if hit_prefetched {
             // The stream went through the pages mapped ahead since the last probe; the
             // policy follows it as though they had faulted (their requests are dropped:
             // the probe's answer covers them, from further on).
+            // (`plan` found them.)
             for &p in &self.passed_over {
                 policy.on_fault(p, true, max, &mut self.prefetch_out);
             }
         }
         policy.on_fault(page, hit_prefetched, max, &mut self.prefetch_out);
         drop(policy);
+        self.passed_over.clear();
         if !self.prefetch_out.is_empty() {
             core.prefetcher
                 .enqueue(&self.prefetch_out, core.layout.pages, &core.stats);

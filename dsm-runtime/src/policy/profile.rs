@@ -112,6 +112,9 @@ pub struct Profile {
     pub zero_fill_ahead_pages: usize,
     /// Fetch pages that were dirty at their last eviction writable.
     pub fetch_writable_if_dirty_before: bool,
+    /// Prefetched pages mapped ahead of use but one in this many, staged as probes
+    /// (0 or 1: all staged).
+    pub prefetch_probe_every: usize,
     /// Most pages written back per batch.
     pub writeback_batch_pages: usize,
     /// Background reclaim starts below this much free cache, percent.
@@ -248,6 +251,7 @@ impl Profile {
         config.fetch_granularity_pages = self.fetch_granularity_pages;
         config.zero_fill_ahead_pages = self.zero_fill_ahead_pages;
         config.fetch_writable_if_dirty_before = self.fetch_writable_if_dirty_before;
+        config.prefetch_probe_every = self.prefetch_probe_every;
         config.prefetch_max_pages = self.prefetch_max_pages();
         config.writeback_batch_pages = self.writeback_batch_pages;
         config.reclaim_start_free_pct = self.reclaim_start_free_pct;
@@ -445,6 +449,7 @@ struct RawFetch {
     granularity_pages: Option<Spanned<i64>>,
     zero_fill_ahead_pages: Option<Spanned<i64>>,
     writable_if_dirty_before: Option<bool>,
+    map_ahead_probe_every: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -627,6 +632,12 @@ impl RawProfile {
         let writable_if_dirty_before = fetch
             .writable_if_dirty_before
             .unwrap_or(d.fetch_writable_if_dirty_before);
+        let probe_every = ctx.int(
+            "map_ahead_probe_every",
+            &fetch.map_ahead_probe_every,
+            d.prefetch_probe_every as i64,
+            0..=1024,
+        )?;
         let writeback = self.writeback.unwrap_or_default();
         let batch = ctx.int(
             "batch_pages",
@@ -698,6 +709,7 @@ impl RawProfile {
             fetch_granularity_pages: granularity as usize,
             zero_fill_ahead_pages: zero_ahead as usize,
             fetch_writable_if_dirty_before: writable_if_dirty_before,
+            prefetch_probe_every: probe_every as usize,
             writeback_batch_pages: batch as usize,
             reclaim_start_free_pct: start as u8,
             reclaim_stop_free_pct: stop as u8,
