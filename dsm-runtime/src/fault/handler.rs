@@ -110,6 +110,8 @@ pub struct FaultHandler {
     block_pages: Vec<PageNum>,
     /// Missing faults on mapped pages, per thread (see [`Repeats`]).
     repeats: Repeats,
+    /// One page, decompressed from the compressed tier.
+    unpacked: Vec<u8>,
 }
 
 impl FaultHandler {
@@ -129,6 +131,7 @@ impl FaultHandler {
             block: Vec::with_capacity(batch * 5 * core.config.fetch_granularity_pages),
             block_pages: Vec::with_capacity(core.config.fetch_granularity_pages),
             repeats: Repeats::default(),
+            unpacked: vec![0u8; PAGE_BYTES],
         }
     }
 
@@ -269,6 +272,10 @@ impl FaultHandler {
             }
             FaultAction::InstallStaged { writable } => {
                 self.install_staged(core, page, state, writable)?
+            }
+            FaultAction::InstallCompressed { writable } => {
+                self.take_budget(core, start)?;
+                self.install_compressed(core, page, state, writable)?
             }
             FaultAction::ZeroFill { writable } => {
                 self.take_budget(core, start)?;
@@ -470,6 +477,33 @@ impl FaultHandler {
         Ok(())
     }
 
+    /// Decompresses and maps a page's copy from the compressed tier: no network. The
+    /// copy is dropped only once installed (a refused install leaves the page as it was).
+    fn install_compressed<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        page: PageNum,
+        state: PageState,
+        writable: bool,
+    ) -> Result<(), RuntimeError> {
+        let tier = core.compressed.as_ref().expect("planned as compressed");
+        let t = Instant::now();
+        tier.read(page, &mut self.unpacked);
+        let st = &core.stats;
+        st.compress_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let src = self.unpacked.as_ptr();
+        let drop_copy = || tier.remove(page, &core.budget);
+        if !self.install_then(core, page, state, src, writable, drop_copy)? {
+            core.budget.give_back(); // still compressed; the thread faults again
+            return Ok(());
+        }
+        st.compressed_hits.fetch_add(1, Ordering::Relaxed);
+        core.eviction().on_insert(page, false);
+        self.consult_prefetch(core, page, false);
+        Ok(())
+    }
+
     /// Tells the prefetch policy about a fault and queues what it asks for.
     fn consult_prefetch<E: Effects>(
         &mut self,
@@ -580,11 +614,26 @@ impl FaultHandler {
         src: *const u8,
         writable: bool,
     ) -> Result<bool, RuntimeError> {
+        self.install_then(core, page, state, src, writable, || {})
+    }
+
+    /// [`FaultHandler::install`], calling `on_mapped` once the page is mapped and before
+    /// it is unlocked (to drop a local copy that only the lock holder may touch).
+    fn install_then<E: Effects>(
+        &self,
+        core: &Core<E>,
+        page: PageNum,
+        state: PageState,
+        src: *const u8,
+        writable: bool,
+        on_mapped: impl FnOnce(),
+    ) -> Result<bool, RuntimeError> {
         let addr = core.layout.addr_of(page);
         for _ in 0..INSTALL_RETRIES {
             // SAFETY: `src` points at a full page (a fetch buffer or the zero page).
             match unsafe { core.fx.install(addr, src, PAGE_BYTES, !writable, false) } {
                 Ok(Installed::Done) => {
+                    on_mapped();
                     let action = if writable {
                         FaultAction::Fetch { writable: true }
                     } else {
@@ -596,6 +645,7 @@ impl FaultHandler {
                 Ok(Installed::AlreadyPresent) => {
                     // Mapped behind our back; keep it and treat it as dirty so that whatever
                     // it holds is written home rather than dropped.
+                    on_mapped();
                     let action = FaultAction::Fetch { writable: true };
                     core.table.unlock(page, after_fault(state, action));
                     core.fx.wake(addr, PAGE_BYTES).map_err(RuntimeError::Uffd)?;

@@ -24,6 +24,7 @@ fn process(pages: u64, cache: usize) -> Process {
         pages,
         config,
         profile: "[eviction]\npolicy = \"fifo\"\n[prefetch]\npolicy = \"none\"\n".into(),
+        fill_words: 0,
     };
     Process::with_shape(shape, SimOptions::default()).unwrap()
 }
