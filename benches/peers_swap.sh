@@ -46,7 +46,10 @@ ARGS=(-exp_cov auto -ins_length 300)
 # --- the network swap device
 NBD_DEV=""; NBDKIT_PID=""; FUSE_DIR="$WORK/nbdfuse"; LOOP=""
 netswap_on() {
+    rm -f "$WORK/nbdkit.pid"
     nbdkit -p "$PORT" -i 127.0.0.1 -P "$WORK/nbdkit.pid" memory 4G
+    # It writes its pid file once it has forked into the background.
+    for _ in $(seq 100); do [ -s "$WORK/nbdkit.pid" ] && break; sleep 0.1; done
     NBDKIT_PID=$(cat "$WORK/nbdkit.pid")
     if modprobe nbd 2>/dev/null && [ -b /dev/nbd0 ]; then
         nbd-client 127.0.0.1 "$PORT" /dev/nbd0 >/dev/null
