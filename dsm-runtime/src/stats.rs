@@ -234,6 +234,8 @@ counters! {
     compressed_in_dirty,
     /// Victims tried but not kept: they compressed to more than the profile allows, and went home.
     compress_rejected,
+    /// Victims not tried: they failed to compress small enough once before (a page is tried once).
+    compress_skipped,
     /// Faults served by decompressing a local copy: no network.
     compressed_hits,
     /// Copies that left the compressed tier for home, clean (dropped).

@@ -94,6 +94,7 @@ fn a_mixed_heap_stays_byte_identical_and_the_counters_are_honest() {
     let kept_bytes = n(&t, "compressed_in_bytes");
     let hits = n(&t, "compressed_hits");
     let rejected = n(&t, "compress_rejected");
+    let skipped = n(&t, "compress_skipped");
     let dirty = n(&t, "compressed_in_dirty");
     let demoted_dirty = n(&t, "compressed_demoted_dirty");
     let demoted_clean = n(&t, "compressed_demoted_clean");
@@ -109,13 +110,20 @@ fn a_mixed_heap_stays_byte_identical_and_the_counters_are_honest() {
         demoted_dirty > 0 && demoted_clean > 0,
         "the tier outgrew its share: {t}"
     );
-    // A random page never fits in half a page: each such victim was tried and sent home.
-    assert!(rejected > 4_000, "{t}");
+    // A random page never fits in half a page: each of the 4096 was tried once, sent
+    // home, and not tried again at its later evictions.
+    assert!(
+        (3_500..=4_600).contains(&rejected) && skipped > rejected,
+        "{t}"
+    );
     assert!(n(&t, "remote_write_pages") >= rejected / 2, "{t}");
     // Honest counts: hits never exceed what was kept, and what was kept is at most what
     // left the mapped cache; the average kept size is that of a patterned page (the
     // program's heap also holds the allocator's few pages, which are tiny or absent).
-    assert!(hits <= kept && kept + rejected <= n(&t, "evictions"), "{t}");
+    assert!(
+        hits <= kept && kept + rejected + skipped <= n(&t, "evictions"),
+        "{t}"
+    );
     assert!(hits <= n(&t, "faults_read") + n(&t, "faults_write"), "{t}");
     let (lo, hi) = patterned_sizes();
     let avg = kept_bytes as f64 / kept as f64;
@@ -134,8 +142,10 @@ fn incompressible_pages_go_home() {
     };
     let kept = n(&t, "compressed_in_pages");
     let rejected = n(&t, "compress_rejected");
-    eprintln!("kept {kept}, rejected {rejected}");
-    assert!(rejected > 10_000, "every random victim tried: {t}");
+    let skipped = n(&t, "compress_skipped");
+    eprintln!("kept {kept}, rejected {rejected}, skipped {skipped}");
+    // Each of the 12288 random pages tried once; its later evictions do not try again.
+    assert!(rejected > 10_000 && skipped > rejected, "{t}");
     // Only the allocator's own pages (headers, the version array) may compress.
     assert!(kept * 20 < rejected, "{t}");
     assert!(n(&t, "remote_write_pages") > 10_000, "{t}");

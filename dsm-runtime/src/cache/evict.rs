@@ -29,6 +29,8 @@ struct Victim {
     packed: Option<(usize, usize)>,
     /// Already write-protected (while being compressed).
     frozen: bool,
+    /// Tried and not kept: marked so that it is not tried again.
+    rejected: bool,
 }
 
 impl Victim {
@@ -39,6 +41,7 @@ impl Victim {
             action: on_evict(state),
             packed: None,
             frozen: false,
+            rejected: false,
         }
     }
 }
@@ -147,9 +150,15 @@ impl Evictor {
             return Ok(());
         };
         let start = std::time::Instant::now();
-        let (mut off, mut rejected) = (0, 0);
+        let (mut off, mut rejected, mut skipped) = (0, 0, 0);
         for v in &mut self.victims {
             if !tier.wants(v.state, v.action) {
+                continue;
+            }
+            if v.state.incompressible() {
+                // It did not compress last time: a page's kind of data rarely changes,
+                // and trying costs as much as a fetch.
+                skipped += 1;
                 continue;
             }
             let page = &mut self.page[..];
@@ -180,11 +189,13 @@ impl Evictor {
                 v.packed = Some((off, n));
                 off += n;
             } else {
+                v.rejected = true;
                 rejected += 1;
             }
         }
         let st = &core.stats;
         st.compress_rejected.fetch_add(rejected, Ordering::Relaxed);
+        st.compress_skipped.fetch_add(skipped, Ordering::Relaxed);
         st.compress_ns
             .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(())
@@ -428,7 +439,10 @@ impl Evictor {
                     .fetch_add(u64::from(v.action.writes_back()), Ordering::Relaxed);
                 continue;
             }
-            let next = after_evict(v.state, v.action);
+            let mut next = after_evict(v.state, v.action);
+            if v.rejected {
+                next = next.with_incompressible(true);
+            }
             core.table.unlock(v.page, next);
             core.budget.give_back();
         }

@@ -56,7 +56,8 @@ const DIRTY_BEFORE: u32 = 1 << 7;
 const STAGED_DIRTY: u32 = 1 << 8;
 const COMPRESSED: u32 = 1 << 9;
 const COMPRESSED_DIRTY: u32 = 1 << 10;
-const SLOT_SHIFT: u32 = 11;
+const INCOMPRESSIBLE: u32 = 1 << 11;
+const SLOT_SHIFT: u32 = 12;
 /// Most staging slots a state word can name.
 pub const MAX_STAGING_SLOTS: u32 = 1 << (32 - SLOT_SHIFT);
 
@@ -167,6 +168,17 @@ impl PageState {
     /// Whether the compressed copy is newer than home.
     pub fn compressed_dirty(self) -> bool {
         self.0 & COMPRESSED_DIRTY != 0
+    }
+
+    /// Whether the page once failed to compress small enough: it is not tried again
+    /// (sticky until the page is discarded).
+    pub fn incompressible(self) -> bool {
+        self.0 & INCOMPRESSIBLE != 0
+    }
+
+    /// With the incompressible mark set or cleared.
+    pub fn with_incompressible(self, on: bool) -> PageState {
+        self.set(INCOMPRESSIBLE, on)
     }
 
     /// Invalid with its copy in the compressed tier, newer than home if `dirty`.
