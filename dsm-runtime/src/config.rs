@@ -98,7 +98,17 @@ pub struct RuntimeConfig {
     /// The last this many nodes hold no pages until one stands in for a dead node
     /// (`--spare-nodes`, `redundancy::reprotect`).
     pub spare_nodes: usize,
+    /// The compressed tier's share of the cache, percent: pages leaving the mapped cache
+    /// are kept here lz4-compressed, counted at their compressed size, before they go
+    /// home (0 = off; at most [`COMPRESS_SHARE_PCT_MAX`]).
+    pub compress_share_pct: u8,
+    /// A page is kept compressed only if it shrinks to at most this percent of its size
+    /// (1 to 90); pages that do not go home.
+    pub compress_keep_max_pct: u8,
 }
+
+/// Upper bound of [`RuntimeConfig::compress_share_pct`]: the rest stays mapped.
+pub const COMPRESS_SHARE_PCT_MAX: u8 = 90;
 
 /// Default of [`RuntimeConfig::purge_delay_ms`].
 pub const PURGE_DELAY_MS_DEFAULT: i64 = 10;
@@ -139,6 +149,8 @@ impl Default for RuntimeConfig {
             purge_delay_ms: PURGE_DELAY_MS_DEFAULT,
             redundancy: crate::redundancy::Redundancy::None,
             spare_nodes: 0,
+            compress_share_pct: 0,
+            compress_keep_max_pct: 50,
         }
     }
 }
@@ -257,6 +269,20 @@ impl RuntimeConfig {
                 "sample_pages",
                 self.sample_pages,
                 "use 0 (off) to 4096 pages per round, with a positive sample_interval_ms",
+            ));
+        }
+        if self.compress_share_pct > COMPRESS_SHARE_PCT_MAX {
+            return Err(invalid(
+                "compress_share_pct",
+                self.compress_share_pct,
+                format!("use 0 (off) to {COMPRESS_SHARE_PCT_MAX} percent of the cache"),
+            ));
+        }
+        if !(1..=90).contains(&self.compress_keep_max_pct) {
+            return Err(invalid(
+                "compress_keep_max_pct",
+                self.compress_keep_max_pct,
+                "use 1 to 90 (percent of a page a kept copy may take)",
             ));
         }
         if self.node_timeout_ms == 0 {

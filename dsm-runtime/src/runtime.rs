@@ -103,6 +103,8 @@ pub struct Core<E: Effects = Userfaultfd> {
     pub(crate) table: PageTable,
     pub(crate) budget: CacheBudget,
     pub(crate) staging: Staging,
+    /// The compressed tier (`None` when the profile turns it off).
+    pub(crate) compressed: Option<crate::cache::Compressed>,
     pub(crate) placement: Box<dyn Placement>,
     /// Claims on the nodes' memory (`None` outside a job: nothing is counted).
     pub(crate) pool: Option<PoolAccount>,
@@ -181,6 +183,12 @@ impl<E: Effects> Core<E> {
                 what: "allocating the staging pool",
                 source,
             })?,
+            compressed: (config.compress_share_pct > 0).then(|| {
+                crate::cache::Compressed::new(
+                    capacity * PAGE_BYTES * usize::from(config.compress_share_pct) / 100,
+                    PAGE_BYTES * usize::from(config.compress_keep_max_pct) / 100,
+                )
+            }),
             placement,
             pool,
             protected: Default::default(),

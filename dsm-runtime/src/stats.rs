@@ -248,6 +248,24 @@ counters! {
     sampled_dirty_pages,
     /// Sampled pages used again before eviction (each such use cost one local fault).
     sampled_hits,
+    /// Victims kept in the compressed tier instead of leaving (see `compressed_in_bytes`).
+    compressed_in_pages,
+    /// Their compressed bytes: the ratio is `compressed_in_pages * 4096 / compressed_in_bytes`.
+    compressed_in_bytes,
+    /// Of the kept victims, those dirty (their copy is newer than home).
+    compressed_in_dirty,
+    /// Victims tried but not kept: they compressed to more than the profile allows, and went home.
+    compress_rejected,
+    /// Victims not tried: they failed to compress small enough once before (a page is tried once).
+    compress_skipped,
+    /// Faults served by decompressing a local copy: no network.
+    compressed_hits,
+    /// Copies that left the compressed tier for home, clean (dropped).
+    compressed_demoted_clean,
+    /// Copies that left the compressed tier for home, dirty (written home first).
+    compressed_demoted_dirty,
+    /// Time spent compressing victims and decompressing hits.
+    compress_ns,
     /// Time the reclaimer spent parking sampled pages.
     sampling_ns,
     /// Cached pages the program gave up (madvise DONTNEED or FREE, the allocator's purge): dropped without a write-back.

@@ -40,6 +40,9 @@ fn seeded_operations_never_lose_a_write() {
                 total.discarded += r.discarded;
                 total.node_failures += r.node_failures;
                 total.forks_allowed += r.forks_allowed;
+                total.compressed += r.compressed;
+                total.compressed_hits += r.compressed_hits;
+                total.demoted += r.demoted;
             }
             Err(f) => panic!("{f}"),
         }
@@ -53,6 +56,10 @@ fn seeded_operations_never_lose_a_write() {
         assert!(t.deferred > 0 && t.direct_reclaims > 0, "{t:?}");
         assert!(t.node_failures > 0, "no node failure was simulated");
         assert!(t.forks_allowed > 0, "no fork was allowed");
+        assert!(
+            t.compressed > 0 && t.compressed_hits > 0 && t.demoted > 0,
+            "the compressed tier: {t:?}"
+        );
     }
 }
 

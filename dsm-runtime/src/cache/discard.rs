@@ -43,7 +43,8 @@ impl Batch {
 }
 
 impl<E: Effects> Core<E> {
-    /// Drops pages `first..first + count` of this process's range (resident or staged)
+    /// Drops pages `first..first + count` of this process's range (resident, staged or
+    /// compressed)
     /// and marks them untouched. Returns how many were cached, or
     /// [`RuntimeError::PageStuck`] if a page stayed locked past the bound of
     /// [`Core::lock_waiting`] (pages before it are discarded, none is left locked).
@@ -93,7 +94,8 @@ impl<E: Effects> Core<E> {
     }
 
     /// Unmaps the batch's resident pages (one `madvise` per run of neighbours), frees
-    /// their cache budget and staging slots, and unlocks them as untouched.
+    /// their cache budget, staging slots and compressed copies, and unlocks them as
+    /// untouched.
     fn discard_locked(&self, batch: &mut Batch) -> u64 {
         let pages = &batch.pages[..batch.len];
         let mut i = 0;
@@ -127,6 +129,14 @@ impl<E: Effects> Core<E> {
             }
             if state.resident() || state.staged().is_some() {
                 self.budget.give_back();
+                dropped += 1;
+            }
+            if state.compressed() {
+                let tier = self
+                    .compressed
+                    .as_ref()
+                    .expect("a compressed page has a tier");
+                tier.remove(page, &self.budget);
                 dropped += 1;
             }
             if let (Some(pool), true) = (&self.pool, state.home_valid()) {

@@ -5,9 +5,15 @@
 //! write-protect fault; the page's lock is held until the page is unmapped and its state
 //! says Invalid, so that thread's retried access faults as missing and fetches the copy
 //! that was just written home.
+//!
+//! With the compressed tier on, each victim is first compressed: one that packs small
+//! enough stays on this machine ([`super::compressed`]) instead of going home, dirty or
+//! not; and when the tier outgrows its share, its oldest copies are demoted here, the
+//! dirty ones written home like any dirty victim.
 
+use super::compressed::{pack, PACKED_MAX};
 use super::{recycle, UnmapBatch};
-use crate::coherence::state::{after_evict, on_evict, when_zero, EvictAction};
+use crate::coherence::state::{after_compress, after_evict, on_evict, when_zero, EvictAction};
 use crate::coherence::{Access, PageState};
 use crate::effects::Effects;
 use crate::runtime::{Core, RuntimeError};
@@ -19,6 +25,25 @@ struct Victim {
     page: PageNum,
     state: PageState,
     action: EvictAction,
+    /// Kept in the compressed tier: `(offset, length)` of its copy in `Evictor::packed`.
+    packed: Option<(usize, usize)>,
+    /// Already write-protected (while being compressed).
+    frozen: bool,
+    /// Tried and not kept: marked so that it is not tried again.
+    rejected: bool,
+}
+
+impl Victim {
+    fn new(page: PageNum, state: PageState) -> Victim {
+        Victim {
+            page,
+            state,
+            action: on_evict(state),
+            packed: None,
+            frozen: false,
+            rejected: false,
+        }
+    }
 }
 
 /// A thread's eviction machinery, with buffers allocated once.
@@ -33,6 +58,12 @@ pub struct Evictor {
     parked: Vec<(PageNum, PageState)>,
     /// How many of `parked` were dirty.
     parked_dirty: u64,
+    /// One page, copied out to be compressed.
+    page: Vec<u8>,
+    /// The compressed copies of this batch's kept victims, end to end.
+    packed: Vec<u8>,
+    /// Copies picked for demotion from the compressed tier, locked.
+    demoted: Vec<(PageNum, PageState)>,
 }
 
 impl Evictor {
@@ -47,6 +78,9 @@ impl Evictor {
             unmap: UnmapBatch::new(),
             parked: Vec::new(),
             parked_dirty: 0,
+            page: vec![0u8; PAGE_BYTES],
+            packed: vec![0u8; batch_max * PAGE_BYTES + PACKED_MAX],
+            demoted: Vec::new(),
         }
     }
 
@@ -57,16 +91,114 @@ impl Evictor {
         session: &mut dyn Session,
         want: usize,
     ) -> Result<usize, RuntimeError> {
-        self.select(core, want.min(self.batch_max));
+        let want = want.min(self.batch_max);
+        self.select(core, want);
+        if self.victims.is_empty() {
+            // Nothing mapped or staged can leave: make room from the compressed tier.
+            self.select_demotions(core, usize::MAX, want);
+            if self.victims.is_empty() {
+                return Ok(0);
+            }
+        }
+        core.mark_pages_leaving();
+        self.compress(core)?;
+        self.write_back(core, session)?;
+        self.unmap(core);
+        let n = self.victims.len();
+        self.victims.clear();
+        Ok(n + self.demote_excess(core, session)?)
+    }
+
+    /// Demotes the compressed tier's oldest copies while it holds more than its share
+    /// (the dirty ones written home); returns how many left.
+    fn demote_excess<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        session: &mut dyn Session,
+    ) -> Result<usize, RuntimeError> {
+        let excess = core.compressed.as_ref().map_or(0, |t| t.excess());
+        if excess == 0 {
+            return Ok(0);
+        }
+        self.select_demotions(core, excess, self.batch_max);
         if self.victims.is_empty() {
             return Ok(0);
         }
-        core.mark_pages_leaving();
         self.write_back(core, session)?;
         self.unmap(core);
         let n = self.victims.len();
         self.victims.clear();
         Ok(n)
+    }
+
+    /// Locks the compressed tier's oldest copies, up to `max` of them or `bytes` of
+    /// compressed data, as victims.
+    fn select_demotions<E: Effects>(&mut self, core: &Core<E>, bytes: usize, max: usize) {
+        let Some(tier) = &core.compressed else {
+            return;
+        };
+        tier.oldest(bytes, max, |p| core.table.try_lock(p), &mut self.demoted);
+        for (page, state) in self.demoted.drain(..) {
+            self.victims.push(Victim::new(page, state));
+        }
+    }
+
+    /// Compresses each victim the tier wants; those that pack small enough are marked
+    /// kept (their copies wait in `packed` until they are unmapped), the rest go home.
+    fn compress<E: Effects>(&mut self, core: &Core<E>) -> Result<(), RuntimeError> {
+        let Some(tier) = &core.compressed else {
+            return Ok(());
+        };
+        let start = std::time::Instant::now();
+        let (mut off, mut rejected, mut skipped) = (0, 0, 0);
+        for v in &mut self.victims {
+            if !tier.wants(v.state, v.action) {
+                continue;
+            }
+            if v.state.incompressible() {
+                // It did not compress last time: a page's kind of data rarely changes,
+                // and trying costs as much as a fetch.
+                skipped += 1;
+                continue;
+            }
+            let page = &mut self.page[..];
+            match v.action {
+                EvictAction::WriteBack | EvictAction::Drop => {
+                    let addr = core.layout.addr_of(v.page);
+                    if v.action == EvictAction::WriteBack {
+                        // Freeze it first, as for a write-back: writers now wait.
+                        core.write_protect(addr, PAGE_BYTES, true, true)?;
+                        v.frozen = true;
+                    }
+                    // SAFETY: a mapped page we hold locked, write-protected (a clean page
+                    // is mapped write-protected): nobody changes it during the copy.
+                    unsafe { core.read_page(addr, page) };
+                }
+                EvictAction::WriteBackStaged | EvictAction::DropStaged => {
+                    let slot = v.state.staged().expect("a staged victim has a slot");
+                    // SAFETY: we hold the page's lock, which owns its staging slot.
+                    page.copy_from_slice(unsafe { core.staging.slot_mut(slot) });
+                }
+                EvictAction::DropCompressed | EvictAction::WriteBackCompressed => continue,
+            }
+            if !v.state.home_valid() && page.iter().all(|&b| b == 0) {
+                continue; // dropped for free: a zero-fill recreates it
+            }
+            let n = pack(page, &mut self.packed[off..off + PACKED_MAX]);
+            if tier.keeps(n) {
+                v.packed = Some((off, n));
+                off += n;
+            } else {
+                v.rejected = true;
+                rejected += 1;
+            }
+        }
+        let st = &core.stats;
+        st.compress_rejected.fetch_add(rejected, Ordering::Relaxed);
+        st.compress_skipped.fetch_add(skipped, Ordering::Relaxed);
+        st.compress_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Access sampling: parks up to `n` of the pages the policy would evict next in the
@@ -171,11 +303,7 @@ impl Evictor {
                 core.eviction().on_remove(page);
                 continue;
             }
-            self.victims.push(Victim {
-                page,
-                state,
-                action: on_evict(state),
-            });
+            self.victims.push(Victim::new(page, state));
         }
     }
 
@@ -187,12 +315,17 @@ impl Evictor {
         let mut dirty = 0;
         let mut zero = 0;
         for v in &mut self.victims {
+            if v.packed.is_some() {
+                continue; // stays on this machine, compressed
+            }
             let dst = &mut self.buf[dirty * PAGE_BYTES..(dirty + 1) * PAGE_BYTES];
             match v.action {
                 EvictAction::WriteBack => {
                     let addr = core.layout.addr_of(v.page);
                     // Freeze the page first: from here writers wait in a write-protect fault.
-                    core.write_protect(addr, PAGE_BYTES, true, true)?;
+                    if !v.frozen {
+                        core.write_protect(addr, PAGE_BYTES, true, true)?;
+                    }
                     // SAFETY: a mapped, write-protected page of the global range that we
                     // hold locked: nobody can change it during the copy.
                     unsafe { core.read_page(addr, dst) };
@@ -202,7 +335,13 @@ impl Evictor {
                     // SAFETY: we hold the page's lock, which owns its staging slot.
                     dst.copy_from_slice(unsafe { core.staging.slot_mut(slot) });
                 }
-                EvictAction::Drop | EvictAction::DropStaged => continue,
+                EvictAction::WriteBackCompressed => {
+                    let tier = core.compressed.as_ref().expect("a compressed victim");
+                    tier.read(v.page, dst);
+                }
+                EvictAction::Drop | EvictAction::DropStaged | EvictAction::DropCompressed => {
+                    continue
+                }
             }
             if !v.state.home_valid() && dst.iter().all(|&b| b == 0) {
                 v.action = when_zero(v.state, v.action);
@@ -217,7 +356,11 @@ impl Evictor {
         }
         let mut ops: Vec<WriteOp<'_>> = recycle(std::mem::take(&mut self.ops));
         let mut chunks = self.buf.chunks_exact(PAGE_BYTES);
-        for v in self.victims.iter().filter(|v| v.action.writes_back()) {
+        for v in self
+            .victims
+            .iter()
+            .filter(|v| v.action.writes_back() && v.packed.is_none())
+        {
             let home = core.placement.home(v.page);
             if let (Some(pool), false) = (&core.pool, v.state.home_valid()) {
                 // Its first trip home: the page takes memory on its homes from now on.
@@ -280,16 +423,49 @@ impl Evictor {
             } else if v.state.prefetched() {
                 st.prefetch_ahead_evicted.fetch_add(1, Ordering::Relaxed);
             }
-            let next = after_evict(v.state, v.action);
-            core.table.unlock(v.page, next);
-            core.budget.give_back();
+            if v.action.demotes() {
+                self.finish_demotion(core, v);
+                continue;
+            }
             st.evictions.fetch_add(1, Ordering::Relaxed);
             if !v.action.writes_back() {
                 st.evictions_clean.fetch_add(1, Ordering::Relaxed);
             }
+            if let Some((off, len)) = v.packed {
+                // Its page of budget goes to the tier, which keeps what the copy needs.
+                let tier = core.compressed.as_ref().expect("kept by the tier");
+                tier.insert(v.page, &self.packed[off..off + len], &core.budget);
+                core.table.unlock(v.page, after_compress(v.state, v.action));
+                st.compressed_in_pages.fetch_add(1, Ordering::Relaxed);
+                st.compressed_in_bytes
+                    .fetch_add(len as u64, Ordering::Relaxed);
+                st.compressed_in_dirty
+                    .fetch_add(u64::from(v.action.writes_back()), Ordering::Relaxed);
+                continue;
+            }
+            let mut next = after_evict(v.state, v.action);
+            if v.rejected {
+                next = next.with_incompressible(true);
+            }
+            core.table.unlock(v.page, next);
+            core.budget.give_back();
         }
         super::zap_empty_regions(core, self.victims.iter().map(|v| v.page));
         st.resident_pages
             .store(core.budget.used() as u64, Ordering::Relaxed);
+    }
+
+    /// A copy demoted from the compressed tier (written home already if dirty): dropped,
+    /// with the budget it no longer needs.
+    fn finish_demotion<E: Effects>(&self, core: &Core<E>, v: &Victim) {
+        let tier = core.compressed.as_ref().expect("a compressed victim");
+        tier.remove(v.page, &core.budget);
+        core.table.unlock(v.page, after_evict(v.state, v.action));
+        let counter = if v.action.writes_back() {
+            &core.stats.compressed_demoted_dirty
+        } else {
+            &core.stats.compressed_demoted_clean
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -2,6 +2,7 @@
 //! write-back.
 
 pub mod budget;
+pub mod compressed;
 mod discard;
 pub mod evict;
 pub mod page_table;
@@ -10,6 +11,7 @@ pub mod staging;
 mod unmap;
 
 pub use budget::CacheBudget;
+pub use compressed::Compressed;
 pub use evict::Evictor;
 pub use page_table::PageTable;
 pub use staging::Staging;

@@ -28,6 +28,12 @@
 //! that their next use traps cheaply. A fault on it installs the local copy; no network.
 //! A page parked while dirty is *staged dirty*: its slot holds the only up-to-date copy,
 //! so a fault installs it writable (still dirty) and an eviction writes the slot home.
+//!
+//! A *compressed* page is Invalid with an lz4 copy in the compressed tier
+//! ([`crate::cache::compressed`]): it left the mapped cache but not this machine. A fault
+//! on it decompresses and installs locally; no network. *Compressed dirty* means that copy
+//! is newer than home: it is installed writable, and it must be written home before the
+//! tier drops it (a demotion).
 
 /// What this process may do with a page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,7 +54,10 @@ const PREFETCHED: u32 = 1 << 5;
 const STAGED: u32 = 1 << 6;
 const DIRTY_BEFORE: u32 = 1 << 7;
 const STAGED_DIRTY: u32 = 1 << 8;
-const SLOT_SHIFT: u32 = 9;
+const COMPRESSED: u32 = 1 << 9;
+const COMPRESSED_DIRTY: u32 = 1 << 10;
+const INCOMPRESSIBLE: u32 = 1 << 11;
+const SLOT_SHIFT: u32 = 12;
 /// Most staging slots a state word can name.
 pub const MAX_STAGING_SLOTS: u32 = 1 << (32 - SLOT_SHIFT);
 
@@ -65,6 +74,8 @@ impl std::fmt::Debug for PageState {
             .field("referenced", &self.referenced())
             .field("staged", &self.staged())
             .field("staged_dirty", &self.staged_dirty())
+            .field("compressed", &self.compressed())
+            .field("compressed_dirty", &self.compressed_dirty())
             .field("dirty_before", &self.dirty_before())
             .finish()
     }
@@ -149,8 +160,43 @@ impl PageState {
         PageState((self.0 & ((1 << SLOT_SHIFT) - 1)) | STAGED | (slot << SLOT_SHIFT))
     }
 
+    /// Whether the page's local copy is in the compressed tier.
+    pub fn compressed(self) -> bool {
+        self.0 & COMPRESSED != 0
+    }
+
+    /// Whether the compressed copy is newer than home.
+    pub fn compressed_dirty(self) -> bool {
+        self.0 & COMPRESSED_DIRTY != 0
+    }
+
+    /// Whether the page once failed to compress small enough: it is not tried again
+    /// (sticky until the page is discarded).
+    pub fn incompressible(self) -> bool {
+        self.0 & INCOMPRESSIBLE != 0
+    }
+
+    /// With the incompressible mark set or cleared.
+    pub fn with_incompressible(self, on: bool) -> PageState {
+        self.set(INCOMPRESSIBLE, on)
+    }
+
+    /// Invalid with its copy in the compressed tier, newer than home if `dirty`.
+    pub fn with_compressed(self, dirty: bool) -> PageState {
+        debug_assert!(
+            self.access() == Access::Invalid && self.staged().is_none(),
+            "only unmapped, unstaged pages are compressed"
+        );
+        self.set(COMPRESSED, true).set(COMPRESSED_DIRTY, dirty)
+    }
+
+    /// Without a staged or compressed local copy.
     fn without_staged(self) -> PageState {
-        PageState(self.0 & ((1 << SLOT_SHIFT) - 1) & !(STAGED | STAGED_DIRTY))
+        PageState(
+            self.0
+                & ((1 << SLOT_SHIFT) - 1)
+                & !(STAGED | STAGED_DIRTY | COMPRESSED | COMPRESSED_DIRTY),
+        )
     }
 
     fn set(self, bit: u32, on: bool) -> PageState {
@@ -193,6 +239,9 @@ pub enum FaultAction {
     /// A local copy waits in staging: install it, writable if the access was a write or
     /// the copy is dirty.
     InstallStaged { writable: bool },
+    /// A compressed local copy: decompress and install it, writable if the access was a
+    /// write or the copy is dirty.
+    InstallCompressed { writable: bool },
 }
 
 /// Decides a fault on a page in state `s` (not busy). `write` is the access kind; `wp`
@@ -205,10 +254,23 @@ pub fn on_fault(s: PageState, write: bool, wp: bool) -> FaultAction {
         (Access::Invalid, writable) if s.staged().is_some() => FaultAction::InstallStaged {
             writable: writable || s.staged_dirty(),
         },
+        (Access::Invalid, writable) if s.compressed() => FaultAction::InstallCompressed {
+            writable: writable || s.compressed_dirty(),
+        },
         (Access::Invalid, writable) if s.home_valid() => FaultAction::Fetch { writable },
         (Access::Invalid, writable) => FaultAction::ZeroFill { writable },
         (Access::Shared, true) => FaultAction::Upgrade,
         (Access::Shared, false) | (Access::Exclusive, _) => FaultAction::Wake,
+    }
+}
+
+impl FaultAction {
+    /// Whether the fault is served from a local copy (staged or compressed): no network.
+    pub fn is_install_local(self) -> bool {
+        matches!(
+            self,
+            FaultAction::InstallStaged { .. } | FaultAction::InstallCompressed { .. }
+        )
     }
 }
 
@@ -235,11 +297,14 @@ pub fn after_fault(s: PageState, action: FaultAction) -> PageState {
         FaultAction::Wake => s,
         FaultAction::ZeroFill { writable }
         | FaultAction::Fetch { writable }
-        | FaultAction::InstallStaged { writable } => s.without_staged().with_access(if writable {
-            Access::Exclusive
-        } else {
-            Access::Shared
-        }),
+        | FaultAction::InstallStaged { writable }
+        | FaultAction::InstallCompressed { writable } => {
+            s.without_staged().with_access(if writable {
+                Access::Exclusive
+            } else {
+                Access::Shared
+            })
+        }
         FaultAction::Upgrade => s.with_access(Access::Exclusive),
     };
     next.with_referenced(true).with_busy(false)
@@ -256,12 +321,29 @@ pub enum EvictAction {
     DropStaged,
     /// Staged dirty: write the staging slot home, free it. Nothing is mapped.
     WriteBackStaged,
+    /// Compressed and clean, leaving the compressed tier (a demotion): drop the copy.
+    DropCompressed,
+    /// Compressed dirty, leaving the compressed tier: decompress, write home, drop.
+    WriteBackCompressed,
 }
 
 impl EvictAction {
     /// Whether the eviction writes the page home.
     pub fn writes_back(self) -> bool {
-        matches!(self, EvictAction::WriteBack | EvictAction::WriteBackStaged)
+        matches!(
+            self,
+            EvictAction::WriteBack
+                | EvictAction::WriteBackStaged
+                | EvictAction::WriteBackCompressed
+        )
+    }
+
+    /// Whether the page leaves the compressed tier.
+    pub fn demotes(self) -> bool {
+        matches!(
+            self,
+            EvictAction::DropCompressed | EvictAction::WriteBackCompressed
+        )
     }
 
     /// Whether the page is mapped and must be unmapped.
@@ -270,18 +352,36 @@ impl EvictAction {
     }
 }
 
-/// Decides the eviction of cached page `s` (mapped or staged).
+/// Decides the eviction of cached page `s` (mapped, staged or compressed).
 pub fn on_evict(s: PageState) -> EvictAction {
     debug_assert!(
-        s.resident() || s.staged().is_some(),
+        s.resident() || s.staged().is_some() || s.compressed(),
         "evicting a page that is not cached"
     );
     match s.access() {
         Access::Exclusive => EvictAction::WriteBack,
         Access::Shared => EvictAction::Drop,
         Access::Invalid if s.staged_dirty() => EvictAction::WriteBackStaged,
+        Access::Invalid if s.compressed_dirty() => EvictAction::WriteBackCompressed,
+        Access::Invalid if s.compressed() => EvictAction::DropCompressed,
         Access::Invalid => EvictAction::DropStaged,
     }
+}
+
+/// State of a victim of `action` whose copy was kept in the compressed tier instead of
+/// leaving: unmapped (or its staging slot freed), dirty if the eviction would have
+/// written it home. Home is unchanged.
+pub fn after_compress(s: PageState, action: EvictAction) -> PageState {
+    debug_assert!(
+        !action.demotes(),
+        "a compressed page is not compressed again"
+    );
+    s.without_staged()
+        .with_access(Access::Invalid)
+        .with_compressed(action.writes_back())
+        .with_referenced(false)
+        .with_prefetched(false)
+        .with_busy(false)
 }
 
 /// The action for a victim whose bytes turned out to be all zeros: a page with no copy
@@ -291,6 +391,7 @@ pub fn when_zero(s: PageState, action: EvictAction) -> EvictAction {
     match action {
         EvictAction::WriteBack if !s.home_valid() => EvictAction::Drop,
         EvictAction::WriteBackStaged if !s.home_valid() => EvictAction::DropStaged,
+        EvictAction::WriteBackCompressed if !s.home_valid() => EvictAction::DropCompressed,
         other => other,
     }
 }
@@ -338,9 +439,16 @@ mod tests {
             .map(PageState)
             .filter(|s| s.0 & ACCESS_MASK == 0)
             .map(|s| s.with_staged_dirty(7));
+        // Kept in the compressed tier, clean (home holds it) or dirty.
+        let compressed = (0u32..256)
+            .map(PageState)
+            .filter(|s| s.0 & ACCESS_MASK == 0 && s.0 & (STAGED | STAGED_DIRTY) == 0)
+            .flat_map(|s| [s.with_compressed(true), s.with_compressed(false)])
+            .filter(|s| s.compressed_dirty() || s.home_valid());
         plain
             .chain(staged)
             .chain(staged_dirty)
+            .chain(compressed)
             .collect::<Vec<_>>()
             .into_iter()
     }
@@ -353,7 +461,12 @@ mod tests {
         for s in all_states().filter(|s| !s.busy()) {
             for (write, wp) in [(false, false), (true, false), (true, true)] {
                 let a = on_fault(s, write, wp);
-                if s.access() == Access::Invalid && s.home_valid() && s.staged().is_none() && !wp {
+                if s.access() == Access::Invalid
+                    && s.home_valid()
+                    && s.staged().is_none()
+                    && !s.compressed()
+                    && !wp
+                {
                     assert!(
                         matches!(a, FaultAction::Fetch { .. }),
                         "{s:?}: must fetch, got {a:?}"
@@ -380,6 +493,19 @@ mod tests {
                 assert!(!n.staged_dirty() || n.staged().is_some());
                 assert_eq!(n.home_valid(), s.home_valid(), "faults never change home");
                 assert_eq!(n.dirty_before(), s.dirty_before(), "only evictions set it");
+                if s.compressed() && !wp {
+                    assert!(
+                        matches!(a, FaultAction::InstallCompressed { .. }),
+                        "{s:?}: the compressed copy first, no network"
+                    );
+                    assert!(
+                        !n.compressed() && !n.compressed_dirty(),
+                        "{s:?}: copy dropped"
+                    );
+                    if s.compressed_dirty() {
+                        assert_eq!(n.access(), Access::Exclusive, "{s:?}: stays dirty");
+                    }
+                }
                 if s.staged().is_some() && !wp {
                     assert!(
                         matches!(a, FaultAction::InstallStaged { .. }),
@@ -388,8 +514,27 @@ mod tests {
                     assert_eq!(n.staged(), None, "the staging slot is released on install");
                 }
             }
+            if s.compressed() {
+                let a = on_evict(s);
+                assert!(a.demotes() && !a.unmaps(), "{s:?}: {a:?}");
+                assert_eq!(
+                    a.writes_back(),
+                    s.compressed_dirty(),
+                    "{s:?}: dirty goes home"
+                );
+                let n = after_evict(s, a);
+                assert!(!n.compressed() && !n.compressed_dirty());
+                assert!(n.home_valid(), "{s:?}: home holds it after the demotion");
+            }
             if s.resident() || s.staged().is_some() {
                 let a = on_evict(s);
+                if !(s.staged().is_some() && s.prefetched()) {
+                    let k = after_compress(s, a);
+                    assert!(k.compressed() && k.access() == Access::Invalid);
+                    assert_eq!(k.compressed_dirty(), a.writes_back(), "{s:?}: dirt kept");
+                    assert_eq!(k.home_valid(), s.home_valid());
+                    assert!(on_fault(k, false, false).is_install_local());
+                }
                 let n = after_evict(s, a);
                 assert_eq!(n.access(), Access::Invalid);
                 assert_eq!(n.staged(), None);

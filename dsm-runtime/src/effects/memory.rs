@@ -98,6 +98,27 @@ impl MemoryEffects {
         }
     }
 
+    /// Fills words `1..=words` of the mapped, writable page at `page_addr` with a
+    /// pseudo-random stream from `seed`: how the simulator makes its pages compress badly
+    /// (many words) or well (few). Words 0 and the last are left alone.
+    pub fn store_fill(&self, page_addr: usize, words: usize, seed: u64) -> Access {
+        let mut m = self.mapped();
+        match m.get_mut(&page_addr) {
+            None => Access::Missing,
+            Some(p) if p.write_protected => Access::WriteProtected,
+            Some(p) => {
+                let mut x = seed | 1;
+                for w in p.data[8..PAGE_BYTES - 8].chunks_exact_mut(8).take(words) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    w.copy_from_slice(&x.to_le_bytes());
+                }
+                Access::Done
+            }
+        }
+    }
+
     /// The mapped page at `page_addr`, if any.
     pub fn page(&self, page_addr: usize) -> Option<MappedPage> {
         self.mapped().get(&page_addr).cloned()

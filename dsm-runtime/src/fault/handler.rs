@@ -114,6 +114,8 @@ pub struct FaultHandler {
     passed_over: Vec<PageNum>,
     /// Moves this thread to the CPU of the thread that faults (see `follow`).
     follow: super::follow::Follow,
+    /// One page, decompressed from the compressed tier.
+    unpacked: Vec<u8>,
 }
 
 impl FaultHandler {
@@ -137,6 +139,7 @@ impl FaultHandler {
             follow: super::follow::Follow::new(
                 core.config.handler_follows_faults && core.config.handler_cpu.is_none(),
             ),
+            unpacked: vec![0u8; PAGE_BYTES],
         }
     }
 
@@ -299,6 +302,10 @@ impl FaultHandler {
             }
             FaultAction::InstallStaged { writable } => {
                 self.install_staged(core, page, state, writable)?
+            }
+            FaultAction::InstallCompressed { writable } => {
+                self.take_budget(core, start)?;
+                self.install_compressed(core, page, state, writable)?
             }
             FaultAction::ZeroFill { writable } => {
                 self.take_budget(core, start)?;
@@ -503,6 +510,33 @@ impl FaultHandler {
         Ok(())
     }
 
+    /// Decompresses and maps a page's copy from the compressed tier: no network. The
+    /// copy is dropped only once installed (a refused install leaves the page as it was).
+    fn install_compressed<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        page: PageNum,
+        state: PageState,
+        writable: bool,
+    ) -> Result<(), RuntimeError> {
+        let tier = core.compressed.as_ref().expect("planned as compressed");
+        let t = Instant::now();
+        tier.read(page, &mut self.unpacked);
+        let st = &core.stats;
+        st.compress_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let src = self.unpacked.as_ptr();
+        let drop_copy = || tier.remove(page, &core.budget);
+        if !self.install_then(core, page, state, src, writable, drop_copy)? {
+            core.budget.give_back(); // still compressed; the thread faults again
+            return Ok(());
+        }
+        st.compressed_hits.fetch_add(1, Ordering::Relaxed);
+        core.eviction().on_insert(page, false);
+        self.consult_prefetch(core, page, false);
+        Ok(())
+    }
+
     /// Tells the prefetch policy about a fault and queues what it asks for.
     fn consult_prefetch<E: Effects>(
         &mut self,
@@ -624,11 +658,26 @@ impl FaultHandler {
         src: *const u8,
         writable: bool,
     ) -> Result<bool, RuntimeError> {
+        self.install_then(core, page, state, src, writable, || {})
+    }
+
+    /// [`FaultHandler::install`], calling `on_mapped` once the page is mapped and before
+    /// it is unlocked (to drop a local copy that only the lock holder may touch).
+    fn install_then<E: Effects>(
+        &self,
+        core: &Core<E>,
+        page: PageNum,
+        state: PageState,
+        src: *const u8,
+        writable: bool,
+        on_mapped: impl FnOnce(),
+    ) -> Result<bool, RuntimeError> {
         let addr = core.layout.addr_of(page);
         for _ in 0..INSTALL_RETRIES {
             // SAFETY: `src` points at a full page (a fetch buffer or the zero page).
             match unsafe { core.fx.install(addr, src, PAGE_BYTES, !writable, false) } {
                 Ok(Installed::Done) => {
+                    on_mapped();
                     let action = if writable {
                         FaultAction::Fetch { writable: true }
                     } else {
@@ -640,6 +689,7 @@ impl FaultHandler {
                 Ok(Installed::AlreadyPresent) => {
                     // Mapped behind our back; keep it and treat it as dirty so that whatever
                     // it holds is written home rather than dropped.
+                    on_mapped();
                     let action = FaultAction::Fetch { writable: true };
                     core.table.unlock(page, after_fault(state, action));
                     core.fx.wake(addr, PAGE_BYTES).map_err(RuntimeError::Uffd)?;

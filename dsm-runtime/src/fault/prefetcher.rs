@@ -215,8 +215,10 @@ pub(crate) fn claim<E: Effects>(core: &Core<E>, requested: &[PageNum], staged: &
         let Some(state) = core.table.try_lock(page) else {
             continue;
         };
-        let worth =
-            state.access() == Access::Invalid && state.home_valid() && state.staged().is_none();
+        let worth = state.access() == Access::Invalid
+            && state.home_valid()
+            && state.staged().is_none()
+            && !state.compressed(); // its local copy may be newer than home
         if !worth {
             core.table.unlock(page, state);
             continue;

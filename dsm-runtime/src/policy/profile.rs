@@ -131,6 +131,10 @@ pub struct Profile {
     /// leaves it to `--redundancy` (default `none`). A job-wide setting: `dsmrun` reads it
     /// to size the nodes, and `--redundancy` overrides it.
     pub redundancy: Option<crate::redundancy::Redundancy>,
+    /// The compressed tier's share of the cache, percent (0 = off).
+    pub compress_share_pct: u8,
+    /// A page stays compressed only if it shrinks to this percent of its size or less.
+    pub compress_keep_max_pct: u8,
 }
 
 /// What kind of mistake a profile file holds.
@@ -259,6 +263,8 @@ impl Profile {
         config.sample_pages = self.sample_pages;
         config.sample_interval_ms = self.sample_interval_ms;
         config.purge_delay_ms = self.purge_delay_ms;
+        config.compress_share_pct = self.compress_share_pct;
+        config.compress_keep_max_pct = self.compress_keep_max_pct;
     }
 
     /// Most pages the prefetch policy asks for per fault (0 for none).
@@ -360,6 +366,22 @@ struct RawProfile {
     fetch: Option<RawFetch>,
     writeback: Option<RawWriteback>,
     cache: Option<RawCache>,
+    compress: Option<RawCompress>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "kebab-case")]
+enum CompressName {
+    None,
+    Lz4,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCompress {
+    policy: Option<Spanned<CompressName>>,
+    share_pct: Option<Spanned<i64>>,
+    keep_max_pct: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -676,6 +698,8 @@ impl RawProfile {
             d.purge_delay_ms,
             -1..=3_600_000,
         )?;
+        let (compress_share_pct, compress_keep_max_pct) =
+            validate_compress(ctx, self.compress.unwrap_or_default(), &d)?;
         if start >= stop {
             let span = cache
                 .reclaim_stop_free_pct
@@ -717,9 +741,53 @@ impl RawProfile {
             sample_interval_ms: sample_interval_ms as u64,
             purge_delay_ms,
             redundancy,
+            compress_share_pct,
+            compress_keep_max_pct,
         })
     }
 }
+
+/// `[compress]`: `policy = "lz4"` turns the tier on (taking `share_pct` of the cache,
+/// keeping pages that shrink to `keep_max_pct` or less), `"none"` off. Left out, the
+/// runtime's default holds. Returns (share, keep) percentages.
+fn validate_compress(
+    ctx: &Ctx<'_>,
+    c: RawCompress,
+    d: &RuntimeConfig,
+) -> Result<(u8, u8), ProfileError> {
+    let on = match &c.policy {
+        Some(p) => *p.get_ref() == CompressName::Lz4,
+        None => d.compress_share_pct > 0,
+    };
+    let chosen = if on { "lz4" } else { "none" };
+    let at = ("compress", chosen);
+    ctx.only_for("share_pct", &c.share_pct, at, on, "\"lz4\"")?;
+    ctx.only_for("keep_max_pct", &c.keep_max_pct, at, on, "\"lz4\"")?;
+    if !on {
+        return Ok((0, d.compress_keep_max_pct));
+    }
+    let default_share = if d.compress_share_pct > 0 {
+        d.compress_share_pct
+    } else {
+        COMPRESS_SHARE_PCT_DEFAULT
+    };
+    let share = ctx.int(
+        "share_pct",
+        &c.share_pct,
+        i64::from(default_share),
+        1..=i64::from(crate::config::COMPRESS_SHARE_PCT_MAX),
+    )?;
+    let keep = ctx.int(
+        "keep_max_pct",
+        &c.keep_max_pct,
+        i64::from(d.compress_keep_max_pct),
+        1..=90,
+    )?;
+    Ok((share as u8, keep as u8))
+}
+
+/// The tier's share of the cache when a profile turns it on without saying how much.
+const COMPRESS_SHARE_PCT_DEFAULT: u8 = 50;
 
 fn validate_eviction(ctx: &Ctx<'_>, e: RawEviction) -> Result<EvictionSpec, ProfileError> {
     let policy = e.policy.map_or(EvictionName::Clock, |p| *p.get_ref());
@@ -828,6 +896,34 @@ fn validate_placement(ctx: &Ctx<'_>, p: RawPlacement) -> Result<PlacementSpec, P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_compressed_tier_is_a_validated_knob() {
+        let p = Profile::parse("[compress]\npolicy = \"lz4\"\n", "t", "t.toml").unwrap();
+        assert_eq!((p.compress_share_pct, p.compress_keep_max_pct), (50, 50));
+        let p = Profile::parse(
+            "[compress]\npolicy = \"lz4\"\nshare_pct = 30\nkeep_max_pct = 40\n",
+            "t",
+            "t.toml",
+        )
+        .unwrap();
+        let mut config = RuntimeConfig::default();
+        p.apply(&mut config);
+        assert_eq!(
+            (config.compress_share_pct, config.compress_keep_max_pct),
+            (30, 40)
+        );
+        config.validate().unwrap();
+        let off = Profile::parse("[compress]\npolicy = \"none\"\n", "t", "t.toml").unwrap();
+        assert_eq!(off.compress_share_pct, 0);
+        let (kind, line, msg) = invalid("[compress]\npolicy = \"lz4\"\nshare_pct = 95\n");
+        assert_eq!((kind, line), (InvalidKind::Value, 3), "{msg}");
+        let (kind, _, msg) = invalid("[compress]\npolicy = \"none\"\nkeep_max_pct = 40\n");
+        assert_eq!(kind, InvalidKind::Value, "{msg}");
+        assert!(msg.contains("does not apply"), "{msg}");
+        let (kind, _, msg) = invalid("[compress]\npolicy = \"zip\"\n");
+        assert_eq!(kind, InvalidKind::Value, "{msg}");
+    }
 
     fn invalid(text: &str) -> (InvalidKind, usize, String) {
         match Profile::parse(text, "t", "dir/t.toml") {

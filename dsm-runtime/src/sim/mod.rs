@@ -9,7 +9,9 @@
 //! report, then retried), background and direct reclaim, sampling rounds, discards,
 //! prefetch requests, forks and node failures. After every step the simulator checks
 //! that every page holds what was last written to it, wherever the cache's state says
-//! it lives (mapped, staged, at home, or nowhere: zeros), and the bookkeeping around it.
+//! it lives (mapped, staged, compressed, at home, or nowhere: zeros), and the
+//! bookkeeping around it (a clean compressed copy matches home; the budget counts the
+//! compressed tier at its compressed size).
 //!
 //! A run is a function of its seed (and a shorter run is a prefix of a longer one): a
 //! failure names the seed and step, and `DSM_SIM_SEED=<seed> DSM_SIM_OPS=<step>`
@@ -85,6 +87,12 @@ pub struct SimReport {
     pub forks_refused: u64,
     /// Node failures that ended a process with a transport error.
     pub node_failures: u64,
+    /// Victims kept in the compressed tier.
+    pub compressed: u64,
+    /// Faults served from the compressed tier.
+    pub compressed_hits: u64,
+    /// Copies demoted from the compressed tier (written home if dirty).
+    pub demoted: u64,
 }
 
 impl SimReport {
@@ -105,6 +113,9 @@ impl SimReport {
         self.forks_allowed += o.forks_allowed;
         self.forks_refused += o.forks_refused;
         self.node_failures += o.node_failures;
+        self.compressed += o.compressed;
+        self.compressed_hits += o.compressed_hits;
+        self.demoted += o.demoted;
     }
 }
 
@@ -219,6 +230,7 @@ pub(crate) struct Process {
     session: Box<dyn Session>,
     /// The value last written to each page (0: never written, or discarded).
     pub(crate) model: Vec<u64>,
+    fill_words: usize,
     options: SimOptions,
     nodes_failed: bool,
     report: SimReport,
@@ -229,6 +241,9 @@ pub(crate) struct Shape {
     pub(crate) pages: u64,
     pub(crate) config: RuntimeConfig,
     pub(crate) profile: String,
+    /// Pseudo-random words each write fills its page with (0 to 510): how well pages
+    /// compress, from a few dozen bytes to not at all.
+    pub(crate) fill_words: usize,
 }
 
 impl Shape {
@@ -254,11 +269,18 @@ impl Shape {
         config.staging_pages = rng.range(1, (cache_pages as u64 / 2).max(1)) as usize;
         // Prefetched pages all staged (0), or mapped ahead with a probe every 2, 4 or 16.
         config.prefetch_probe_every = [0, 2, 4, 16][rng.range(0, 3) as usize];
+        if rng.chance(2) {
+            // The compressed tier, from a sliver of the cache to most of it; now and then
+            // keeping almost nothing, so that pages that do not compress go home.
+            config.compress_share_pct = rng.range(5, 90) as u8;
+            config.compress_keep_max_pct = if rng.chance(4) { 1 } else { 50 };
+        }
         let eviction = ["fifo", "clock", "2q"][rng.range(0, 2) as usize];
         let prefetch = ["none", "readahead", "stride", "leap"][rng.range(0, 3) as usize];
         Shape {
             pages,
             config,
+            fill_words: [0, 16, 128, 510][rng.range(0, 3) as usize],
             profile: format!(
                 "[eviction]\npolicy = \"{eviction}\"\n[prefetch]\npolicy = \"{prefetch}\"\n"
             ),
@@ -276,6 +298,7 @@ impl Process {
             pages,
             config,
             profile,
+            fill_words,
         } = shape;
         let profile =
             Profile::parse(&profile, "sim", "the simulator").map_err(|e| RuntimeError::Os {
@@ -302,6 +325,7 @@ impl Process {
             prefetcher: Prefetcher::new(core.config.prefetch_max_pages),
             session: nodes.session(),
             model: vec![0; pages as usize],
+            fill_words,
             handler,
             core,
             nodes,
@@ -486,7 +510,9 @@ impl Process {
         for _ in 0..ACCESS_FAULTS_MAX {
             match self.core.fx.store(addr, value) {
                 Access::Done => {
-                    if self.core.fx.store(addr + TAIL, value) != Access::Done {
+                    if self.core.fx.store(addr + TAIL, value) != Access::Done
+                        || self.core.fx.store_fill(addr, self.fill_words, value) != Access::Done
+                    {
                         return Err(Stop::Broken(format!(
                             "page {page} became unwritable between two writes"
                         )));
@@ -588,6 +614,7 @@ impl Process {
     /// budget, the policy and the mappings agree with the states.
     pub(crate) fn check(&self) -> Result<(), String> {
         let mut cached = 0;
+        let mut compressed = 0;
         let mut buf = vec![0u8; PAGE_BYTES];
         for p in 0..self.pages() {
             let want = self.model[p as usize];
@@ -617,6 +644,21 @@ impl Process {
                 // runs one operation at a time: nothing writes the slot meanwhile.
                 buf.copy_from_slice(unsafe { self.core.staging.slot_mut(slot) });
                 ("staged", value_of(&buf, p)?)
+            } else if s.compressed() {
+                compressed += 1;
+                let tier = self
+                    .core
+                    .compressed
+                    .as_ref()
+                    .ok_or("compressed, with no tier")?;
+                tier.read(page, &mut buf);
+                let v = value_of(&buf, p)?;
+                if !s.compressed_dirty() && self.home_value(page)? != v {
+                    return Err(format!(
+                        "page {p} is compressed clean ({s:?}) but home differs from its copy"
+                    ));
+                }
+                ("compressed", v)
             } else if s.home_valid() {
                 let home = self.core.placement.home(page);
                 match self.nodes.read(home.node, home.offset) {
@@ -632,9 +674,20 @@ impl Process {
                 ));
             }
         }
-        if self.core.budget.used() != cached {
+        let (copies, bytes, held) = self
+            .core
+            .compressed
+            .as_ref()
+            .map_or((0, 0, 0), |t| t.usage());
+        if copies != compressed || held != bytes.div_ceil(PAGE_BYTES) {
             return Err(format!(
-                "budget counts {} pages, {cached} are cached",
+                "the compressed tier holds {copies} copies ({bytes} bytes, {held} pages of \
+                 budget); {compressed} pages say compressed"
+            ));
+        }
+        if self.core.budget.used() != cached + held {
+            return Err(format!(
+                "budget counts {} pages, {cached} are cached and the compressed tier holds {held}",
                 self.core.budget.used()
             ));
         }
@@ -645,6 +698,15 @@ impl Process {
             ));
         }
         Ok(())
+    }
+
+    /// The value home holds for `page` (0 if never written there).
+    fn home_value(&self, page: PageNum) -> Result<u64, String> {
+        let home = self.core.placement.home(page);
+        match self.nodes.read(home.node, home.offset) {
+            Some(d) => value_of(&d, page.0),
+            None => Ok(0),
+        }
     }
 
     fn mapped_value(&self, addr: usize) -> Result<u64, String> {
@@ -671,6 +733,10 @@ impl Process {
         r.sampled = st.sampled_pages.load(Ordering::Relaxed);
         r.prefetched = st.prefetch_issued.load(Ordering::Relaxed);
         r.mapped_ahead = st.prefetch_mapped_ahead.load(Ordering::Relaxed);
+        r.compressed = st.compressed_in_pages.load(Ordering::Relaxed);
+        r.compressed_hits = st.compressed_hits.load(Ordering::Relaxed);
+        r.demoted = st.compressed_demoted_clean.load(Ordering::Relaxed)
+            + st.compressed_demoted_dirty.load(Ordering::Relaxed);
     }
 }
 

@@ -6,7 +6,18 @@ use crate::fault::uffd::UffdError;
 /// A fixed, small process: `pages` pages, a cache of `cache` pages, no prefetch, one page
 /// per fetch and per write-back, a node timeout of 50 ms.
 fn process(pages: u64, cache: usize) -> Process {
-    let config = RuntimeConfig {
+    process_with(pages, cache, 0, |_| {})
+}
+
+/// [`process`] with pages filled with `fill_words` random words and `tweak` applied to
+/// its configuration.
+fn process_with(
+    pages: u64,
+    cache: usize,
+    fill_words: usize,
+    tweak: impl FnOnce(&mut RuntimeConfig),
+) -> Process {
+    let mut config = RuntimeConfig {
         space_base: BASE,
         space_bytes: pages * PAGE_BYTES as u64,
         cache_bytes_max: (cache * PAGE_BYTES) as u64,
@@ -20,10 +31,12 @@ fn process(pages: u64, cache: usize) -> Process {
         node_timeout_ms: 50,
         ..RuntimeConfig::default()
     };
+    tweak(&mut config);
     let shape = Shape {
         pages,
         config,
         profile: "[eviction]\npolicy = \"fifo\"\n[prefetch]\npolicy = \"none\"\n".into(),
+        fill_words,
     };
     Process::with_shape(shape, SimOptions::default()).unwrap()
 }
@@ -200,4 +213,45 @@ fn node_failure_ends_in_a_transport_error() {
     p.nodes.fail(true);
     let e = runtime_error(p.read(0));
     assert!(matches!(e, RuntimeError::Transport(_)), "{e}");
+}
+
+/// Dirty pages kept compressed stay dirty under pressure: the tier (a quarter of a
+/// four-page cache, a few copies of about 800 bytes) demotes its oldest copies by writing
+/// them home first, and every page reads back what was last written, from the tier
+/// (no fetch) or from home.
+#[test]
+fn dirty_compressed_pages_reach_home_before_their_copy_is_dropped() {
+    let mut p = process_with(32, 4, 100, |c| {
+        c.compress_share_pct = 25;
+        c.compress_keep_max_pct = 50;
+    });
+    for q in 0..32 {
+        ok(p.write(q, 0x100 + q));
+        p.model[q as usize] = 0x100 + q;
+        p.check().unwrap();
+    }
+    let st = p.core.stats.snapshot();
+    assert!(
+        st.compressed_in_dirty >= 28,
+        "every victim kept dirty: {st:?}"
+    );
+    assert!(
+        st.compressed_demoted_dirty > 0,
+        "the tier outgrew its share: {st:?}"
+    );
+    assert_eq!(st.compressed_demoted_dirty, st.remote_write_pages, "{st:?}");
+    assert_eq!(st.remote_read_pages, 0, "nothing was read yet");
+    let (copies, _, held) = p.core.compressed.as_ref().unwrap().usage();
+    assert!(copies > 0 && held <= 1, "{copies} copies in {held} page(s)");
+    for q in (0..32).rev() {
+        assert_eq!(ok(p.read(q)), 0x100 + q, "page {q}");
+        p.check().unwrap();
+    }
+    let st = p.core.stats.snapshot();
+    assert!(st.compressed_hits > 0, "{st:?}");
+    assert_eq!(
+        st.faults_read,
+        st.remote_read_pages + st.compressed_hits,
+        "each read fault was served from home or from the tier: {st:?}"
+    );
 }
