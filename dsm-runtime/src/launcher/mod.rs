@@ -8,8 +8,8 @@
 //! `PR_SET_PDEATHSIG` too; every exit path drops [`LocalNodes`], which kills and reaps them.
 
 pub mod cpus;
-pub mod lost_hosts;
 pub mod jobs;
+pub mod lost_hosts;
 pub mod progress;
 pub mod remote;
 pub mod signals;
