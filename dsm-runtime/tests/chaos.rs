@@ -310,8 +310,7 @@ fn velvetg_survives_a_random_node_killed_at_a_random_moment() {
             "velvet or xz is missing (apt-get install velvet xz-utils)",
         );
     }
-    let examples = Path::new("/usr/share/doc/velvet/examples/test_reads.fa.xz");
-    if !examples.exists() {
+    if !Path::new(VELVET_EXAMPLE_READS).exists() {
         return skip(
             "velvetg chaos",
             "velvet's example data is missing (apt-get install velvet-example)",
@@ -319,28 +318,8 @@ fn velvetg_survives_a_random_node_killed_at_a_random_moment() {
     }
     let _turn = heavy();
     let dir = scratch("chaos-velvet");
-    let reads = dir.join("reads.fa");
-    let data = Command::new("xz")
-        .arg("-dc")
-        .arg(examples)
-        .output()
-        .unwrap();
-    std::fs::write(&reads, data.stdout).unwrap();
-    let h = dir.join("h");
-    let st = Command::new("velveth")
-        .arg(&h)
-        .args(["21", "-fasta", "-shortPaired"])
-        .arg(&reads)
-        .output()
-        .unwrap();
-    assert!(st.status.success());
-    let fresh = |to: &Path| {
-        let _ = std::fs::remove_dir_all(to);
-        std::fs::create_dir_all(to).unwrap();
-        for f in ["Sequences", "Roadmaps", "Log"] {
-            std::fs::copy(h.join(f), to.join(f)).unwrap();
-        }
-    };
+    let h = velveth_example(&dir);
+    let fresh = |to: &Path| velvet_run_dir(&h, to);
     let native_g = dir.join("native");
     fresh(&native_g);
     let ran = run_measured(Command::new("velvetg").arg(&native_g));

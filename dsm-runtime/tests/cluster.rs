@@ -398,7 +398,7 @@ fn a_program_runs_with_its_nodes_on_a_slurm_allocation() {
 /// test machine), so this is the longest test of the suite.
 #[test]
 fn velvetg_assembles_the_same_contigs_with_its_nodes_on_four_hosts() {
-    let examples = Path::new("/usr/share/doc/velvet/examples/test_reads.fa.xz");
+    let examples = Path::new(VELVET_EXAMPLE_READS);
     if !have("velveth") || !have("velvetg") || !examples.exists() || !have("xz") {
         return skip(
             "cluster_velvet",
@@ -411,30 +411,10 @@ fn velvetg_assembles_the_same_contigs_with_its_nodes_on_four_hosts() {
         return;
     };
     let dir = scratch("cluster-velvet");
-    let reads = dir.join("reads.fa");
-    let data = Command::new("xz")
-        .arg("-dc")
-        .arg(examples)
-        .output()
-        .unwrap();
-    assert!(data.status.success());
-    std::fs::write(&reads, data.stdout).unwrap();
-    let base = dir.join("h");
-    let st = Command::new("velveth")
-        .arg(&base)
-        .args(["21", "-fasta", "-shortPaired"])
-        .arg(&reads)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "velveth");
-    // velvetg rewrites its directory: each run gets a fresh copy of velveth's output.
+    let base = velveth_example(&dir);
     let fresh = |name: &str| {
         let to = dir.join(name);
-        std::fs::create_dir_all(&to).unwrap();
-        for f in ["Sequences", "Roadmaps", "Log"] {
-            std::fs::copy(base.join(f), to.join(f)).unwrap();
-        }
+        velvet_run_dir(&base, &to);
         to
     };
     let native_dir = fresh("native");

@@ -308,8 +308,11 @@ fn a_suspended_job_that_is_killed_ends() {
 
 #[test]
 fn velvetg_suspended_mid_run_assembles_the_native_contigs() {
-    const EXAMPLES: &str = "/usr/share/doc/velvet/examples/test_reads.fa.xz";
-    if !have("velveth") || !have("velvetg") || !Path::new(EXAMPLES).exists() || !have("xz") {
+    if !have("velveth")
+        || !have("velvetg")
+        || !Path::new(VELVET_EXAMPLE_READS).exists()
+        || !have("xz")
+    {
         return skip(
             "velvetg_suspended",
             "velvet, velvet-example or xz is missing (apt-get install velvet velvet-example xz-utils)",
@@ -318,27 +321,8 @@ fn velvetg_suspended_mid_run_assembles_the_native_contigs() {
     let _turn = heavy();
     let dir = scratch("suspend-velvet");
     let jobs = jobs_dir(&dir);
-    let reads = dir.join("reads.fa");
-    let data = Command::new("xz")
-        .arg("-dc")
-        .arg(EXAMPLES)
-        .output()
-        .unwrap();
-    std::fs::write(&reads, data.stdout).unwrap();
-    let h = dir.join("h");
-    let st = Command::new("velveth")
-        .arg(&h)
-        .args(["21", "-fasta", "-shortPaired"])
-        .arg(&reads)
-        .output()
-        .unwrap();
-    assert!(st.status.success());
-    let copy = |to: &Path| {
-        std::fs::create_dir_all(to).unwrap();
-        for f in ["Sequences", "Roadmaps", "Log"] {
-            std::fs::copy(h.join(f), to.join(f)).unwrap();
-        }
-    };
+    let h = velveth_example(&dir);
+    let copy = |to: &Path| velvet_run_dir(&h, to);
     let native = dir.join("native");
     copy(&native);
     assert!(Command::new("velvetg")

@@ -282,3 +282,39 @@ pub fn compile_c(name: &str, extra: &[&str]) -> Option<PathBuf> {
     assert!(st.success(), "compiling {}", src.display());
     Some(out)
 }
+
+/// Debian's velvet-example reads (package velvet-example).
+pub const VELVET_EXAMPLE_READS: &str = "/usr/share/doc/velvet/examples/test_reads.fa.xz";
+
+/// Unpacks velvet-example's reads into `dir` and runs `velveth` on them (k = 21, paired
+/// reads); returns the directory of its output, which [`velvet_run_dir`] copies.
+pub fn velveth_example(dir: &Path) -> PathBuf {
+    let reads = dir.join("reads.fa");
+    let data = Command::new("xz")
+        .arg("-dc")
+        .arg(VELVET_EXAMPLE_READS)
+        .output()
+        .unwrap();
+    assert!(data.status.success(), "xz -dc {VELVET_EXAMPLE_READS}");
+    std::fs::write(&reads, data.stdout).unwrap();
+    let h = dir.join("h");
+    let st = Command::new("velveth")
+        .arg(&h)
+        .args(["21", "-fasta", "-shortPaired"])
+        .arg(&reads)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "velveth");
+    h
+}
+
+/// Makes `to` a fresh copy of velveth's output in `h`: velvetg rewrites its directory,
+/// so each run needs its own.
+pub fn velvet_run_dir(h: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["Sequences", "Roadmaps", "Log"] {
+        std::fs::copy(h.join(f), to.join(f)).unwrap();
+    }
+}
