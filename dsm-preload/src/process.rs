@@ -103,18 +103,20 @@ pub extern "C" fn on_load() {
     }
 }
 
-/// Starts the runtime with the job's profile (if any) and trace recording (if asked).
+/// The profile a job without `--profile` runs under.
+const DEFAULT_PROFILE: &str = "default";
+
+/// Starts the runtime with the job's profile (the shipped default if none) and trace recording (if asked).
 fn start_runtime(
     job: &JobConfig,
     slot: usize,
     transport: &dyn Transport,
 ) -> Result<Runtime, StartError> {
     let mut config = job.runtime_config(slot);
-    let Some(name) = &job.profile else {
-        let mut policies = Policies::defaults(&config);
-        policies.trace = open_trace(job, slot, &config, "default")?;
-        return Ok(Runtime::start_with(config, transport, policies)?);
-    };
+    // No --profile means the shipped `default` profile (profiles/default.toml), as the
+    // docs and the summary say: before, it meant the runtime's bare policies (CLOCK, no
+    // prefetch), so a program run without flags never got readahead.
+    let name = job.profile.as_deref().unwrap_or(DEFAULT_PROFILE);
     let profile = Profile::load(name).map_err(|e| StartError::Profile(e.to_string()))?;
     profile.apply(&mut config);
     let placement = match profile.placement {

@@ -143,7 +143,7 @@ pub struct JobConfig {
     pub verbose: bool,
     /// Pages per placement chunk.
     pub placement_chunk_pages: u64,
-    /// Policy profile (shipped name or path); `None` for the built-in defaults.
+    /// Policy profile (shipped name or path); `None` for the shipped `default` profile.
     pub profile: Option<String>,
     /// Where to record the page-access stream.
     pub trace: Option<PathBuf>,
