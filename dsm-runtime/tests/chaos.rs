@@ -544,8 +544,12 @@ fn bad_redundancy_settings_are_refused_before_anything_starts() {
             "replicate:1",
         ),
         (
-            vec!["-n", "5", "--redundancy", "ec:4+1"],
-            "erasure coding is not implemented yet",
+            vec!["-n", "6", "--redundancy", "ec:4+2"],
+            "only one parity piece per group is implemented",
+        ),
+        (
+            vec!["-n", "4", "--redundancy", "ec:4+1"],
+            "raise -n to at least 5",
         ),
         (
             vec!["-n", "2", "--spare-nodes", "1"],

@@ -219,7 +219,8 @@ fn redundancy_line(total: &Value) -> String {
     };
     format!(
         "dsmrun: redundancy: {} node(s) died and were fenced; {} pages read from another \
-         copy, {} written with fewer copies; longest stall {:.1} ms{reprotected}\n",
+         copy or rebuilt from parity, {} written with fewer copies (or groups written \
+         without a piece); longest stall {:.1} ms{reprotected}\n",
         g("node_deaths"),
         g("failover_read_pages"),
         g("degraded_write_pages"),

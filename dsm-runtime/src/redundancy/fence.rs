@@ -136,6 +136,17 @@ impl Fence {
             .collect()
     }
 
+    /// The error for the page at `home`, kept in `copies` places (copies or pieces),
+    /// none of which is left.
+    pub fn lost(&self, home: Home, copies: usize) -> TransportError {
+        TransportError::DataLost {
+            node: home.node,
+            offset: home.offset,
+            copies,
+            dead: self.dead_nodes(),
+        }
+    }
+
     /// Whether `err` means that its node is gone (rather than that the request was wrong).
     pub fn is_death(err: &TransportError) -> bool {
         matches!(
@@ -162,10 +173,15 @@ impl Fence {
         }
         let addr = self.nodes[usize::from(node.0)].addr;
         let dead = self.dead_nodes();
+        let served = match self.redundancy {
+            super::Redundancy::ErasureCoded { .. } => {
+                "pages that had a piece on it are rebuilt from the rest of their group"
+            }
+            _ => "pages that had a copy on it are served from their other copies",
+        };
         let line = format!(
             "dsm: {node} at {addr} died ({cause}); it is fenced: this job never contacts it \
-             again. Redundancy degraded ({} with {} of {} nodes dead): pages that had a copy \
-             on it are served from their other copies\n",
+             again. Redundancy degraded ({} with {} of {} nodes dead): {served}\n",
             self.redundancy,
             dead.len(),
             self.nodes.len()

@@ -10,8 +10,14 @@
 //! write. Once every page is copied the spare is marked full and reads may use it.
 //! Until then a second death that leaves a page without its other copy ends the job
 //! with "data was lost": the spare's copy is never read before it is known complete.
+//!
+//! Erasure-coded (`ec:K+1`), the same thread rewrites one page of every group of this
+//! process with a piece on the dead node: the coded session rebuilds the lost piece
+//! (data from the rest of the group, or parity from the data) and stores it on the spare
+//! as part of that write-back.
 
 use super::fence::Fence;
+use super::Layout;
 use crate::coherence::PageState;
 use crate::effects::Effects;
 use crate::runtime::{Core, RuntimeError};
@@ -29,7 +35,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// Runs until the runtime stops: re-protects after each death it sees.
 pub(crate) fn run<E: Effects>(
     core: &Core<E>,
-    fence: &Fence,
+    (layout, fence): (&Layout, &Fence),
     mut session: Box<dyn Session>,
 ) -> Result<(), RuntimeError> {
     let mut handled: Vec<NodeId> = Vec::new();
@@ -41,7 +47,7 @@ pub(crate) fn run<E: Effects>(
             }
             handled.push(dead);
             match fence.assign_spare(dead) {
-                Some(spare) => reprotect(core, fence, session.as_mut(), dead, spare)?,
+                Some(spare) => reprotect(core, (layout, fence), session.as_mut(), dead, spare)?,
                 None => say(&format!(
                     "dsm: no spare node left to stand in for {dead}: pages that had a copy on \
                      it keep one copy fewer until the job ends (start more with --spare-nodes)"
@@ -56,10 +62,12 @@ fn say(line: &str) {
     let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
-/// Copies every page of this process with a home on `dead` onto `spare`.
+/// Copies every page of this process with a home on `dead` onto `spare` (or, coded,
+/// rewrites one page of each group with a piece on `dead`, which rebuilds that piece on
+/// `spare`).
 fn reprotect<E: Effects>(
     core: &Core<E>,
-    fence: &Fence,
+    (layout, fence): (&Layout, &Fence),
     session: &mut dyn Session,
     dead: NodeId,
     spare: NodeId,
@@ -70,12 +78,11 @@ fn reprotect<E: Effects>(
     ));
     let mut pages = Vec::new();
     core.table.pages_at_home(&mut pages);
+    let mut units = std::collections::HashSet::new();
     pages.retain(|&p| {
-        core.placement
-            .homes(p)
-            .as_slice()
-            .iter()
-            .any(|h| h.node == dead)
+        layout
+            .damaged_unit(core.placement.home(p), dead)
+            .is_some_and(|unit| units.insert(unit))
     });
     let mut copier = Copier::new();
     let mut copied = 0u64;

@@ -22,7 +22,6 @@
 
 use super::copies::CopyLayout;
 use super::fence::Fence;
-use crate::node::header::CAPACITY_PAGES_OFFSET;
 use crate::policy::Home;
 use crate::transport::{NodeId, ReadOp, Session, TransportError, WriteOp};
 use std::sync::atomic::Ordering;
@@ -67,21 +66,12 @@ impl RedundantSession {
     }
 
     fn lost(&self, primary: Home) -> TransportError {
-        TransportError::DataLost {
-            node: primary.node,
-            offset: primary.offset,
-            copies: self.layout.copies(),
-            dead: self.fence.dead_nodes(),
-        }
+        self.fence.lost(primary, self.layout.copies())
     }
 
     /// Handles a failed attempt: a death fences its node and asks for a retry.
     fn after_failure(&self, err: TransportError) -> Result<(), TransportError> {
-        if Fence::is_death(&err) {
-            self.fence.declare_dead(err.node(), &err);
-            return Ok(());
-        }
-        Err(err)
+        super::table::declare_or_fail(&self.fence, err)
     }
 
     fn count(&self, failover_pages: u64, degraded_pages: u64, stalled_since: Option<Instant>) {
@@ -98,53 +88,6 @@ impl RedundantSession {
         if let Some(t) = stalled_since {
             self.fence.record_stall(t.elapsed().as_nanos() as u64);
         }
-    }
-
-    /// The nodes holding the slot table, first to last.
-    fn table_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
-        (0..self.layout.copies() as u16).map(NodeId)
-    }
-
-    /// A compare-and-swap on the slot table: decided by its first live copy, then copied
-    /// to the others when it took effect.
-    fn table_cas(&mut self, offset: u64, expected: u64, new: u64) -> Result<u64, TransportError> {
-        let mut decided = None;
-        for node in self.table_nodes().collect::<Vec<_>>() {
-            if self.fence.is_dead(node) {
-                continue;
-            }
-            match decided {
-                None => match self.inner.compare_and_swap(node, offset, expected, new) {
-                    Ok(found) => decided = Some(found),
-                    Err(e) => self.after_failure(e)?,
-                },
-                Some(found) if found == expected && expected != new => {
-                    if let Err(e) = self.mirror_word(node, offset, new) {
-                        self.after_failure(e)?;
-                    }
-                }
-                Some(_) => break,
-            }
-        }
-        decided.ok_or_else(|| {
-            self.lost(Home {
-                node: NodeId(0),
-                offset,
-            })
-        })
-    }
-
-    /// Sets the word at `offset` on `node` to `new`, whatever it held.
-    fn mirror_word(&mut self, node: NodeId, offset: u64, new: u64) -> Result<(), TransportError> {
-        let mut current = self.inner.compare_and_swap(node, offset, 0, 0)?;
-        for _ in 0..1000 {
-            let found = self.inner.compare_and_swap(node, offset, current, new)?;
-            if found == current {
-                return Ok(());
-            }
-            current = found;
-        }
-        Ok(())
     }
 }
 
@@ -237,26 +180,24 @@ impl Session for RedundantSession {
         expected: u64,
         new: u64,
     ) -> Result<u64, TransportError> {
-        if node == NodeId(0) && offset < CAPACITY_PAGES_OFFSET {
-            return self.table_cas(offset, expected, new);
+        if super::table::is_table_word(node, offset) {
+            let copies = self.layout.copies();
+            let fence = &self.fence;
+            return super::table::compare_and_swap(
+                self.inner.as_mut(),
+                fence,
+                copies,
+                (offset, expected, new),
+                |h| fence.lost(h, copies),
+            );
         }
         let res = self.inner.compare_and_swap(node, offset, expected, new);
-        if let Err(e) = &res {
-            if Fence::is_death(e) {
-                self.fence.declare_dead(node, e);
-            }
-        }
-        res
+        super::table::noting_death(&self.fence, node, res)
     }
 
     fn call(&mut self, node: NodeId, msg: &[u8]) -> Result<Vec<u8>, TransportError> {
         let res = self.inner.call(node, msg);
-        if let Err(e) = &res {
-            if Fence::is_death(e) {
-                self.fence.declare_dead(node, e);
-            }
-        }
-        res
+        super::table::noting_death(&self.fence, node, res)
     }
 
     fn fenced(&self, node: NodeId) -> bool {
@@ -267,81 +208,8 @@ impl Session for RedundantSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::effects::memory::MemoryNodes;
+    use crate::redundancy::flaky::{infos, Flaky};
     use crate::redundancy::Redundancy;
-    use crate::transport::NodeInfo;
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-
-    /// In-memory nodes where single nodes can go down and come back, logging every node
-    /// each operation reaches.
-    #[derive(Clone, Default)]
-    struct Flaky {
-        nodes: MemoryNodes,
-        down: Arc<Mutex<HashSet<u16>>>,
-        contacted: Arc<Mutex<Vec<u16>>>,
-    }
-
-    impl Flaky {
-        fn reach(&self, node: NodeId) -> Result<(), TransportError> {
-            self.contacted.lock().unwrap().push(node.0);
-            if self.down.lock().unwrap().contains(&node.0) {
-                return Err(TransportError::Timeout {
-                    node,
-                    addr: "127.0.0.1:1".parse().unwrap(),
-                    timeout_ms: 1,
-                });
-            }
-            Ok(())
-        }
-        fn set_down(&self, node: u16, down: bool) {
-            let mut d = self.down.lock().unwrap();
-            if down {
-                d.insert(node);
-            } else {
-                d.remove(&node);
-            }
-        }
-    }
-
-    impl Session for Flaky {
-        fn read_batch(&mut self, ops: &mut [ReadOp<'_>]) -> Result<(), TransportError> {
-            for op in ops.iter() {
-                self.reach(op.node)?;
-            }
-            self.nodes.read_batch(ops)
-        }
-        fn write_batch(&mut self, ops: &[WriteOp<'_>]) -> Result<(), TransportError> {
-            for op in ops {
-                self.reach(op.node)?;
-            }
-            self.nodes.write_batch(ops)
-        }
-        fn compare_and_swap(
-            &mut self,
-            node: NodeId,
-            offset: u64,
-            expected: u64,
-            new: u64,
-        ) -> Result<u64, TransportError> {
-            self.reach(node)?;
-            self.nodes.compare_and_swap(node, offset, expected, new)
-        }
-        fn call(&mut self, node: NodeId, msg: &[u8]) -> Result<Vec<u8>, TransportError> {
-            self.reach(node)?;
-            self.nodes.call(node, msg)
-        }
-    }
-
-    fn infos(n: u16) -> Vec<NodeInfo> {
-        (0..n)
-            .map(|i| NodeInfo {
-                id: NodeId(i),
-                addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
-                region_bytes: 1 << 20,
-            })
-            .collect()
-    }
 
     fn session(flaky: &Flaky, nodes: u16, spares: usize) -> (RedundantSession, Arc<Fence>) {
         let infos = infos(nodes);
