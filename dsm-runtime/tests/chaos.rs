@@ -1,9 +1,10 @@
-//! Chaos: real programs under `dsmrun --redundancy replicate:2` while a memory node dies
-//! at a random moment. The multithreaded C program with checksums (heapwalk) and Debian's
-//! unmodified velvetg must print exactly what they print natively; a node frozen with
-//! SIGSTOP is declared dead after the node timeout and fenced; two nodes holding both
-//! copies of pages, killed at once, end the job with status 70 and a message saying data
-//! was lost, never wrong output and never a hang.
+//! Chaos: real programs under `dsmrun --redundancy replicate:2` and `ec:4+1` while a
+//! memory node dies at a random moment. The multithreaded C program with checksums
+//! (heapwalk) and Debian's unmodified velvetg must print exactly what they print natively;
+//! a node frozen with SIGSTOP is declared dead after the node timeout and fenced; two
+//! nodes holding both copies of pages (or two pieces of a group), killed at once, end the
+//! job with status 70 and a message saying data was lost, never wrong output and never a
+//! hang.
 //!
 //! Every run is seeded: the seed is printed, and `DSM_CHAOS_SEED=N` replays it (which
 //! node, when, over which transport). Runs are kept short (about a second each) so that
@@ -245,20 +246,32 @@ fn assert_survived(what: &str, run: &Outcome, fault: &Fault, expected: &[u8]) {
 
 #[test]
 fn heapwalk_survives_a_random_node_killed_at_a_random_moment() {
+    heapwalk_under_random_kills("heapwalk chaos", "replicate:2", NODES, 18);
+}
+
+#[test]
+fn heapwalk_survives_a_random_node_killed_at_a_random_moment_under_ec_4_1() {
+    // Five nodes: every group has a piece on each, so any death degrades every group.
+    heapwalk_under_random_kills("heapwalk ec:4+1 chaos", "ec:4+1", 5, 6);
+}
+
+/// `runs` runs of heapwalk on `nodes` nodes kept with `redundancy`, each with a random
+/// node killed at a random moment over a random transport: output identical to native.
+fn heapwalk_under_random_kills(test: &str, redundancy: &str, nodes: usize, runs: usize) {
     let Some(exe) = heapwalk() else { return };
     let _turn = heavy();
     let mut program = vec![exe.clone().into_os_string()];
     program.extend(os(&HEAPWALK_ARGS));
     let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
     let expected = native(&program);
-    let mut rng = Rng(seed("heapwalk chaos"));
-    let runs = 18;
+    let mut rng = Rng(seed(test));
+    let node_count = nodes.to_string();
     let mut landed = 0;
     let mut noticed = 0;
     for run in 0..runs {
         let transport = if rng.below(2) == 0 { "shm" } else { "tcp" };
         let fault = Fault {
-            nodes: vec![rng.below(NODES as u64) as usize],
+            nodes: vec![rng.below(nodes as u64) as usize],
             signal: libc::SIGKILL,
             after: Duration::from_millis(rng.below(800)),
             then: None,
@@ -266,9 +279,9 @@ fn heapwalk_survives_a_random_node_killed_at_a_random_moment() {
         let out = run_with_fault(
             &[
                 "-n",
-                "3",
+                &node_count,
                 "--redundancy",
-                "replicate:2",
+                redundancy,
                 "--local-cache",
                 "16M",
                 "--transport",
@@ -277,7 +290,7 @@ fn heapwalk_survives_a_random_node_killed_at_a_random_moment() {
             &program,
             &fault,
         );
-        let what = format!("run {run} ({transport}, {fault:?})");
+        let what = format!("{redundancy} run {run} ({transport}, {fault:?})");
         eprintln!(
             "{what}: exit {} in {:.2} s, kill {}",
             out.code,
@@ -428,24 +441,37 @@ fn a_frozen_node_is_declared_dead_after_the_node_timeout_and_fenced() {
 
 #[test]
 fn both_nodes_of_a_pair_killed_at_once_end_the_job_saying_data_was_lost() {
+    // Three local nodes, two copies: node 1's pages have their second copy on node 2.
+    two_kills_at_once_lose_data("replicate:2", 3);
+}
+
+#[test]
+fn two_pieces_of_a_group_killed_at_once_end_the_job_saying_data_was_lost() {
+    // Five nodes under ec:4+1: every group has a piece on nodes 1 and 2.
+    two_kills_at_once_lose_data("ec:4+1", 5);
+}
+
+/// Kills nodes 1 and 2 of `nodes` at once, which holds two places of some page under
+/// `redundancy`: status 70 saying data was lost, and no result printed.
+fn two_kills_at_once_lose_data(redundancy: &str, nodes: usize) {
     let Some(exe) = heapwalk() else { return };
     let _turn = heavy();
     let mut program = vec![exe.clone().into_os_string()];
     program.extend(os(&HEAPWALK_ARGS));
     let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
-    // Three local nodes, two copies: node 1's pages have their second copy on node 2.
     let fault = Fault {
         nodes: vec![1, 2],
         signal: libc::SIGKILL,
         after: Duration::from_millis(300),
         then: None,
     };
+    let node_count = nodes.to_string();
     let out = run_with_fault(
         &[
             "-n",
-            "3",
+            &node_count,
             "--redundancy",
-            "replicate:2",
+            redundancy,
             "--local-cache",
             "16M",
         ],
@@ -455,7 +481,7 @@ fn both_nodes_of_a_pair_killed_at_once_end_the_job_saying_data_was_lost() {
     assert!(out.landed, "the program ended before the nodes were killed");
     assert_eq!(
         out.code, EXIT_RUNTIME_FAILURE,
-        "two copies lost must end the job with status 70:\n{}",
+        "{redundancy}: two places lost must end the job with status 70:\n{}",
         out.stderr
     );
     assert!(
@@ -471,6 +497,21 @@ fn both_nodes_of_a_pair_killed_at_once_end_the_job_saying_data_was_lost() {
 
 #[test]
 fn a_second_kill_after_reprotection_onto_a_spare_loses_nothing() {
+    // Node 1's pages have their second copy on node 2: without re-protection onto the
+    // spare (node 3), killing node 2 after node 1 would lose them.
+    second_kill_after_reprotection("replicate:2", 3);
+}
+
+#[test]
+fn a_second_kill_after_ec_reprotection_onto_a_spare_loses_nothing() {
+    // Every group has pieces on nodes 1 and 2: without the piece rebuilt on the spare
+    // (node 5), killing node 2 after node 1 would lose them.
+    second_kill_after_reprotection("ec:4+1", 5);
+}
+
+/// Kills node 1 of `nodes` (plus one spare, node `nodes`), then node 2 once
+/// re-protection onto the spare is done: output identical to native.
+fn second_kill_after_reprotection(redundancy: &str, nodes: usize) {
     let Some(exe) = heapwalk() else { return };
     let _turn = heavy();
     // More rounds than the other runs: the second kill comes after re-protection.
@@ -479,22 +520,21 @@ fn a_second_kill_after_reprotection_onto_a_spare_loses_nothing() {
     program.extend(os(&args));
     let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
     let expected = native(&program);
-    // Node 1's pages have their second copy on node 2: without re-protection onto the
-    // spare (node 3), killing node 2 after node 1 would lose them.
     let fault = Fault {
         nodes: vec![1],
         signal: libc::SIGKILL,
         after: Duration::from_millis(400),
         then: Some(("re-protection after node 1's death done", 2)),
     };
+    let node_count = nodes.to_string();
     let out = run_with_fault(
         &[
             "-n",
-            "3",
+            &node_count,
             "--spare-nodes",
             "1",
             "--redundancy",
-            "replicate:2",
+            redundancy,
             "--local-cache",
             "16M",
         ],
@@ -508,14 +548,14 @@ fn a_second_kill_after_reprotection_onto_a_spare_loses_nothing() {
     );
     assert_survived("second kill after re-protection", &out, &fault, &expected);
     for said in [
-        "re-protection: copying the pages that had a copy on node 1 to spare node 3",
-        "memory node 2 exited during the run",
-        "no spare node left to stand in for node 2",
-        "redundancy: 2 node(s) died",
+        format!("re-protection: copying the pages that had a copy on node 1 to spare node {nodes}"),
+        "memory node 2 exited during the run".into(),
+        "no spare node left to stand in for node 2".into(),
+        "redundancy: 2 node(s) died".into(),
     ] {
         assert!(
-            out.stderr.contains(said),
-            "stderr lacks {said:?}:\n{}",
+            out.stderr.contains(&said),
+            "{redundancy}: stderr lacks {said:?}:\n{}",
             out.stderr
         );
     }
