@@ -499,19 +499,75 @@ fn two_kills_at_once_lose_data(redundancy: &str, nodes: usize) {
 fn a_second_kill_after_reprotection_onto_a_spare_loses_nothing() {
     // Node 1's pages have their second copy on node 2: without re-protection onto the
     // spare (node 3), killing node 2 after node 1 would lose them.
-    second_kill_after_reprotection("replicate:2", 3);
+    second_kill_after_reprotection("replicate:2", 3, 1);
 }
 
 #[test]
 fn a_second_kill_after_ec_reprotection_onto_a_spare_loses_nothing() {
     // Every group has pieces on nodes 1 and 2: without the piece rebuilt on the spare
     // (node 5), killing node 2 after node 1 would lose them.
-    second_kill_after_reprotection("ec:4+1", 5);
+    second_kill_after_reprotection("ec:4+1", 5, 1);
 }
 
-/// Kills node 1 of `nodes` (plus one spare, node `nodes`), then node 2 once
-/// re-protection onto the spare is done: output identical to native.
-fn second_kill_after_reprotection(redundancy: &str, nodes: usize) {
+#[test]
+fn a_second_kill_after_reprotection_onto_the_survivors_loses_nothing() {
+    // No spare: node 1's copies are re-made on nodes 0 and 2, each page's on the one
+    // that does not hold its other copy.
+    second_kill_after_reprotection("replicate:2", 3, 0);
+}
+
+#[test]
+fn a_second_kill_after_ec_reprotection_onto_the_survivors_loses_nothing() {
+    // Six nodes: each group spans five, so node 1's pieces are rebuilt on the sixth.
+    second_kill_after_reprotection("ec:4+1", 6, 0);
+}
+
+#[test]
+fn a_second_kill_during_reprotection_goes_on_while_every_page_still_has_a_copy() {
+    let Some(exe) = heapwalk() else { return };
+    let _turn = heavy();
+    let args = ["96", "4", "8", "11"];
+    let mut program = vec![exe.clone().into_os_string()];
+    program.extend(os(&args));
+    let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
+    let expected = native(&program);
+    // Four nodes, copies on the next node: node 1's pages have their other copies on
+    // nodes 0 and 2, so node 3 dying as soon as re-protection starts leaves every page a
+    // copy (some re-made copies meant for node 3 are then simply not made).
+    let fault = Fault {
+        nodes: vec![1],
+        signal: libc::SIGKILL,
+        after: Duration::from_millis(400),
+        then: Some((
+            "re-protection: copying the pages that had a copy on node 1",
+            3,
+        )),
+    };
+    let out = run_with_fault(
+        &[
+            "-n",
+            "4",
+            "--redundancy",
+            "replicate:2",
+            "--local-cache",
+            "16M",
+        ],
+        &program,
+        &fault,
+    );
+    assert!(out.landed, "the program ended before the second kill");
+    assert_survived("second kill during re-protection", &out, &fault, &expected);
+    assert!(
+        out.stderr.contains("memory node 3 exited during the run")
+            && out.stderr.contains("redundancy: 2 node(s) died"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Kills node 1 of `nodes` (plus `spares` spares, node `nodes` the first), then node 2
+/// once re-protection is done: output identical to native.
+fn second_kill_after_reprotection(redundancy: &str, nodes: usize, spares: usize) {
     let Some(exe) = heapwalk() else { return };
     let _turn = heavy();
     // More rounds than the other runs: the second kill comes after re-protection.
@@ -526,13 +582,13 @@ fn second_kill_after_reprotection(redundancy: &str, nodes: usize) {
         after: Duration::from_millis(400),
         then: Some(("re-protection after node 1's death done", 2)),
     };
-    let node_count = nodes.to_string();
+    let (node_count, spare_count) = (nodes.to_string(), spares.to_string());
     let out = run_with_fault(
         &[
             "-n",
             &node_count,
             "--spare-nodes",
-            "1",
+            &spare_count,
             "--redundancy",
             redundancy,
             "--local-cache",
@@ -548,7 +604,13 @@ fn second_kill_after_reprotection(redundancy: &str, nodes: usize) {
     );
     assert_survived("second kill after re-protection", &out, &fault, &expected);
     for said in [
-        format!("re-protection: copying the pages that had a copy on node 1 to spare node {nodes}"),
+        format!(
+            "re-protection: copying the pages that had a copy on node 1 to {}",
+            match spares {
+                0 => "the surviving nodes".to_string(),
+                _ => format!("spare node {nodes}"),
+            }
+        ),
         "memory node 2 exited during the run".into(),
         "no spare node left to stand in for node 2".into(),
         "redundancy: 2 node(s) died".into(),

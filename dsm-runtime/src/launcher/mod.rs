@@ -320,8 +320,9 @@ fn plan_job(opts: &RunOptions, span_bytes: Option<u64>) -> Result<Plan, LaunchEr
     let by_nodes = match span_bytes {
         Some(span) => {
             let (stored, per) = opts.redundancy.stored_per_page();
-            let placed = opts.nodes.saturating_sub(opts.spare_nodes) as u64;
-            (data_bytes(span) / stored * per / page * placed * page) / procs
+            let placed = opts.nodes.saturating_sub(opts.spare_nodes);
+            let rooms = 1 + u64::from(opts.redundancy.rescue_room(placed, opts.spare_nodes));
+            (data_bytes(span) / rooms / stored * per / page * placed as u64 * page) / procs
         }
         None => u64::MAX,
     };
@@ -438,11 +439,14 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
             let secret = Secret::generate().map_err(io_err("generating the job secret"))?;
             let size = match fixed_span {
                 Some(_) => NodeSize::of_memory(opts.node_bytes),
-                None => plan.node_size(
-                    opts.nodes - opts.spare_nodes,
-                    opts.node_bytes,
-                    opts.redundancy.stored_per_page(),
-                ),
+                None => {
+                    let placed = opts.nodes - opts.spare_nodes;
+                    let (stored, per) = opts.redundancy.stored_per_page();
+                    // A rescue room doubles the address space, not the memory.
+                    let rooms =
+                        1 + u64::from(opts.redundancy.rescue_room(placed, opts.spare_nodes));
+                    plan.node_size(placed, opts.node_bytes, (stored * rooms, per))
+                }
             };
             let nodes = match &remote_plan {
                 Some(p) => remote::start(p, size, &secret)?,

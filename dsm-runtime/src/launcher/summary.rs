@@ -213,7 +213,7 @@ fn redundancy_line(total: &Value) -> String {
     let reprotected = match g("reprotect_pages") {
         0 => String::new(),
         n => format!(
-            "; {n} pages re-protected onto spares in {:.2} s",
+            "; {n} pages re-protected (onto spares or the surviving nodes) in {:.2} s",
             g("reprotect_ns") as f64 / 1e9
         ),
     };

@@ -68,6 +68,22 @@ impl CodedSession {
         }
     }
 
+    /// Where to read piece `home` of group `g` (see [`Fence::read_target`]).
+    fn read_at(&self, g: Group, home: Home) -> Option<Home> {
+        match self.fence.is_dead(home.node) {
+            false => Some(home),
+            true => self.fence.read_target(home, &self.layout.holders(g)),
+        }
+    }
+
+    /// Where to write piece `home` of group `g` (see [`Fence::write_target`]).
+    fn write_at(&self, g: Group, home: Home) -> Option<Home> {
+        match self.fence.is_dead(home.node) {
+            false => Some(home),
+            true => self.fence.write_target(home, &self.layout.holders(g)),
+        }
+    }
+
     fn attempts_max(&self) -> usize {
         self.layout.data_pieces() + 2
     }
@@ -101,7 +117,7 @@ impl CodedSession {
             sources.push(layout.parity(g));
             let mut targets = Vec::with_capacity(k);
             for s in &sources {
-                targets.push(self.fence.read_target(*s).ok_or_else(|| self.lost(home))?);
+                targets.push(self.read_at(g, *s).ok_or_else(|| self.lost(home))?);
             }
             self.reads.resize(k * PAGE_BYTES, 0);
             let mut ops: Vec<ReadOp<'_>> = targets
@@ -172,7 +188,7 @@ impl CodedSession {
                 let members: Vec<(usize, Home)> =
                     (0..k).map(|j| (j, layout.member(w.group, j))).collect();
                 for &(j, m) in members.iter().filter(|&&(j, _)| w.writers[j].is_none()) {
-                    match self.fence.read_target(m) {
+                    match self.read_at(w.group, m) {
                         Some(t) => wanted.push((gi * slots + j, t)),
                         None if w.rebuilt.is_none() => w.rebuilt = Some(j),
                         None => return Err(self.lost(m)),
@@ -182,12 +198,11 @@ impl CodedSession {
                     // The unreadable member is the XOR of the old parity and old others.
                     let parity = layout.parity(w.group);
                     let t = self
-                        .fence
-                        .read_target(parity)
+                        .read_at(w.group, parity)
                         .ok_or_else(|| self.lost(parity))?;
                     wanted.push((gi * slots + k, t));
                     for &(j, m) in members.iter().filter(|&&(j, _)| w.writers[j].is_some()) {
-                        let t = self.fence.read_target(m).ok_or_else(|| self.lost(m))?;
+                        let t = self.read_at(w.group, m).ok_or_else(|| self.lost(m))?;
                         wanted.push((gi * slots + j, t));
                     }
                 }
@@ -254,7 +269,7 @@ impl CodedSession {
                     self.encoded[gi * 2 * PAGE_BYTES..][..2 * PAGE_BYTES].split_at(PAGE_BYTES);
                 let mut missing = 0;
                 for j in 0..k {
-                    let target = self.fence.write_target(layout.member(w.group, j));
+                    let target = self.write_at(w.group, layout.member(w.group, j));
                     let data = match (w.writers[j], w.rebuilt == Some(j)) {
                         (Some(i), _) => Some(ops[i].data),
                         (None, true) => Some(rebuilt),
@@ -270,7 +285,7 @@ impl CodedSession {
                         (Some(_), None) => {}
                     }
                 }
-                match self.fence.write_target(layout.parity(w.group)) {
+                match self.write_at(w.group, layout.parity(w.group)) {
                     Some(t) => out.push(WriteOp {
                         node: t.node,
                         offset: t.offset,
@@ -303,7 +318,11 @@ impl Session for CodedSession {
                     node: op.node,
                     offset: op.offset,
                 };
-                match self.fence.read_target(home) {
+                let target = match self.layout.group_of(home) {
+                    Some((g, _)) => self.read_at(g, home),
+                    None => self.fence.read_target(home, &[home.node]),
+                };
+                match target {
                     Some(t) => direct.push(ReadOp {
                         node: t.node,
                         offset: t.offset,

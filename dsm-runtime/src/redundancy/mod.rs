@@ -83,6 +83,14 @@ impl Redundancy {
         }
     }
 
+    /// Whether each node keeps a rescue room (address space as large as its data area,
+    /// memory only once used) where the survivors re-protect a dead node's pieces: when
+    /// the job survives a death, has no spare for it, and has a node beyond the
+    /// `nodes_needed` that a page's pieces occupy.
+    pub fn rescue_room(self, placed: usize, spares: usize) -> bool {
+        self.survives_a_death() && spares == 0 && placed > self.nodes_needed()
+    }
+
     /// Nodes the setting needs at least.
     pub fn nodes_needed(self) -> usize {
         match self {
@@ -227,6 +235,14 @@ impl Copies {
             value: r.to_string(),
             hint,
         })?;
+        let rescue = r.rescue_room(active, spares);
+        let page = crate::space::PAGE_BYTES as u64;
+        // With a rescue room, the pieces use the first half of the data area.
+        let data_bytes = if rescue {
+            data_bytes / 2 / page * page
+        } else {
+            data_bytes
+        };
         let layout =
             match r {
                 Redundancy::None => return Ok(Copies { kept: None }),
@@ -239,7 +255,11 @@ impl Copies {
                     StripeLayout::new(&nodes[..active], usize::from(data), data_bytes),
                 )),
             };
-        let fence = Arc::new(Fence::new(nodes, r, spares));
+        let mut fence = Fence::new(nodes, r, spares);
+        if rescue {
+            fence = fence.with_rescue_room(crate::node::header::NODE_HEADER_BYTES + data_bytes);
+        }
+        let fence = Arc::new(fence);
         Ok(Copies {
             kept: Some((layout, fence)),
         })

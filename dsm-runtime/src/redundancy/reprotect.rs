@@ -1,20 +1,30 @@
 //! Re-protection: after a node's death, the pages that had a copy on it are copied from
-//! a surviving copy onto a spare node (`--spare-nodes`), in the background, so that a
-//! later failure of their other home loses nothing either.
+//! a surviving copy onto a spare node (`--spare-nodes`), or, with no spare, onto the
+//! surviving nodes, in the background, so that a later failure of their other home loses
+//! nothing either.
 //!
-//! The spare stands in for the dead node at the same offsets ([`Fence::assign_spare`]):
+//! A spare stands in for the dead node at the same offsets ([`Fence::assign_spare`]):
 //! its region is empty, so nothing there collides, and every process computes the same
-//! homes. From the moment it is chosen, write-backs store the dead node's copies on it
-//! too; this thread copies what was already at home, one batch of pages at a time, each
-//! page locked meanwhile so that no write-back of it runs between the read and the
-//! write. Once every page is copied the spare is marked full and reads may use it.
-//! Until then a second death that leaves a page without its other copy ends the job
-//! with "data was lost": the spare's copy is never read before it is known complete.
+//! homes. Without spares, a job with a node more than a page's copies (or a group's
+//! pieces) need keeps a rescue room on every node; the survivors then stand in
+//! ([`Fence::assign_survivors`]): each piece goes to a survivor that holds no other piece
+//! of its page or group, at the piece's offset in the rescue room (once per job: a
+//! second dead node finds the room taken). From the moment the stand-in is chosen,
+//! write-backs store the dead node's copies there too; this thread copies what was
+//! already at home, one batch of pages at a time, each page locked meanwhile so that no
+//! write-back of it runs between the read and the write. Once every page is copied the
+//! stand-in is marked full and reads may use it.
+//!
+//! A second death during re-protection: pages that still have a live copy (or a group
+//! with one piece missing at most) go on being served and re-protected; the copy on the
+//! stand-in is never read before it is known complete, so a page whose only other copy
+//! was on the second node has none left, and the job ends with status 70 saying data was
+//! lost (from whichever thread needs the page first, this one included).
 //!
 //! Erasure-coded (`ec:K+1`), the same thread rewrites one page of every group of this
 //! process with a piece on the dead node: the coded session rebuilds the lost piece
-//! (data from the rest of the group, or parity from the data) and stores it on the spare
-//! as part of that write-back.
+//! (data from the rest of the group, or parity from the data) and stores it on the
+//! stand-in as part of that write-back.
 
 use super::fence::Fence;
 use super::Layout;
@@ -46,13 +56,19 @@ pub(crate) fn run<E: Effects>(
                 continue;
             }
             handled.push(dead);
-            match fence.assign_spare(dead) {
-                Some(spare) => reprotect(core, (layout, fence), session.as_mut(), dead, spare)?,
-                None => say(&format!(
-                    "dsm: no spare node left to stand in for {dead}: pages that had a copy on \
-                     it keep one copy fewer until the job ends (start more with --spare-nodes)"
-                )),
-            }
+            let onto = match fence.assign_spare(dead) {
+                Some(spare) => format!("spare {spare}"),
+                None if fence.assign_survivors(dead) => "the surviving nodes".to_string(),
+                None => {
+                    say(&format!(
+                        "dsm: no spare node left to stand in for {dead}, nor room on the \
+                         surviving nodes: pages that had a copy on it keep one copy fewer \
+                         until the job ends (start more with --spare-nodes)"
+                    ));
+                    continue;
+                }
+            };
+            reprotect(core, (layout, fence), session.as_mut(), dead, &onto)?;
         }
     }
     Ok(())
@@ -62,19 +78,19 @@ fn say(line: &str) {
     let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
-/// Copies every page of this process with a home on `dead` onto `spare` (or, coded,
-/// rewrites one page of each group with a piece on `dead`, which rebuilds that piece on
-/// `spare`).
+/// Copies every page of this process with a home on `dead` onto its stand-in, `onto`
+/// (or, coded, rewrites one page of each group with a piece on `dead`, which rebuilds
+/// that piece there).
 fn reprotect<E: Effects>(
     core: &Core<E>,
     (layout, fence): (&Layout, &Fence),
     session: &mut dyn Session,
     dead: NodeId,
-    spare: NodeId,
+    onto: &str,
 ) -> Result<(), RuntimeError> {
     let start = Instant::now();
     say(&format!(
-        "dsm: re-protection: copying the pages that had a copy on {dead} to spare {spare}"
+        "dsm: re-protection: copying the pages that had a copy on {dead} to {onto}"
     ));
     let mut pages = Vec::new();
     core.table.pages_at_home(&mut pages);
@@ -101,7 +117,7 @@ fn reprotect<E: Effects>(
         .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     say(&format!(
         "dsm: re-protection after {dead}'s death done: {copied} pages ({mib:.1} MiB) copied \
-         to {spare} in {secs:.2} s ({:.0} MiB/s); every page has all its copies again",
+         to {onto} in {secs:.2} s ({:.0} MiB/s); every page has all its copies again",
         if secs > 0.0 { mib / secs } else { 0.0 }
     ));
     Ok(())

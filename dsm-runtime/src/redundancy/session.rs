@@ -61,7 +61,10 @@ impl RedundantSession {
         let set = self.layout.homes_of(primary);
         set.as_slice()
             .iter()
-            .find_map(|&h| self.fence.read_target(h))
+            .find_map(|&h| match self.fence.is_dead(h.node) {
+                false => Some(h),
+                true => self.fence.read_target(h, &set.nodes()),
+            })
             .ok_or_else(|| self.lost(primary))
     }
 
@@ -136,10 +139,11 @@ impl Session for RedundantSession {
                 };
                 let set = self.layout.homes_of(primary);
                 let before = out.len();
+                let holders = set.nodes();
                 for h in set
                     .as_slice()
                     .iter()
-                    .filter_map(|&h| self.fence.write_target(h))
+                    .filter_map(|&h| self.fence.write_target(h, &holders))
                 {
                     out.push(WriteOp {
                         node: h.node,
@@ -305,6 +309,107 @@ mod tests {
             fence.assign_spare(NodeId(2)),
             None,
             "one spare, already used"
+        );
+    }
+}
+
+#[cfg(test)]
+mod survivor_tests {
+    use super::*;
+    use crate::node::header::NODE_HEADER_BYTES;
+    use crate::redundancy::flaky::{infos, Flaky};
+    use crate::redundancy::Redundancy;
+
+    const AREA: u64 = 1 << 19;
+
+    /// Four nodes, two copies, and the survivors' rescue room above the first half.
+    fn session(flaky: &Flaky) -> (RedundantSession, Arc<Fence>) {
+        let infos = infos(4);
+        let layout = Arc::new(CopyLayout::new(&infos, 2, AREA));
+        let fence = Fence::new(&infos, Redundancy::Replicate { copies: 2 }, 0)
+            .with_rescue_room(NODE_HEADER_BYTES + AREA);
+        let fence = Arc::new(fence);
+        let s = RedundantSession::new(Box::new(flaky.clone()), layout, fence.clone());
+        (s, fence)
+    }
+
+    fn page(node: u16, index: u64) -> Home {
+        Home {
+            node: NodeId(node),
+            offset: NODE_HEADER_BYTES + index * 4096,
+        }
+    }
+
+    fn write(s: &mut RedundantSession, h: Home, byte: u8) {
+        let data = [byte; 4096];
+        s.write_batch(&[WriteOp {
+            node: h.node,
+            offset: h.offset,
+            data: &data,
+        }])
+        .unwrap();
+    }
+
+    fn read(s: &mut RedundantSession, h: Home) -> Result<u8, TransportError> {
+        let mut buf = [0u8; 4096];
+        s.read_batch(&mut [ReadOp {
+            node: h.node,
+            offset: h.offset,
+            buf: &mut buf,
+        }])?;
+        assert!(buf.iter().all(|&b| b == buf[0]), "a torn page");
+        Ok(buf[0])
+    }
+
+    #[test]
+    fn survivors_stand_in_and_a_second_death_during_reprotection_loses_only_uncopied_pages() {
+        let flaky = Flaky::default();
+        let (mut s, fence) = session(&flaky);
+        // Every page of every node, each with its own value.
+        let pages: Vec<(Home, u8)> = (0..4u16)
+            .flat_map(|n| (0..8u64).map(move |i| (page(n, i), (n as u8) * 16 + i as u8 + 1)))
+            .collect();
+        for &(h, v) in &pages {
+            write(&mut s, h, v);
+        }
+        flaky.set_down(1, true);
+        assert_eq!(read(&mut s, page(1, 0)).unwrap(), 17);
+        assert!(fence.assign_survivors(NodeId(1)));
+        assert!(
+            !fence.assign_survivors(NodeId(3)),
+            "one rescue room per job"
+        );
+        // Re-protection rewrites the pages that had a copy on node 1 (nodes 0 and 1's
+        // primaries, stride 1)...
+        for &(h, v) in pages.iter().filter(|(h, _)| h.node.0 <= 1).take(12) {
+            write(&mut s, h, v);
+        }
+        // ... when node 3 dies before it is done: every page still has a copy on a live
+        // home, so all are served; the stand-ins are not read until marked full.
+        flaky.set_down(3, true);
+        for &(h, v) in &pages {
+            assert_eq!(read(&mut s, h).unwrap(), v, "{h:?}");
+        }
+        for &(h, v) in pages.iter().filter(|(h, _)| h.node.0 <= 1).skip(12) {
+            write(&mut s, h, v);
+        }
+        fence.mark_substitute_full(NodeId(1));
+        // A third death: pages whose rescue copy is on node 0 survive it; the others
+        // are lost, and said so, never wrong.
+        flaky.set_down(2, true);
+        let mut served = 0;
+        for &(h, v) in &pages {
+            match read(&mut s, h) {
+                Ok(got) => {
+                    assert_eq!(got, v, "{h:?}");
+                    served += 1;
+                }
+                Err(e) => assert!(matches!(e, TransportError::DataLost { .. }), "{e}"),
+            }
+        }
+        assert!(
+            served >= 8,
+            "only {served} pages left: node 0's own were lost"
         );
     }
 }

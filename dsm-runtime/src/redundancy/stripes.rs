@@ -152,8 +152,16 @@ impl StripeLayout {
 
     /// Whether a piece of `g` (data or parity) lives on `node`.
     pub fn touches(&self, g: Group, node: NodeId) -> bool {
-        self.parity(g).node == node
-            || (0..self.data_pieces()).any(|j| self.member(g, j).node == node)
+        self.holders(g).contains(&node)
+    }
+
+    /// The nodes of every piece of `g`, parity last.
+    pub fn holders(&self, g: Group) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = (0..self.data_pieces())
+            .map(|j| self.member(g, j).node)
+            .collect();
+        nodes.push(self.parity(g).node);
+        nodes
     }
 
     /// Locks every group of `groups` (sorted, so that two sessions never wait on each
