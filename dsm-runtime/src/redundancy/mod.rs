@@ -190,21 +190,12 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// The unit re-protection restores when `dead` held part of it, for the page whose
-    /// home is `home`: the page itself, or its group (one page of which is enough to
-    /// rewrite). `None` when nothing of it was on `dead`.
-    pub fn damaged_unit(&self, home: crate::policy::Home, dead: NodeId) -> Option<(u16, u64)> {
+    /// Whether `dead` held a copy of the page whose home is `home`, or a piece of its
+    /// group: re-protection rewrites such pages.
+    pub fn damaged(&self, home: crate::policy::Home, dead: NodeId) -> bool {
         match self {
-            Layout::Replicas(l) => l
-                .homes_of(home)
-                .as_slice()
-                .iter()
-                .any(|h| h.node == dead)
-                .then_some((home.node.0, home.offset)),
-            Layout::Stripes(l) => {
-                let (g, _) = l.group_of(home)?;
-                l.touches(g, dead).then_some((u16::MAX, g))
-            }
+            Layout::Replicas(l) => l.homes_of(home).as_slice().iter().any(|h| h.node == dead),
+            Layout::Stripes(l) => l.group_of(home).is_some_and(|(g, _)| l.touches(g, dead)),
         }
     }
 }

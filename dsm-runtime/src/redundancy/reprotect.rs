@@ -21,10 +21,11 @@
 //! was on the second node has none left, and the job ends with status 70 saying data was
 //! lost (from whichever thread needs the page first, this one included).
 //!
-//! Erasure-coded (`ec:K+1`), the same thread rewrites one page of every group of this
-//! process with a piece on the dead node: the coded session rebuilds the lost piece
-//! (data from the rest of the group, or parity from the data) and stores it on the
-//! stand-in as part of that write-back.
+//! Erasure-coded (`ec:K+1`), the same thread rewrites every page of this process whose
+//! group had a piece on the dead node: the coded session rebuilds the lost piece (data
+//! from the rest of the group, or parity from the data) and stores it on the stand-in as
+//! part of that write-back (batches of consecutive pages are whole groups, whose parity
+//! needs no reads).
 
 use super::fence::Fence;
 use super::Layout;
@@ -93,13 +94,11 @@ fn reprotect<E: Effects>(
         "dsm: re-protection: copying the pages that had a copy on {dead} to {onto}"
     ));
     let mut pages = Vec::new();
-    core.table.pages_at_home(&mut pages);
-    let mut units = std::collections::HashSet::new();
-    pages.retain(|&p| {
-        layout
-            .damaged_unit(core.placement.home(p), dead)
-            .is_some_and(|unit| units.insert(unit))
-    });
+    // Pages being written back now count too: their write-back may have chosen its
+    // targets before the stand-in was, and they may be home only once it ends (the
+    // copier waits for their lock, then skips those that are not at home).
+    core.table.pages_at_home_or_busy(&mut pages);
+    pages.retain(|&p| layout.damaged(core.placement.home(p), dead));
     let mut copier = Copier::new();
     let mut copied = 0u64;
     for chunk in pages.chunks(BATCH_PAGES) {
