@@ -59,11 +59,17 @@ impl RedundantSession {
     /// The first live home of the page whose primary home is `primary`.
     fn live_home(&self, primary: Home) -> Result<Home, TransportError> {
         let set = self.layout.homes_of(primary);
-        set.as_slice()
+        let homes = set.as_slice();
+        // An original copy on a live node first: a stand-in's copy is a copy of a copy.
+        homes
             .iter()
-            .find_map(|&h| match self.fence.is_dead(h.node) {
-                false => Some(h),
-                true => self.fence.read_target(h, &set.nodes()),
+            .copied()
+            .find(|h| !self.fence.is_dead(h.node))
+            .or_else(|| {
+                let holders = set.nodes();
+                homes
+                    .iter()
+                    .find_map(|&h| self.fence.read_target(h, &holders))
             })
             .ok_or_else(|| self.lost(primary))
     }
