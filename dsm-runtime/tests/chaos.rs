@@ -735,6 +735,10 @@ fn bad_redundancy_settings_are_refused_before_anything_starts() {
             "raise -n to at least 5",
         ),
         (
+            vec!["-n", "4", "--redundancy", "ec:3+1"],
+            "use a power of two for K, or --max-procs 1",
+        ),
+        (
             vec!["-n", "2", "--spare-nodes", "1"],
             "add --redundancy replicate:2",
         ),
