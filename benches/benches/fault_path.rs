@@ -126,10 +126,13 @@ fn raw_limits(c: &mut Criterion) {
 /// served degraded: from the other copy, or rebuilt from the group).
 fn redundancy_from_env() -> (Redundancy, Option<usize>) {
     let r = std::env::var("DSM_BENCH_REDUNDANCY")
+        .ok()
+        .filter(|v| !v.is_empty())
         .map(|v| v.parse().expect("DSM_BENCH_REDUNDANCY"))
         .unwrap_or_default();
     let kill = std::env::var("DSM_BENCH_KILL_NODE")
         .ok()
+        .filter(|v| !v.is_empty())
         .map(|v| v.parse().expect("DSM_BENCH_KILL_NODE: a node number"));
     (r, kill)
 }
