@@ -13,8 +13,11 @@
 //! Group `g`'s parity sits on node `(g*K + K + s(g)) % nodes`, which is never one of the
 //! group's data nodes (`0 <= s(g) < nodes - K`), in that node's parity band at the next
 //! free parity slot. `s(g)` steps every `nodes / gcd(nodes, K)` groups so that parity
-//! spreads evenly over the nodes; the pattern repeats every `period` groups, so a
-//! parity's offset is a pure function of `g`: every process computes the same one.
+//! spreads evenly over the nodes, and moves on to the next node when that one shares a
+//! host with a data piece (the data pieces, on consecutive nodes, are on different hosts
+//! when `dsmrun` spreads nodes round-robin over at least K hosts). The pattern repeats
+//! every `period` groups, so a parity's offset is a pure function of `g` and of the node
+//! list: every process computes the same one.
 //!
 //! With `M = 1` the parity is the XOR of the `K` data pieces. Any one lost piece is the
 //! XOR of the others; two lost pieces of one group are lost data.
@@ -54,10 +57,20 @@ impl StripeLayout {
         let c = n / gcd(n, k);
         let spread = n - k;
         let period_len = c * spread;
+        let host = |i: u64| nodes.get(i as usize).map(|n| n.addr.ip());
         let mut per_period = vec![0u32; n as usize];
         let period = (0..period_len)
             .map(|g| {
-                let node = ((g * k + k + (g / c) % spread) % n) as usize;
+                let members: Vec<_> = (0..k).map(|j| host((g * k + j) % n)).collect();
+                // Among the nodes after the group, starting at the rotating one: the first
+                // on a host of its own, else the first (all hosts taken by the data).
+                let candidates = (0..spread).map(|i| (g * k + k + ((g / c) + i) % spread) % n);
+                let node = candidates
+                    .clone()
+                    .find(|&p| !members.contains(&host(p)))
+                    .or_else(|| candidates.clone().next())
+                    .expect("at least one node beyond the group")
+                    as usize;
                 per_period[node] += 1;
                 (node as u16, per_period[node] - 1)
             })
@@ -262,6 +275,24 @@ mod tests {
                 used < ideal + 0.02,
                 "({n},{k}) overhead {used} over {ideal}"
             );
+        }
+    }
+
+    #[test]
+    fn pieces_go_to_different_hosts_when_the_nodes_span_enough_of_them() {
+        // Ten nodes spread round-robin over five hosts, as dsmrun spreads them.
+        let addrs: Vec<String> = (0..10)
+            .map(|i| format!("10.0.0.{}:{}", i % 5 + 1, 7000 + i))
+            .collect();
+        let ns = nodes(&addrs.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        let l = StripeLayout::new(&ns, 4, 4000 * PAGE_BYTES as u64);
+        let host = |h: Home| ns[usize::from(h.node.0)].addr.ip();
+        for g in 0..200 {
+            let mut hosts: Vec<_> = (0..4).map(|j| host(l.member(g, j))).collect();
+            hosts.push(host(l.parity(g)));
+            hosts.sort_unstable();
+            hosts.dedup();
+            assert_eq!(hosts.len(), 5, "group {g}: pieces share a host");
         }
     }
 
