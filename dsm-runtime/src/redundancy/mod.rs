@@ -190,6 +190,18 @@ pub enum Layout {
 }
 
 impl Layout {
+    /// Pieces on `dead` that re-protection re-makes for the page whose home is `home`:
+    /// its copy there, or its data piece there plus its group's parity when that is there
+    /// (counted with the group's first page).
+    pub fn pieces_on(&self, home: crate::policy::Home, dead: NodeId) -> u64 {
+        match self {
+            Layout::Replicas(_) => u64::from(self.damaged(home, dead)),
+            Layout::Stripes(l) => l.group_of(home).map_or(0, |(g, j)| {
+                u64::from(home.node == dead) + u64::from(j == 0 && l.parity(g).node == dead)
+            }),
+        }
+    }
+
     /// Whether `dead` held a copy of the page whose home is `home`, or a piece of its
     /// group: re-protection rewrites such pages.
     pub fn damaged(&self, home: crate::policy::Home, dead: NodeId) -> bool {

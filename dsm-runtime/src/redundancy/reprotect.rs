@@ -59,20 +59,49 @@ pub(crate) fn run<E: Effects>(
             handled.push(dead);
             let onto = match fence.assign_spare(dead) {
                 Some(spare) => format!("spare {spare}"),
-                None if fence.assign_survivors(dead) => "the surviving nodes".to_string(),
-                None => {
-                    say(&format!(
-                        "dsm: no spare node left to stand in for {dead}, nor room on the \
-                         surviving nodes: pages that had a copy on it keep one copy fewer \
-                         until the job ends (start more with --spare-nodes)"
-                    ));
-                    continue;
-                }
+                None => match survivors_lack_room(core, layout, session.as_mut(), dead) {
+                    None if fence.assign_survivors(dead) => "the surviving nodes".to_string(),
+                    lack => {
+                        let why = lack.unwrap_or_else(|| "nor a rescue room".to_string());
+                        say(&format!(
+                            "dsm: no spare node left to stand in for {dead}, {why}: pages \
+                             that had a copy on it keep one copy fewer until the job ends \
+                             (start more with --spare-nodes)"
+                        ));
+                        continue;
+                    }
+                },
             };
             reprotect(core, (layout, fence), session.as_mut(), dead, &onto)?;
         }
     }
     Ok(())
+}
+
+/// Why the surviving nodes cannot take `dead`'s pieces of this process's pages: the
+/// pool (when the job has one) has less free room than they need. Counted before the
+/// stand-in is chosen, from the pages at home then; a page's piece counts as a page.
+fn survivors_lack_room<E: Effects>(
+    core: &Core<E>,
+    layout: &Layout,
+    session: &mut dyn Session,
+    dead: NodeId,
+) -> Option<String> {
+    let pool = core.pool.as_ref()?;
+    let mut pages = Vec::new();
+    core.table.pages_at_home_or_busy(&mut pages);
+    let needed: u64 = pages
+        .iter()
+        .map(|&p| layout.pieces_on(core.placement.home(p), dead))
+        .sum();
+    match pool.free_pages(session) {
+        Ok(free) if free >= needed => None,
+        Ok(free) => Some(format!(
+            "and the surviving nodes have room for {free} more pages, not the {needed} it \
+             held"
+        )),
+        Err(e) => Some(format!("and the pool's free room could not be read ({e})")),
+    }
 }
 
 fn say(line: &str) {
