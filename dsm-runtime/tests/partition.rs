@@ -1,4 +1,5 @@
-//! Partitions: a memory node whose packets are dropped (nftables, inside a network
+//! Partitions, under `replicate:2` and `ec:4+1`: a memory node whose packets are dropped
+//! (nftables, inside a network
 //! namespace of this test's own, so the machine's network is untouched) is declared dead
 //! after `--node-timeout` and fenced; the job finishes with the native output. The rule
 //! is then replaced by one that counts new connections to the node, which answers again:
@@ -136,6 +137,17 @@ fn counted(rules: &str, rule: &str) -> u64 {
 
 #[test]
 fn a_partitioned_node_is_declared_dead_fenced_and_never_contacted_after_it_heals() {
+    partitioned_node_1("replicate:2", 3);
+}
+
+#[test]
+fn a_partitioned_node_under_ec_4_1_is_declared_dead_fenced_and_never_contacted_again() {
+    partitioned_node_1("ec:4+1", 5);
+}
+
+/// heapwalk on `nodes` nodes kept with `redundancy` over TCP while node 1's packets are
+/// dropped, then let through again (see the module documentation).
+fn partitioned_node_1(redundancy: &str, nodes: usize) {
     if let Some(reason) = missing_prerequisite() {
         return skip("partition", &reason);
     }
@@ -150,15 +162,8 @@ fn a_partitioned_node_is_declared_dead_fenced_and_never_contacted_after_it_heals
     let timeout = TIMEOUT_MS.to_string();
     let mut child = ns
         .command(dsmrun().to_str().unwrap())
-        .args([
-            "-v",
-            "-n",
-            "3",
-            "--redundancy",
-            "replicate:2",
-            "--transport",
-            "tcp",
-        ])
+        .args(["-v", "-n", &nodes.to_string(), "--redundancy", redundancy])
+        .args(["--transport", "tcp"])
         .args(["--node-timeout", &timeout, "--local-cache", "16M", "--"])
         .arg(&exe)
         .args(HEAPWALK_ARGS)
