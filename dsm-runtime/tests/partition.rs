@@ -1,9 +1,8 @@
 //! Partitions, under `replicate:2` and `ec:4+1`: a memory node whose packets are dropped
-//! (nftables, inside a network
-//! namespace of this test's own, so the machine's network is untouched) is declared dead
-//! after `--node-timeout` and fenced; the job finishes with the native output. The rule
-//! is then replaced by one that counts new connections to the node, which answers again:
-//! the job must never contact it again.
+//! (nftables, inside a network namespace of this test's own, so the machine's network is
+//! untouched) is declared dead after `--node-timeout` and fenced; the job finishes with
+//! the native output. The rule is then replaced by one that counts new connections to the
+//! node, which answers again: the job must never contact it again.
 //!
 //! Needs root (network namespaces, nftables) and `unshare`, `nsenter`, `ip`, `nft`
 //! (util-linux, iproute2, nftables).
