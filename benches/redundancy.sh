@@ -2,18 +2,23 @@
 # What redundancy costs and what a failure costs, side by side in one window:
 #   1. failure-free: velvetg on velvet-example at 75% of its native peak RSS (velvet
 #      profile, --cpus 0), and heapwalk (the tests' multithreaded C program), each under
-#      --redundancy none and replicate:2, alternated ROUNDS times (ratios of medians);
-#   2. a failure: heapwalk under replicate:2 with --spare-nodes 1, node 1 SIGKILLed after
-#      KILL_MS, then the same with node 1 SIGSTOPped over TCP (declared dead after the
-#      node timeout): the longest stall (--stats failover_stall_ns_max) and the
-#      re-protection rate the runtime reports.
+#      --redundancy none, replicate:2 and ec:4+1 on the same NODES nodes, alternated
+#      ROUNDS times (ratios of medians), with the node memory each mode holds per page;
+#   2. the fault-path benchmark's remote fault (unpinned, blocking wait, TCP) under each
+#      mode, and degraded: with node 1 killed once every page is home;
+#   3. a failure: heapwalk under replicate:2 and ec:4+1 with --spare-nodes 1, node 1
+#      SIGKILLed after KILL_MS, then under replicate:2 SIGSTOPped over TCP (declared dead
+#      after the node timeout): the longest stall (--stats failover_stall_ns_max) and
+#      the re-protection rate the runtime reports.
 # Usage: benches/redundancy.sh [WORK]   (after cargo build --release --workspace)
-#   env: ROUNDS (3), NODES (3), KILL_MS (400), TIMEOUT_MS (500),
-#        PROGRAMS ("velvetg heapwalk": the failure-free comparisons to run; "" for none)
+#   env: ROUNDS (3), NODES (5), KILL_MS (400), TIMEOUT_MS (500),
+#        PROGRAMS ("velvetg heapwalk": the failure-free comparisons to run; "" for none),
+#        MODES ("none replicate:2 ec:4+1"), FAULT_PATH (1; 0 skips part 2)
 set -euo pipefail
 WORK=${1:-/tmp/dsm-redundancy-bench}
 PROGRAMS=${PROGRAMS-velvetg heapwalk}
-ROUNDS=${ROUNDS:-3}; NODES=${NODES:-3}; KILL_MS=${KILL_MS:-400}; TIMEOUT_MS=${TIMEOUT_MS:-500}
+ROUNDS=${ROUNDS:-3}; NODES=${NODES:-5}; KILL_MS=${KILL_MS:-400}; TIMEOUT_MS=${TIMEOUT_MS:-500}
+MODES=${MODES:-none replicate:2 ec:4+1}; FAULT_PATH=${FAULT_PATH:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DSMRUN=$ROOT/target/release/dsmrun
 [ -x "$DSMRUN" ] || { echo "build first: cargo build --release --workspace" >&2; exit 1; }
@@ -49,21 +54,43 @@ one() {
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 echo "# failure-free, $ROUNDS rounds alternated, $NODES nodes; velvetg cache $CACHE (75% of $PEAK_KIB KiB)"
+for mode in $MODES; do
+    "$DSMRUN" -v -n "$NODES" --redundancy "$mode" -- true 2>&1 | grep -h "node memory holds" || true
+done
+tag() { echo "$1" | tr ':+' '__'; }
 for what in $PROGRAMS; do
-    : >"$WORK/$what.none"; : >"$WORK/$what.rep"
+    for mode in $MODES; do : >"$WORK/$what.$(tag "$mode")"; done
     for r in $(seq 1 "$ROUNDS"); do
-        one none "$what" >>"$WORK/$what.none"
-        one replicate:2 "$what" >>"$WORK/$what.rep"
+        for mode in $MODES; do one "$mode" "$what" >>"$WORK/$what.$(tag "$mode")"; done
     done
-    a=$(median <"$WORK/$what.none"); b=$(median <"$WORK/$what.rep")
-    printf '%-9s none %6.2f s  replicate:2 %6.2f s  ratio %.3f  (runs: %s | %s)\n' "$what" "$a" "$b" \
-        "$(echo "$b / $a" | bc -l)" "$(tr '\n' ' ' <"$WORK/$what.none")" "$(tr '\n' ' ' <"$WORK/$what.rep")"
+    base=$(median <"$WORK/$what.none")
+    for mode in $MODES; do
+        m=$(median <"$WORK/$what.$(tag "$mode")")
+        printf '%-9s %-12s median %6.2f s  ratio to none %.3f  (runs: %s)\n' "$what" "$mode" "$m" \
+            "$(echo "$m / $base" | bc -l)" "$(tr '\n' ' ' <"$WORK/$what.$(tag "$mode")")"
+    done
 done
 
-# failure SIGNAL TRANSPORT: heapwalk with node 1 signalled KILL_MS after the program is up
+# The fault-path benchmark's remote fault (TCP, unpinned, blocking wait) under MODE,
+# with node KILL killed first when given.
+fault_path() {
+    local mode=$1 kill=${2:-}
+    ( cd "$ROOT" && DSM_BENCH_REDUNDANCY=$mode DSM_BENCH_KILL_NODE=$kill \
+        cargo bench -q -p dsm-benches --bench fault_path -- \
+        'runtime/unpinned/block/remote_fault_latency' 2>/dev/null ) |
+        awk -v m="$mode" -v k="${kill:+degraded, node $kill killed}" \
+            '/^remote_fault\/unpinned\/block / { printf "fault path %-12s %-24s %8d ns per remote fault\n", m, k, $2 }'
+}
+if [ "$FAULT_PATH" = 1 ]; then
+    echo "# the fault-path benchmark's remote fault, TCP, unpinned, blocking wait"
+    for mode in $MODES; do fault_path "$mode"; done
+    for mode in $MODES; do [ "$mode" = none ] || fault_path "$mode" 1; done
+fi
+
+# failure MODE SIGNAL TRANSPORT: heapwalk with node 1 signalled KILL_MS after the program is up
 failure() {
-    local sig=$1 transport=$2 err="$WORK/f.err"
-    ( "$DSMRUN" -v -n "$NODES" --spare-nodes 1 --redundancy replicate:2 --transport "$transport" \
+    local mode=$1 sig=$2 transport=$3 err="$WORK/f.err"
+    ( "$DSMRUN" -v -n "$NODES" --spare-nodes 1 --redundancy "$mode" --transport "$transport" \
         --node-timeout "$TIMEOUT_MS" --local-cache 16M --stats "$WORK/f.json" -- "${HW[@]}" \
         >"$WORK/f.out" 2>"$err" ) &
     local job=$!
@@ -72,17 +99,20 @@ failure() {
     kill "-$sig" "$(grep -o 'node 1 pid [0-9]*' "$err" | awk '{print $4}')"
     wait "$job"
     cmp -s "$WORK/f.out" "$WORK/heapwalk.native" || { echo "failure run: output differs" >&2; exit 1; }
-    python3 - "$WORK/f.json" "$sig" "$transport" <<'PY'
+    python3 - "$WORK/f.json" "$sig" "$transport" "$mode" <<'PY'
 import json, sys
 t = json.load(open(sys.argv[1]))["total"]
-print(f"SIG{sys.argv[2]:<5} {sys.argv[3]:<4} deaths {t['node_deaths']}  longest stall "
-      f"{t['failover_stall_ns_max'] / 1e6:8.1f} ms  pages read from the other copy "
+print(f"{sys.argv[4]:<12} SIG{sys.argv[2]:<5} {sys.argv[3]:<4} deaths {t['node_deaths']}  longest stall "
+      f"{t['failover_stall_ns_max'] / 1e6:8.1f} ms  pages read from the other copy or rebuilt "
       f"{t['failover_read_pages']}  re-protected {t['reprotect_pages']} pages in "
       f"{t['reprotect_ns'] / 1e9:.3f} s ({t['reprotect_pages'] * 4096 / 2**20 / max(t['reprotect_ns'] / 1e9, 1e-9):.0f} MiB/s)")
 PY
     grep -h "re-protection after" "$err" || true
 }
-echo "# a failure: heapwalk, replicate:2 + 1 spare, node 1 signalled ${KILL_MS} ms after start, node timeout ${TIMEOUT_MS} ms"
-failure KILL shm
-failure KILL tcp
-failure STOP tcp
+echo "# a failure: heapwalk, 1 spare, node 1 signalled ${KILL_MS} ms after start, node timeout ${TIMEOUT_MS} ms"
+for mode in $MODES; do
+    [ "$mode" = none ] && continue
+    failure "$mode" KILL shm
+    failure "$mode" KILL tcp
+done
+failure replicate:2 STOP tcp

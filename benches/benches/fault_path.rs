@@ -4,12 +4,15 @@
 //! throughput, each pinned to one vCPU and unpinned, for both handler wait designs.
 //!
 //! Run: `cargo build --release -p dsm-runtime && cargo bench -p dsm-benches --bench fault_path`
+//! (`DSM_BENCH_REDUNDANCY=ec:4+1` and `DSM_BENCH_KILL_NODE=1` for the runtime's faults
+//! with redundancy, and degraded after a node's death; `benches/redundancy.sh` runs them)
 //! The summary table at the end gives means per operation and the ratios.
 
 use criterion::{criterion_group, Criterion, Throughput};
 use dsm_benches::{cluster, pin, shm_cluster, unpin, RawShm, RawTcp, RawUffd, PAGE};
 use dsm_runtime::config::HandlerWait;
 use dsm_runtime::launch::LocalNodes;
+use dsm_runtime::redundancy::Redundancy;
 use dsm_runtime::transport::Transport;
 use dsm_runtime::{Runtime, RuntimeConfig};
 use std::sync::Mutex;
@@ -118,18 +121,38 @@ fn raw_limits(c: &mut Criterion) {
     unpin();
 }
 
-/// A runtime over 2 node processes whose every page has been written home once.
+/// `DSM_BENCH_REDUNDANCY` (none, replicate:R, ec:K+1; default none) and
+/// `DSM_BENCH_KILL_NODE` (a node killed once every page is home, so that faults are
+/// served degraded: from the other copy, or rebuilt from the group).
+fn redundancy_from_env() -> (Redundancy, Option<usize>) {
+    let r = std::env::var("DSM_BENCH_REDUNDANCY")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse().expect("DSM_BENCH_REDUNDANCY"))
+        .unwrap_or_default();
+    let kill = std::env::var("DSM_BENCH_KILL_NODE")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse().expect("DSM_BENCH_KILL_NODE: a node number"));
+    (r, kill)
+}
+
+/// A runtime over 2 node processes (or as many as `DSM_BENCH_REDUNDANCY` needs) whose
+/// every page has been written home once.
 fn populated_runtime(m: Mode) -> (LocalNodes, Runtime) {
-    let bytes = (SPACE_PAGES * PAGE) as u64;
+    let (redundancy, kill) = redundancy_from_env();
+    let count = redundancy.nodes_needed().max(2);
+    // Room for the copies or parity and the survivors' rescue room (address space).
+    let bytes = (SPACE_PAGES * PAGE) as u64 * if count > 2 { 4 } else { 1 };
     let (nodes, t): (LocalNodes, Box<dyn Transport>) = if m.shm {
-        let (n, t) = shm_cluster(2, bytes);
+        let (n, t) = shm_cluster(count, bytes);
         (n, Box::new(t))
     } else {
-        let (n, t) = cluster(2, bytes);
+        let (n, t) = cluster(count, bytes);
         (n, Box::new(t))
     };
     if m.pinned {
-        for i in 0..2 {
+        for i in 0..count {
             if let Some(pid) = nodes.pid(i) {
                 // SAFETY: cpu_set_t is plain data; affinity of our child's main thread,
                 // inherited by the connection threads it spawns later.
@@ -147,6 +170,7 @@ fn populated_runtime(m: Mode) -> (LocalNodes, Runtime) {
         cache_bytes_max: CACHE_BYTES,
         handler_wait: m.wait,
         handler_cpu: m.cpu(),
+        redundancy,
         ..Default::default()
     };
     let rt = Runtime::start(cfg, t.as_ref()).expect("runtime");
@@ -154,6 +178,11 @@ fn populated_runtime(m: Mode) -> (LocalNodes, Runtime) {
     for p in 0..SPACE_PAGES {
         // SAFETY: inside the global range.
         unsafe { ((base + p * PAGE) as *mut u64).write_volatile(p as u64) };
+    }
+    if let Some(pid) = kill.and_then(|k| nodes.pid(k)) {
+        // SAFETY: killing a node process this benchmark started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(200));
     }
     (nodes, rt)
 }

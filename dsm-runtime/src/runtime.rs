@@ -690,9 +690,10 @@ impl Runtime {
             core.reclaim_loop(reclaim_session)
         })?;
         rt.threads.push(t);
-        if let (Some(fence), Some(session)) = (copies.fence().cloned(), reprotect_session) {
+        let kept = copies.fence().cloned().zip(copies.layout().cloned());
+        if let (Some((fence, layout)), Some(session)) = (kept, reprotect_session) {
             let t = spawn_internal(&rt.core, "dsm-reprotect".into(), move |core| {
-                redundancy::reprotect::run(core, &fence, session)
+                redundancy::reprotect::run(core, (&layout, &fence), session)
             })?;
             rt.threads.push(t);
         }

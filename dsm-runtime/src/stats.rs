@@ -174,7 +174,7 @@ macro_rules! counters {
 counters! {
     /// Memory nodes this process declared dead and fenced (`redundancy`).
     node_deaths,
-    /// Pages read from another copy because their first home was dead.
+    /// Pages read from another copy (or rebuilt from their group's parity, `ec:K+1`) because their first home was dead.
     failover_read_pages,
     /// Pages written home with fewer copies than the redundancy asks for (a home dead).
     degraded_write_pages,

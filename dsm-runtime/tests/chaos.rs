@@ -1,9 +1,10 @@
-//! Chaos: real programs under `dsmrun --redundancy replicate:2` while a memory node dies
-//! at a random moment. The multithreaded C program with checksums (heapwalk) and Debian's
-//! unmodified velvetg must print exactly what they print natively; a node frozen with
-//! SIGSTOP is declared dead after the node timeout and fenced; two nodes holding both
-//! copies of pages, killed at once, end the job with status 70 and a message saying data
-//! was lost, never wrong output and never a hang.
+//! Chaos: real programs under `dsmrun --redundancy replicate:2` and `ec:4+1` while a
+//! memory node dies at a random moment. The multithreaded C program with checksums
+//! (heapwalk) and Debian's unmodified velvetg must print exactly what they print natively;
+//! a node frozen with SIGSTOP is declared dead after the node timeout and fenced; two
+//! nodes holding both copies of pages (or two pieces of a group), killed at once, end the
+//! job with status 70 and a message saying data was lost, never wrong output and never a
+//! hang.
 //!
 //! Every run is seeded: the seed is printed, and `DSM_CHAOS_SEED=N` replays it (which
 //! node, when, over which transport). Runs are kept short (about a second each) so that
@@ -225,13 +226,18 @@ fn os(args: &[&str]) -> Vec<std::ffi::OsString> {
 
 /// Checks a run that lost one node: exit 0, the native bytes, the death noticed and said.
 fn assert_survived(what: &str, run: &Outcome, fault: &Fault, expected: &[u8]) {
-    assert_eq!(run.code, 0, "{what}: the job failed:\n{}", run.stderr);
     assert!(
         run.stdout == expected,
         "{what}: output differs from the native run:\n{}\nstderr:\n{}",
         String::from_utf8_lossy(&run.stdout),
         run.stderr
     );
+    assert_went_on(what, run, fault);
+}
+
+/// The job ended well, and dsmrun saw a node killed while the program ran die.
+fn assert_went_on(what: &str, run: &Outcome, fault: &Fault) {
+    assert_eq!(run.code, 0, "{what}: the job failed:\n{}", run.stderr);
     if run.landed && fault.signal == libc::SIGKILL {
         let node = fault.nodes[0];
         assert!(
@@ -245,20 +251,32 @@ fn assert_survived(what: &str, run: &Outcome, fault: &Fault, expected: &[u8]) {
 
 #[test]
 fn heapwalk_survives_a_random_node_killed_at_a_random_moment() {
+    heapwalk_under_random_kills("heapwalk chaos", "replicate:2", NODES, 18);
+}
+
+#[test]
+fn heapwalk_survives_a_random_node_killed_at_a_random_moment_under_ec_4_1() {
+    // Five nodes: every group has a piece on each, so any death degrades every group.
+    heapwalk_under_random_kills("heapwalk ec:4+1 chaos", "ec:4+1", 5, 6);
+}
+
+/// `runs` runs of heapwalk on `nodes` nodes kept with `redundancy`, each with a random
+/// node killed at a random moment over a random transport: output identical to native.
+fn heapwalk_under_random_kills(test: &str, redundancy: &str, nodes: usize, runs: usize) {
     let Some(exe) = heapwalk() else { return };
     let _turn = heavy();
     let mut program = vec![exe.clone().into_os_string()];
     program.extend(os(&HEAPWALK_ARGS));
     let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
     let expected = native(&program);
-    let mut rng = Rng(seed("heapwalk chaos"));
-    let runs = 18;
+    let mut rng = Rng(seed(test));
+    let node_count = nodes.to_string();
     let mut landed = 0;
     let mut noticed = 0;
     for run in 0..runs {
         let transport = if rng.below(2) == 0 { "shm" } else { "tcp" };
         let fault = Fault {
-            nodes: vec![rng.below(NODES as u64) as usize],
+            nodes: vec![rng.below(nodes as u64) as usize],
             signal: libc::SIGKILL,
             after: Duration::from_millis(rng.below(800)),
             then: None,
@@ -266,9 +284,9 @@ fn heapwalk_survives_a_random_node_killed_at_a_random_moment() {
         let out = run_with_fault(
             &[
                 "-n",
-                "3",
+                &node_count,
                 "--redundancy",
-                "replicate:2",
+                redundancy,
                 "--local-cache",
                 "16M",
                 "--transport",
@@ -277,7 +295,7 @@ fn heapwalk_survives_a_random_node_killed_at_a_random_moment() {
             &program,
             &fault,
         );
-        let what = format!("run {run} ({transport}, {fault:?})");
+        let what = format!("{redundancy} run {run} ({transport}, {fault:?})");
         eprintln!(
             "{what}: exit {} in {:.2} s, kill {}",
             out.code,
@@ -365,16 +383,92 @@ fn velvetg_survives_a_random_node_killed_at_a_random_moment() {
             out.code, out.secs, out.landed
         );
         assert_eq!(out.code, 0, "{what}: {}", out.stderr);
-        let contigs = std::fs::read(g.join("contigs.fa")).unwrap();
+        assert_same_assembly(&what, &g, &native_g);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// velvetg's contigs and statistics in `g` are those of the native run in `native_g`.
+fn assert_same_assembly(what: &str, g: &Path, native_g: &Path) {
+    for f in ["contigs.fa", "stats.txt"] {
+        let got = std::fs::read(g.join(f)).unwrap();
+        assert!(!got.is_empty(), "{what}: {f} is empty");
         assert!(
-            contigs == expected,
-            "{what}: contigs.fa differs from the native run"
+            got == std::fs::read(native_g.join(f)).unwrap(),
+            "{what}: {f} differs from the native run"
         );
-        let stats = std::fs::read(g.join("stats.txt")).unwrap();
-        assert!(
-            stats == std::fs::read(native_g.join("stats.txt")).unwrap(),
-            "{what}: stats.txt differs from the native run"
+    }
+}
+
+#[test]
+fn velvetg_on_the_art_reads_survives_a_node_killed_under_replicate_2() {
+    if ["velveth", "velvetg", "xz", "art_illumina"]
+        .iter()
+        .any(|p| !have(p))
+        || !Path::new(VELVET_EXAMPLE_REFERENCE).exists()
+    {
+        return skip(
+            "velvetg ART chaos",
+            "velvet, xz, ART or velvet-example is missing (apt-get install velvet xz-utils \
+             art-nextgen-simulation-tools velvet-example)",
         );
+    }
+    let _turn = heavy();
+    let dir = scratch("chaos-velvet-art");
+    let (r1, r2) = art_reads(&dir);
+    let h = dir.join("h");
+    let st = Command::new("velveth")
+        .arg(&h)
+        .args(["31", "-shortPaired", "-fastq", "-separate", &r1, &r2])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "velveth on the ART reads");
+    let g_args = ["-exp_cov", "auto", "-ins_length", "300"];
+    let native_g = dir.join("native");
+    velvet_run_dir(&h, &native_g);
+    let ran = run_measured(Command::new("velvetg").arg(&native_g).args(g_args));
+    assert_eq!(ran.code, 0, "velvetg natively: {}", ran.stderr);
+    // Three quarters of its peak RSS (as the velvet-example runs): short runs that
+    // still fetch its heap from the nodes.
+    let cache = (ran.peak_rss * 3 / 4 / 4096 * 4096).to_string();
+    let mut rng = Rng(seed("velvetg ART chaos"));
+    for run in 0..2 {
+        let g = dir.join(format!("g{run}"));
+        velvet_run_dir(&h, &g);
+        let transport = if run % 2 == 0 { "shm" } else { "tcp" };
+        // The first kill as soon as velvetg runs (its run is short), the second anywhere
+        // in a native run's time.
+        let fault = Fault {
+            nodes: vec![rng.below(NODES as u64) as usize],
+            signal: libc::SIGKILL,
+            after: Duration::from_millis(run * rng.below((ran.secs * 1000.0) as u64 + 1)),
+            then: None,
+        };
+        let mut program = vec![std::ffi::OsStr::new("velvetg"), g.as_os_str()];
+        program.extend(g_args.iter().map(std::ffi::OsStr::new));
+        let out = run_with_fault(
+            &[
+                "-n",
+                "3",
+                "--redundancy",
+                "replicate:2",
+                "--local-cache",
+                &cache,
+                "--transport",
+                transport,
+            ],
+            &program,
+            &fault,
+        );
+        let what = format!("velvetg ART run {run} ({transport}, {fault:?})");
+        eprintln!(
+            "{what}: exit {} in {:.2} s, landed {}",
+            out.code, out.secs, out.landed
+        );
+        assert!(run > 0 || out.landed, "{what}: the kill came after the end");
+        assert_went_on(&what, &out, &fault);
+        assert_same_assembly(&what, &g, &native_g);
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -428,24 +522,37 @@ fn a_frozen_node_is_declared_dead_after_the_node_timeout_and_fenced() {
 
 #[test]
 fn both_nodes_of_a_pair_killed_at_once_end_the_job_saying_data_was_lost() {
+    // Three local nodes, two copies: node 1's pages have their second copy on node 2.
+    two_kills_at_once_lose_data("replicate:2", 3);
+}
+
+#[test]
+fn two_pieces_of_a_group_killed_at_once_end_the_job_saying_data_was_lost() {
+    // Five nodes under ec:4+1: every group has a piece on nodes 1 and 2.
+    two_kills_at_once_lose_data("ec:4+1", 5);
+}
+
+/// Kills nodes 1 and 2 of `nodes` at once, which holds two places of some page under
+/// `redundancy`: status 70 saying data was lost, and no result printed.
+fn two_kills_at_once_lose_data(redundancy: &str, nodes: usize) {
     let Some(exe) = heapwalk() else { return };
     let _turn = heavy();
     let mut program = vec![exe.clone().into_os_string()];
     program.extend(os(&HEAPWALK_ARGS));
     let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
-    // Three local nodes, two copies: node 1's pages have their second copy on node 2.
     let fault = Fault {
         nodes: vec![1, 2],
         signal: libc::SIGKILL,
         after: Duration::from_millis(300),
         then: None,
     };
+    let node_count = nodes.to_string();
     let out = run_with_fault(
         &[
             "-n",
-            "3",
+            &node_count,
             "--redundancy",
-            "replicate:2",
+            redundancy,
             "--local-cache",
             "16M",
         ],
@@ -455,7 +562,7 @@ fn both_nodes_of_a_pair_killed_at_once_end_the_job_saying_data_was_lost() {
     assert!(out.landed, "the program ended before the nodes were killed");
     assert_eq!(
         out.code, EXIT_RUNTIME_FAILURE,
-        "two copies lost must end the job with status 70:\n{}",
+        "{redundancy}: two places lost must end the job with status 70:\n{}",
         out.stderr
     );
     assert!(
@@ -471,6 +578,77 @@ fn both_nodes_of_a_pair_killed_at_once_end_the_job_saying_data_was_lost() {
 
 #[test]
 fn a_second_kill_after_reprotection_onto_a_spare_loses_nothing() {
+    // Node 1's pages have their second copy on node 2: without re-protection onto the
+    // spare (node 3), killing node 2 after node 1 would lose them.
+    second_kill_after_reprotection("replicate:2", 3, 1);
+}
+
+#[test]
+fn a_second_kill_after_ec_reprotection_onto_a_spare_loses_nothing() {
+    // Every group has pieces on nodes 1 and 2: without the piece rebuilt on the spare
+    // (node 5), killing node 2 after node 1 would lose them.
+    second_kill_after_reprotection("ec:4+1", 5, 1);
+}
+
+#[test]
+fn a_second_kill_after_reprotection_onto_the_survivors_loses_nothing() {
+    // No spare: node 1's copies are re-made on nodes 0 and 2, each page's on the one
+    // that does not hold its other copy.
+    second_kill_after_reprotection("replicate:2", 3, 0);
+}
+
+#[test]
+fn a_second_kill_after_ec_reprotection_onto_the_survivors_loses_nothing() {
+    // Six nodes: each group spans five, so node 1's pieces are rebuilt on the sixth.
+    second_kill_after_reprotection("ec:4+1", 6, 0);
+}
+
+#[test]
+fn a_second_kill_during_reprotection_goes_on_while_every_page_still_has_a_copy() {
+    let Some(exe) = heapwalk() else { return };
+    let _turn = heavy();
+    let args = ["96", "4", "8", "11"];
+    let mut program = vec![exe.clone().into_os_string()];
+    program.extend(os(&args));
+    let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
+    let expected = native(&program);
+    // Four nodes, copies on the next node: node 1's pages have their other copies on
+    // nodes 0 and 2, so node 3 dying as soon as re-protection starts leaves every page a
+    // copy (some re-made copies meant for node 3 are then simply not made).
+    let fault = Fault {
+        nodes: vec![1],
+        signal: libc::SIGKILL,
+        after: Duration::from_millis(400),
+        then: Some((
+            "re-protection: copying the pages that had a copy on node 1",
+            3,
+        )),
+    };
+    let out = run_with_fault(
+        &[
+            "-n",
+            "4",
+            "--redundancy",
+            "replicate:2",
+            "--local-cache",
+            "16M",
+        ],
+        &program,
+        &fault,
+    );
+    assert!(out.landed, "the program ended before the second kill");
+    assert_survived("second kill during re-protection", &out, &fault, &expected);
+    assert!(
+        out.stderr.contains("memory node 3 exited during the run")
+            && out.stderr.contains("redundancy: 2 node(s) died"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Kills node 1 of `nodes` (plus `spares` spares, node `nodes` the first), then node 2
+/// once re-protection is done: output identical to native.
+fn second_kill_after_reprotection(redundancy: &str, nodes: usize, spares: usize) {
     let Some(exe) = heapwalk() else { return };
     let _turn = heavy();
     // More rounds than the other runs: the second kill comes after re-protection.
@@ -479,22 +657,21 @@ fn a_second_kill_after_reprotection_onto_a_spare_loses_nothing() {
     program.extend(os(&args));
     let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
     let expected = native(&program);
-    // Node 1's pages have their second copy on node 2: without re-protection onto the
-    // spare (node 3), killing node 2 after node 1 would lose them.
     let fault = Fault {
         nodes: vec![1],
         signal: libc::SIGKILL,
         after: Duration::from_millis(400),
         then: Some(("re-protection after node 1's death done", 2)),
     };
+    let (node_count, spare_count) = (nodes.to_string(), spares.to_string());
     let out = run_with_fault(
         &[
             "-n",
-            "3",
+            &node_count,
             "--spare-nodes",
-            "1",
+            &spare_count,
             "--redundancy",
-            "replicate:2",
+            redundancy,
             "--local-cache",
             "16M",
         ],
@@ -508,14 +685,20 @@ fn a_second_kill_after_reprotection_onto_a_spare_loses_nothing() {
     );
     assert_survived("second kill after re-protection", &out, &fault, &expected);
     for said in [
-        "re-protection: copying the pages that had a copy on node 1 to spare node 3",
-        "memory node 2 exited during the run",
-        "no spare node left to stand in for node 2",
-        "redundancy: 2 node(s) died",
+        format!(
+            "re-protection: copying the pages that had a copy on node 1 to {}",
+            match spares {
+                0 => "the surviving nodes".to_string(),
+                _ => format!("spare node {nodes}"),
+            }
+        ),
+        "memory node 2 exited during the run".into(),
+        "no spare node left to stand in for node 2".into(),
+        "redundancy: 2 node(s) died".into(),
     ] {
         assert!(
-            out.stderr.contains(said),
-            "stderr lacks {said:?}:\n{}",
+            out.stderr.contains(&said),
+            "{redundancy}: stderr lacks {said:?}:\n{}",
             out.stderr
         );
     }
@@ -544,8 +727,16 @@ fn bad_redundancy_settings_are_refused_before_anything_starts() {
             "replicate:1",
         ),
         (
-            vec!["-n", "5", "--redundancy", "ec:4+1"],
-            "erasure coding is not implemented yet",
+            vec!["-n", "6", "--redundancy", "ec:4+2"],
+            "only one parity piece per group is implemented",
+        ),
+        (
+            vec!["-n", "4", "--redundancy", "ec:4+1"],
+            "raise -n to at least 5",
+        ),
+        (
+            vec!["-n", "4", "--redundancy", "ec:3+1"],
+            "use a power of two for K, or --max-procs 1",
         ),
         (
             vec!["-n", "2", "--spare-nodes", "1"],

@@ -159,24 +159,7 @@ fn velvet_on_reads_simulated_with_art() {
         );
     }
     let dir = scratch("velvet-art");
-    // velvet-example's 100 kb reference, 10x HiSeq 2500 paired reads, fixed seed.
-    let reference = unxz("test_reference.fa.xz", &dir);
-    let prefix = dir.join("sim");
-    let st = Command::new("art_illumina")
-        .args(["-ss", "HS25", "-p", "-l", "100", "-m", "300", "-s", "30"])
-        .args(["-rs", "11", "-f", "10", "-na", "-q", "-i"])
-        .arg(&reference)
-        .arg("-o")
-        .arg(&prefix)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "art_illumina: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let r1 = dir.join("sim1.fq").to_string_lossy().into_owned();
-    let r2 = dir.join("sim2.fq").to_string_lossy().into_owned();
+    let (r1, r2) = art_reads(&dir);
     assemble(
         "ART 10x",
         &dir,

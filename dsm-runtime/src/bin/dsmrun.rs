@@ -164,13 +164,16 @@ struct RunCli {
     thrash_warning: u64,
     /// Keep every page at home in several places, so the job survives a memory node's
     /// death: none, replicate:R (R copies on R different nodes, on different hosts where
-    /// the nodes span hosts; needs -n R or more) or ec:K+M (not implemented yet). Default:
-    /// the profile's `redundancy` key, else none (e.g. --redundancy replicate:2).
+    /// the nodes span hosts; needs -n R or more) or ec:K+1 (groups of K pages on K nodes
+    /// plus an XOR parity page on another, K+1 nodes or more, (K+1)/K memory; more than
+    /// one parity piece is refused). Default: the profile's `redundancy` key, else none
+    /// (e.g. --redundancy ec:4+1).
     #[arg(long, value_name = "MODE")]
     redundancy: Option<String>,
     /// Start N more nodes that hold nothing until one stands in for a dead node: its
     /// pages' surviving copies are then copied onto it in the background, so that a second
-    /// failure loses nothing either (needs --redundancy replicate:R; e.g. --spare-nodes 1).
+    /// failure loses nothing either (needs --redundancy replicate:R or ec:K+1; e.g.
+    /// --spare-nodes 1).
     #[arg(long, value_name = "N", default_value_t = 0)]
     spare_nodes: usize,
     /// A node that does not answer within this many milliseconds fails the operation;

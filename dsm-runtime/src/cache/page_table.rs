@@ -237,15 +237,16 @@ impl PageTable {
         was
     }
 
-    /// Appends to `out` every page whose state says it has data at home, one shard at a
-    /// time (for re-protection after a node's death, `redundancy::reprotect`).
-    pub fn pages_at_home(&self, out: &mut Vec<PageNum>) {
+    /// Appends to `out` every page whose state says it has data at home, or whose lock is
+    /// held (a write-back may be storing it for the first time), one shard at a time (for
+    /// re-protection after a node's death, `redundancy::reprotect`).
+    pub fn pages_at_home_or_busy(&self, out: &mut Vec<PageNum>) {
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             out.extend(
                 shard
                     .iter()
-                    .filter(|(_, s)| s.home_valid())
+                    .filter(|(_, s)| s.home_valid() || s.busy())
                     .map(|(&p, _)| PageNum(p)),
             );
         }

@@ -331,8 +331,30 @@ impl JobConfig {
         if let Err(hint) = self.redundancy.check_nodes(placed) {
             return Err(bad("DSM_REDUNDANCY", &self.redundancy.to_string(), hint));
         }
+        if let Err(hint) = self.groups_within_slots() {
+            return Err(bad("DSM_REDUNDANCY", &self.redundancy.to_string(), hint));
+        }
         for slot in [0, self.slots - 1] {
             self.runtime_config(slot).validate()?;
+        }
+        Ok(())
+    }
+
+    /// Erasure-coded groups are `K` consecutive global pages under the interleaved
+    /// placement of one page per chunk (`redundancy::stripes`); a group that straddled two
+    /// processes' slots would have its parity updated by both at once.
+    fn groups_within_slots(&self) -> Result<(), String> {
+        let crate::redundancy::Redundancy::ErasureCoded { data, .. } = self.redundancy else {
+            return Ok(());
+        };
+        let slot_pages = self.slot_bytes / PAGE_BYTES as u64;
+        if self.slots > 1 && (self.placement_chunk_pages != 1 || slot_pages % u64::from(data) != 0)
+        {
+            return Err(format!(
+                "with several processes, ec:{data}+1 needs placement chunks of one page and \
+                 {data} to divide each process's {slot_pages} pages (use a power of two for K, \
+                 or --max-procs 1)"
+            ));
         }
         Ok(())
     }

@@ -27,6 +27,7 @@ use crate::fault::uffd::{UffdError, Userfaultfd, FEATURE_PAGEFAULT_FLAG_WP, FEAT
 use crate::launch::{unblock_signals_in_child, LocalNodes};
 use crate::node::header::{data_bytes, NODE_HEADER_BYTES};
 use crate::node::NodeSize;
+use crate::redundancy::Redundancy;
 use crate::runtime::EXIT_RUNTIME_FAILURE;
 use crate::space::PAGE_BYTES;
 use crate::transport::auth::Secret;
@@ -269,10 +270,11 @@ struct Plan {
 impl Plan {
     /// What each of `nodes` nodes must offer: `node_bytes` of memory, and a region that
     /// can place its share of every slot's pages (address space only: lazily backed).
-    fn node_size(&self, nodes: usize, node_bytes: u64, copies: usize) -> NodeSize {
+    fn node_size(&self, nodes: usize, node_bytes: u64, (stored, per): (u64, u64)) -> NodeSize {
         let page = PAGE_BYTES as u64;
-        // Every page is placed `copies` times (`redundancy`), each copy in its own band.
-        let pages = self.slots as u64 * (self.slot_bytes / page) * copies as u64;
+        // Every page takes `stored / per` pages of node memory (`redundancy`): its copies,
+        // each in its own band, or its piece and its share of its group's parity.
+        let pages = (self.slots as u64 * (self.slot_bytes / page) * stored).div_ceil(per);
         // Room for the largest placement chunk a profile may ask for, rounded up.
         let per_node = pages.div_ceil(nodes as u64) + PLACEMENT_CHUNK_PAGES_MAX;
         NodeSize {
@@ -280,6 +282,23 @@ impl Plan {
             span_bytes: NODE_HEADER_BYTES + per_node * page,
         }
     }
+}
+
+/// What `r` costs in node memory, said once at the start (`-v`); nothing for `none`.
+fn redundancy_overhead(r: Redundancy, spares: usize) -> Option<String> {
+    let (stored, per) = r.stored_per_page();
+    let how = match r {
+        Redundancy::None => return None,
+        Redundancy::Replicate { copies } => format!("{copies} copies of every page"),
+        Redundancy::ErasureCoded { data, parity } => format!(
+            "groups of {data} pages on {data} nodes with {parity} parity piece(s) on another"
+        ),
+    };
+    Some(format!(
+        "dsmrun: redundancy {r}: {how}: node memory holds {:.2}x the data written home, \
+         plus {spares} spare node(s)",
+        stored as f64 / per as f64
+    ))
 }
 
 /// Largest `chunk_pages` of an interleaved placement (profile.rs validates it).
@@ -300,9 +319,10 @@ fn plan_job(opts: &RunOptions, span_bytes: Option<u64>) -> Result<Plan, LaunchEr
     let by_space = (SPACE_END_MAX.saturating_sub(opts.space_base) as u64) / procs;
     let by_nodes = match span_bytes {
         Some(span) => {
-            let copies = opts.redundancy.copies() as u64;
-            let placed = opts.nodes.saturating_sub(opts.spare_nodes) as u64;
-            (data_bytes(span) / copies / page * placed * page) / procs
+            let (stored, per) = opts.redundancy.stored_per_page();
+            let placed = opts.nodes.saturating_sub(opts.spare_nodes);
+            let rooms = 1 + u64::from(opts.redundancy.rescue_room(placed, opts.spare_nodes));
+            (data_bytes(span) / rooms / stored * per / page * placed as u64 * page) / procs
         }
         None => u64::MAX,
     };
@@ -339,9 +359,10 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
     opts.redundancy
         .check_nodes(placed)
         .map_err(LaunchError::Invalid)?;
-    if opts.spare_nodes > 0 && opts.redundancy.copies() < 2 {
+    if opts.spare_nodes > 0 && !opts.redundancy.survives_a_death() {
         return Err(LaunchError::Invalid(format!(
-            "--spare-nodes {} stand in for dead nodes, which only --redundancy replicate:R              survives: add --redundancy replicate:2",
+            "--spare-nodes {} stand in for dead nodes, which only --redundancy replicate:R or \
+             ec:K+1 survives: add --redundancy replicate:2",
             opts.spare_nodes
         )));
     }
@@ -418,11 +439,14 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
             let secret = Secret::generate().map_err(io_err("generating the job secret"))?;
             let size = match fixed_span {
                 Some(_) => NodeSize::of_memory(opts.node_bytes),
-                None => plan.node_size(
-                    opts.nodes - opts.spare_nodes,
-                    opts.node_bytes,
-                    opts.redundancy.copies(),
-                ),
+                None => {
+                    let placed = opts.nodes - opts.spare_nodes;
+                    let (stored, per) = opts.redundancy.stored_per_page();
+                    // A rescue room doubles the address space, not the memory.
+                    let rooms =
+                        1 + u64::from(opts.redundancy.rescue_room(placed, opts.spare_nodes));
+                    plan.node_size(placed, opts.node_bytes, (stored * rooms, per))
+                }
             };
             let nodes = match &remote_plan {
                 Some(p) => remote::start(p, size, &secret)?,
@@ -444,6 +468,9 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
                     .unwrap_or_default(),
                 opts.node_bytes >> 20
             );
+        }
+        if let Some(line) = redundancy_overhead(opts.redundancy, opts.spare_nodes) {
+            eprintln!("{line}");
         }
     }
     let stats_dir = std::env::temp_dir().join(format!(
@@ -675,7 +702,7 @@ fn wait_watching_nodes(
             }
         }
         if let Some((i, st)) = nodes.exited() {
-            if redundancy.copies() > 1 {
+            if redundancy.survives_a_death() {
                 // The program's runtime fails over to the other copies, or ends with
                 // status 70 saying data was lost when a page had no other copy.
                 watch.say(&format!(

@@ -213,13 +213,14 @@ fn redundancy_line(total: &Value) -> String {
     let reprotected = match g("reprotect_pages") {
         0 => String::new(),
         n => format!(
-            "; {n} pages re-protected onto spares in {:.2} s",
+            "; {n} pages re-protected (onto spares or the surviving nodes) in {:.2} s",
             g("reprotect_ns") as f64 / 1e9
         ),
     };
     format!(
         "dsmrun: redundancy: {} node(s) died and were fenced; {} pages read from another \
-         copy, {} written with fewer copies; longest stall {:.1} ms{reprotected}\n",
+         copy or rebuilt from parity, {} written with fewer copies (or groups written \
+         without a piece); longest stall {:.1} ms{reprotected}\n",
         g("node_deaths"),
         g("failover_read_pages"),
         g("degraded_write_pages"),

@@ -38,6 +38,15 @@ impl HomeSet {
         &self.homes[..usize::from(self.len)]
     }
 
+    /// The nodes of the homes, primary first.
+    pub fn nodes(&self) -> [NodeId; COPIES_MAX] {
+        let mut nodes = [self.homes[0].node; COPIES_MAX];
+        for (n, h) in nodes.iter_mut().zip(self.as_slice()) {
+            *n = h.node;
+        }
+        nodes
+    }
+
     /// How many homes.
     pub fn len(&self) -> usize {
         usize::from(self.len)

@@ -7,6 +7,7 @@
 //! that heals), so a stale copy on it can never be served. A rejected operation (out of
 //! bounds, a full node) is the caller's error, not a death.
 
+use crate::node::header::NODE_HEADER_BYTES;
 use crate::policy::Home;
 use crate::stats::Stats;
 use crate::transport::{NodeId, NodeInfo, TransportError};
@@ -16,6 +17,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Set in a substitute word once the spare holds every page the dead node held.
 const SUBSTITUTE_VALID: u32 = 1 << 31;
+/// A substitute word's node part when the surviving nodes stand in for the dead one,
+/// each for some of its pieces, in their rescue room.
+const SURVIVORS: u32 = SUBSTITUTE_VALID - 1;
+
+/// Who stands in for a dead node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Substitute {
+    /// A spare node, at the dead node's offsets.
+    Spare(NodeId),
+    /// The surviving placed nodes, each piece on one that holds no other piece of its
+    /// page or group, in the rescue room of its region.
+    Survivors,
+}
 
 /// This process's view of which nodes are dead. Shared by every session of the process.
 #[derive(Debug)]
@@ -29,6 +43,12 @@ pub struct Fence {
     spares: Vec<NodeId>,
     /// Serialises the choice of a spare.
     assigning: Mutex<()>,
+    /// Nodes that hold pages (the first `placed` of `nodes`).
+    placed: usize,
+    /// Where the rescue room of each placed node starts (0: none), and whether it is
+    /// taken already (it holds one dead node's pieces).
+    rescue_base: u64,
+    rescue_taken: AtomicBool,
     redundancy: super::Redundancy,
     stats: OnceLock<Arc<Stats>>,
 }
@@ -45,58 +65,107 @@ impl Fence {
                 .map(|i| NodeId(i as u16))
                 .collect(),
             assigning: Mutex::new(()),
+            placed: first_spare,
+            rescue_base: 0,
+            rescue_taken: AtomicBool::new(false),
             redundancy,
             stats: OnceLock::new(),
         }
     }
 
-    /// The node standing in for `node`, and whether it already holds all its pages.
-    fn substitute(&self, node: NodeId) -> Option<(NodeId, bool)> {
+    /// Gives every placed node a rescue room from `base` (a region offset) on, as large as
+    /// the data area below it, where the survivors keep a dead node's pieces when no spare
+    /// is left.
+    pub fn with_rescue_room(mut self, base: u64) -> Fence {
+        self.rescue_base = base;
+        self
+    }
+
+    /// Who stands in for `node`, and whether it already holds all its pieces.
+    fn substitute(&self, node: NodeId) -> Option<(Substitute, bool)> {
         let word = self
             .substitutes
             .get(usize::from(node.0))?
             .load(Ordering::Acquire);
         let id = word & !SUBSTITUTE_VALID;
-        (id != 0).then(|| (NodeId((id - 1) as u16), word & SUBSTITUTE_VALID != 0))
+        let full = word & SUBSTITUTE_VALID != 0;
+        match id {
+            0 => None,
+            SURVIVORS => Some((Substitute::Survivors, full)),
+            _ => Some((Substitute::Spare(NodeId((id - 1) as u16)), full)),
+        }
     }
 
-    /// Where to write the copy that lives at `home`: there if its node lives, else on
-    /// the live spare standing in for it (being filled or full), else nowhere.
-    pub fn write_target(&self, home: Home) -> Option<Home> {
-        if !self.is_dead(home.node) {
-            return Some(home);
+    /// The live place that keeps the piece at `home` of a dead node, being filled or
+    /// full; `holders` are the nodes of every piece of its page or group (`home`'s own
+    /// included), which a survivor standing in must not be.
+    fn stand_in(&self, home: Home, holders: &[NodeId], full_only: bool) -> Option<Home> {
+        let (sub, full) = self.substitute(home.node)?;
+        if full_only && !full {
+            return None;
         }
-        let (spare, _) = self.substitute(home.node)?;
-        (!self.is_dead(spare)).then_some(Home {
-            node: spare,
-            offset: home.offset,
-        })
-    }
-
-    /// Where to read the copy that lives at `home`: there if its node lives, else on the
-    /// live spare standing in for it once re-protection has filled it, else nowhere.
-    pub fn read_target(&self, home: Home) -> Option<Home> {
-        if !self.is_dead(home.node) {
-            return Some(home);
-        }
-        match self.substitute(home.node)? {
-            (spare, true) if !self.is_dead(spare) => Some(Home {
+        let target = match sub {
+            Substitute::Spare(spare) => Home {
                 node: spare,
                 offset: home.offset,
-            }),
-            _ => None,
+            },
+            Substitute::Survivors => Home {
+                node: self.rescuer(home, holders)?,
+                offset: self.rescue_base + home.offset.checked_sub(NODE_HEADER_BYTES)?,
+            },
+        };
+        (!self.is_dead(target.node)).then_some(target)
+    }
+
+    /// The survivor that keeps the dead node's piece at `home`: a pure function of the
+    /// piece and its holders (never of which nodes died since), so that every session,
+    /// and every later read, finds it; rows rotate over the candidates to spread them.
+    fn rescuer(&self, home: Home, holders: &[NodeId]) -> Option<NodeId> {
+        let candidates: Vec<NodeId> = (0..self.placed as u16)
+            .map(NodeId)
+            .filter(|n| *n != home.node && !holders.contains(n))
+            .collect();
+        if candidates.is_empty() {
+            return None;
         }
+        let row = home.offset / crate::space::PAGE_BYTES as u64 + u64::from(home.node.0);
+        Some(candidates[(row % candidates.len() as u64) as usize])
+    }
+
+    /// Where to write the piece that lives at `home` (of a page or group whose pieces are
+    /// on `holders`): there if its node lives, else where a spare or survivor stands in
+    /// for it (being filled or full), else nowhere.
+    pub fn write_target(&self, home: Home, holders: &[NodeId]) -> Option<Home> {
+        if !self.is_dead(home.node) {
+            return Some(home);
+        }
+        self.stand_in(home, holders, false)
+    }
+
+    /// Where to read the piece that lives at `home`: there if its node lives, else where
+    /// a spare or survivor stands in for it once re-protection has filled it, else
+    /// nowhere.
+    pub fn read_target(&self, home: Home, holders: &[NodeId]) -> Option<Home> {
+        if !self.is_dead(home.node) {
+            return Some(home);
+        }
+        self.stand_in(home, holders, true)
     }
 
     /// Chooses a live spare, not standing in for anyone, to stand in for `dead`; from now
     /// on writes of `dead`'s copies go to it. `None` when no spare is left.
     pub fn assign_spare(&self, dead: NodeId) -> Option<NodeId> {
         let _one_at_a_time = self.assigning.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((spare, _)) = self.substitute(dead) {
-            return Some(spare);
+        match self.substitute(dead) {
+            Some((Substitute::Spare(spare), _)) => return Some(spare),
+            Some((Substitute::Survivors, _)) => return None,
+            None => {}
         }
         let taken: Vec<NodeId> = (0..self.nodes.len() as u16)
-            .filter_map(|n| self.substitute(NodeId(n)).map(|(s, _)| s))
+            .filter_map(|n| match self.substitute(NodeId(n)) {
+                Some((Substitute::Spare(s), _)) => Some(s),
+                _ => None,
+            })
             .collect();
         let spare = *self
             .spares
@@ -104,6 +173,20 @@ impl Fence {
             .find(|s| !self.is_dead(**s) && !taken.contains(s))?;
         self.substitutes[usize::from(dead.0)].store(u32::from(spare.0) + 1, Ordering::Release);
         Some(spare)
+    }
+
+    /// Lets the surviving nodes stand in for `dead` in their rescue room, if the job has
+    /// one and no other dead node took it; from now on writes of `dead`'s pieces go there.
+    pub fn assign_survivors(&self, dead: NodeId) -> bool {
+        let _one_at_a_time = self.assigning.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((sub, _)) = self.substitute(dead) {
+            return sub == Substitute::Survivors;
+        }
+        if self.rescue_base == 0 || self.rescue_taken.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.substitutes[usize::from(dead.0)].store(SURVIVORS, Ordering::Release);
+        true
     }
 
     /// Records that `dead`'s spare now holds every page `dead` held: reads may use it.
@@ -136,6 +219,17 @@ impl Fence {
             .collect()
     }
 
+    /// The error for the page at `home`, kept in `copies` places (copies or pieces),
+    /// none of which is left.
+    pub fn lost(&self, home: Home, copies: usize) -> TransportError {
+        TransportError::DataLost {
+            node: home.node,
+            offset: home.offset,
+            copies,
+            dead: self.dead_nodes(),
+        }
+    }
+
     /// Whether `err` means that its node is gone (rather than that the request was wrong).
     pub fn is_death(err: &TransportError) -> bool {
         matches!(
@@ -162,10 +256,15 @@ impl Fence {
         }
         let addr = self.nodes[usize::from(node.0)].addr;
         let dead = self.dead_nodes();
+        let served = match self.redundancy {
+            super::Redundancy::ErasureCoded { .. } => {
+                "pages that had a piece on it are rebuilt from the rest of their group"
+            }
+            _ => "pages that had a copy on it are served from their other copies",
+        };
         let line = format!(
             "dsm: {node} at {addr} died ({cause}); it is fenced: this job never contacts it \
-             again. Redundancy degraded ({} with {} of {} nodes dead): pages that had a copy \
-             on it are served from their other copies\n",
+             again. Redundancy degraded ({} with {} of {} nodes dead): {served}\n",
             self.redundancy,
             dead.len(),
             self.nodes.len()

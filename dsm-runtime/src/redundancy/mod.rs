@@ -13,23 +13,33 @@
 //!   is a [`crate::transport::TransportError::DataLost`], which ends the job with status
 //!   70 and a message saying data was lost.
 //!
+//! - [`stripes::StripeLayout`] and [`coded::CodedSession`] do the same for `ec:K+1`:
+//!   groups of `K` pages on `K` nodes and their XOR parity on another; a page whose node
+//!   is dead is rebuilt from the rest of its group.
+//!
 //! With `none` nothing here is on the fault path: sessions are not wrapped.
 
+pub mod coded;
 pub mod copies;
 pub mod fence;
+#[cfg(test)]
+mod flaky;
 pub mod reprotect;
 pub mod session;
+pub mod stripes;
+pub mod table;
 
 use crate::config::ConfigError;
 use crate::policy::placement::Replicated;
 use crate::policy::Placement;
 use crate::stats::Stats;
-use crate::transport::{NodeInfo, Session};
+use crate::transport::{NodeId, NodeInfo, Session};
 use copies::CopyLayout;
 use fence::Fence;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use stripes::StripeLayout;
 
 /// Most copies of a page (`replicate:R`) or pieces of a group (`ec:K+M`).
 pub const COPIES_MAX: usize = 8;
@@ -56,6 +66,31 @@ impl Redundancy {
         }
     }
 
+    /// Whether the job survives a node's death.
+    pub fn survives_a_death(self) -> bool {
+        self != Redundancy::None
+    }
+
+    /// Node memory per page of data, as a fraction (numerator, denominator): 2/1 for
+    /// `replicate:2`, 5/4 for `ec:4+1`.
+    pub fn stored_per_page(self) -> (u64, u64) {
+        match self {
+            Redundancy::None => (1, 1),
+            Redundancy::Replicate { copies } => (u64::from(copies), 1),
+            Redundancy::ErasureCoded { data, parity } => {
+                (u64::from(data) + u64::from(parity), u64::from(data))
+            }
+        }
+    }
+
+    /// Whether each node keeps a rescue room (address space as large as its data area,
+    /// memory only once used) where the survivors re-protect a dead node's pieces: when
+    /// the job survives a death, has no spare for it, and has a node beyond the
+    /// `nodes_needed` that a page's pieces occupy.
+    pub fn rescue_room(self, placed: usize, spares: usize) -> bool {
+        self.survives_a_death() && spares == 0 && placed > self.nodes_needed()
+    }
+
     /// Nodes the setting needs at least.
     pub fn nodes_needed(self) -> usize {
         match self {
@@ -67,11 +102,14 @@ impl Redundancy {
 
     /// Checks the setting against a job of `nodes` memory nodes; the error says what to do.
     pub fn check_nodes(self, nodes: usize) -> Result<(), String> {
-        if let Redundancy::ErasureCoded { .. } = self {
-            return Err(format!(
-                "--redundancy {self}: erasure coding is not implemented yet; use replicate:2 \
-                 (two copies of every page)"
-            ));
+        if let Redundancy::ErasureCoded { data, parity } = self {
+            if parity > 1 {
+                return Err(format!(
+                    "--redundancy {self}: only one parity piece per group is implemented (XOR \
+                     parity; Reed-Solomon for more is not): use ec:{data}+1, or replicate:3 to \
+                     survive two deaths"
+                ));
+            }
         }
         let needed = self.nodes_needed();
         if nodes < needed {
@@ -142,10 +180,42 @@ pub fn placed_nodes(nodes: usize, spares: usize) -> Result<usize, String> {
     }
 }
 
+/// Where a job's copies or pieces live.
+#[derive(Clone, Debug)]
+pub enum Layout {
+    /// `replicate:R`.
+    Replicas(Arc<CopyLayout>),
+    /// `ec:K+1`.
+    Stripes(Arc<StripeLayout>),
+}
+
+impl Layout {
+    /// Pieces on `dead` that re-protection re-makes for the page whose home is `home`:
+    /// its copy there, or its data piece there plus its group's parity when that is there
+    /// (counted with the group's first page).
+    pub fn pieces_on(&self, home: crate::policy::Home, dead: NodeId) -> u64 {
+        match self {
+            Layout::Replicas(_) => u64::from(self.damaged(home, dead)),
+            Layout::Stripes(l) => l.group_of(home).map_or(0, |(g, j)| {
+                u64::from(home.node == dead) + u64::from(j == 0 && l.parity(g).node == dead)
+            }),
+        }
+    }
+
+    /// Whether `dead` held a copy of the page whose home is `home`, or a piece of its
+    /// group: re-protection rewrites such pages.
+    pub fn damaged(&self, home: crate::policy::Home, dead: NodeId) -> bool {
+        match self {
+            Layout::Replicas(l) => l.homes_of(home).as_slice().iter().any(|h| h.node == dead),
+            Layout::Stripes(l) => l.group_of(home).is_some_and(|(g, _)| l.touches(g, dead)),
+        }
+    }
+}
+
 /// A runtime's redundancy machinery: nothing at all for `none` (the fast path is the
-/// plain session), else the copy layout and the process's fence.
+/// plain session), else the copy or stripe layout and the process's fence.
 pub struct Copies {
-    kept: Option<(Arc<CopyLayout>, Arc<Fence>)>,
+    kept: Option<(Layout, Arc<Fence>)>,
 }
 
 impl Copies {
@@ -168,11 +238,31 @@ impl Copies {
             value: r.to_string(),
             hint,
         })?;
-        if r.copies() == 1 {
-            return Ok(Copies { kept: None });
+        let rescue = r.rescue_room(active, spares);
+        let page = crate::space::PAGE_BYTES as u64;
+        // With a rescue room, the pieces use the first half of the data area.
+        let data_bytes = if rescue {
+            data_bytes / 2 / page * page
+        } else {
+            data_bytes
+        };
+        let layout =
+            match r {
+                Redundancy::None => return Ok(Copies { kept: None }),
+                Redundancy::Replicate { copies } => Layout::Replicas(Arc::new(CopyLayout::new(
+                    &nodes[..active],
+                    usize::from(copies),
+                    data_bytes,
+                ))),
+                Redundancy::ErasureCoded { data, .. } => Layout::Stripes(Arc::new(
+                    StripeLayout::new(&nodes[..active], usize::from(data), data_bytes),
+                )),
+            };
+        let mut fence = Fence::new(nodes, r, spares);
+        if rescue {
+            fence = fence.with_rescue_room(crate::node::header::NODE_HEADER_BYTES + data_bytes);
         }
-        let layout = Arc::new(CopyLayout::new(&nodes[..active], r.copies(), data_bytes));
-        let fence = Arc::new(Fence::new(nodes, r, spares));
+        let fence = Arc::new(fence);
         Ok(Copies {
             kept: Some((layout, fence)),
         })
@@ -194,31 +284,36 @@ impl Copies {
         Copies::plan(r, transport.nodes(), spares, data_bytes)
     }
 
-    /// Bytes of each node's data area that primary homes may use.
+    /// Bytes of each node's data area that primary homes (data pieces) may use.
     pub fn primary_bytes(&self, data_bytes: u64) -> u64 {
         match &self.kept {
             None => data_bytes,
-            Some((layout, _)) => layout.band_bytes(),
+            Some((Layout::Replicas(l), _)) => l.band_bytes(),
+            Some((Layout::Stripes(l), _)) => l.band_bytes(),
         }
     }
 
-    /// `placement` with each page's copies as its homes.
+    /// `placement` with each page's copies as its homes (a coded page's home is its data
+    /// piece alone: parity is shared by the group and claims no memory of its own).
     pub fn placement(&self, placement: Box<dyn Placement>) -> Box<dyn Placement> {
         match &self.kept {
-            None => placement,
-            Some((layout, _)) => Box::new(Replicated::new(placement, layout.clone())),
+            Some((Layout::Replicas(l), _)) => Box::new(Replicated::new(placement, l.clone())),
+            None | Some((Layout::Stripes(_), _)) => placement,
         }
     }
 
-    /// `session`, writing every copy and failing over between them.
+    /// `session`, writing every copy or piece and failing over between them.
     pub fn wrap(&self, session: Box<dyn Session>) -> Box<dyn Session> {
         match &self.kept {
             None => session,
-            Some((layout, fence)) => Box::new(session::RedundantSession::new(
+            Some((Layout::Replicas(l), fence)) => Box::new(session::RedundantSession::new(
                 session,
-                layout.clone(),
+                l.clone(),
                 fence.clone(),
             )),
+            Some((Layout::Stripes(l), fence)) => {
+                Box::new(coded::CodedSession::new(session, l.clone(), fence.clone()))
+            }
         }
     }
 
@@ -232,6 +327,11 @@ impl Copies {
     /// The process's fence, when pages are kept redundantly.
     pub fn fence(&self) -> Option<&Arc<Fence>> {
         self.kept.as_ref().map(|(_, f)| f)
+    }
+
+    /// The layout, when pages are kept redundantly.
+    pub fn layout(&self) -> Option<&Layout> {
+        self.kept.as_ref().map(|(l, _)| l)
     }
 }
 
@@ -273,6 +373,16 @@ mod tests {
         assert!(Redundancy::None.check_nodes(1).is_ok());
         let ec = "ec:4+1".parse::<Redundancy>().unwrap();
         assert_eq!(ec.nodes_needed(), 5);
-        assert!(ec.check_nodes(5).unwrap_err().contains("not implemented"));
+        assert!(ec.check_nodes(5).is_ok());
+        assert!(ec
+            .check_nodes(4)
+            .unwrap_err()
+            .contains("raise -n to at least 5"));
+        let two_parities = "ec:4+2".parse::<Redundancy>().unwrap();
+        assert!(two_parities
+            .check_nodes(6)
+            .unwrap_err()
+            .contains("use ec:4+1"));
+        assert_eq!(ec.stored_per_page(), (5, 4));
     }
 }

@@ -22,7 +22,6 @@
 
 use super::copies::CopyLayout;
 use super::fence::Fence;
-use crate::node::header::CAPACITY_PAGES_OFFSET;
 use crate::policy::Home;
 use crate::transport::{NodeId, ReadOp, Session, TransportError, WriteOp};
 use std::sync::atomic::Ordering;
@@ -60,28 +59,28 @@ impl RedundantSession {
     /// The first live home of the page whose primary home is `primary`.
     fn live_home(&self, primary: Home) -> Result<Home, TransportError> {
         let set = self.layout.homes_of(primary);
-        set.as_slice()
+        let homes = set.as_slice();
+        // An original copy on a live node first: a stand-in's copy is a copy of a copy.
+        homes
             .iter()
-            .find_map(|&h| self.fence.read_target(h))
+            .copied()
+            .find(|h| !self.fence.is_dead(h.node))
+            .or_else(|| {
+                let holders = set.nodes();
+                homes
+                    .iter()
+                    .find_map(|&h| self.fence.read_target(h, &holders))
+            })
             .ok_or_else(|| self.lost(primary))
     }
 
     fn lost(&self, primary: Home) -> TransportError {
-        TransportError::DataLost {
-            node: primary.node,
-            offset: primary.offset,
-            copies: self.layout.copies(),
-            dead: self.fence.dead_nodes(),
-        }
+        self.fence.lost(primary, self.layout.copies())
     }
 
     /// Handles a failed attempt: a death fences its node and asks for a retry.
     fn after_failure(&self, err: TransportError) -> Result<(), TransportError> {
-        if Fence::is_death(&err) {
-            self.fence.declare_dead(err.node(), &err);
-            return Ok(());
-        }
-        Err(err)
+        super::table::declare_or_fail(&self.fence, err)
     }
 
     fn count(&self, failover_pages: u64, degraded_pages: u64, stalled_since: Option<Instant>) {
@@ -98,53 +97,6 @@ impl RedundantSession {
         if let Some(t) = stalled_since {
             self.fence.record_stall(t.elapsed().as_nanos() as u64);
         }
-    }
-
-    /// The nodes holding the slot table, first to last.
-    fn table_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
-        (0..self.layout.copies() as u16).map(NodeId)
-    }
-
-    /// A compare-and-swap on the slot table: decided by its first live copy, then copied
-    /// to the others when it took effect.
-    fn table_cas(&mut self, offset: u64, expected: u64, new: u64) -> Result<u64, TransportError> {
-        let mut decided = None;
-        for node in self.table_nodes().collect::<Vec<_>>() {
-            if self.fence.is_dead(node) {
-                continue;
-            }
-            match decided {
-                None => match self.inner.compare_and_swap(node, offset, expected, new) {
-                    Ok(found) => decided = Some(found),
-                    Err(e) => self.after_failure(e)?,
-                },
-                Some(found) if found == expected && expected != new => {
-                    if let Err(e) = self.mirror_word(node, offset, new) {
-                        self.after_failure(e)?;
-                    }
-                }
-                Some(_) => break,
-            }
-        }
-        decided.ok_or_else(|| {
-            self.lost(Home {
-                node: NodeId(0),
-                offset,
-            })
-        })
-    }
-
-    /// Sets the word at `offset` on `node` to `new`, whatever it held.
-    fn mirror_word(&mut self, node: NodeId, offset: u64, new: u64) -> Result<(), TransportError> {
-        let mut current = self.inner.compare_and_swap(node, offset, 0, 0)?;
-        for _ in 0..1000 {
-            let found = self.inner.compare_and_swap(node, offset, current, new)?;
-            if found == current {
-                return Ok(());
-            }
-            current = found;
-        }
-        Ok(())
     }
 }
 
@@ -193,10 +145,11 @@ impl Session for RedundantSession {
                 };
                 let set = self.layout.homes_of(primary);
                 let before = out.len();
+                let holders = set.nodes();
                 for h in set
                     .as_slice()
                     .iter()
-                    .filter_map(|&h| self.fence.write_target(h))
+                    .filter_map(|&h| self.fence.write_target(h, &holders))
                 {
                     out.push(WriteOp {
                         node: h.node,
@@ -237,26 +190,24 @@ impl Session for RedundantSession {
         expected: u64,
         new: u64,
     ) -> Result<u64, TransportError> {
-        if node == NodeId(0) && offset < CAPACITY_PAGES_OFFSET {
-            return self.table_cas(offset, expected, new);
+        if super::table::is_table_word(node, offset) {
+            let copies = self.layout.copies();
+            let fence = &self.fence;
+            return super::table::compare_and_swap(
+                self.inner.as_mut(),
+                fence,
+                copies,
+                (offset, expected, new),
+                |h| fence.lost(h, copies),
+            );
         }
         let res = self.inner.compare_and_swap(node, offset, expected, new);
-        if let Err(e) = &res {
-            if Fence::is_death(e) {
-                self.fence.declare_dead(node, e);
-            }
-        }
-        res
+        super::table::noting_death(&self.fence, node, res)
     }
 
     fn call(&mut self, node: NodeId, msg: &[u8]) -> Result<Vec<u8>, TransportError> {
         let res = self.inner.call(node, msg);
-        if let Err(e) = &res {
-            if Fence::is_death(e) {
-                self.fence.declare_dead(node, e);
-            }
-        }
-        res
+        super::table::noting_death(&self.fence, node, res)
     }
 
     fn fenced(&self, node: NodeId) -> bool {
@@ -267,81 +218,8 @@ impl Session for RedundantSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::effects::memory::MemoryNodes;
+    use crate::redundancy::flaky::{infos, Flaky};
     use crate::redundancy::Redundancy;
-    use crate::transport::NodeInfo;
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-
-    /// In-memory nodes where single nodes can go down and come back, logging every node
-    /// each operation reaches.
-    #[derive(Clone, Default)]
-    struct Flaky {
-        nodes: MemoryNodes,
-        down: Arc<Mutex<HashSet<u16>>>,
-        contacted: Arc<Mutex<Vec<u16>>>,
-    }
-
-    impl Flaky {
-        fn reach(&self, node: NodeId) -> Result<(), TransportError> {
-            self.contacted.lock().unwrap().push(node.0);
-            if self.down.lock().unwrap().contains(&node.0) {
-                return Err(TransportError::Timeout {
-                    node,
-                    addr: "127.0.0.1:1".parse().unwrap(),
-                    timeout_ms: 1,
-                });
-            }
-            Ok(())
-        }
-        fn set_down(&self, node: u16, down: bool) {
-            let mut d = self.down.lock().unwrap();
-            if down {
-                d.insert(node);
-            } else {
-                d.remove(&node);
-            }
-        }
-    }
-
-    impl Session for Flaky {
-        fn read_batch(&mut self, ops: &mut [ReadOp<'_>]) -> Result<(), TransportError> {
-            for op in ops.iter() {
-                self.reach(op.node)?;
-            }
-            self.nodes.read_batch(ops)
-        }
-        fn write_batch(&mut self, ops: &[WriteOp<'_>]) -> Result<(), TransportError> {
-            for op in ops {
-                self.reach(op.node)?;
-            }
-            self.nodes.write_batch(ops)
-        }
-        fn compare_and_swap(
-            &mut self,
-            node: NodeId,
-            offset: u64,
-            expected: u64,
-            new: u64,
-        ) -> Result<u64, TransportError> {
-            self.reach(node)?;
-            self.nodes.compare_and_swap(node, offset, expected, new)
-        }
-        fn call(&mut self, node: NodeId, msg: &[u8]) -> Result<Vec<u8>, TransportError> {
-            self.reach(node)?;
-            self.nodes.call(node, msg)
-        }
-    }
-
-    fn infos(n: u16) -> Vec<NodeInfo> {
-        (0..n)
-            .map(|i| NodeInfo {
-                id: NodeId(i),
-                addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
-                region_bytes: 1 << 20,
-            })
-            .collect()
-    }
 
     fn session(flaky: &Flaky, nodes: u16, spares: usize) -> (RedundantSession, Arc<Fence>) {
         let infos = infos(nodes);
@@ -437,6 +315,107 @@ mod tests {
             fence.assign_spare(NodeId(2)),
             None,
             "one spare, already used"
+        );
+    }
+}
+
+#[cfg(test)]
+mod survivor_tests {
+    use super::*;
+    use crate::node::header::NODE_HEADER_BYTES;
+    use crate::redundancy::flaky::{infos, Flaky};
+    use crate::redundancy::Redundancy;
+
+    const AREA: u64 = 1 << 19;
+
+    /// Four nodes, two copies, and the survivors' rescue room above the first half.
+    fn session(flaky: &Flaky) -> (RedundantSession, Arc<Fence>) {
+        let infos = infos(4);
+        let layout = Arc::new(CopyLayout::new(&infos, 2, AREA));
+        let fence = Fence::new(&infos, Redundancy::Replicate { copies: 2 }, 0)
+            .with_rescue_room(NODE_HEADER_BYTES + AREA);
+        let fence = Arc::new(fence);
+        let s = RedundantSession::new(Box::new(flaky.clone()), layout, fence.clone());
+        (s, fence)
+    }
+
+    fn page(node: u16, index: u64) -> Home {
+        Home {
+            node: NodeId(node),
+            offset: NODE_HEADER_BYTES + index * 4096,
+        }
+    }
+
+    fn write(s: &mut RedundantSession, h: Home, byte: u8) {
+        let data = [byte; 4096];
+        s.write_batch(&[WriteOp {
+            node: h.node,
+            offset: h.offset,
+            data: &data,
+        }])
+        .unwrap();
+    }
+
+    fn read(s: &mut RedundantSession, h: Home) -> Result<u8, TransportError> {
+        let mut buf = [0u8; 4096];
+        s.read_batch(&mut [ReadOp {
+            node: h.node,
+            offset: h.offset,
+            buf: &mut buf,
+        }])?;
+        assert!(buf.iter().all(|&b| b == buf[0]), "a torn page");
+        Ok(buf[0])
+    }
+
+    #[test]
+    fn survivors_stand_in_and_a_second_death_during_reprotection_loses_only_uncopied_pages() {
+        let flaky = Flaky::default();
+        let (mut s, fence) = session(&flaky);
+        // Every page of every node, each with its own value.
+        let pages: Vec<(Home, u8)> = (0..4u16)
+            .flat_map(|n| (0..8u64).map(move |i| (page(n, i), (n as u8) * 16 + i as u8 + 1)))
+            .collect();
+        for &(h, v) in &pages {
+            write(&mut s, h, v);
+        }
+        flaky.set_down(1, true);
+        assert_eq!(read(&mut s, page(1, 0)).unwrap(), 17);
+        assert!(fence.assign_survivors(NodeId(1)));
+        assert!(
+            !fence.assign_survivors(NodeId(3)),
+            "one rescue room per job"
+        );
+        // Re-protection rewrites the pages that had a copy on node 1 (nodes 0 and 1's
+        // primaries, stride 1)...
+        for &(h, v) in pages.iter().filter(|(h, _)| h.node.0 <= 1).take(12) {
+            write(&mut s, h, v);
+        }
+        // ... when node 3 dies before it is done: every page still has a copy on a live
+        // home, so all are served; the stand-ins are not read until marked full.
+        flaky.set_down(3, true);
+        for &(h, v) in &pages {
+            assert_eq!(read(&mut s, h).unwrap(), v, "{h:?}");
+        }
+        for &(h, v) in pages.iter().filter(|(h, _)| h.node.0 <= 1).skip(12) {
+            write(&mut s, h, v);
+        }
+        fence.mark_substitute_full(NodeId(1));
+        // A third death: pages whose rescue copy is on node 0 survive it; the others
+        // are lost, and said so, never wrong.
+        flaky.set_down(2, true);
+        let mut served = 0;
+        for &(h, v) in &pages {
+            match read(&mut s, h) {
+                Ok(got) => {
+                    assert_eq!(got, v, "{h:?}");
+                    served += 1;
+                }
+                Err(e) => assert!(matches!(e, TransportError::DataLost { .. }), "{e}"),
+            }
+        }
+        assert!(
+            served >= 8,
+            "only {served} pages left: node 0's own were lost"
         );
     }
 }

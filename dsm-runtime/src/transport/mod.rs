@@ -107,14 +107,16 @@ pub enum TransportError {
     UnknownNode(NodeId),
     /// Every home of a page is on a dead node (`redundancy`): its data is lost.
     #[error(
-        "data was lost: every one of the {copies} copies of the page whose primary home is \
-         {node} offset {offset:#x} was on a dead node (dead: {dead:?}); the job cannot go on"
+        "data was lost: the page whose primary home is {node} offset {offset:#x} was kept in \
+         {copies} places (copies, or pieces of its group) and too many of them were on dead \
+         nodes (dead: {dead:?}); the job cannot go on"
     )]
     DataLost {
         /// The page's primary home.
         node: NodeId,
         offset: u64,
-        /// Copies the page had.
+        /// Places the page was kept in: its copies, or the pieces of its group that could
+        /// each be lost alone.
         copies: usize,
         /// The nodes declared dead so far.
         dead: Vec<NodeId>,

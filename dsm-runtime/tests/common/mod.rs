@@ -309,6 +309,43 @@ pub fn velveth_example(dir: &Path) -> PathBuf {
     h
 }
 
+/// Debian's velvet-example reference genome (100 kb).
+pub const VELVET_EXAMPLE_REFERENCE: &str = "/usr/share/doc/velvet/examples/test_reference.fa.xz";
+
+/// The tests' ART set: 10x HiSeq 2500 paired reads of velvet-example's reference,
+/// simulated into `dir` with a fixed seed (needs art_illumina, xz and velvet-example);
+/// returns the two FASTQ files.
+pub fn art_reads(dir: &Path) -> (String, String) {
+    let reference = dir.join("test_reference.fa");
+    let data = Command::new("xz")
+        .arg("-dc")
+        .arg(VELVET_EXAMPLE_REFERENCE)
+        .output()
+        .unwrap();
+    assert!(data.status.success(), "xz -dc {VELVET_EXAMPLE_REFERENCE}");
+    std::fs::write(&reference, data.stdout).unwrap();
+    let prefix = dir.join("sim");
+    let st = Command::new("art_illumina")
+        .args(["-ss", "HS25", "-p", "-l", "100", "-m", "300", "-s", "30"])
+        .args(["-rs", "11", "-f", "10", "-na", "-q", "-i"])
+        .arg(&reference)
+        .arg("-o")
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "art_illumina: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let fq = |i: u32| {
+        dir.join(format!("sim{i}.fq"))
+            .to_string_lossy()
+            .into_owned()
+    };
+    (fq(1), fq(2))
+}
+
 /// Makes `to` a fresh copy of velveth's output in `h`: velvetg rewrites its directory,
 /// so each run needs its own.
 pub fn velvet_run_dir(h: &Path, to: &Path) {
