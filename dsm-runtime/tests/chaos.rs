@@ -257,7 +257,7 @@ fn heapwalk_survives_a_random_node_killed_at_a_random_moment() {
 #[test]
 fn heapwalk_survives_a_random_node_killed_at_a_random_moment_under_ec_4_1() {
     // Five nodes: every group has a piece on each, so any death degrades every group.
-    heapwalk_under_random_kills("heapwalk ec:4+1 chaos", "ec:4+1", 5, 6);
+    heapwalk_under_random_kills("heapwalk ec:4+1 chaos", "ec:4+1", 5, 16);
 }
 
 /// `runs` runs of heapwalk on `nodes` nodes kept with `redundancy`, each with a random
@@ -348,12 +348,19 @@ fn velvetg_survives_a_random_node_killed_at_a_random_moment() {
     // benchmarks run it): short runs that still fetch hundreds of MiB from the nodes.
     let cache = (ran.peak_rss * 3 / 4 / 4096 * 4096).to_string();
     let mut rng = Rng(seed("velvetg chaos"));
-    for run in 0..2 {
+    // Two runs under each mode, one over shm and one over TCP.
+    for run in 0..4 {
         let g = dir.join(format!("g{run}"));
         fresh(&g);
         let transport = if run % 2 == 0 { "shm" } else { "tcp" };
+        let (redundancy, nodes) = if run < 2 {
+            ("replicate:2", NODES)
+        } else {
+            ("ec:4+1", 5)
+        };
+        let n = nodes.to_string();
         let fault = Fault {
-            nodes: vec![rng.below(NODES as u64) as usize],
+            nodes: vec![rng.below(nodes as u64) as usize],
             signal: libc::SIGKILL,
             after: Duration::from_millis(rng.below(2000)),
             then: None,
@@ -362,9 +369,9 @@ fn velvetg_survives_a_random_node_killed_at_a_random_moment() {
         let out = run_with_fault(
             &[
                 "-n",
-                "3",
+                &n,
                 "--redundancy",
-                "replicate:2",
+                redundancy,
                 "--local-cache",
                 &cache,
                 "--profile",
@@ -377,7 +384,7 @@ fn velvetg_survives_a_random_node_killed_at_a_random_moment() {
             &program,
             &fault,
         );
-        let what = format!("velvetg run {run} ({transport}, {fault:?})");
+        let what = format!("velvetg run {run} ({redundancy}, {transport}, {fault:?})");
         eprintln!(
             "{what}: exit {} in {:.2} s, landed {}",
             out.code, out.secs, out.landed
