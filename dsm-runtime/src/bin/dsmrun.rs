@@ -529,8 +529,7 @@ struct RestartCli {
     name: Option<String>,
 }
 
-fn restart_main(mut args: Vec<OsString>) -> i32 {
-    args.insert(0, "dsmrun restart".into());
+fn restart_main(args: Vec<OsString>) -> i32 {
     let cli = RestartCli::parse_from(args);
     let opts = (|| -> Result<RunOptions> {
         let every = cli

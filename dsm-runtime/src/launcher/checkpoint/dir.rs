@@ -127,20 +127,23 @@ pub fn commit(dir: &Path, manifest: &Manifest) -> std::io::Result<PathBuf> {
     std::fs::write(&path, manifest.encode())?;
     std::fs::File::open(&path)?.sync_all()?;
     std::fs::File::open(&tmp)?.sync_all()?;
-    pause_for_tests();
+    pause_for_tests(manifest.sequence);
     let done = complete_path(dir, manifest.sequence);
     std::fs::rename(&tmp, &done)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(done)
 }
 
-/// `DSM_TEST_CHECKPOINT_PAUSE_MS`: waits that long before the rename, so that a test can
-/// kill `dsmrun` while a checkpoint is unfinished.
-fn pause_for_tests() {
-    if let Some(ms) = std::env::var("DSM_TEST_CHECKPOINT_PAUSE_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+/// `DSM_TEST_CHECKPOINT_PAUSE=SEQ:MS`: before renaming checkpoint SEQ, waits MS
+/// milliseconds, so that a test can kill `dsmrun` while that checkpoint is unfinished.
+fn pause_for_tests(seq: u32) {
+    let Ok(v) = std::env::var("DSM_TEST_CHECKPOINT_PAUSE") else {
+        return;
+    };
+    let parsed = v
+        .split_once(':')
+        .and_then(|(s, ms)| Some((s.parse::<u32>().ok()?, ms.parse::<u64>().ok()?)));
+    if let Some((_, ms)) = parsed.filter(|(at, _)| *at == seq) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
