@@ -449,6 +449,25 @@ fn job_main(verb: &str, args: Vec<OsString>) -> Result<()> {
     Ok(())
 }
 
+/// `dsmrun restore-image IMAGE JOB_ENV`: internal (tests, and what `dsmrun restart`
+/// runs): becomes the process saved in IMAGE, on the job described by the `DSM_*`
+/// lines of JOB_ENV. Returns only by exiting with an error.
+fn restore_image_main(args: &[OsString]) -> ! {
+    let [image, job_env] = args else {
+        eprintln!("usage: dsmrun restore-image IMAGE JOB_ENV (internal)");
+        std::process::exit(EXIT_SETUP);
+    };
+    let e = dsm_runtime::checkpoint::restart::exec_restarter(
+        std::path::Path::new(image),
+        std::path::Path::new(job_env),
+    );
+    eprintln!(
+        "dsmrun restore-image: {}: {e}",
+        std::path::Path::new(image).display()
+    );
+    std::process::exit(EXIT_SETUP);
+}
+
 fn main() {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     for verb in ["suspend", "resume", "status"] {
@@ -481,6 +500,9 @@ fn main() {
             std::process::exit(EXIT_SETUP);
         }
         return;
+    }
+    if args.get(1).is_some_and(|a| a == "restore-image") {
+        restore_image_main(&args[2..]);
     }
     if args.get(1).is_some_and(|a| a == "node") {
         args.remove(1);
