@@ -569,22 +569,23 @@ fn restart_main(args: Vec<OsString>) -> i32 {
     }
 }
 
-/// `dsmrun restore-image IMAGE JOB_ENV` (started by `dsmrun restart`): becomes the
-/// restored program; returns only on failure.
-fn restore_image_main(args: &[OsString]) -> i32 {
-    let [image, env] = args else {
-        eprintln!("dsmrun restore-image: expected IMAGE JOB_ENV (dsmrun restart runs this)");
-        return EXIT_SETUP;
+/// `dsmrun restore-image IMAGE JOB_ENV`: internal (tests, and what `dsmrun restart`
+/// runs): becomes the process saved in IMAGE, on the job described by the `DSM_*`
+/// lines of JOB_ENV. Returns only by exiting with an error.
+fn restore_image_main(args: &[OsString]) -> ! {
+    let [image, job_env] = args else {
+        eprintln!("usage: dsmrun restore-image IMAGE JOB_ENV (internal)");
+        std::process::exit(EXIT_SETUP);
     };
     let e = dsm_runtime::checkpoint::restart::exec_restarter(
         std::path::Path::new(image),
-        std::path::Path::new(env),
+        std::path::Path::new(job_env),
     );
     eprintln!(
-        "dsmrun restart: restoring the program from {}: {e}",
+        "dsmrun restore-image: {}: {e}",
         std::path::Path::new(image).display()
     );
-    EXIT_SETUP
+    std::process::exit(EXIT_SETUP);
 }
 
 fn main() {
@@ -628,7 +629,7 @@ fn main() {
         .get(1)
         .is_some_and(|a| a == checkpoint::restart::RESTORE_VERB)
     {
-        std::process::exit(restore_image_main(&args[2..]));
+        restore_image_main(&args[2..]);
     }
     if args.get(1).is_some_and(|a| a == "node") {
         args.remove(1);

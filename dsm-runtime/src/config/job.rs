@@ -106,6 +106,12 @@ pub enum JobError {
          raise dsmrun --max-procs"
     )]
     SlotsFull { slots: usize },
+    /// The slot a restarted process must have again is held by a live process.
+    #[error(
+        "slot {slot} of the job's global space, which the restarted process must have \
+         again, is held by a running process"
+    )]
+    SlotHeld { slot: usize },
     /// Node 0 failed while claiming a slot.
     #[error("claiming a slot on node 0: {0}")]
     Transport(#[from] TransportError),
@@ -400,6 +406,35 @@ impl JobConfig {
             }
         }
         Err(JobError::SlotsFull { slots: self.slots })
+    }
+}
+
+impl JobConfig {
+    /// Claims `slot` itself for `me`: a restarted process must have the slot it had when
+    /// its image was taken (its heap is there), although the slot table, restored on the
+    /// nodes, names its old, dead pid.
+    pub fn claim_slot_again(
+        &self,
+        session: &mut dyn Session,
+        slot: usize,
+        me: Owner,
+        alive: impl Fn(Owner) -> bool,
+    ) -> Result<(), JobError> {
+        if slot >= self.slots {
+            return Err(JobError::SlotsFull { slots: self.slots });
+        }
+        let offset = slot_owner_offset(slot);
+        for _ in 0..2 {
+            let word = session.compare_and_swap(NodeId(0), offset, 0, 0)?;
+            let owner = Owner(word);
+            if word != 0 && !owner.same_process(me) && alive(owner) {
+                return Err(JobError::SlotHeld { slot });
+            }
+            if session.compare_and_swap(NodeId(0), offset, word, me.0)? == word {
+                return Ok(());
+            }
+        }
+        Err(JobError::SlotHeld { slot })
     }
 }
 
