@@ -85,12 +85,12 @@ impl LocalNodes {
             keepers: Vec::new(),
             keepers_dir: None,
         };
-        for id in 0..count {
+        for (id, node_snapshots) in snapshots.iter().enumerate() {
             let mut cmd = Command::new(exe);
             cmd.args(["node", "--id", &id.to_string(), "--listen", "127.0.0.1:0"])
                 .args(["--memory", &size.memory_bytes.to_string()])
                 .args(["--span", &size.span_bytes.to_string(), "--die-with-parent"])
-                .args(snapshot_args(&snapshots[id]))
+                .args(snapshot_args(node_snapshots))
                 .env("DSM_SECRET", secret.as_str())
                 // A node is not part of the program: no preloaded runtime, and its own
                 // process group, so a Ctrl-C meant for the program does not kill the

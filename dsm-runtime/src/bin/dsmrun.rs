@@ -542,6 +542,15 @@ fn restart_main(args: Vec<OsString>) -> i32 {
             launcher::jobs::check_name(n).map_err(anyhow::Error::msg)?;
         }
         let restore = checkpoint::restart::Restore::open(&cli.dir).map_err(anyhow::Error::msg)?;
+        if cli.verbose {
+            eprintln!(
+                "dsmrun: restarting from {}/ckpt-{:04} ({} nodes, {} files checked)",
+                cli.dir.display(),
+                restore.manifest.sequence,
+                restore.manifest.chains.len(),
+                restore.manifest.files().count()
+            );
+        }
         restore
             .run_options(checkpoint::restart::RestartArgs {
                 every,

@@ -200,6 +200,38 @@ fn write_env_file(path: &Path, job: &JobConfig) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Waits (in a thread, at most a minute) until the restored program `pid` runs its
+/// runtime again (its control socket is back), then notes the time since `started` for
+/// `--stats` and says it with `-v`.
+pub fn watch_running(
+    checkpointer: std::sync::Arc<super::Checkpointer>,
+    pid: u32,
+    stats_dir: &Path,
+    started: std::time::Instant,
+) {
+    let socket = stats_dir
+        .join(crate::suspend::control::CTL_DIR)
+        .join(format!("{pid}.sock"));
+    let _ = std::thread::Builder::new()
+        .name("dsmrun-restart-watch".into())
+        .spawn(move || {
+            let deadline = started + std::time::Duration::from_secs(60);
+            while !socket.exists() {
+                if std::time::Instant::now() > deadline {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let ms = started.elapsed().as_millis() as u64;
+            checkpointer.restarted_in(ms);
+            if checkpointer.verbose() {
+                eprintln!(
+                    "dsmrun: the restored program runs again {ms} ms after the restart began"
+                );
+            }
+        });
+}
+
 /// Each node's part in checkpoints: the checkpoint directory to write into, and on a
 /// restart its snapshot chain.
 pub fn node_snapshots(opts: &RunOptions) -> Vec<Snapshots> {

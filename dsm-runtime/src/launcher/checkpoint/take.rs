@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a process may take to write its image, and a node its snapshot.
-const PART_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a process may take to write its image (the heap is not in it: seconds).
+const IMAGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node may take to write its snapshot (at disk speed).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// One checkpoint attempt, for `--stats`.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -43,6 +45,9 @@ pub struct Checkpointer {
     job: JobRecord,
     verbose: bool,
     state: Mutex<State>,
+    /// For a restarted job: ms from `dsmrun restart`'s start to the restored program
+    /// running its runtime again.
+    restart_to_running_ms: Mutex<Option<u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +87,7 @@ impl Checkpointer {
                 previous,
                 ..State::default()
             }),
+            restart_to_running_ms: Mutex::new(None),
         }
     }
 
@@ -209,7 +215,7 @@ impl Checkpointer {
             ));
         };
         let request = format!("checkpoint {}", path.display());
-        match jobs::ask(socket, &request, PART_TIMEOUT) {
+        match jobs::ask(socket, &request, IMAGE_TIMEOUT) {
             Ok(a) if a.starts_with("ok") => Ok(a),
             Ok(a) if a.is_empty() => Err(format!(
                 "process {pid} closed its control connection without answering the \
@@ -225,9 +231,10 @@ impl Checkpointer {
 
     /// Has every node write its snapshot into `tmp`; returns their answers.
     fn snapshots(&self, tmp: &Path, full: bool) -> Result<Vec<String>, String> {
-        let mut session = TcpTransport::discover(&self.nodes, self.secret.clone(), PART_TIMEOUT)
-            .and_then(|t| t.connect())
-            .map_err(|e| format!("reaching the nodes: {e}"))?;
+        let mut session =
+            TcpTransport::discover(&self.nodes, self.secret.clone(), SNAPSHOT_TIMEOUT)
+                .and_then(|t| t.connect())
+                .map_err(|e| format!("reaching the nodes: {e}"))?;
         let tmp_name = tmp
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -289,6 +296,14 @@ impl Checkpointer {
         })
     }
 
+    /// Notes how long the restart took until the program ran again.
+    pub fn restarted_in(&self, ms: u64) {
+        *self
+            .restart_to_running_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(ms);
+    }
+
     /// The attempts so far, for `--stats`.
     pub fn stats_json(&self) -> serde_json::Value {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -301,6 +316,10 @@ impl Checkpointer {
             "ms_total": done.iter().map(|a| a.ms).sum::<u64>(),
             "paused_ms_total": done.iter().map(|a| a.paused_ms).sum::<u64>(),
             "attempts": state.attempts,
+            "restart_to_running_ms": *self
+                .restart_to_running_ms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
         })
     }
 
