@@ -667,8 +667,8 @@ fn run_program(
     )))?;
     signals::forward_to(child.id());
     let stats_dir = job.stats_dir.clone().unwrap_or_default();
-    if let (Some(c), Some(_)) = (&checkpointer, &opts.restore) {
-        checkpoint::restart::watch_running(Arc::clone(c), child.id(), &stats_dir, started);
+    if let (Some(c), Some(r)) = (&checkpointer, &opts.restore) {
+        checkpoint::restart::watch_running(Arc::clone(c), child.id(), &stats_dir, r.began);
     }
     let controller = std::sync::Arc::new(suspend::Controller::new(
         child.id(),

@@ -29,6 +29,8 @@ pub struct Restore {
     pub dir: PathBuf,
     /// Its manifest.
     pub manifest: Manifest,
+    /// When `dsmrun restart` began checking it: restart times count from here.
+    pub began: std::time::Instant,
 }
 
 /// What `dsmrun restart` was given besides the directory.
@@ -49,11 +51,16 @@ pub struct RestartArgs {
 impl Restore {
     /// The newest complete checkpoint of `dir`, every file checked.
     pub fn open(dir: &Path) -> Result<Restore, String> {
+        let began = std::time::Instant::now();
         let dir = dir
             .canonicalize()
             .map_err(|e| format!("{}: {e}", dir.display()))?;
         let (_, manifest) = dir::newest_valid(&dir)?;
-        Ok(Restore { dir, manifest })
+        Ok(Restore {
+            dir,
+            manifest,
+            began,
+        })
     }
 
     /// The run options of the recorded job, with `args` for what may change.
@@ -201,8 +208,8 @@ fn write_env_file(path: &Path, job: &JobConfig) -> std::io::Result<()> {
 }
 
 /// Waits (in a thread, at most a minute) until the restored program `pid` runs its
-/// runtime again (its control socket is back), then notes the time since `started` for
-/// `--stats` and says it with `-v`.
+/// runtime again (its control socket is back), then notes the time since `started` (when
+/// `dsmrun restart` began checking the checkpoint) for `--stats` and says it with `-v`.
 pub fn watch_running(
     checkpointer: std::sync::Arc<super::Checkpointer>,
     pid: u32,
