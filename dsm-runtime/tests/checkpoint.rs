@@ -46,9 +46,9 @@ fn text(out: &Output) -> String {
 
 /// Starts `dsmrun -v -n 2 --local-cache CACHE --name NAME --checkpoint-dir DIR/ck --
 /// program args`, its output in `dir/out1.txt` and `dir/err1.txt`.
-fn start_job(dir: &Path, name: &str, cache: u64, program: &[&str], env: &[(&str, &str)]) -> Child {
+fn start_job(dir: &Path, name: &str, cache: u64, program: &[&str], env: &[(&str, &str)]) -> Job {
     require_preload();
-    Command::new(dsmrun())
+    let child = Command::new(dsmrun())
         .env("DSM_JOBS_DIR", jobs_dir(dir))
         .env("LC_ALL", "C")
         .envs(env.iter().copied())
@@ -62,7 +62,8 @@ fn start_job(dir: &Path, name: &str, cache: u64, program: &[&str], env: &[(&str,
         .stdout(std::fs::File::create(dir.join("out1.txt")).unwrap())
         .stderr(std::fs::File::create(dir.join("err1.txt")).unwrap())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Job(child)
 }
 
 /// The processes `dsmrun` (pid `launcher`) started: its children, memory nodes included.
@@ -79,6 +80,17 @@ fn children(launcher: u32) -> Vec<u32> {
             (ppid == launcher).then_some(pid)
         })
         .collect()
+}
+
+/// A running job, killed whole if the test fails before it ends.
+struct Job(Child);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            kill_everything(&mut self.0);
+        }
+    }
 }
 
 /// SIGKILL to `dsmrun`, its program and its nodes at once: a crash of the whole job.
@@ -111,8 +123,15 @@ fn checkpoint_now(dir: &Path, name: &str) -> String {
             return String::from_utf8_lossy(&out.stdout).trim().to_string();
         }
         let said = text(&out);
+        // Only a job that is not registered yet, or whose program has not started its
+        // runtime yet, is worth asking again.
+        let early = [
+            "no job named",
+            "no running dsmrun job",
+            "does not run the runtime",
+        ];
         assert!(
-            start.elapsed() < WAIT_MAX && !said.contains("cannot save its image"),
+            start.elapsed() < WAIT_MAX && early.iter().any(|e| said.contains(e)),
             "dsmrun checkpoint {name}: {said}"
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -179,7 +198,7 @@ fn heapwalk_checkpointed_killed_and_restarted_prints_the_native_output() {
     let answer = checkpoint_now(&dir, "ckhw");
     println!("checkpoint: {answer}");
     assert!(answer.contains("ckpt-0001"), "{answer}");
-    kill_everything(&mut job);
+    kill_everything(&mut job.0);
     let out = restart(&dir);
     assert!(out.status.success(), "dsmrun restart: {}", text(&out));
     assert_eq!(
@@ -221,7 +240,7 @@ fn a_crash_during_a_checkpoint_leaves_the_previous_one_usable_and_damage_is_refu
         assert!(start.elapsed() < WAIT_MAX, "checkpoint 2 never started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    kill_everything(&mut job);
+    kill_everything(&mut job.0);
     let _ = { second }.wait();
     assert!(unfinished.exists() && !dir.join("ck/ckpt-0002").exists());
 
@@ -286,7 +305,7 @@ fn velvetg_checkpointed_killed_and_restarted_assembles_the_native_contigs() {
     std::thread::sleep(Duration::from_millis(1500));
     let answer = checkpoint_now(&dir, "ckvelvet");
     println!("checkpoint: {answer}");
-    kill_everything(&mut job);
+    kill_everything(&mut job.0);
     let out = restart(&dir);
     assert!(out.status.success(), "dsmrun restart: {}", text(&out));
     for f in ["contigs.fa", "stats.txt"] {
@@ -320,7 +339,7 @@ fn a_checkpoint_that_cannot_be_taken_leaves_the_job_running() {
         "{said}"
     );
     assert!(!dir.join("ck/ckpt-0001").exists() && !dir.join("ck/ckpt-0001.tmp").exists());
-    let st = job.wait().unwrap();
+    let st = job.0.wait().unwrap();
     let err = std::fs::read_to_string(dir.join("err1.txt")).unwrap();
     assert!(st.success(), "{st}: {err}");
     assert_eq!(std::fs::read(dir.join("out1.txt")).unwrap(), native);
