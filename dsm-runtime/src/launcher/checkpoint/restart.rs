@@ -322,3 +322,80 @@ pub fn prepare_dir(dir: &Path) -> Result<PathBuf, String> {
     dir.canonicalize()
         .map_err(|e| format!("--checkpoint-dir {}: {e}", dir.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::manifest::{FileEntry, FORMAT};
+    use super::*;
+
+    fn restore_of(vars: &[(&str, &str)]) -> Restore {
+        let file = FileEntry {
+            checkpoint: 1,
+            file: "node-0.snap".into(),
+            bytes: 0,
+            xxh3: String::new(),
+        };
+        Restore {
+            dir: PathBuf::from("/ck"),
+            manifest: Manifest {
+                format: FORMAT,
+                sequence: 1,
+                created_unix_s: 0,
+                job: JobRecord {
+                    program: vec!["prog".into()],
+                    cwd: "/".into(),
+                    node_memory_bytes: 1 << 30,
+                    node_span_bytes: 1 << 40,
+                    vars: vars
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                },
+                chains: vec![vec![file.clone()], vec![file.clone()]],
+                image: file,
+            },
+            began: std::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_restart_keeps_the_recorded_settings_on_the_new_nodes() {
+        let r = restore_of(&[
+            ("DSM_SLOTS", "4"),
+            ("DSM_SLOT_BYTES", "1099511627776"),
+            ("DSM_CACHE_BYTES", "16777216"),
+            ("DSM_NODES", "10.0.0.1:1"),
+        ]);
+        let fresh = JobConfig::from_vars([
+            ("DSM_NODES".into(), "127.0.0.1:5000,127.0.0.1:5001".into()),
+            ("DSM_SECRET".into(), "a".repeat(32).into()),
+            ("DSM_STATS_DIR".into(), "/tmp/new".into()),
+        ])
+        .unwrap();
+        let job = r.job(&fresh).unwrap();
+        assert_eq!(job.nodes, fresh.nodes, "the recorded nodes are replaced");
+        assert_eq!(job.secret.as_str(), fresh.secret.as_str());
+        assert_eq!(job.stats_dir.as_deref(), Some(Path::new("/tmp/new")));
+        assert_eq!((job.slots, job.cache_bytes_max), (4, 16 << 20));
+        let opts = r.run_options(RestartArgs::default()).unwrap();
+        assert_eq!((opts.nodes, opts.max_procs), (2, 4));
+        let plan = r.plan().unwrap();
+        assert_eq!(plan.slot_bytes, 1 << 40);
+        let snaps = node_snapshots(&opts);
+        assert_eq!(
+            snaps[1].restore,
+            vec![PathBuf::from("/ck/ckpt-0001/node-0.snap")]
+        );
+        assert_eq!(snaps[0].dir.as_deref(), Some(Path::new("/ck")));
+    }
+
+    #[test]
+    fn recorded_settings_this_dsmrun_refuses_are_a_clear_error() {
+        let r = restore_of(&[("DSM_NO_SUCH_THING", "1")]);
+        let e = r.run_options(RestartArgs::default()).unwrap_err();
+        assert!(
+            e.contains("records job settings this dsmrun refuses"),
+            "{e}"
+        );
+    }
+}
