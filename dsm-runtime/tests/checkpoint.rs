@@ -143,7 +143,8 @@ fn restart(dir: &Path) -> Output {
     let out = Command::new(dsmrun())
         .env("DSM_JOBS_DIR", jobs_dir(dir))
         .env("LC_ALL", "C")
-        .args(["restart", "-v"])
+        .args(["restart", "-v", "--stats"])
+        .arg(dir.join("restart.json"))
         .arg(dir.join("ck"))
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -206,6 +207,11 @@ fn heapwalk_checkpointed_killed_and_restarted_prints_the_native_output() {
         String::from_utf8_lossy(&native),
         "heapwalk: output before the crash and after the restart differs from native"
     );
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("restart.json")).unwrap()).unwrap();
+    let ms = &stats["checkpoints"]["restart_to_running_ms"];
+    println!("restart to running: {ms} ms");
+    assert!(ms.as_u64().is_some(), "no restart time in --stats: {stats}");
 }
 
 #[test]
