@@ -173,6 +173,7 @@ fn restart(job_env: &std::path::Path) -> Result<Running, StartError> {
         job.claim_slot_again(session.as_mut(), slot, Owner::this_process(), owner_alive)?;
     }
     let runtime = start_runtime(&job, slot, transport.as_ref())?;
+    runtime.adopt_pages_at_home(&old.runtime);
     Ok(Running {
         runtime,
         job,

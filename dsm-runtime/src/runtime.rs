@@ -808,6 +808,19 @@ impl Runtime {
         })
     }
 
+    /// Takes over what `old` knew of the pages at home: a restarted process's new runtime
+    /// must fetch them, not zero-fill them. `old` is the runtime of the process when its
+    /// image was taken (its threads are gone; its tables are intact in the restored
+    /// memory). Returns how many pages.
+    pub fn adopt_pages_at_home(&self, old: &Runtime) -> usize {
+        let mut pages = Vec::new();
+        old.core.table.pages_at_home(&mut pages);
+        for p in &pages {
+            self.core.table.mark_home_valid(*p);
+        }
+        pages.len()
+    }
+
     /// The configuration it runs with.
     pub fn config(&self) -> &RuntimeConfig {
         &self.core.config

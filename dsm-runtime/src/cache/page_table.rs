@@ -251,6 +251,14 @@ impl PageTable {
         }
     }
 
+    /// Notes that `page`, untouched here, has data at home (a restarted process's pages,
+    /// written home by the runtime it had before).
+    pub fn mark_home_valid(&self, page: PageNum) {
+        let mut shard = self.shard(page);
+        let s = shard.entry(page.0).or_insert(PageState::UNTOUCHED);
+        *s = s.with_home_valid(true);
+    }
+
     /// Number of pages with tracked state.
     pub fn tracked(&self) -> usize {
         self.shards

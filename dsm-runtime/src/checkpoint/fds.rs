@@ -9,9 +9,14 @@
 
 use super::format::{FD_INHERITED, FD_PATH};
 use std::os::unix::fs::FileTypeExt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
 
-static RUNTIME_FDS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// Most descriptors of the runtime's noted.
+const RUNTIME_FDS_MAX: usize = 1024;
+/// The runtime's descriptors (-1: none). A fixed table: it is written by a program
+/// thread, whose allocations would come from the global heap, and read by the control
+/// thread while that heap is out of reach.
+static RUNTIME_FDS: [AtomicI32; RUNTIME_FDS_MAX] = [const { AtomicI32::new(-1) }; RUNTIME_FDS_MAX];
 
 /// Notes the descriptors open now, except 0, 1 and 2, as the runtime's. Called once the
 /// runtime serves the process, before the program runs.
@@ -21,11 +26,16 @@ pub fn note_runtime_fds() {
 
 /// As [`note_runtime_fds`], leaving out `program`'s (a restored process's own files).
 pub fn note_runtime_fds_except(program: &[i32]) {
-    let fds = open_fds()
+    let mut fds = open_fds()
         .into_iter()
-        .filter(|fd| *fd > 2 && !program.contains(fd))
-        .collect();
-    *RUNTIME_FDS.lock().unwrap_or_else(|e| e.into_inner()) = fds;
+        .filter(|fd| *fd > 2 && !program.contains(fd));
+    for slot in &RUNTIME_FDS {
+        slot.store(fds.next().unwrap_or(-1), Ordering::Release);
+    }
+}
+
+fn is_runtime_fd(fd: i32) -> bool {
+    RUNTIME_FDS.iter().any(|s| s.load(Ordering::Acquire) == fd)
 }
 
 /// The descriptors open now.
@@ -46,17 +56,14 @@ pub(crate) struct SavedFd {
     pub(crate) path: Vec<u8>,
 }
 
-/// The program's descriptors, or why one of them cannot be saved.
-pub(crate) fn program_fds() -> Result<Vec<SavedFd>, String> {
-    let runtime = RUNTIME_FDS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+/// The program's descriptors (but `image`, the one being written), or why one of them
+/// cannot be saved.
+pub(crate) fn program_fds(image: i32) -> Result<Vec<SavedFd>, String> {
     let mut saved = Vec::new();
     let mut fds = open_fds();
     fds.sort_unstable();
     for fd in fds {
-        if runtime.contains(&fd) {
+        if is_runtime_fd(fd) || fd == image {
             continue;
         }
         let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {

@@ -161,14 +161,29 @@ static void scan_maps(struct special *vdso, struct special *vvar, int unmap) {
         while (name > line && name[-1] != ' ') name--;
         int is_vdso = end - name == 6 && !__builtin_memcmp(name, "[vdso]", 6);
         int is_vvar = end - name == 6 && !__builtin_memcmp(name, "[vvar]", 6);
+        /* Newer kernels split the vvar area: [vvar], [vvar_vclock]. */
+        int is_vvar_part = end - name > 5 && !__builtin_memcmp(name, "[vvar", 5);
         int is_vsys = end - name == 10 && !__builtin_memcmp(name, "[vsyscall]", 10);
         if (is_vdso) { vdso->start = start; vdso->end = stop; }
         if (is_vvar) { vvar->start = start; vvar->end = stop; }
         int ours = start >= ZONE_START && stop <= ZONE_END;
-        if (unmap && !ours && !is_vdso && !is_vvar && !is_vsys)
+        if (unmap && !ours && !is_vdso && !is_vvar_part && !is_vsys)
             sys3(SYS_munmap, start, stop - start, 0);
         line = *end ? end + 1 : end;
     }
+}
+
+/* Puts the vDSO (and its vvar area just below it) where the image has it: the kernel
+ * maps a fresh one at a given address once the old one is gone (ARCH_MAP_VDSO_64). */
+static void move_vdso(struct special *vdso, struct special *vvar, u64 vdso_start, u64 vvar_start) {
+    if (vdso->start == vdso_start && vvar->start == vvar_start) return;
+    /* The usual layout, here and in the image: the vvar area, then the vDSO. */
+    if (!vdso_start || !vvar_start || vdso->start - vvar->start != vdso_start - vvar_start)
+        return; /* check_special says what differs */
+    sys3(SYS_munmap, vvar->start, vdso->end - vvar->start, 0);
+    i64 r = sys3(SYS_arch_prctl, 0x2003 /* ARCH_MAP_VDSO_64 */, vvar_start, 0);
+    if (r < 0) die_errno("mapping the vDSO where the image has it", r);
+    scan_maps(vdso, vvar, 0);
 }
 
 static void check_special(const char *name, struct special here, u64 start, u64 end) {
@@ -179,7 +194,7 @@ static void check_special(const char *name, struct special here, u64 start, u64 
     say_hex(here.start);
     say(" here and at ");
     say_hex(start);
-    say(" in the image: the image comes from another kernel, or ASLR was on when it was taken\n");
+    say(" in the image: the image comes from another kernel\n");
     for (;;) sys3(SYS_exit_group, 1, 0, 0);
 }
 
@@ -266,8 +281,10 @@ static void restore_fds(struct cursor *c) {
             say_num(fd);
             say(" (");
             say(path_buf);
-            say(")");
-            die_errno("", nfd);
+            say("): error ");
+            say_num(-nfd);
+            say("\n");
+            for (;;) sys3(SYS_exit_group, 1, 0, 0);
         }
         sys3(SYS_lseek, nfd, off, 0);
         if ((u64)nfd != fd) {
@@ -316,6 +333,7 @@ void __attribute__((noreturn, used)) entry(long *sp) {
     u64 vdso_start = next(&c), vdso_end = next(&c), vvar_start = next(&c), vvar_end = next(&c);
     struct special vdso = {0, 0}, vvar = {0, 0};
     scan_maps(&vdso, &vvar, 0);
+    move_vdso(&vdso, &vvar, vdso_start, vvar_start);
     check_special("vDSO", vdso, vdso_start, vdso_end);
     check_special("vvar area", vvar, vvar_start, vvar_end);
     struct cursor signals = c;

@@ -87,7 +87,7 @@ pub(crate) fn write_image(path: &Path, p: &Process) -> Result<Written, String> {
 }
 
 fn write_to(file: &File, p: &Process) -> Result<Written, String> {
-    let fds = program_fds()?;
+    let fds = program_fds(std::os::fd::AsRawFd::as_raw_fd(file))?;
     let signals = signal_actions(p.stop_signal);
     let mm = mm_fields()?;
     let auxv = auxv()?;
@@ -115,7 +115,9 @@ fn write_to(file: &File, p: &Process) -> Result<Written, String> {
         match name {
             b"[vdso]" => vdso = [m.start, m.end],
             b"[vvar]" => vvar = [m.start, m.end],
+            // Newer kernels add `[vvar_vclock]` after `[vvar]`: the kernel's too.
             b"[vsyscall]" => {}
+            _ if name.starts_with(b"[vvar") => {}
             _ if skipped(m, name, p)? => {}
             _ => {
                 let kind = if name == b"[stack]" {
