@@ -94,14 +94,28 @@ impl Drop for Job {
 }
 
 /// SIGKILL to `dsmrun`, its program and its nodes at once: a crash of the whole job.
+/// Returns once they are all gone (or zombies: their memory is released).
 fn kill_everything(job: &mut Child) {
     let mut pids = children(job.id());
     pids.push(job.id());
-    for pid in pids {
+    for &pid in &pids {
         // SAFETY: kill with pids of processes this test started (or their children).
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
     let _ = job.wait();
+    let start = Instant::now();
+    while pids.iter().any(|&pid| running(pid)) && start.elapsed() < WAIT_MAX {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
 }
 
 /// Waits until the job NAME answers `dsmrun status`.

@@ -509,11 +509,22 @@ pub fn owner_alive(owner: Owner) -> bool {
     owner.host() != host_tag() || pid_alive(owner.pid())
 }
 
-/// Whether process `pid` exists on this machine.
+/// Whether process `pid` exists on this machine and has not exited: a zombie (killed,
+/// not yet reaped by a parent that may never do it) holds nothing any more.
 pub fn pid_alive(pid: u32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence and permission.
     let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+    exists && !zombie(pid)
+}
+
+/// Whether `pid` has exited and waits to be reaped (state `Z` in /proc/PID/stat).
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z")
+    })
 }
 
 #[cfg(test)]
