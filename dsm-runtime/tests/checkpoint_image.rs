@@ -40,14 +40,20 @@ fn pool() -> Pool {
     }
 }
 
-/// `dsmrun --attach NODES --local-cache 8M --name NAME -- program args`, its output in
-/// `dir/out1.txt`.
-fn start_job(pool: &Pool, dir: &Path, name: &str, program: &Path, args: &[&str]) -> Child {
+/// `dsmrun --attach NODES --local-cache CACHE --name NAME -- program args`, its output
+/// in `dir/out1.txt`.
+fn start_job(
+    pool: &Pool,
+    dir: &Path,
+    (name, cache): (&str, &str),
+    program: &Path,
+    args: &[&str],
+) -> Child {
     require_preload();
     Command::new(dsmrun())
         .env("DSM_JOBS_DIR", dir.join("jobs"))
         .env("DSM_SECRET", &pool.secret)
-        .args(["-q", "--attach", &pool.attach, "--local-cache", "8M"])
+        .args(["-q", "--attach", &pool.attach, "--local-cache", cache])
         .args(["--name", name, "--"])
         .arg(program)
         .args(args)
@@ -96,7 +102,8 @@ fn job_vars(pid: u32) -> Vec<(String, String)> {
         .filter_map(|kv| {
             let kv = String::from_utf8_lossy(kv);
             let (k, v) = kv.split_once('=')?;
-            k.starts_with("DSM_").then(|| (k.to_string(), v.to_string()))
+            k.starts_with("DSM_")
+                .then(|| (k.to_string(), v.to_string()))
         })
         .collect()
 }
@@ -158,6 +165,13 @@ fn kill_job(job: &mut Child, pid: u32) {
     let _ = job.wait();
 }
 
+/// Kills the job after noting its environment; returns the job environment file.
+fn kill_keeping_env(dir: &Path, job: &mut Child, pid: u32) -> PathBuf {
+    let vars = job_vars(pid);
+    kill_job(job, pid);
+    job_env_file(dir, &vars)
+}
+
 /// The job environment a restored process starts from: the old job's variables, with a
 /// fresh statistics directory.
 fn job_env_file(dir: &Path, vars: &[(String, String)]) -> PathBuf {
@@ -212,7 +226,7 @@ fn heapwalk_checkpointed_killed_and_restored_prints_the_native_output() {
     let _turn = heavy();
     let pool = pool();
     let dir = scratch("ckpt-heapwalk");
-    let mut job = start_job(&pool, &dir, "ckpt-hw", &exe, &HEAPWALK_ARGS);
+    let mut job = start_job(&pool, &dir, ("ckpt-hw", "8M"), &exe, &HEAPWALK_ARGS);
     let pid = program_of(job.id());
     std::thread::sleep(Duration::from_millis(1500));
     let image = dir.join("heapwalk.img");
@@ -221,13 +235,15 @@ fn heapwalk_checkpointed_killed_and_restored_prints_the_native_output() {
     assert!(answer.starts_with("ok checkpoint bytes="), "{answer}");
     assert!(answer.contains("threads=5"), "main and 4 workers: {answer}");
     assert!(!dir.join("heapwalk.img.tmp").exists());
-    let vars = job_vars(pid);
-    kill_job(&mut job, pid);
-    let job_env = job_env_file(&dir, &vars);
+    let job_env = kill_keeping_env(&dir, &mut job, pid);
 
     // A damaged image is refused by the restarter, whatever byte is hit.
     let bytes = std::fs::read(&image).unwrap();
-    for (what, at) in [("header", 20), ("data", 4096 + 100), ("end", bytes.len() - 9)] {
+    for (what, at) in [
+        ("header", 20),
+        ("data", 4096 + 100),
+        ("end", bytes.len() - 9),
+    ] {
         let mut damaged = bytes.clone();
         damaged[at] ^= 0x40;
         let bad = dir.join("damaged.img");
@@ -261,7 +277,7 @@ fn a_program_holding_a_pipe_is_refused_and_runs_on() {
     let _turn = heavy();
     let pool = pool();
     let dir = scratch("ckpt-pipe");
-    let mut job = start_job(&pool, &dir, "ckpt-pipe", &exe, &PIPEHOLDER_ARGS);
+    let mut job = start_job(&pool, &dir, ("ckpt-pipe", "8M"), &exe, &PIPEHOLDER_ARGS);
     let pid = program_of(job.id());
     std::thread::sleep(Duration::from_millis(500));
     let image = dir.join("pipe.img");
@@ -284,4 +300,62 @@ fn a_program_holding_a_pipe_is_refused_and_runs_on() {
         "output differs from the native run after a refused checkpoint"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn velvetg_checkpointed_killed_and_restored_assembles_the_native_contigs() {
+    if !have("velveth")
+        || !have("velvetg")
+        || !Path::new(VELVET_EXAMPLE_READS).exists()
+        || !have("xz")
+    {
+        return skip(
+            "checkpoint_image velvetg",
+            "velvet, velvet-example or xz is missing (apt-get install velvet velvet-example xz-utils)",
+        );
+    }
+    let _turn = heavy();
+    let dir = scratch("ckpt-velvet");
+    let h = velveth_example(&dir);
+    let native = dir.join("native");
+    velvet_run_dir(&h, &native);
+    assert!(Command::new("velvetg")
+        .arg(&native)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let pool = pool();
+    let pooled = dir.join("pooled");
+    velvet_run_dir(&h, &pooled);
+    let args = [pooled.to_str().unwrap()];
+    let velvetg = Path::new("/usr/bin/velvetg");
+    let mut job = start_job(&pool, &dir, ("ckpt-velvet", "48M"), velvetg, &args);
+    let pid = program_of(job.id());
+    wait_for(|| rss_kib(pid) >= 32 << 10, "velvetg to fill its cache");
+    let image = dir.join("velvetg.img");
+    let answer = suspend_and_checkpoint(&dir, "ckpt-velvet", pid, &image);
+    println!("checkpoint: {answer}");
+    assert!(answer.starts_with("ok checkpoint bytes="), "{answer}");
+    let job_env = kill_keeping_env(&dir, &mut job, pid);
+    let (code, err) = restore(&dir, &image, &job_env, "out2");
+    assert_eq!(code, Some(0), "the restored velvetg failed: {err}");
+    for f in ["contigs.fa", "stats.txt"] {
+        let a = std::fs::read(native.join(f)).unwrap();
+        let b = std::fs::read(pooled.join(f)).unwrap();
+        assert!(
+            !a.is_empty() && a == b,
+            "velvetg's {f} differs after a checkpoint and restart"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -99,14 +99,7 @@ fn is_internal(tid: i32) -> bool {
 pub(crate) fn stop_if_deferred() {
     if DEFERRED.with(|d| d.replace(false)) {
         // SAFETY: sends a signal to this very thread.
-        unsafe {
-            libc::syscall(
-                libc::SYS_tgkill,
-                libc::getpid(),
-                gettid(),
-                stop_signal(),
-            )
-        };
+        unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), gettid(), stop_signal()) };
     }
 }
 
@@ -219,7 +212,9 @@ pub(crate) fn stop_program_threads(within: Duration) -> Result<Stopped, String> 
     STOPPED.store(0, Ordering::Release);
     for s in &SLOTS {
         s.frame.store(0, Ordering::Relaxed);
-        s.tid_words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+        s.tid_words
+            .iter()
+            .for_each(|w| w.store(0, Ordering::Relaxed));
     }
     let deadline = Instant::now() + within;
     let all_stopped = || {
@@ -291,7 +286,11 @@ fn signal_new_threads() -> Result<usize, String> {
     let mut new = 0;
     for tid in list_threads()? {
         let n = COUNT.load(Ordering::Acquire);
-        if is_internal(tid) || SLOTS[..n].iter().any(|s| s.tid.load(Ordering::Relaxed) == tid) {
+        if is_internal(tid)
+            || SLOTS[..n]
+                .iter()
+                .any(|s| s.tid.load(Ordering::Relaxed) == tid)
+        {
             continue;
         }
         if n == THREADS_MAX {
@@ -302,9 +301,7 @@ fn signal_new_threads() -> Result<usize, String> {
         SLOTS[n].tid.store(tid, Ordering::Relaxed);
         COUNT.store(n + 1, Ordering::Release);
         // SAFETY: signals one thread of this process.
-        let rc = unsafe {
-            libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, stop_signal())
-        };
+        let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, stop_signal()) };
         if rc != 0 {
             // It ended meanwhile: forget it (it was the last slot taken).
             SLOTS[n].tid.store(0, Ordering::Relaxed);
@@ -339,7 +336,11 @@ fn wait_stopped(deadline: Instant) -> Result<(), String> {
             ));
         }
         drop_ended_threads();
-        futex_wait_for(&STOPPED, got, (deadline - now).min(Duration::from_millis(50)));
+        futex_wait_for(
+            &STOPPED,
+            got,
+            (deadline - now).min(Duration::from_millis(50)),
+        );
     }
 }
 
@@ -363,7 +364,10 @@ fn drop_ended_threads() {
 fn settle_tid_offset() -> Result<(), String> {
     let n = COUNT.load(Ordering::Acquire);
     let mut common = [u64::MAX; PTHREAD_SCAN_BYTES / 4 / 64];
-    for s in SLOTS[..n].iter().filter(|s| s.tid.load(Ordering::Relaxed) > 0) {
+    for s in SLOTS[..n]
+        .iter()
+        .filter(|s| s.tid.load(Ordering::Relaxed) > 0)
+    {
         for (c, w) in common.iter_mut().zip(&s.tid_words) {
             *c &= w.load(Ordering::Relaxed);
         }

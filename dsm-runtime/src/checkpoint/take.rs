@@ -28,16 +28,21 @@ pub(crate) struct Taken {
 pub(crate) fn take(core: &Core, path: &Path) -> Result<Taken, String> {
     let start = Instant::now();
     if !path.is_absolute() {
-        return Err(format!("{}: the image path must be absolute", path.display()));
+        return Err(format!(
+            "{}: the image path must be absolute",
+            path.display()
+        ));
     }
     if !core.gate.is_closed() {
         return Err("the process is not suspended: suspend it first".into());
     }
     let hook = super::restart_hook();
     if hook == 0 {
-        return Err("this process has no restart hook (the runtime was not started by \
+        return Err(
+            "this process has no restart hook (the runtime was not started by \
                     dsm-preload), so it could not be restarted"
-            .into());
+                .into(),
+        );
     }
     only_process()?;
     core.gate.open();
@@ -65,7 +70,8 @@ pub(crate) fn take(core: &Core, path: &Path) -> Result<Taken, String> {
 }
 
 fn release_timeout(core: &Core) -> Duration {
-    Duration::from_millis(core.config.node_timeout_ms.saturating_mul(4)).max(Duration::from_secs(60))
+    Duration::from_millis(core.config.node_timeout_ms.saturating_mul(4))
+        .max(Duration::from_secs(60))
 }
 
 /// Closes the gate and empties the cache again (the process is suspended as before).

@@ -92,10 +92,8 @@ fn write_to(file: &File, p: &Process) -> Result<Written, String> {
     let mm = mm_fields()?;
     let auxv = auxv()?;
     let file_sizes = mapped_file_sizes()?;
-    let pagemap =
-        File::open("/proc/self/pagemap").map_err(|e| format!("opening pagemap: {e}"))?;
-    let mut maps_file =
-        File::open("/proc/self/maps").map_err(|e| format!("opening maps: {e}"))?;
+    let pagemap = File::open("/proc/self/pagemap").map_err(|e| format!("opening pagemap: {e}"))?;
+    let mut maps_file = File::open("/proc/self/maps").map_err(|e| format!("opening maps: {e}"))?;
     let mut s = Scratch {
         maps_text: Vec::with_capacity(MAPS_TEXT_BYTES),
         maps: Vec::with_capacity(MAPS_MAX),
@@ -104,7 +102,8 @@ fn write_to(file: &File, p: &Process) -> Result<Written, String> {
         meta: Vec::with_capacity(64 + auxv.len() + 4 * SIGNALS + 5 * MAPS_MAX + 4 * RUNS_MAX),
         bounce: vec![0u8; BOUNCE_BYTES],
     };
-    s.meta.reserve(fds.iter().map(|f| 5 + f.path.len() / 8 + 1).sum());
+    s.meta
+        .reserve(fds.iter().map(|f| 5 + f.path.len() / 8 + 1).sum());
     // From here on: no allocation until the data is written.
     read_all(&mut maps_file, &mut s.maps_text)?;
     parse_maps(&mut s)?;
@@ -209,11 +208,15 @@ fn parse_maps(s: &mut Scratch) -> Result<(), String> {
         let path_start = fields
             .next()
             .map_or(end, |f| f.as_ptr() as usize - text.as_ptr() as usize);
-        let prot = [(b'r', libc::PROT_READ), (b'w', libc::PROT_WRITE), (b'x', libc::PROT_EXEC)]
-            .iter()
-            .zip(perms)
-            .filter(|((c, _), p)| *c == **p)
-            .fold(0, |acc, ((_, bit), _)| acc | bit);
+        let prot = [
+            (b'r', libc::PROT_READ),
+            (b'w', libc::PROT_WRITE),
+            (b'x', libc::PROT_EXEC),
+        ]
+        .iter()
+        .zip(perms)
+        .filter(|((c, _), p)| *c == **p)
+        .fold(0, |acc, ((_, bit), _)| acc | bit);
         within(&s.maps, MAPS_MAX, "mappings")?;
         s.maps.push(Mapping {
             start: hex(&range[..dash])?,
@@ -318,7 +321,13 @@ fn save_mapping(
     }
     if !readable {
         // SAFETY: makes a mapping of ours readable for the copy; restored below.
-        unsafe { libc::mprotect(start as *mut _, (end - start) as usize, prot | libc::PROT_READ) };
+        unsafe {
+            libc::mprotect(
+                start as *mut _,
+                (end - start) as usize,
+                prot | libc::PROT_READ,
+            )
+        };
     }
     let mut run = RunWriter {
         out,
@@ -488,7 +497,13 @@ fn build_meta(
 /// signal (whose handler is ours during the checkpoint).
 fn signal_actions(stop: (libc::c_int, RawAction)) -> Vec<RawAction> {
     (1..=SIGNALS as libc::c_int)
-        .map(|sig| if sig == stop.0 { stop.1 } else { raw_action(sig) })
+        .map(|sig| {
+            if sig == stop.0 {
+                stop.1
+            } else {
+                raw_action(sig)
+            }
+        })
         .collect()
 }
 
