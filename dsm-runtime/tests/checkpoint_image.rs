@@ -201,7 +201,18 @@ fn restore(dir: &Path, image: &Path, job_env: &Path, name: &str) -> (Option<i32>
         .spawn()
         .unwrap();
     let start = Instant::now();
+    let ctl = dir.join("stats2").join("ctl");
+    let mut running_after = None;
     let status = loop {
+        // The new runtime's control socket appears just before the threads resume.
+        if running_after.is_none() && std::fs::read_dir(&ctl).is_ok_and(|mut d| d.next().is_some())
+        {
+            running_after = Some(start.elapsed());
+            println!(
+                "{name}: running again {:?} after restore-image",
+                start.elapsed()
+            );
+        }
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
@@ -209,7 +220,7 @@ fn restore(dir: &Path, image: &Path, job_env: &Path, name: &str) -> (Option<i32>
             let _ = child.kill();
             panic!("the restored program did not finish within {WAIT_MAX:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(2));
     };
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
