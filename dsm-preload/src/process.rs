@@ -120,11 +120,15 @@ extern "C" fn restart_hook(job_env: *const libc::c_char) -> ! {
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()));
     let program_fds = dsm_runtime::checkpoint::open_fds();
     match restart(path) {
-        Ok(r) => {
+        Ok((r, vars)) => {
             OWNER_PID.store(std::process::id() as i32, Ordering::Relaxed);
             // The old `Running` stays where it is: its threads are gone, its memory leaks.
             RUNNING.store(Box::into_raw(Box::new(r)) as usize, Ordering::Release);
             route::set_state(READY);
+            // Programs this one starts from now on belong to the new job, not the old.
+            for (k, v) in vars {
+                std::env::set_var(k, v);
+            }
             if let Some(r) = running().filter(|r| r.job.stats_dir.is_some()) {
                 r.runtime
                     .on_checkpoint(STATS_CHECKPOINT_PERIOD, |snap| save_stats(snap, false));
@@ -149,12 +153,15 @@ extern "C" fn restart_hook(job_env: *const libc::c_char) -> ! {
     }
 }
 
+/// The job's variables, as read from a job environment file.
+type JobVars = Vec<(std::ffi::OsString, std::ffi::OsString)>;
+
 /// Starts the new runtime of a restored process over its old slot.
-fn restart(job_env: &std::path::Path) -> Result<Running, StartError> {
+fn restart(job_env: &std::path::Path) -> Result<(Running, JobVars), StartError> {
     let old = running().ok_or_else(|| StartError::Restart("the image has no runtime".into()))?;
     let vars = dsm_runtime::checkpoint::restart::read_job_env(job_env)
         .map_err(|e| StartError::Restart(format!("{}: {e}", job_env.display())))?;
-    let job = JobConfig::from_vars(vars)?;
+    let job = JobConfig::from_vars(vars.clone())?;
     let slot = old.slot;
     let base = old.runtime.base() as usize;
     if job.runtime_config(slot).space_base != base {
@@ -174,12 +181,13 @@ fn restart(job_env: &std::path::Path) -> Result<Running, StartError> {
     }
     let runtime = start_runtime(&job, slot, transport.as_ref())?;
     runtime.adopt_pages_at_home(&old.runtime);
-    Ok(Running {
+    let running = Running {
         runtime,
         job,
         slot,
         transport,
-    })
+    };
+    Ok((running, vars))
 }
 
 /// Starts the runtime with the job's profile (if any) and trace recording (if asked).

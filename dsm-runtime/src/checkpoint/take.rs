@@ -45,6 +45,9 @@ pub(crate) fn take(core: &Core, path: &Path) -> Result<Taken, String> {
         );
     }
     only_process()?;
+    // Refused descriptors are refused before the threads are disturbed (and again while
+    // writing, should one have appeared meanwhile).
+    super::fds::program_fds(-1)?;
     core.gate.open();
     let stopped = match freeze::stop_program_threads(STOP_TIMEOUT) {
         Ok(s) => s,
