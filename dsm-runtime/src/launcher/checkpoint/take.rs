@@ -229,26 +229,38 @@ impl Checkpointer {
         }
     }
 
-    /// Has every node write its snapshot into `tmp`; returns their answers.
+    /// Has every node write its snapshot into `tmp`, all at once (each node is its own
+    /// process; the job is held meanwhile); returns their answers.
     fn snapshots(&self, tmp: &Path, full: bool) -> Result<Vec<String>, String> {
-        let mut session =
-            TcpTransport::discover(&self.nodes, self.secret.clone(), SNAPSHOT_TIMEOUT)
-                .and_then(|t| t.connect())
-                .map_err(|e| format!("reaching the nodes: {e}"))?;
+        let transport = TcpTransport::discover(&self.nodes, self.secret.clone(), SNAPSHOT_TIMEOUT)
+            .map_err(|e| format!("reaching the nodes: {e}"))?;
         let tmp_name = tmp
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let kind = if full { "full" } else { "delta" };
-        (0..self.nodes.len())
-            .map(|i| {
-                let call = format!("snapshot {kind} {tmp_name}/{}", snapshot_name(i));
-                let answer = session
-                    .call(NodeId(i as u16), call.as_bytes())
-                    .map_err(|e| format!("node {i}'s snapshot: {e}"))?;
-                Ok(String::from_utf8_lossy(&answer).into_owned())
-            })
-            .collect()
+        let one = |i: usize| -> Result<String, String> {
+            let mut session = transport
+                .connect()
+                .map_err(|e| format!("reaching the nodes: {e}"))?;
+            let call = format!("snapshot {kind} {tmp_name}/{}", snapshot_name(i));
+            let answer = session
+                .call(NodeId(i as u16), call.as_bytes())
+                .map_err(|e| format!("node {i}'s snapshot: {e}"))?;
+            Ok(String::from_utf8_lossy(&answer).into_owned())
+        };
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..self.nodes.len())
+                .map(|i| scope.spawn(move || one(i)))
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err("a snapshot thread panicked".into()))
+                })
+                .collect()
+        })
     }
 
     /// The manifest of checkpoint `seq`: its files checksummed, the chains extended
