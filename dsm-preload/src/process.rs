@@ -180,7 +180,10 @@ fn restart(job_env: &std::path::Path) -> Result<(Running, JobVars), StartError> 
         let copies = Copies::for_transport(job.redundancy, job.spare_nodes, transport.as_ref())
             .map_err(RuntimeError::from)?;
         let mut session = copies.wrap(transport.connect().map_err(RuntimeError::from)?);
-        job.claim_slot_again(session.as_mut(), slot, Owner::this_process(), owner_alive)?;
+        // The pid the process had when its image was taken (not yet replaced).
+        let previous_pid = OWNER_PID.load(Ordering::Relaxed) as u32;
+        let me = (Owner::this_process(), previous_pid);
+        job.claim_slot_again(session.as_mut(), slot, me, owner_alive)?;
     }
     let runtime = start_runtime(&job, slot, transport.as_ref())?;
     runtime.adopt_pages_at_home(&old.runtime);
