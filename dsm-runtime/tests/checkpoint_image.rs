@@ -331,6 +331,14 @@ fn a_program_holding_a_pipe_is_refused_and_runs_on() {
     let pid = program_of(job.id());
     std::thread::sleep(Duration::from_millis(500));
     let image = dir.join("pipe.img");
+    // Only a suspended process can be checkpointed, to an absolute path.
+    let answer = ask(pid, &format!("checkpoint {}", image.display()));
+    assert_eq!(
+        answer,
+        "error the process is not suspended: suspend it first"
+    );
+    let answer = ask(pid, "checkpoint relative.img");
+    assert!(answer.contains("must be absolute"), "{answer}");
     let answer = suspend_and_checkpoint(&dir, "ckpt-pipe", pid, &image);
     assert!(
         answer.starts_with("error fd ")
