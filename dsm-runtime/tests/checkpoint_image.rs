@@ -417,3 +417,41 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+#[test]
+fn a_process_with_a_child_is_refused_and_runs_on() {
+    if !have("sh") || !have("sleep") {
+        return skip(
+            "checkpoint_image",
+            "no sh or sleep (apt-get install dash coreutils)",
+        );
+    }
+    let pool = pool();
+    let dir = scratch("ckpt-child");
+    let sh = Path::new("/bin/sh");
+    let script = ["-c", "sleep 4; echo done"];
+    let mut job = start_job(&pool, &dir, ("ckpt-child", "8M"), sh, &script);
+    let pid = program_of(job.id());
+    wait_for(
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .is_ok_and(|c| !c.trim().is_empty())
+        },
+        "the shell to start sleep",
+    );
+    let image = dir.join("sh.img");
+    let answer = suspend_and_checkpoint(&dir, "ckpt-child", pid, &image);
+    assert!(
+        answer.starts_with("error the job has more than one process"),
+        "{answer}"
+    );
+    assert!(!image.exists());
+    job_request(&dir, "resume", "ckpt-child");
+    let st = job.wait().unwrap();
+    assert!(st.success(), "{st}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out1.txt")).unwrap(),
+        "done\n"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
