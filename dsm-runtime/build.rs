@@ -19,7 +19,6 @@ fn main() {
             "-no-pie",
             "-O2",
             "-Wall",
-            "-Werror",
             "-Wl,-Ttext-segment=0x3f0000000000",
             "-Wl,--build-id=none",
             "-o",

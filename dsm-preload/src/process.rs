@@ -124,11 +124,14 @@ extern "C" fn restart_hook(job_env: *const libc::c_char) -> ! {
             OWNER_PID.store(std::process::id() as i32, Ordering::Relaxed);
             // The old `Running` stays where it is: its threads are gone, its memory leaks.
             RUNNING.store(Box::into_raw(Box::new(r)) as usize, Ordering::Release);
-            route::set_state(READY);
             // Programs this one starts from now on belong to the new job, not the old.
+            // Set while libc still serves allocations: the environment must not live in
+            // the global heap, where a runtime thread that reads it would fault on the
+            // range it serves.
             for (k, v) in vars {
                 std::env::set_var(k, v);
             }
+            route::set_state(READY);
             if let Some(r) = running().filter(|r| r.job.stats_dir.is_some()) {
                 r.runtime
                     .on_checkpoint(STATS_CHECKPOINT_PERIOD, |snap| save_stats(snap, false));
@@ -177,7 +180,10 @@ fn restart(job_env: &std::path::Path) -> Result<(Running, JobVars), StartError> 
         let copies = Copies::for_transport(job.redundancy, job.spare_nodes, transport.as_ref())
             .map_err(RuntimeError::from)?;
         let mut session = copies.wrap(transport.connect().map_err(RuntimeError::from)?);
-        job.claim_slot_again(session.as_mut(), slot, Owner::this_process(), owner_alive)?;
+        // The pid the process had when its image was taken (not yet replaced).
+        let previous_pid = OWNER_PID.load(Ordering::Relaxed) as u32;
+        let me = (Owner::this_process(), previous_pid);
+        job.claim_slot_again(session.as_mut(), slot, me, owner_alive)?;
     }
     let runtime = start_runtime(&job, slot, transport.as_ref())?;
     runtime.adopt_pages_at_home(&old.runtime);

@@ -119,12 +119,7 @@ fn control_socket(pid: u32) -> PathBuf {
 
 /// One request on the program's control socket; its answer.
 fn ask(pid: u32, request: &str) -> String {
-    let s = UnixStream::connect(control_socket(pid)).unwrap();
-    s.set_read_timeout(Some(WAIT_MAX)).unwrap();
-    (&s).write_all(format!("{request}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).unwrap();
-    line.trim().to_string()
+    ask_at(&control_socket(pid), request)
 }
 
 /// `dsmrun suspend|resume NAME` with the test's jobs directory.
@@ -169,13 +164,13 @@ fn kill_job(job: &mut Child, pid: u32) {
 fn kill_keeping_env(dir: &Path, job: &mut Child, pid: u32) -> PathBuf {
     let vars = job_vars(pid);
     kill_job(job, pid);
-    job_env_file(dir, &vars)
+    job_env_file(dir, &vars, "stats2")
 }
 
 /// The job environment a restored process starts from: the old job's variables, with a
 /// fresh statistics directory.
-fn job_env_file(dir: &Path, vars: &[(String, String)]) -> PathBuf {
-    let stats = dir.join("stats2");
+fn job_env_file(dir: &Path, vars: &[(String, String)], stats_name: &str) -> PathBuf {
+    let stats = dir.join(stats_name);
     std::fs::create_dir_all(stats.join("ctl")).unwrap();
     let text: String = vars
         .iter()
@@ -184,14 +179,14 @@ fn job_env_file(dir: &Path, vars: &[(String, String)]) -> PathBuf {
             _ => format!("{k}={v}\n"),
         })
         .collect();
-    let path = dir.join("job.env");
+    let path = dir.join(format!("{stats_name}.env"));
     std::fs::write(&path, text).unwrap();
     path
 }
 
-/// `dsmrun restore-image IMAGE JOB_ENV`, output in `dir/NAME.txt`; status and stderr.
-fn restore(dir: &Path, image: &Path, job_env: &Path, name: &str) -> (Option<i32>, String) {
-    let mut child = Command::new(dsmrun())
+/// Starts `dsmrun restore-image IMAGE JOB_ENV`, output in `dir/NAME.txt`.
+fn spawn_restore(dir: &Path, image: &Path, job_env: &Path, name: &str) -> Child {
+    Command::new(dsmrun())
         .args(["restore-image"])
         .arg(image)
         .arg(job_env)
@@ -199,15 +194,17 @@ fn restore(dir: &Path, image: &Path, job_env: &Path, name: &str) -> (Option<i32>
         .stdout(std::fs::File::create(dir.join(format!("{name}.txt"))).unwrap())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Waits for a restored program (`ctl`: its control socket directory, which fills just
+/// before its threads resume); its status and stderr.
+fn wait_restored(mut child: Child, ctl: &Path, name: &str) -> (Option<i32>, String) {
     let start = Instant::now();
-    let ctl = dir.join("stats2").join("ctl");
-    let mut running_after = None;
+    let mut running = false;
     let status = loop {
-        // The new runtime's control socket appears just before the threads resume.
-        if running_after.is_none() && std::fs::read_dir(&ctl).is_ok_and(|mut d| d.next().is_some())
-        {
-            running_after = Some(start.elapsed());
+        if !running && std::fs::read_dir(ctl).is_ok_and(|mut d| d.next().is_some()) {
+            running = true;
             println!(
                 "{name}: running again {:?} after restore-image",
                 start.elapsed()
@@ -227,8 +224,24 @@ fn restore(dir: &Path, image: &Path, job_env: &Path, name: &str) -> (Option<i32>
     (status.code(), err)
 }
 
+/// Restores `image` and waits for the program to end.
+fn restore(dir: &Path, image: &Path, job_env: &Path, name: &str) -> (Option<i32>, String) {
+    let child = spawn_restore(dir, image, job_env, name);
+    wait_restored(child, &dir.join("stats2").join("ctl"), name)
+}
+
+/// One request on the control socket at `socket`; its answer.
+fn ask_at(socket: &Path, request: &str) -> String {
+    let s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(WAIT_MAX)).unwrap();
+    (&s).write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    line.trim().to_string()
+}
+
 #[test]
-fn heapwalk_checkpointed_killed_and_restored_prints_the_native_output() {
+fn heapwalk_checkpointed_killed_and_restored_twice_prints_the_native_output() {
     let Some(exe) = compile_c("heapwalk", &[]) else {
         return skip("checkpoint_image", "no C compiler (apt-get install gcc)");
     };
@@ -246,7 +259,9 @@ fn heapwalk_checkpointed_killed_and_restored_prints_the_native_output() {
     assert!(answer.starts_with("ok checkpoint bytes="), "{answer}");
     assert!(answer.contains("threads=5"), "main and 4 workers: {answer}");
     assert!(!dir.join("heapwalk.img.tmp").exists());
-    let job_env = kill_keeping_env(&dir, &mut job, pid);
+    let vars = job_vars(pid);
+    kill_job(&mut job, pid);
+    let job_env = job_env_file(&dir, &vars, "stats2");
 
     // A damaged image is refused by the restarter, whatever byte is hit.
     let bytes = std::fs::read(&image).unwrap();
@@ -264,12 +279,36 @@ fn heapwalk_checkpointed_killed_and_restored_prints_the_native_output() {
         assert!(err.contains("damaged"), "{what}: {err}");
     }
 
+    // Restored, the program is an ordinary process of the job: checkpointed again while
+    // it runs, killed, and restored from the second image, it still finishes right.
     let start = Instant::now();
-    let (code, err) = restore(&dir, &image, &job_env, "out2");
-    println!("restored run: {:?} to the end", start.elapsed());
-    assert_eq!(code, Some(0), "the restored heapwalk failed: {err}");
-    let mut out = std::fs::read(dir.join("out1.txt")).unwrap();
-    out.extend(std::fs::read(dir.join("out2.txt")).unwrap());
+    let mut child = spawn_restore(&dir, &image, &job_env, "out2");
+    let socket = dir
+        .join("stats2")
+        .join("ctl")
+        .join(format!("{}.sock", child.id()));
+    wait_for(|| socket.exists(), "the restored program's control socket");
+    println!(
+        "out2: running again {:?} after restore-image",
+        start.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let answer = ask_at(&socket, "suspend");
+    assert!(answer.starts_with("ok suspended"), "{answer}");
+    let image2 = dir.join("heapwalk2.img");
+    let answer = ask_at(&socket, &format!("checkpoint {}", image2.display()));
+    println!("second checkpoint: {answer}");
+    assert!(answer.contains("threads=5"), "{answer}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let job_env3 = job_env_file(&dir, &vars, "stats3");
+    let child = spawn_restore(&dir, &image2, &job_env3, "out3");
+    let (code, err) = wait_restored(child, &dir.join("stats3").join("ctl"), "out3");
+    assert_eq!(code, Some(0), "the twice restored heapwalk failed: {err}");
+    let mut out = Vec::new();
+    for f in ["out1.txt", "out2.txt", "out3.txt"] {
+        out.extend(std::fs::read(dir.join(f)).unwrap());
+    }
     assert!(
         out == native.stdout,
         "output differs from the native run: {}",
@@ -292,6 +331,14 @@ fn a_program_holding_a_pipe_is_refused_and_runs_on() {
     let pid = program_of(job.id());
     std::thread::sleep(Duration::from_millis(500));
     let image = dir.join("pipe.img");
+    // Only a suspended process can be checkpointed, to an absolute path.
+    let answer = ask(pid, &format!("checkpoint {}", image.display()));
+    assert_eq!(
+        answer,
+        "error the process is not suspended: suspend it first"
+    );
+    let answer = ask(pid, "checkpoint relative.img");
+    assert!(answer.contains("must be absolute"), "{answer}");
     let answer = suspend_and_checkpoint(&dir, "ckpt-pipe", pid, &image);
     assert!(
         answer.starts_with("error fd ")
@@ -369,4 +416,42 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+#[test]
+fn a_process_with_a_child_is_refused_and_runs_on() {
+    if !have("sh") || !have("sleep") {
+        return skip(
+            "checkpoint_image",
+            "no sh or sleep (apt-get install dash coreutils)",
+        );
+    }
+    let pool = pool();
+    let dir = scratch("ckpt-child");
+    let sh = Path::new("/bin/sh");
+    let script = ["-c", "sleep 4; echo done"];
+    let mut job = start_job(&pool, &dir, ("ckpt-child", "8M"), sh, &script);
+    let pid = program_of(job.id());
+    wait_for(
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .is_ok_and(|c| !c.trim().is_empty())
+        },
+        "the shell to start sleep",
+    );
+    let image = dir.join("sh.img");
+    let answer = suspend_and_checkpoint(&dir, "ckpt-child", pid, &image);
+    assert!(
+        answer.starts_with("error the job has more than one process"),
+        "{answer}"
+    );
+    assert!(!image.exists());
+    job_request(&dir, "resume", "ckpt-child");
+    let st = job.wait().unwrap();
+    assert!(st.success(), "{st}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out1.txt")).unwrap(),
+        "done\n"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

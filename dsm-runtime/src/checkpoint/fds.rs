@@ -38,12 +38,18 @@ fn is_runtime_fd(fd: i32) -> bool {
     RUNTIME_FDS.iter().any(|s| s.load(Ordering::Acquire) == fd)
 }
 
-/// The descriptors open now.
+/// The descriptors open now (not counting the one the listing itself used).
 pub fn open_fds() -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
+    let listed: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return Vec::new(),
     };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+    listed
+        .into_iter()
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0)
         .collect()
 }
 
@@ -56,14 +62,14 @@ pub(crate) struct SavedFd {
     pub(crate) path: Vec<u8>,
 }
 
-/// The program's descriptors (but `image`, the one being written), or why one of them
-/// cannot be saved.
-pub(crate) fn program_fds(image: i32) -> Result<Vec<SavedFd>, String> {
+/// The program's descriptors (but the runtime's `others`: the image being written, the
+/// control connection), or why one of them cannot be saved.
+pub(crate) fn program_fds(others: &[i32]) -> Result<Vec<SavedFd>, String> {
     let mut saved = Vec::new();
     let mut fds = open_fds();
     fds.sort_unstable();
     for fd in fds {
-        if is_runtime_fd(fd) || fd == image {
+        if is_runtime_fd(fd) || others.contains(&fd) {
             continue;
         }
         let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {

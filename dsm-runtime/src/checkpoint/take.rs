@@ -25,7 +25,8 @@ pub(crate) struct Taken {
 }
 
 /// Writes this process's image to `path`; the process stays suspended either way.
-pub(crate) fn take(core: &Core, path: &Path) -> Result<Taken, String> {
+/// `client` is the control connection the request came on (the runtime's).
+pub(crate) fn take(core: &Core, path: &Path, client: i32) -> Result<Taken, String> {
     let start = Instant::now();
     if !path.is_absolute() {
         return Err(format!(
@@ -47,7 +48,7 @@ pub(crate) fn take(core: &Core, path: &Path) -> Result<Taken, String> {
     only_process()?;
     // Refused descriptors are refused before the threads are disturbed (and again while
     // writing, should one have appeared meanwhile).
-    super::fds::program_fds(-1)?;
+    super::fds::program_fds(&[client])?;
     core.gate.open();
     let stopped = match freeze::stop_program_threads(STOP_TIMEOUT) {
         Ok(s) => s,
@@ -56,7 +57,7 @@ pub(crate) fn take(core: &Core, path: &Path) -> Result<Taken, String> {
             return Err(e);
         }
     };
-    let written = save(core, path, &stopped, hook);
+    let written = save(core, path, &stopped, (hook, client));
     stopped.release();
     if !core.gate.is_closed() {
         resuspend(core)?;
@@ -86,7 +87,12 @@ fn resuspend(core: &Core) -> Result<(), String> {
 }
 
 /// With every program thread stopped: empties the cache, parks the reclaimer, writes.
-fn save(core: &Core, path: &Path, stopped: &Stopped, hook: usize) -> Result<Written, String> {
+fn save(
+    core: &Core,
+    path: &Path,
+    stopped: &Stopped,
+    (hook, client): (usize, i32),
+) -> Result<Written, String> {
     core.gate
         .close_and_release(release_timeout(core), || core.kick_reclaim())?;
     let main_tid = std::process::id() as i32;
@@ -102,6 +108,7 @@ fn save(core: &Core, path: &Path, stopped: &Stopped, hook: usize) -> Result<Writ
         main_tid,
         main_fs_base: main.fs_base.load(Ordering::Relaxed),
         stop_signal: (freeze::stop_signal(), stopped.previous_raw()),
+        client,
     };
     core.ckpt_pause
         .park(release_timeout(core), || core.kick_reclaim())?;

@@ -31,6 +31,8 @@ pub(crate) struct Process {
     pub(crate) main_fs_base: u64,
     /// The program's own disposition of the stop signal.
     pub(crate) stop_signal: (libc::c_int, RawAction),
+    /// The control connection the request came on (the runtime's, not saved).
+    pub(crate) client: i32,
 }
 
 /// How much was written.
@@ -87,7 +89,7 @@ pub(crate) fn write_image(path: &Path, p: &Process) -> Result<Written, String> {
 }
 
 fn write_to(file: &File, p: &Process) -> Result<Written, String> {
-    let fds = program_fds(std::os::fd::AsRawFd::as_raw_fd(file))?;
+    let fds = program_fds(&[std::os::fd::AsRawFd::as_raw_fd(file), p.client])?;
     let signals = signal_actions(p.stop_signal);
     let mm = mm_fields()?;
     let auxv = auxv()?;

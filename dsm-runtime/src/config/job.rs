@@ -412,12 +412,13 @@ impl JobConfig {
 impl JobConfig {
     /// Claims `slot` itself for `me`: a restarted process must have the slot it had when
     /// its image was taken (its heap is there), although the slot table, restored on the
-    /// nodes, names its old, dead pid.
+    /// nodes, names its old pid (`previous_pid`, on whatever host it ran: that word is
+    /// taken over even if some process now has that pid here).
     pub fn claim_slot_again(
         &self,
         session: &mut dyn Session,
         slot: usize,
-        me: Owner,
+        (me, previous_pid): (Owner, u32),
         alive: impl Fn(Owner) -> bool,
     ) -> Result<(), JobError> {
         if slot >= self.slots {
@@ -427,7 +428,8 @@ impl JobConfig {
         for _ in 0..2 {
             let word = session.compare_and_swap(NodeId(0), offset, 0, 0)?;
             let owner = Owner(word);
-            if word != 0 && !owner.same_process(me) && alive(owner) {
+            let ours = owner.same_process(me) || owner.pid() == previous_pid;
+            if word != 0 && !ours && alive(owner) {
                 return Err(JobError::SlotHeld { slot });
             }
             if session.compare_and_swap(NodeId(0), offset, word, me.0)? == word {
@@ -638,6 +640,41 @@ mod tests {
         assert_eq!(a.space_page_offset, 0);
         assert_eq!(b.space_page_offset, (128 << 20) / 4096);
         assert_eq!(job.space_pages(), 4 * (128 << 20) / 4096);
+    }
+
+    #[test]
+    fn a_restarted_process_takes_its_old_slot_back_but_not_a_live_stranger() {
+        use crate::effects::memory::MemoryNodes;
+        let job = JobConfig::from_vars(vars(&[
+            ("DSM_NODES", "127.0.0.1:1"),
+            ("DSM_SECRET", "x"),
+            ("DSM_SLOT_BYTES", "128M"),
+            ("DSM_SLOTS", "3"),
+        ]))
+        .unwrap();
+        let mut nodes = MemoryNodes::new();
+        let everyone_alive = |_: Owner| true;
+        let old = Owner::new(7, 300);
+        let stranger = Owner::new(7, 400);
+        assert_eq!(
+            job.claim_slot(&mut nodes, stranger, everyone_alive)
+                .unwrap(),
+            0
+        );
+        assert_eq!(job.claim_slot(&mut nodes, old, everyone_alive).unwrap(), 1);
+        // The restarted process (pid 500 on another host) takes slot 1 back from its old
+        // pid, alive or not; slot 0 stays the live stranger's.
+        let restarted = Owner::new(9, 500);
+        job.claim_slot_again(&mut nodes, 1, (restarted, 300), everyone_alive)
+            .unwrap();
+        assert!(matches!(
+            job.claim_slot_again(&mut nodes, 0, (restarted, 300), everyone_alive),
+            Err(JobError::SlotHeld { slot: 0 })
+        ));
+        assert!(matches!(
+            job.claim_slot_again(&mut nodes, 3, (restarted, 300), everyone_alive),
+            Err(JobError::SlotsFull { slots: 3 })
+        ));
     }
 
     #[test]

@@ -91,13 +91,15 @@ fn answer(core: &Core, stream: UnixStream) {
     let mut line = String::new();
     let read = BufReader::new(Read::take(&stream, REQUEST_BYTES_MAX)).read_line(&mut line);
     let reply = match read {
-        Ok(_) => handle(core, line.trim()),
+        Ok(_) => handle(core, line.trim(), stream.as_raw_fd()),
         Err(e) => format!("error reading the request: {e}"),
     };
     let _ = (&stream).write_all(format!("{reply}\n").as_bytes());
 }
 
-fn handle(core: &Core, request: &str) -> String {
+/// Answers `request`, which came on the connection `client` (a descriptor of the
+/// runtime's, which a checkpoint must not take for the program's).
+fn handle(core: &Core, request: &str, client: i32) -> String {
     match request {
         "suspend" => match suspend(core) {
             Ok(r) => format!(
@@ -122,7 +124,7 @@ fn handle(core: &Core, request: &str) -> String {
         }
         other if other.starts_with("checkpoint ") => {
             let path = std::path::Path::new(other["checkpoint ".len()..].trim());
-            match crate::checkpoint::take(core, path) {
+            match crate::checkpoint::take(core, path, client) {
                 Ok(t) => format!(
                     "ok checkpoint bytes={} threads={} ms={}",
                     t.bytes, t.threads, t.ms
