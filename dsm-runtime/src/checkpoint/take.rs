@@ -46,9 +46,10 @@ pub(crate) fn take(core: &Core, path: &Path, client: i32) -> Result<Taken, Strin
         );
     }
     only_process()?;
-    // Refused descriptors are refused before the threads are disturbed (and again while
-    // writing, should one have appeared meanwhile).
+    // Refused descriptors and mappings are refused before the threads are disturbed
+    // (and again while writing, should one have appeared meanwhile).
     super::fds::program_fds(&[client])?;
+    super::write::check_shared_mappings(&process_of(core, hook, client, [0; 4]))?;
     core.gate.open();
     let stopped = match freeze::stop_program_threads(STOP_TIMEOUT) {
         Ok(s) => s,
@@ -101,20 +102,28 @@ fn save(
         .iter()
         .find(|s| s.tid.load(Ordering::Relaxed) == main_tid)
         .ok_or("the main thread has ended: the checkpointer cannot restore such a process")?;
-    let base = core.layout.base as u64;
-    let process = Process {
-        hook: hook as u64,
-        slot: base..base + core.layout.bytes(),
-        main_tid,
-        main_fs_base: main.fs_base.load(Ordering::Relaxed),
-        stop_signal: (freeze::stop_signal(), stopped.previous_raw()),
-        client,
-    };
+    let mut process = process_of(core, hook, client, stopped.previous_raw());
+    process.main_tid = main_tid;
+    process.main_fs_base = main.fs_base.load(Ordering::Relaxed);
     core.ckpt_pause
         .park(release_timeout(core), || core.kick_reclaim())?;
     let written = write_image(path, &process);
     core.ckpt_pause.unpark();
     written
+}
+
+/// What the image says of the process besides its memory (the main thread's fields are
+/// filled in once it is stopped).
+fn process_of(core: &Core, hook: usize, client: i32, stop_action: freeze::RawAction) -> Process {
+    let base = core.layout.base as u64;
+    Process {
+        hook: hook as u64,
+        slot: base..base + core.layout.bytes(),
+        main_tid: 0,
+        main_fs_base: 0,
+        stop_signal: (freeze::stop_signal(), stop_action),
+        client,
+    }
 }
 
 /// Refuses a process with children: a job of several processes is not saved.

@@ -273,6 +273,34 @@ fn skipped(m: &Mapping, name: &[u8], p: &Process) -> Result<bool, String> {
     Ok(false)
 }
 
+/// Refuses, before the program's threads are disturbed, a shared mapping the image could
+/// not hold (writing the image checks again).
+pub(crate) fn check_shared_mappings(p: &Process) -> Result<(), String> {
+    let text = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| format!("reading /proc/self/maps: {e}"))?;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(range), Some(perms)) = (f.first(), f.get(1)) else {
+            continue;
+        };
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let m = Mapping {
+            start: hex(start.as_bytes())?,
+            end: hex(end.as_bytes())?,
+            prot: 0,
+            shared: perms.as_bytes().get(3) == Some(&b's'),
+            offset: 0,
+            inode: 0,
+            path: 0..0,
+        };
+        let name = f.get(5..).map(|n| n.join(" ")).unwrap_or_default();
+        skipped(&m, name.as_bytes(), p)?;
+    }
+    Ok(())
+}
+
 /// Sizes of the files mapped, by inode: pages past a file's end cannot be read.
 fn mapped_file_sizes() -> Result<Vec<(u64, u64)>, String> {
     let text = std::fs::read_to_string("/proc/self/maps")
