@@ -15,6 +15,7 @@ use dsm_runtime::{Runtime, RuntimeError};
 use libc::{c_long, pid_t};
 use libmimalloc_sys as mi;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -41,6 +42,8 @@ enum StartError {
     Profile(String),
     #[error("recording the trace: {0}")]
     Trace(String),
+    #[error("{0}")]
+    Restart(String),
 }
 
 /// The running job of this process; set once by `start`, then only read.
@@ -89,6 +92,8 @@ pub extern "C" fn on_load() {
             if let Some(r) = running() {
                 serve_control(r);
             }
+            dsm_runtime::checkpoint::set_restart_hook(restart_hook);
+            dsm_runtime::checkpoint::note_runtime_fds();
         }
         Err(StartError::Job(JobError::NotInJob)) => route::set_state(OFF),
         Err(e) => {
@@ -103,10 +108,99 @@ pub extern "C" fn on_load() {
     }
 }
 
+/// A restored process's entry point (see `dsm_runtime::checkpoint`): called by the
+/// restarter on its own stack, with the main thread's TLS and every other thread gone.
+/// Starts a new runtime over the slot this process had, from the job described in the
+/// file at `job_env` (the new nodes), then brings the threads back.
+extern "C" fn restart_hook(job_env: *const libc::c_char) -> ! {
+    // libc serves every allocation until the new runtime is up.
+    route::set_state(STARTING);
+    // SAFETY: the restarter passes a NUL-terminated path in its own memory.
+    let path = unsafe { std::ffi::CStr::from_ptr(job_env) };
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()));
+    let program_fds = dsm_runtime::checkpoint::open_fds();
+    match restart(path) {
+        Ok((r, vars)) => {
+            OWNER_PID.store(std::process::id() as i32, Ordering::Relaxed);
+            // The old `Running` stays where it is: its threads are gone, its memory leaks.
+            RUNNING.store(Box::into_raw(Box::new(r)) as usize, Ordering::Release);
+            // Programs this one starts from now on belong to the new job, not the old.
+            // Set while libc still serves allocations: the environment must not live in
+            // the global heap, where a runtime thread that reads it would fault on the
+            // range it serves.
+            for (k, v) in vars {
+                std::env::set_var(k, v);
+            }
+            route::set_state(READY);
+            if let Some(r) = running().filter(|r| r.job.stats_dir.is_some()) {
+                r.runtime
+                    .on_checkpoint(STATS_CHECKPOINT_PERIOD, |snap| save_stats(snap, false));
+            }
+            if let Some(r) = running() {
+                serve_control(r);
+            }
+            dsm_runtime::checkpoint::note_runtime_fds_except(&program_fds);
+            dsm_runtime::checkpoint::restart::resume_threads()
+        }
+        Err(e) => {
+            eprintln!(
+                "dsm: cannot restart {} (pid {}) from its image: {e}",
+                program_name(),
+                std::process::id()
+            );
+            loop {
+                // SAFETY: ends the process; there is no runtime to run it on.
+                unsafe { libc::syscall(libc::SYS_exit_group, EXIT_RUNTIME_FAILURE) };
+            }
+        }
+    }
+}
+
+/// The job's variables, as read from a job environment file.
+type JobVars = Vec<(std::ffi::OsString, std::ffi::OsString)>;
+
+/// Starts the new runtime of a restored process over its old slot.
+fn restart(job_env: &std::path::Path) -> Result<(Running, JobVars), StartError> {
+    let old = running().ok_or_else(|| StartError::Restart("the image has no runtime".into()))?;
+    let vars = dsm_runtime::checkpoint::restart::read_job_env(job_env)
+        .map_err(|e| StartError::Restart(format!("{}: {e}", job_env.display())))?;
+    let job = JobConfig::from_vars(vars.clone())?;
+    let slot = old.slot;
+    let base = old.runtime.base() as usize;
+    if job.runtime_config(slot).space_base != base {
+        return Err(StartError::Restart(format!(
+            "the new job's global range puts slot {slot} at {:#x}, the image has it at \
+             {base:#x}: DSM_SPACE_BASE and DSM_SLOT_BYTES must be those of the checkpointed job",
+            job.runtime_config(slot).space_base
+        )));
+    }
+    let timeout = Duration::from_millis(job.node_timeout_ms);
+    let transport = select(job.transport, &job.nodes, job.secret.clone(), timeout)?.transport;
+    {
+        let copies = Copies::for_transport(job.redundancy, job.spare_nodes, transport.as_ref())
+            .map_err(RuntimeError::from)?;
+        let mut session = copies.wrap(transport.connect().map_err(RuntimeError::from)?);
+        // The pid the process had when its image was taken (not yet replaced).
+        let previous_pid = OWNER_PID.load(Ordering::Relaxed) as u32;
+        let me = (Owner::this_process(), previous_pid);
+        job.claim_slot_again(session.as_mut(), slot, me, owner_alive)?;
+    }
+    let runtime = start_runtime(&job, slot, transport.as_ref())?;
+    runtime.adopt_pages_at_home(&old.runtime);
+    let running = Running {
+        runtime,
+        job,
+        slot,
+        transport,
+    };
+    Ok((running, vars))
+}
+
 /// The profile a job without `--profile` runs under.
 const DEFAULT_PROFILE: &str = "default";
 
-/// Starts the runtime with the job's profile (the shipped default if none) and trace recording (if asked).
+/// Starts the runtime with the job's profile (the shipped default if none) and trace
+/// recording (if asked).
 fn start_runtime(
     job: &JobConfig,
     slot: usize,

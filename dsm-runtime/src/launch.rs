@@ -63,6 +63,19 @@ impl LocalNodes {
         size: NodeSize,
         secret: &Secret,
     ) -> io::Result<LocalNodes> {
+        let plain = vec![crate::node::Snapshots::default(); count];
+        LocalNodes::spawn_with_snapshots(exe, size, secret, &plain)
+    }
+
+    /// Starts one node of `size` per entry of `snapshots`, which says where each writes
+    /// its checkpoint snapshots and which it loads at start.
+    pub fn spawn_with_snapshots(
+        exe: &Path,
+        size: NodeSize,
+        secret: &Secret,
+        snapshots: &[crate::node::Snapshots],
+    ) -> io::Result<LocalNodes> {
+        let count = snapshots.len();
         let mut nodes = LocalNodes {
             children: Vec::with_capacity(count),
             addrs: Vec::with_capacity(count),
@@ -72,11 +85,12 @@ impl LocalNodes {
             keepers: Vec::new(),
             keepers_dir: None,
         };
-        for id in 0..count {
+        for (id, node_snapshots) in snapshots.iter().enumerate() {
             let mut cmd = Command::new(exe);
             cmd.args(["node", "--id", &id.to_string(), "--listen", "127.0.0.1:0"])
                 .args(["--memory", &size.memory_bytes.to_string()])
                 .args(["--span", &size.span_bytes.to_string(), "--die-with-parent"])
+                .args(snapshot_args(node_snapshots))
                 .env("DSM_SECRET", secret.as_str())
                 // A node is not part of the program: no preloaded runtime, and its own
                 // process group, so a Ctrl-C meant for the program does not kill the
@@ -206,6 +220,20 @@ impl Drop for LocalNodes {
             let _ = std::fs::remove_dir_all(d);
         }
     }
+}
+
+/// A node's command-line options for its part in checkpoints.
+fn snapshot_args(s: &crate::node::Snapshots) -> Vec<std::ffi::OsString> {
+    let mut args = Vec::new();
+    if let Some(d) = &s.dir {
+        args.push("--snapshot-dir".into());
+        args.push(d.clone().into_os_string());
+    }
+    if !s.restore.is_empty() {
+        args.push("--restore".into());
+        args.extend(s.restore.iter().map(|p| p.clone().into_os_string()));
+    }
+    args
 }
 
 /// SIGTERM to every child still running, then reaps those that exit within `grace`.

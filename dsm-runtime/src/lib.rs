@@ -8,6 +8,7 @@
 //! counters. [`runtime::Runtime`] ties them together.
 
 pub mod cache;
+pub mod checkpoint;
 pub mod coherence;
 pub mod config;
 pub mod effects;

@@ -126,6 +126,8 @@ pub struct Core<E: Effects = Userfaultfd> {
     checkpoint: std::sync::OnceLock<Checkpoint>,
     /// Closed while the process is suspended (see [`crate::suspend`]).
     pub(crate) gate: crate::suspend::Gate,
+    /// Parks the reclaimer while a checkpoint writes the image (see [`crate::checkpoint`]).
+    pub(crate) ckpt_pause: crate::checkpoint::Pause,
 }
 
 /// A periodic copy of the statistics handed to whoever started the runtime, so that a
@@ -206,6 +208,7 @@ impl<E: Effects> Core<E> {
             reclaim_stop_free: pct(config.reclaim_stop_free_pct),
             checkpoint: std::sync::OnceLock::new(),
             gate: Default::default(),
+            ckpt_pause: Default::default(),
             config,
         })
     }
@@ -255,6 +258,7 @@ impl<E: Effects> Core<E> {
         let mut last_checkpoint = std::time::Instant::now();
         let (lock, cv) = &self.reclaim;
         while !self.stopping() {
+            self.ckpt_pause.hold_if_requested();
             {
                 let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
                 let (mut kicked, _) = cv
@@ -414,6 +418,10 @@ pub(crate) fn as_internal<R>(f: impl FnOnce() -> R) -> R {
     let was = INTERNAL_THREAD.with(|c| c.replace(true));
     let r = f();
     INTERNAL_THREAD.with(|c| c.set(was));
+    if !was {
+        // A checkpoint's stop signal waits until runtime code is left.
+        crate::checkpoint::stop_if_deferred();
+    }
     r
 }
 
@@ -440,13 +448,14 @@ fn spawn_internal(
         .name(name)
         .spawn(move || {
             mark_current_thread_internal();
+            let registered = crate::checkpoint::register_internal();
             PANICS_END_THE_PROCESS.with(|c| c.set(true));
             // The starter waits for this below before it returns.
             let _ = marked_tx.send(());
             // Unwind safety does not matter: after a panic nothing looks at the state the
             // body left behind, the process ends.
             match std::panic::catch_unwind(AssertUnwindSafe(|| body(&core))) {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => crate::checkpoint::forget_internal(registered),
                 Ok(Err(e)) => fatal(&e),
                 Err(payload) => fatal(&panicked(payload.as_ref())),
             }
@@ -798,6 +807,19 @@ impl Runtime {
             })?;
             Ok(())
         })
+    }
+
+    /// Takes over what `old` knew of the pages at home: a restarted process's new runtime
+    /// must fetch them, not zero-fill them. `old` is the runtime of the process when its
+    /// image was taken (its threads are gone; its tables are intact in the restored
+    /// memory). Returns how many pages.
+    pub fn adopt_pages_at_home(&self, old: &Runtime) -> usize {
+        let mut pages = Vec::new();
+        old.core.table.pages_at_home(&mut pages);
+        for p in &pages {
+            self.core.table.mark_home_valid(*p);
+        }
+        pages.len()
     }
 
     /// The configuration it runs with.

@@ -26,6 +26,9 @@ fn call(msg: &[u8]) {
         Call::Stats => assert_eq!(msg, b"stats"),
         Call::ShmAttach => assert_eq!(msg, ATTACH_CALL.as_bytes()),
         Call::VerbsConnect(m) => assert!(m == msg && m.starts_with(b"verbs-connect")),
+        Call::Snapshot { path, .. } => {
+            assert!(msg.starts_with(request::SNAPSHOT_CALL) && !path.contains(".."))
+        }
         Call::Unknown(m) => {
             assert_eq!(m, msg);
             // A client reads at most MAX_CALL_BYTES of a rejection.

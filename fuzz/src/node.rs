@@ -233,8 +233,11 @@ fn serve(req: &Request<'_>, entries: &[Entry], shadow: &mut [u8]) -> Reply {
                 offer: true,
                 ..reply(&header, STATUS_OK, None)
             },
-            // This build has no verbs support: the node says so.
-            Call::VerbsConnect(_) | Call::Unknown(_) => reply(&header, STATUS_REJECTED, None),
+            // This build has no verbs support: the node says so. The fuzzed node has no
+            // --snapshot-dir, so it refuses snapshots too.
+            Call::VerbsConnect(_) | Call::Snapshot { .. } | Call::Unknown(_) => {
+                reply(&header, STATUS_REJECTED, None)
+            }
         },
     }
 }

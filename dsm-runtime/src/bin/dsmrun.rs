@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use dsm_runtime::config::job::TransportKind;
 use dsm_runtime::config::{parse_size, physical_memory_bytes, DEFAULT_SPACE_BASE};
+use dsm_runtime::launcher::checkpoint::{self, CheckpointOptions};
 use dsm_runtime::launcher::{self, RunOptions, EXIT_SETUP};
 use dsm_runtime::node::{header::NODE_HEADER_BYTES, NodeSize};
 use dsm_runtime::policy::profile::Profile;
@@ -47,7 +48,7 @@ On other hosts:
                   cache holds the pages in use and the rest live on the nodes. With no host \
                   list, the nodes are started on this machine. Needs userfaultfd: root, \
                   CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1, or access to /dev/userfaultfd.",
-    override_usage = "dsmrun [OPTIONS] -n N [--] PROGRAM [ARGS]...\n       dsmrun profiles\n       dsmrun tune TRACE [--profiles a,b,...]\n       dsmrun report STATS.json [-o REPORT.html]\n       dsmrun suspend|resume|status JOB\n       dsmrun node --id I --listen ADDR --memory SIZE",
+    override_usage = "dsmrun [OPTIONS] -n N [--] PROGRAM [ARGS]...\n       dsmrun profiles\n       dsmrun tune TRACE [--profiles a,b,...]\n       dsmrun report STATS.json [-o REPORT.html]\n       dsmrun suspend|resume|status|checkpoint JOB\n       dsmrun restart DIR\n       dsmrun node --id I --listen ADDR --memory SIZE",
     after_help = EXAMPLES,
     trailing_var_arg = true
 )]
@@ -184,6 +185,15 @@ struct RunCli {
     /// dsmrun's pid; refused if a running job has it (e.g. --name velvet-run1).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// Take consistent checkpoints of the job (the program's process image and every
+    /// node's pages) into DIR, as ckpt-NNNN/ directories; `dsmrun restart DIR` resumes
+    /// from the newest. Local nodes only (e.g. --checkpoint-dir /scratch/ckpt).
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Take a checkpoint this often (e.g. 10m, 30s, 500ms); without it, checkpoints are
+    /// taken on `dsmrun checkpoint JOB` only.
+    #[arg(long, value_name = "DURATION", requires = "checkpoint_dir")]
+    checkpoint_every: Option<String>,
     /// The program and its arguments.
     #[arg(required = true, value_name = "PROGRAM [ARGS]...")]
     program: Vec<OsString>,
@@ -231,6 +241,13 @@ struct NodeCli {
     /// the secret stays off every command line, and the node ends with the connection).
     #[arg(long)]
     secret_stdin: bool,
+    /// Load these snapshots into the region before serving (a base, then its deltas, in
+    /// order): how `dsmrun restart` brings a checkpointed node back.
+    #[arg(long, value_name = "SNAPSHOT", num_args = 1..)]
+    restore: Vec<PathBuf>,
+    /// Accept snapshot calls (checkpoints) writing files under this directory.
+    #[arg(long, value_name = "DIR")]
+    snapshot_dir: Option<PathBuf>,
 }
 
 fn size_arg(flag: &str, text: &str, percent: bool) -> Result<u64> {
@@ -333,8 +350,29 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
             }
             None => None,
         },
+        checkpoint: checkpoint_options(
+            cli.checkpoint_dir.as_deref(),
+            cli.checkpoint_every.as_deref(),
+        )?,
+        restore: None,
         program: cli.program,
     })
+}
+
+/// `--checkpoint-dir` and `--checkpoint-every`, checked.
+fn checkpoint_options(
+    dir: Option<&std::path::Path>,
+    every: Option<&str>,
+) -> Result<Option<CheckpointOptions>> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let every = every
+        .map(checkpoint::duration::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--checkpoint-every {e}"))?;
+    let dir = checkpoint::restart::prepare_dir(dir).map_err(anyhow::Error::msg)?;
+    Ok(Some(CheckpointOptions { dir, every }))
 }
 
 fn node_main(args: Vec<OsString>) -> Result<()> {
@@ -361,8 +399,18 @@ fn node_main(args: Vec<OsString>) -> Result<()> {
             .and_then(Secret::new)
             .context("DSM_SECRET is not set: a memory node needs the job secret")?
     };
-    dsm_runtime::node::run(cli.id, cli.listen, size, secret, cli.die_with_parent)
-        .with_context(|| format!("memory node {} on {}", cli.id, cli.listen))?;
+    dsm_runtime::node::run(
+        cli.id,
+        cli.listen,
+        size,
+        secret,
+        cli.die_with_parent,
+        &dsm_runtime::node::Snapshots {
+            dir: cli.snapshot_dir,
+            restore: cli.restore,
+        },
+    )
+    .with_context(|| format!("memory node {} on {}", cli.id, cli.listen))?;
     Ok(())
 }
 
@@ -429,15 +477,16 @@ fn report_main(args: Vec<OsString>) -> Result<()> {
     Ok(())
 }
 
-/// `dsmrun suspend JOB` / `dsmrun resume JOB`.
+/// `dsmrun suspend JOB` / `dsmrun resume JOB` / `dsmrun checkpoint JOB`.
 #[derive(Parser, Debug)]
 #[command(
-    name = "dsmrun suspend|resume|status",
-    bin_name = "dsmrun suspend|resume|status",
+    name = "dsmrun suspend|resume|status|checkpoint",
+    bin_name = "dsmrun suspend|resume|status|checkpoint",
     about = "Suspend a running job (its processes write their dirty pages home, free their \
-             local cache and stop; the nodes keep the data) or resume it. JOB is the pid of \
+             local cache and stop; the nodes keep the data) or resume it; or take a \
+             checkpoint of a job started with --checkpoint-dir now. JOB is the pid of \
              its dsmrun or the --name it was started with (e.g. dsmrun suspend velvet-run1). \
-             SIGTSTP and SIGCONT sent to dsmrun do the same."
+             SIGTSTP and SIGCONT sent to dsmrun do the same as suspend and resume."
 )]
 struct JobCli {
     /// The job: its dsmrun's pid or its --name.
@@ -452,9 +501,108 @@ fn job_main(verb: &str, args: Vec<OsString>) -> Result<()> {
     Ok(())
 }
 
+/// `dsmrun restart DIR`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "dsmrun restart",
+    bin_name = "dsmrun restart",
+    about = "Restart a job from the newest complete checkpoint in DIR (written with \
+             --checkpoint-dir): fresh local nodes load their snapshots, the program continues \
+             from its image, its pages come back from the nodes as it touches them. A damaged \
+             checkpoint is refused, naming the file (e.g. dsmrun restart /scratch/ckpt)."
+)]
+struct RestartCli {
+    /// The checkpoint directory.
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    /// Checkpoint the restarted job again this often, into DIR (e.g. 10m).
+    #[arg(long, value_name = "DURATION")]
+    checkpoint_every: Option<String>,
+    /// Report the nodes, the checkpoints and each process on stderr.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Print no summary.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Write the job's counters as JSON to FILE, as for a run.
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
+    /// A name for `dsmrun suspend|resume|checkpoint NAME`.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+}
+
+fn restart_main(args: Vec<OsString>) -> i32 {
+    let cli = RestartCli::parse_from(args);
+    let opts = (|| -> Result<RunOptions> {
+        let every = cli
+            .checkpoint_every
+            .as_deref()
+            .map(checkpoint::duration::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--checkpoint-every {e}"))?;
+        if let Some(n) = &cli.name {
+            launcher::jobs::check_name(n).map_err(anyhow::Error::msg)?;
+        }
+        let restore = checkpoint::restart::Restore::open(&cli.dir).map_err(anyhow::Error::msg)?;
+        if cli.verbose {
+            eprintln!(
+                "dsmrun: restarting from {}/ckpt-{:04} ({} nodes, {} files checked)",
+                cli.dir.display(),
+                restore.manifest.sequence,
+                restore.manifest.chains.len(),
+                restore.manifest.files().count()
+            );
+        }
+        restore
+            .run_options(checkpoint::restart::RestartArgs {
+                every,
+                verbose: cli.verbose,
+                quiet: cli.quiet,
+                stats_path: cli.stats,
+                name: cli.name,
+            })
+            .map_err(anyhow::Error::msg)
+    })();
+    let opts = match opts {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("dsmrun restart: {e:#}");
+            return EXIT_SETUP;
+        }
+    };
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("dsmrun"));
+    match launcher::run(&opts, &exe) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dsmrun restart: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// `dsmrun restore-image IMAGE JOB_ENV`: internal (tests, and what `dsmrun restart`
+/// runs): becomes the process saved in IMAGE, on the job described by the `DSM_*`
+/// lines of JOB_ENV. Returns only by exiting with an error.
+fn restore_image_main(args: &[OsString]) -> ! {
+    let [image, job_env] = args else {
+        eprintln!("usage: dsmrun restore-image IMAGE JOB_ENV (internal)");
+        std::process::exit(EXIT_SETUP);
+    };
+    let e = dsm_runtime::checkpoint::restart::exec_restarter(
+        std::path::Path::new(image),
+        std::path::Path::new(job_env),
+    );
+    eprintln!(
+        "dsmrun restore-image: {}: {e}",
+        std::path::Path::new(image).display()
+    );
+    std::process::exit(EXIT_SETUP);
+}
+
 fn main() {
     let mut args: Vec<OsString> = std::env::args_os().collect();
-    for verb in ["suspend", "resume", "status"] {
+    for verb in ["suspend", "resume", "status", "checkpoint"] {
         if args.get(1).is_some_and(|a| a == verb) {
             args.remove(1);
             if let Err(e) = job_main(verb, args) {
@@ -484,6 +632,16 @@ fn main() {
             std::process::exit(EXIT_SETUP);
         }
         return;
+    }
+    if args.get(1).is_some_and(|a| a == "restart") {
+        args.remove(1);
+        std::process::exit(restart_main(args));
+    }
+    if args
+        .get(1)
+        .is_some_and(|a| a == checkpoint::restart::RESTORE_VERB)
+    {
+        restore_image_main(&args[2..]);
     }
     if args.get(1).is_some_and(|a| a == "node") {
         args.remove(1);

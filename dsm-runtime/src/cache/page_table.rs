@@ -237,19 +237,38 @@ impl PageTable {
         was
     }
 
+    /// Appends to `out` every page whose state says it has data at home, one shard at a
+    /// time (what a restarted process's new runtime adopts, `Runtime::adopt_pages_at_home`).
+    pub fn pages_at_home(&self, out: &mut Vec<PageNum>) {
+        self.pages_where(out, |s| s.home_valid());
+    }
+
     /// Appends to `out` every page whose state says it has data at home, or whose lock is
     /// held (a write-back may be storing it for the first time), one shard at a time (for
     /// re-protection after a node's death, `redundancy::reprotect`).
     pub fn pages_at_home_or_busy(&self, out: &mut Vec<PageNum>) {
+        self.pages_where(out, |s| s.home_valid() || s.busy());
+    }
+
+    /// Appends to `out` every page whose state satisfies `keep`, one shard at a time.
+    fn pages_where(&self, out: &mut Vec<PageNum>, keep: impl Fn(&PageState) -> bool) {
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             out.extend(
                 shard
                     .iter()
-                    .filter(|(_, s)| s.home_valid() || s.busy())
+                    .filter(|(_, s)| keep(s))
                     .map(|(&p, _)| PageNum(p)),
             );
         }
+    }
+
+    /// Notes that `page`, untouched here, has data at home (a restarted process's pages,
+    /// written home by the runtime it had before).
+    pub fn mark_home_valid(&self, page: PageNum) {
+        let mut shard = self.shard(page);
+        let s = shard.entry(page.0).or_insert(PageState::UNTOUCHED);
+        *s = s.with_home_valid(true);
     }
 
     /// Number of pages with tracked state.

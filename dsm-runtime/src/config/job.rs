@@ -106,6 +106,12 @@ pub enum JobError {
          raise dsmrun --max-procs"
     )]
     SlotsFull { slots: usize },
+    /// The slot a restarted process must have again is held by a live process.
+    #[error(
+        "slot {slot} of the job's global space, which the restarted process must have \
+         again, is held by a running process"
+    )]
+    SlotHeld { slot: usize },
     /// Node 0 failed while claiming a slot.
     #[error("claiming a slot on node 0: {0}")]
     Transport(#[from] TransportError),
@@ -425,6 +431,37 @@ impl JobConfig {
     }
 }
 
+impl JobConfig {
+    /// Claims `slot` itself for `me`: a restarted process must have the slot it had when
+    /// its image was taken (its heap is there), although the slot table, restored on the
+    /// nodes, names its old pid (`previous_pid`, on whatever host it ran: that word is
+    /// taken over even if some process now has that pid here).
+    pub fn claim_slot_again(
+        &self,
+        session: &mut dyn Session,
+        slot: usize,
+        (me, previous_pid): (Owner, u32),
+        alive: impl Fn(Owner) -> bool,
+    ) -> Result<(), JobError> {
+        if slot >= self.slots {
+            return Err(JobError::SlotsFull { slots: self.slots });
+        }
+        let offset = slot_owner_offset(slot);
+        for _ in 0..2 {
+            let word = session.compare_and_swap(NodeId(0), offset, 0, 0)?;
+            let owner = Owner(word);
+            let ours = owner.same_process(me) || owner.pid() == previous_pid;
+            if word != 0 && !ours && alive(owner) {
+                return Err(JobError::SlotHeld { slot });
+            }
+            if session.compare_and_swap(NodeId(0), offset, word, me.0)? == word {
+                return Ok(());
+            }
+        }
+        Err(JobError::SlotHeld { slot })
+    }
+}
+
 /// Default size of each process's slice of the global range: address space, not memory.
 pub const DEFAULT_SLOT_BYTES: u64 = 4 << 40;
 
@@ -496,11 +533,22 @@ pub fn owner_alive(owner: Owner) -> bool {
     owner.host() != host_tag() || pid_alive(owner.pid())
 }
 
-/// Whether process `pid` exists on this machine.
+/// Whether process `pid` exists on this machine and has not exited: a zombie (killed,
+/// not yet reaped by a parent that may never do it) holds nothing any more.
 pub fn pid_alive(pid: u32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence and permission.
     let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+    exists && !zombie(pid)
+}
+
+/// Whether `pid` has exited and waits to be reaped (state `Z` in /proc/PID/stat).
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z")
+    })
 }
 
 #[cfg(test)]
@@ -614,6 +662,41 @@ mod tests {
         assert_eq!(a.space_page_offset, 0);
         assert_eq!(b.space_page_offset, (128 << 20) / 4096);
         assert_eq!(job.space_pages(), 4 * (128 << 20) / 4096);
+    }
+
+    #[test]
+    fn a_restarted_process_takes_its_old_slot_back_but_not_a_live_stranger() {
+        use crate::effects::memory::MemoryNodes;
+        let job = JobConfig::from_vars(vars(&[
+            ("DSM_NODES", "127.0.0.1:1"),
+            ("DSM_SECRET", "x"),
+            ("DSM_SLOT_BYTES", "128M"),
+            ("DSM_SLOTS", "3"),
+        ]))
+        .unwrap();
+        let mut nodes = MemoryNodes::new();
+        let everyone_alive = |_: Owner| true;
+        let old = Owner::new(7, 300);
+        let stranger = Owner::new(7, 400);
+        assert_eq!(
+            job.claim_slot(&mut nodes, stranger, everyone_alive)
+                .unwrap(),
+            0
+        );
+        assert_eq!(job.claim_slot(&mut nodes, old, everyone_alive).unwrap(), 1);
+        // The restarted process (pid 500 on another host) takes slot 1 back from its old
+        // pid, alive or not; slot 0 stays the live stranger's.
+        let restarted = Owner::new(9, 500);
+        job.claim_slot_again(&mut nodes, 1, (restarted, 300), everyone_alive)
+            .unwrap();
+        assert!(matches!(
+            job.claim_slot_again(&mut nodes, 0, (restarted, 300), everyone_alive),
+            Err(JobError::SlotHeld { slot: 0 })
+        ));
+        assert!(matches!(
+            job.claim_slot_again(&mut nodes, 3, (restarted, 300), everyone_alive),
+            Err(JobError::SlotsFull { slots: 3 })
+        ));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! `PR_SET_PDEATHSIG` (they die with `dsmrun`, even on `SIGKILL`); the program gets
 //! `PR_SET_PDEATHSIG` too; every exit path drops [`LocalNodes`], which kills and reaps them.
 
+pub mod checkpoint;
 pub mod cpus;
 pub mod jobs;
 pub mod lost_hosts;
@@ -37,6 +38,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Exit status when the program cannot be found (as shells use).
@@ -105,6 +107,11 @@ pub struct RunOptions {
     pub node_timeout_ms: u64,
     /// The job's name for `dsmrun suspend/resume NAME` (`--name`).
     pub name: Option<String>,
+    /// Where and how often to checkpoint the job (`--checkpoint-dir`, `--checkpoint-every`).
+    pub checkpoint: Option<checkpoint::CheckpointOptions>,
+    /// The checkpoint to restart from (`dsmrun restart`), validated; `program` is then its
+    /// recorded command line, for messages.
+    pub restore: Option<checkpoint::restart::Restore>,
     /// The program and its arguments.
     pub program: Vec<OsString>,
 }
@@ -262,7 +269,7 @@ fn diagnose_uffd_permission() -> String {
 
 /// The job's layout: each process's slice of the global range and how many there are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Plan {
+pub(crate) struct Plan {
     slot_bytes: u64,
     slots: usize,
 }
@@ -396,7 +403,11 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         .program
         .first()
         .ok_or_else(|| LaunchError::Invalid("no program given: dsmrun -n N -- PROGRAM".into()))?;
-    let program_path = resolve_program(program)?;
+    // A restarted program comes back from its image, not from its executable.
+    let program_path = match &opts.restore {
+        Some(_) => dsmrun_exe.to_path_buf(),
+        None => resolve_program(program)?,
+    };
     let preload = match &opts.preload_lib {
         Some(p) => p.clone(),
         None => default_preload().unwrap_or_else(|| PathBuf::from("libdsm_preload.so")),
@@ -418,6 +429,10 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         Err(e) => return Err(e.into()),
     }
     let remote_plan = remote_plan(opts, attached.is_some(), dsmrun_exe)?;
+    if opts.checkpoint.is_some() {
+        checkpoint::restart::check_supported(opts, attached.is_some() || remote_plan.is_some())
+            .map_err(LaunchError::Invalid)?;
+    }
     // Nodes this launcher starts get terabyte spans, unless they will serve RDMA: without
     // on-demand paging a registration pins the node's whole region, so those get a region
     // of their memory only, and the slots shrink to what such regions can place.
@@ -426,10 +441,14 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         Some((_, span)) => Some(*span),
         None => pinned.then(|| NodeSize::of_memory(opts.node_bytes).span_bytes),
     };
-    let plan = plan_job(opts, fixed_span)?;
+    let plan = match &opts.restore {
+        Some(r) => r.plan().map_err(LaunchError::Invalid)?,
+        None => plan_job(opts, fixed_span)?,
+    };
     let control = register_job(opts)?;
 
     signals::start_forwarding().map_err(io_err("blocking forwarded signals"))?;
+    let mut node_size = NodeSize::of_memory(opts.node_bytes);
     let (secret, mut nodes) = match attached {
         Some((secret, _)) => (
             secret,
@@ -437,9 +456,10 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         ),
         None => {
             let secret = Secret::generate().map_err(io_err("generating the job secret"))?;
-            let size = match fixed_span {
-                Some(_) => NodeSize::of_memory(opts.node_bytes),
-                None => {
+            let size = match (&opts.restore, fixed_span) {
+                (Some(r), _) => r.node_size(),
+                (None, Some(_)) => NodeSize::of_memory(opts.node_bytes),
+                (None, None) => {
                     let placed = opts.nodes - opts.spare_nodes;
                     let (stored, per) = opts.redundancy.stored_per_page();
                     // A rescue room doubles the address space, not the memory.
@@ -448,9 +468,11 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
                     plan.node_size(placed, opts.node_bytes, (stored * rooms, per))
                 }
             };
+            node_size = size;
+            let snapshots = checkpoint::restart::node_snapshots(opts);
             let nodes = match &remote_plan {
                 Some(p) => remote::start(p, size, &secret)?,
-                None => LocalNodes::spawn_sized(dsmrun_exe, opts.nodes, size, &secret)
+                None => LocalNodes::spawn_with_snapshots(dsmrun_exe, size, &secret, &snapshots)
                     .map_err(io_err("starting memory nodes"))?,
             };
             (secret, nodes)
@@ -483,7 +505,7 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         .mode(0o700)
         .create(stats_dir.join(crate::suspend::control::CTL_DIR))
         .map_err(io_err("creating the control directory"))?;
-    let job = JobConfig {
+    let fresh = JobConfig {
         nodes: nodes.addrs().to_vec(),
         secret,
         transport: opts.transport,
@@ -502,6 +524,10 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         redundancy: opts.redundancy,
         spare_nodes: opts.spare_nodes,
     };
+    let job = match &opts.restore {
+        Some(r) => r.job(&fresh).map_err(LaunchError::Invalid)?,
+        None => fresh,
+    };
     let node_hosts: Vec<String> = (0..nodes.addrs().len())
         .map(|i| nodes.host(i).unwrap_or("localhost").to_string())
         .collect();
@@ -509,24 +535,37 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         .validate()
         .map_err(|e| LaunchError::Invalid(e.to_string()))
         .and_then(|()| {
-            run_program(
-                opts,
-                &job,
-                (&program_path, &preload),
-                &mut nodes,
-                started,
-                control,
-            )
+            let cmd = match &opts.restore {
+                Some(r) => r.command(&job, dsmrun_exe).map_err(LaunchError::Invalid)?,
+                None => program_command(opts, &job, &program_path, &preload),
+            };
+            let checkpointer = opts.checkpoint.as_ref().map(|c| {
+                Arc::new(checkpoint::Checkpointer::new(
+                    c.dir.clone(),
+                    (job.nodes.clone(), job.secret.clone()),
+                    checkpoint::restart::job_record(opts, &job, node_size),
+                    opts.restore.as_ref().map(|r| r.manifest.clone()),
+                    opts.verbose,
+                ))
+            });
+            run_program(opts, &job, cmd, &mut nodes, started, control, checkpointer)
         });
     drop(nodes);
-    let (code, watched) = match result {
+    let (code, watched, checkpoints) = match result {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&stats_dir);
             return Err(e);
         }
     };
-    report(opts, &stats_dir, code, started, watched, &node_hosts);
+    report(
+        opts,
+        &stats_dir,
+        code,
+        started,
+        (watched, checkpoints),
+        &node_hosts,
+    );
     let _ = std::fs::remove_dir_all(&stats_dir);
     Ok(code)
 }
@@ -593,14 +632,14 @@ fn register_job(
     }
 }
 
-fn run_program(
+/// The program's command: its environment (the job's `DSM_*` variables, the preload
+/// library) and its death with `dsmrun`.
+fn program_command(
     opts: &RunOptions,
     job: &JobConfig,
-    (program_path, preload): (&Path, &Path),
-    nodes: &mut LocalNodes,
-    started: Instant,
-    control: Option<(jobs::Registration, std::os::unix::net::UnixListener)>,
-) -> Result<(i32, watch::Watched), LaunchError> {
+    program_path: &Path,
+    preload: &Path,
+) -> Command {
     let mut cmd = Command::new(program_path);
     cmd.arg0(&opts.program[0]).args(&opts.program[1..]);
     // Stale job variables from an enclosing dsmrun must not leak into this job. The
@@ -620,6 +659,26 @@ fn run_program(
         ld.push(old);
     }
     cmd.env("LD_PRELOAD", ld);
+    if opts.checkpoint.is_some() {
+        // Checkpointable programs run without address randomisation, so that their
+        // libraries and vDSO come back at the same addresses on restart.
+        // SAFETY: the hook only calls personality(2), which is async-signal-safe.
+        unsafe { cmd.pre_exec(crate::checkpoint::disable_aslr) };
+    }
+    cmd
+}
+
+/// Runs the program's command `cmd` and waits for it, watching the nodes; serves
+/// suspend, resume and checkpoint requests meanwhile and takes the periodic checkpoints.
+fn run_program(
+    opts: &RunOptions,
+    job: &JobConfig,
+    mut cmd: Command,
+    nodes: &mut LocalNodes,
+    started: Instant,
+    control: Option<(jobs::Registration, std::os::unix::net::UnixListener)>,
+    checkpointer: Option<Arc<checkpoint::Checkpointer>>,
+) -> Result<(i32, watch::Watched, Option<serde_json::Value>), LaunchError> {
     unblock_signals_in_child(&mut cmd);
     // SAFETY: prctl with integer arguments is async-signal-safe.
     unsafe {
@@ -635,12 +694,24 @@ fn run_program(
     )))?;
     signals::forward_to(child.id());
     let stats_dir = job.stats_dir.clone().unwrap_or_default();
+    if let (Some(c), Some(r)) = (&checkpointer, &opts.restore) {
+        checkpoint::restart::watch_running(Arc::clone(c), child.id(), &stats_dir, r.began);
+    }
     let controller = std::sync::Arc::new(suspend::Controller::new(
         child.id(),
         &stats_dir,
         !opts.quiet,
     ));
     signals::control_with(Some(controller.clone()));
+    let periodic = checkpointer.as_ref().and_then(|c| {
+        controller.checkpoint_with(Arc::clone(c));
+        let every = opts.checkpoint.as_ref()?.every?;
+        Some(checkpoint::Periodic::start(
+            Arc::clone(c),
+            Arc::clone(&controller),
+            every,
+        ))
+    });
     let registration = control.map(|(registration, listener)| {
         controller.serve(listener);
         registration
@@ -654,6 +725,7 @@ fn run_program(
     });
     let mut watch = watch::JobWatch::new(stats_dir, started, opts.progress, thrash, !opts.quiet);
     let status = wait_watching_nodes(&mut child, nodes, &mut watch, opts.redundancy);
+    drop(periodic);
     // The status line goes before anything else is printed about the end.
     let watched = watch.finish();
     let code = match status {
@@ -666,7 +738,7 @@ fn run_program(
     signals::stop_forwarding();
     signals::control_with(None);
     drop(registration);
-    Ok((code, watched))
+    Ok((code, watched, checkpointer.map(|c| c.stats_json())))
 }
 
 /// After the runtime failed, names the hosts whose nodes no longer answer (nodes on this
@@ -783,7 +855,7 @@ fn report(
     stats_dir: &Path,
     code: i32,
     started: Instant,
-    mut watched: watch::Watched,
+    (mut watched, checkpoints): (watch::Watched, Option<serde_json::Value>),
     node_hosts: &[String],
 ) {
     let processes = summary::read_processes(stats_dir);
@@ -809,6 +881,9 @@ fn report(
     let mut doc = stats_document(opts, code, wall, total, processes, watched);
     // Which host each node (the index of the `_by_node` counters) ran on.
     doc["job"]["node_hosts"] = serde_json::json!(node_hosts);
+    if let Some(c) = checkpoints {
+        doc["checkpoints"] = c;
+    }
     if let Some(path) = &opts.stats_path {
         let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
         if let Err(e) = std::fs::write(path, text) {

@@ -27,6 +27,8 @@ pub struct Controller {
     suspended: Mutex<bool>,
     /// Report signal-driven suspends and resumes on stderr (not with -q).
     verbose: bool,
+    /// Takes checkpoints on `dsmrun checkpoint JOB` (a job run with --checkpoint-dir).
+    checkpointer: std::sync::OnceLock<Arc<super::checkpoint::Checkpointer>>,
 }
 
 impl Controller {
@@ -38,7 +40,13 @@ impl Controller {
             ctl_dir: stats_dir.join(CTL_DIR),
             suspended: Mutex::new(false),
             verbose,
+            checkpointer: Default::default(),
         }
+    }
+
+    /// Lets `dsmrun checkpoint JOB` take checkpoints with `checkpointer`.
+    pub fn checkpoint_with(&self, checkpointer: Arc<super::checkpoint::Checkpointer>) {
+        let _ = self.checkpointer.set(checkpointer);
     }
 
     /// Reports the outcome of a signal-driven request on stderr (errors always).
@@ -52,6 +60,17 @@ impl Controller {
 
     /// Suspends the job; the answer says what was released.
     pub fn suspend(&self) -> Result<String, String> {
+        self.quiesce_then(true)
+    }
+
+    /// Empties the caches and closes the fault paths as [`Controller::suspend`] does, but
+    /// leaves the processes running: their control threads answer a checkpoint request
+    /// then. [`Controller::resume`] reopens them.
+    pub fn quiesce(&self) -> Result<String, String> {
+        self.quiesce_then(false)
+    }
+
+    fn quiesce_then(&self, stop: bool) -> Result<String, String> {
         let mut suspended = self.suspended.lock().unwrap_or_else(|e| e.into_inner());
         if *suspended {
             return Err("already suspended".into());
@@ -66,31 +85,11 @@ impl Controller {
         // their caches.
         signal_all(&procs, libc::SIGCONT);
         let sockets = self.sockets(&procs);
-        let mut done = Vec::new();
-        let (mut dropped, mut written) = (0u64, 0u64);
-        for (pid, socket) in &sockets {
-            match jobs::ask(socket, "suspend", RELEASE_TIMEOUT) {
-                Ok(a) if a.starts_with("ok") => {
-                    dropped += field(&a, "dropped=");
-                    written += field(&a, "written=");
-                    done.push(socket.clone());
-                }
-                outcome => {
-                    for s in &done {
-                        let _ = jobs::ask(s, "resume", RELEASE_TIMEOUT);
-                    }
-                    let why = match outcome {
-                        Ok(a) => a.trim_start_matches("error").trim().to_string(),
-                        Err(e) => e.to_string(),
-                    };
-                    return Err(format!(
-                        "process {pid} could not empty its cache ({why}); the job runs on"
-                    ));
-                }
-            }
+        let (dropped, written) = empty_caches(&sockets)?;
+        if stop {
+            // Those started meanwhile are stopped too (they have their caches, still).
+            signal_all(&job_processes(self.program), libc::SIGSTOP);
         }
-        // Those started meanwhile are stopped too (they have their caches, still).
-        signal_all(&job_processes(self.program), libc::SIGSTOP);
         *suspended = true;
         let rss_after = rss_bytes(&procs);
         Ok(format!(
@@ -102,6 +101,13 @@ impl Controller {
             rss_after >> 10,
             start.elapsed().as_millis()
         ))
+    }
+
+    /// The program's processes, and the control socket of each that runs the runtime.
+    pub fn processes(&self) -> (BTreeSet<u32>, Vec<(u32, PathBuf)>) {
+        let procs = job_processes(self.program);
+        let sockets = self.sockets(&procs);
+        (procs, sockets)
     }
 
     /// Resumes a suspended job.
@@ -158,6 +164,10 @@ impl Controller {
                     let answer = match line.trim() {
                         "suspend" => me.suspend(),
                         "resume" => me.resume(),
+                        "checkpoint" => match me.checkpointer.get() {
+                            Some(c) => c.take(&me),
+                            None => Err("the job was started without --checkpoint-dir".into()),
+                        },
                         "status" => Ok(if me.is_suspended() {
                             "suspended"
                         } else {
@@ -176,8 +186,37 @@ impl Controller {
     }
 }
 
+/// Asks every process to empty its cache; on a failure, resumes those that did and says
+/// which process failed and why. Returns the pages dropped and written home.
+fn empty_caches(sockets: &[(u32, PathBuf)]) -> Result<(u64, u64), String> {
+    let mut done = Vec::new();
+    let (mut dropped, mut written) = (0u64, 0u64);
+    for (pid, socket) in sockets {
+        match jobs::ask(socket, "suspend", RELEASE_TIMEOUT) {
+            Ok(a) if a.starts_with("ok") => {
+                dropped += field(&a, "dropped=");
+                written += field(&a, "written=");
+                done.push(socket.clone());
+            }
+            outcome => {
+                for s in &done {
+                    let _ = jobs::ask(s, "resume", RELEASE_TIMEOUT);
+                }
+                let why = match outcome {
+                    Ok(a) => a.trim_start_matches("error").trim().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(format!(
+                    "process {pid} could not empty its cache ({why}); the job runs on"
+                ));
+            }
+        }
+    }
+    Ok((dropped, written))
+}
+
 /// The number after `key` in an answer line (0 if absent).
-fn field(answer: &str, key: &str) -> u64 {
+pub(crate) fn field(answer: &str, key: &str) -> u64 {
     answer
         .split_whitespace()
         .find_map(|w| w.strip_prefix(key))

@@ -5,6 +5,7 @@ pub mod header;
 pub mod region;
 pub mod request;
 pub mod server;
+pub mod snapshot;
 #[cfg(feature = "verbs")]
 pub mod verbs;
 
@@ -43,15 +44,26 @@ impl NodeSize {
     }
 }
 
+/// A node's part in checkpoints: where it may write snapshots, and what it starts from.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshots {
+    /// The directory snapshot calls write under (the job's `--checkpoint-dir`).
+    pub dir: Option<std::path::PathBuf>,
+    /// Snapshots loaded at start, a base then its deltas.
+    pub restore: Vec<std::path::PathBuf>,
+}
+
 /// Runs a memory node until killed: binds `listen`, announces the bound address on stdout,
 /// and serves. With `die_with_parent`, the node exits when its launcher does, so a crashed
-/// launcher leaves no orphans.
+/// launcher leaves no orphans. Snapshot calls write under `snapshots.dir` (none without);
+/// `snapshots.restore` (a base, then deltas) are loaded before the node listens.
 pub fn run(
     id: u16,
     listen: SocketAddr,
     size: NodeSize,
     secret: Secret,
     die_with_parent: bool,
+    snapshots: &Snapshots,
 ) -> io::Result<()> {
     if die_with_parent {
         // SAFETY: prctl with integer arguments only.
@@ -62,6 +74,10 @@ pub fn run(
         }
     }
     let server = NodeServer::new(id, size, secret)?;
+    server.restore(&snapshots.restore)?;
+    if let Some(dir) = &snapshots.dir {
+        server.allow_snapshots_in(dir.clone());
+    }
     let listener = TcpListener::bind(listen)?;
     let addr = listener.local_addr()?;
     let mut out = io::stdout().lock();

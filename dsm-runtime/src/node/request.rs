@@ -82,6 +82,9 @@ pub enum Call<'a> {
     ShmAttach,
     /// The verbs backend's queue-pair exchange (the whole message).
     VerbsConnect(&'a [u8]),
+    /// Save the pages written since the previous snapshot (all pages if `full`) to the
+    /// file `path`, relative to the node's `--snapshot-dir` (`snapshot full|delta PATH`).
+    Snapshot { full: bool, path: &'a str },
     /// Anything else: rejected.
     Unknown(&'a [u8]),
 }
@@ -93,8 +96,28 @@ pub fn parse_call(msg: &[u8]) -> Call<'_> {
         b"stats" => Call::Stats,
         m if m == ATTACH_CALL.as_bytes() => Call::ShmAttach,
         m if m.starts_with(b"verbs-connect") => Call::VerbsConnect(m),
+        m if m.starts_with(SNAPSHOT_CALL) => parse_snapshot(m).unwrap_or(Call::Unknown(m)),
         other => Call::Unknown(other),
     }
+}
+
+/// The start of a snapshot call.
+pub const SNAPSHOT_CALL: &[u8] = b"snapshot ";
+
+/// `snapshot full|delta relative/path` (no `..`, not absolute); anything else is not a
+/// snapshot call.
+fn parse_snapshot(msg: &[u8]) -> Option<Call<'_>> {
+    let text = std::str::from_utf8(msg.strip_prefix(SNAPSHOT_CALL)?).ok()?;
+    let (kind, path) = text.split_once(' ')?;
+    let full = match kind {
+        "full" => true,
+        "delta" => false,
+        _ => return None,
+    };
+    let plain = std::path::Path::new(path)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    (plain && !path.is_empty()).then_some(Call::Snapshot { full, path })
 }
 
 /// The rejection of an unknown call: quotes at most [`QUOTED_CALL_BYTES`] of it, so the
@@ -310,6 +333,22 @@ mod tests {
             Call::VerbsConnect(_)
         ));
         assert!(matches!(parse_call(b"pingx"), Call::Unknown(_)));
+        assert_eq!(
+            parse_call(b"snapshot delta ckpt-0001.tmp/node-0.snap"),
+            Call::Snapshot {
+                full: false,
+                path: "ckpt-0001.tmp/node-0.snap"
+            }
+        );
+        for bad in [
+            &b"snapshot full /abs"[..],
+            b"snapshot full ../up",
+            b"snapshot full a/../../b",
+            b"snapshot half x",
+            b"snapshot x",
+        ] {
+            assert!(matches!(parse_call(bad), Call::Unknown(_)), "{bad:?}");
+        }
         let long = vec![0xffu8; wire::MAX_CALL_BYTES as usize];
         let m = unknown_call_message(&long);
         assert!(m.len() < 1024, "{} bytes", m.len());

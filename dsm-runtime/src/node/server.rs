@@ -51,6 +51,11 @@ pub struct NodeServer {
     id: u16,
     secret: Secret,
     counters: NodeCounters,
+    /// Page checksums as of the last snapshot or restore (checkpoints save only changes);
+    /// the lock also keeps two snapshots from running at once.
+    snapshot_sums: std::sync::Mutex<super::snapshot::PageSums>,
+    /// Where snapshot calls may write (`--snapshot-dir`); unset, they are refused.
+    snapshot_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl NodeServer {
@@ -84,7 +89,60 @@ impl NodeServer {
             id,
             secret,
             counters: NodeCounters::default(),
+            snapshot_sums: Default::default(),
+            snapshot_dir: Default::default(),
         }))
+    }
+
+    /// Loads snapshots (a base, then deltas, in order) into the region; the next snapshot
+    /// saves what changed since. Before serving only: nobody may use the region meanwhile.
+    pub fn restore(&self, files: &[std::path::PathBuf]) -> io::Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        for f in files {
+            super::snapshot::load(&self.region, self.id.into(), f).map_err(|e| {
+                io::Error::other(format!("restoring snapshot {}: {e}", f.display()))
+            })?;
+        }
+        let (_, sums) = super::snapshot::changed_pages(&self.region, &Default::default())?;
+        *self.snapshot_sums.lock().unwrap_or_else(|e| e.into_inner()) = sums;
+        Ok(())
+    }
+
+    /// Lets snapshot calls write files under `dir` (a job's checkpoint directory).
+    pub fn allow_snapshots_in(&self, dir: std::path::PathBuf) {
+        let _ = self.snapshot_dir.set(dir);
+    }
+
+    /// Writes a snapshot to `path` (under the snapshot directory): the pages changed since
+    /// the last one, or all (`full`). The answer says what was written.
+    fn snapshot(&self, full: bool, path: &str) -> Result<Vec<u8>, String> {
+        let started = Instant::now();
+        let Some(dir) = self.snapshot_dir.get() else {
+            return Err(format!(
+                "node {} was started without --snapshot-dir: it takes no snapshots",
+                self.id
+            ));
+        };
+        let path = dir.join(path);
+        let mut sums = self.snapshot_sums.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = if full {
+            Default::default()
+        } else {
+            sums.clone()
+        };
+        let (written, now) = super::snapshot::write(&self.region, self.id.into(), &previous, &path)
+            .map_err(|e| format!("node {}: writing snapshot {}: {e}", self.id, path.display()))?;
+        *sums = now;
+        Ok(format!(
+            "pages={} zeroed={} bytes={} ms={}",
+            written.pages,
+            written.zeroed,
+            written.bytes,
+            started.elapsed().as_millis()
+        )
+        .into_bytes())
     }
 
     /// Traffic counters.
@@ -283,6 +341,10 @@ impl NodeServer {
                 }
             }
             Call::VerbsConnect(m) => match self.verbs_connect(m, conn) {
+                Ok(a) => a,
+                Err(why) => return reject(s, h, &why),
+            },
+            Call::Snapshot { full, path } => match self.snapshot(full, path) {
                 Ok(a) => a,
                 Err(why) => return reject(s, h, &why),
             },

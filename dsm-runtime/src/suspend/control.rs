@@ -1,10 +1,14 @@
 //! A process's control socket: `dsmrun` asks the runtime inside the program to suspend
 //! (close the fault path and empty the cache) or resume, one line per request.
 //!
-//! Protocol (text, one request per connection): the client writes `suspend`, `resume`
-//! or `status` and a newline; the runtime answers one line starting with `ok` or
-//! `error`. `ok suspended dropped=N written=M left=L ms=T` says what emptying the cache
-//! did. A suspend that fails reopens the fault path: the process runs on as before.
+//! Protocol (text, one request per connection): the client writes `suspend`, `resume`,
+//! `status` or `checkpoint PATH` and a newline; the runtime answers one line starting
+//! with `ok` or `error`. `ok suspended dropped=N written=M left=L ms=T` says what
+//! emptying the cache did. A suspend that fails reopens the fault path: the process runs
+//! on as before. `checkpoint PATH` (an absolute path) is valid only while the process is
+//! suspended and not stopped (SIGCONT it after `dsmrun suspend`): it writes the process
+//! image there (see [`crate::checkpoint`]) and answers `ok checkpoint bytes=N threads=T
+//! ms=M`; on error the process stays suspended and intact.
 
 use super::Released;
 use crate::runtime::{Core, RuntimeError};
@@ -20,8 +24,8 @@ pub const CTL_DIR: &str = "ctl";
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest line a client may send.
-const REQUEST_BYTES_MAX: u64 = 64;
+/// Longest line a client may send (`checkpoint` and a path).
+const REQUEST_BYTES_MAX: u64 = 4200;
 
 /// Binds the control socket at `path` (replacing a stale one).
 pub(crate) fn bind(path: &Path) -> Result<UnixListener, RuntimeError> {
@@ -87,13 +91,15 @@ fn answer(core: &Core, stream: UnixStream) {
     let mut line = String::new();
     let read = BufReader::new(Read::take(&stream, REQUEST_BYTES_MAX)).read_line(&mut line);
     let reply = match read {
-        Ok(_) => handle(core, line.trim()),
+        Ok(_) => handle(core, line.trim(), stream.as_raw_fd()),
         Err(e) => format!("error reading the request: {e}"),
     };
     let _ = (&stream).write_all(format!("{reply}\n").as_bytes());
 }
 
-fn handle(core: &Core, request: &str) -> String {
+/// Answers `request`, which came on the connection `client` (a descriptor of the
+/// runtime's, which a checkpoint must not take for the program's).
+fn handle(core: &Core, request: &str, client: i32) -> String {
     match request {
         "suspend" => match suspend(core) {
             Ok(r) => format!(
@@ -116,7 +122,19 @@ fn handle(core: &Core, request: &str) -> String {
                 "ok running".into()
             }
         }
-        other => format!("error unknown request {other:?}: use suspend, resume or status"),
+        other if other.starts_with("checkpoint ") => {
+            let path = std::path::Path::new(other["checkpoint ".len()..].trim());
+            match crate::checkpoint::take(core, path, client) {
+                Ok(t) => format!(
+                    "ok checkpoint bytes={} threads={} ms={}",
+                    t.bytes, t.threads, t.ms
+                ),
+                Err(e) => format!("error {e}"),
+            }
+        }
+        other => format!(
+            "error unknown request {other:?}: use suspend, resume, status or checkpoint PATH"
+        ),
     }
 }
 
