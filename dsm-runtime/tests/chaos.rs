@@ -257,7 +257,7 @@ fn heapwalk_survives_a_random_node_killed_at_a_random_moment() {
 #[test]
 fn heapwalk_survives_a_random_node_killed_at_a_random_moment_under_ec_4_1() {
     // Five nodes: every group has a piece on each, so any death degrades every group.
-    heapwalk_under_random_kills("heapwalk ec:4+1 chaos", "ec:4+1", 5, 16);
+    heapwalk_under_random_kills("heapwalk ec:4+1 chaos", "ec:4+1", 5, 18);
 }
 
 /// `runs` runs of heapwalk on `nodes` nodes kept with `redundancy`, each with a random
@@ -408,7 +408,7 @@ fn assert_same_assembly(what: &str, g: &Path, native_g: &Path) {
 }
 
 #[test]
-fn velvetg_on_the_art_reads_survives_a_node_killed_under_replicate_2() {
+fn velvetg_on_the_art_reads_survives_a_node_killed_under_replicate_2_and_ec_4_1() {
     if ["velveth", "velvetg", "xz", "art_illumina"]
         .iter()
         .any(|p| !have(p))
@@ -440,16 +440,23 @@ fn velvetg_on_the_art_reads_survives_a_node_killed_under_replicate_2() {
     // still fetch its heap from the nodes.
     let cache = (ran.peak_rss * 3 / 4 / 4096 * 4096).to_string();
     let mut rng = Rng(seed("velvetg ART chaos"));
-    for run in 0..2 {
+    // Two runs under each mode, one over shm and one over TCP.
+    for run in 0..4u64 {
         let g = dir.join(format!("g{run}"));
         velvet_run_dir(&h, &g);
         let transport = if run % 2 == 0 { "shm" } else { "tcp" };
-        // The first kill as soon as velvetg runs (its run is short), the second anywhere
-        // in a native run's time.
+        let (redundancy, nodes) = if run < 2 {
+            ("replicate:2", NODES)
+        } else {
+            ("ec:4+1", 5)
+        };
+        let n = nodes.to_string();
+        // The first kill of each mode as soon as velvetg runs (its run is short), the
+        // second anywhere in a native run's time.
         let fault = Fault {
-            nodes: vec![rng.below(NODES as u64) as usize],
+            nodes: vec![rng.below(nodes as u64) as usize],
             signal: libc::SIGKILL,
-            after: Duration::from_millis(run * rng.below((ran.secs * 1000.0) as u64 + 1)),
+            after: Duration::from_millis((run % 2) * rng.below((ran.secs * 1000.0) as u64 + 1)),
             then: None,
         };
         let mut program = vec![std::ffi::OsStr::new("velvetg"), g.as_os_str()];
@@ -457,9 +464,9 @@ fn velvetg_on_the_art_reads_survives_a_node_killed_under_replicate_2() {
         let out = run_with_fault(
             &[
                 "-n",
-                "3",
+                &n,
                 "--redundancy",
-                "replicate:2",
+                redundancy,
                 "--local-cache",
                 &cache,
                 "--transport",
@@ -468,12 +475,15 @@ fn velvetg_on_the_art_reads_survives_a_node_killed_under_replicate_2() {
             &program,
             &fault,
         );
-        let what = format!("velvetg ART run {run} ({transport}, {fault:?})");
+        let what = format!("velvetg ART run {run} ({redundancy}, {transport}, {fault:?})");
         eprintln!(
             "{what}: exit {} in {:.2} s, landed {}",
             out.code, out.secs, out.landed
         );
-        assert!(run > 0 || out.landed, "{what}: the kill came after the end");
+        assert!(
+            run % 2 == 1 || out.landed,
+            "{what}: the kill came after the end"
+        );
         assert_went_on(&what, &out, &fault);
         assert_same_assembly(&what, &g, &native_g);
     }
@@ -488,6 +498,18 @@ fn a_frozen_node_is_declared_dead_after_the_node_timeout_and_fenced() {
     program.extend(os(&HEAPWALK_ARGS));
     let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
     let expected = native(&program);
+    for (redundancy, nodes) in [("replicate:2", "3"), ("ec:4+1", "5")] {
+        frozen_node_is_fenced(redundancy, nodes, &program, &expected);
+    }
+}
+
+/// heapwalk under `redundancy` on `nodes` nodes over TCP with node 1 stopped by SIGSTOP.
+fn frozen_node_is_fenced(
+    redundancy: &str,
+    nodes: &str,
+    program: &[&std::ffi::OsStr],
+    expected: &[u8],
+) {
     let fault = Fault {
         nodes: vec![1],
         signal: libc::SIGSTOP,
@@ -498,9 +520,9 @@ fn a_frozen_node_is_declared_dead_after_the_node_timeout_and_fenced() {
     let out = run_with_fault(
         &[
             "-n",
-            "3",
+            nodes,
             "--redundancy",
-            "replicate:2",
+            redundancy,
             "--local-cache",
             "16M",
             "--transport",
@@ -508,21 +530,24 @@ fn a_frozen_node_is_declared_dead_after_the_node_timeout_and_fenced() {
             "--node-timeout",
             "500",
         ],
-        &program,
+        program,
         &fault,
     );
-    assert!(out.landed, "the program ended before the node was stopped");
-    assert_survived("SIGSTOP", &out, &fault, &expected);
+    assert!(
+        out.landed,
+        "{redundancy}: the program ended before the node was stopped"
+    );
+    assert_survived(&format!("SIGSTOP {redundancy}"), &out, &fault, expected);
     assert!(
         out.stderr.contains("node 1 at")
             && out.stderr.contains("no answer within 500 ms")
             && out.stderr.contains("it is fenced"),
-        "the frozen node was not declared dead and fenced:\n{}",
+        "{redundancy}: the frozen node was not declared dead and fenced:\n{}",
         out.stderr
     );
     assert!(
         out.stderr.contains("redundancy: 1 node(s) died"),
-        "the summary does not count the death:\n{}",
+        "{redundancy}: the summary does not count the death:\n{}",
         out.stderr
     );
 }
