@@ -638,6 +638,74 @@ fn a_host_dying_mid_job_ends_it_naming_the_host() {
     let _ = std::fs::remove_file(exe);
 }
 
+/// Issue 19's "its host gone" under redundancy: the same host death as above, but the job
+/// keeps every page on two hosts, so it goes on and prints what it prints natively.
+#[test]
+fn a_host_dying_mid_job_under_replicate_2_loses_nothing() {
+    let Some(exe) = compile_c("heapwalk", &[]) else {
+        return skip(
+            "cluster_host_dies_replicated",
+            "no C compiler (apt-get install gcc)",
+        );
+    };
+    let _turn = heavy();
+    let Some(hostfile) = cluster("cluster_host_dies_replicated") else {
+        return;
+    };
+    require_preload();
+    let args = ["32", "4", "1000", "7"];
+    let native = Command::new(&exe).args(args).output().unwrap();
+    assert!(native.status.success());
+    let child = Command::new(dsmrun())
+        .args([
+            "-n",
+            "16",
+            "--local-cache",
+            "2M",
+            "--redundancy",
+            "replicate:2",
+        ])
+        .args(["--node-timeout", "2000", "--hostfile"])
+        .arg(&hostfile)
+        .arg("--")
+        .arg(&exe)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nodes_running().len() < 16 {
+        assert!(Instant::now() < deadline, "the 16 nodes never all ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let st = Command::new(script()).args(["kill", "2"]).status().unwrap();
+    assert!(st.success());
+    // Bounded: a job that hangs on the dead host fails the test instead of hanging it.
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    let Ok(out) = rx.recv_timeout(Duration::from_secs(120)) else {
+        // SAFETY: kill(2) on the dsmrun we started; it has not been reaped yet.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        panic!("the replicated job hung after host 2 died");
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        out.stdout == native.stdout,
+        "output differs from the native run after host 2 died: {err}"
+    );
+    // Host 2 holds nodes 1, 5, 9 and 13 (the hostfile's interleave): all four die.
+    assert!(
+        err.contains("redundancy: 4 node(s) died and were fenced"),
+        "{err}"
+    );
+    assert_nothing_left("after a replicated job outlived a host", 10);
+    let _ = std::fs::remove_file(exe);
+}
+
 #[test]
 fn an_allocation_too_small_for_the_nodes_is_an_error() {
     let _turn = heavy();
