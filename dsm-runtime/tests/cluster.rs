@@ -706,6 +706,97 @@ fn a_host_dying_mid_job_under_replicate_2_loses_nothing() {
     let _ = std::fs::remove_file(exe);
 }
 
+/// Issue 21's "restart on a different host": heapwalk checkpointed here with its nodes
+/// here, everything killed, then `dsmrun restart` run on host 2 over ssh (another network
+/// and pid namespace: fresh nodes there, new pids). The checkpoint directory is on the
+/// file system the hosts share.
+#[test]
+fn a_job_checkpointed_here_restarts_on_another_host() {
+    let Some(exe) = compile_c("heapwalk", &[]) else {
+        return skip(
+            "cluster_restart_elsewhere",
+            "no C compiler (apt-get install gcc)",
+        );
+    };
+    let _turn = heavy();
+    if cluster("cluster_restart_elsewhere").is_none() {
+        return;
+    }
+    require_preload();
+    let dir = scratch("cluster-restart");
+    let args = ["64", "4", "100", "11"];
+    let native = Command::new(&exe).args(args).output().unwrap();
+    assert!(native.status.success());
+    let jobs = dir.join("jobs");
+    let mut job = Command::new(dsmrun())
+        .env("DSM_JOBS_DIR", &jobs)
+        .args([
+            "-q",
+            "-n",
+            "2",
+            "--local-cache",
+            "16M",
+            "--name",
+            "elsewhere",
+        ])
+        .arg("--checkpoint-dir")
+        .arg(dir.join("ck"))
+        .arg("--")
+        .arg(&exe)
+        .args(args)
+        .stdout(std::fs::File::create(dir.join("out1.txt")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let ck = Command::new(dsmrun())
+        .env("DSM_JOBS_DIR", &jobs)
+        .args(["checkpoint", "elsewhere"])
+        .output()
+        .unwrap();
+    assert!(
+        ck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ck.stderr)
+    );
+    kill_with_children(job.id());
+    let _ = job.wait();
+    let before = std::fs::read(dir.join("out1.txt")).unwrap();
+    assert!(before.is_empty(), "heapwalk ended before it was killed");
+    let remote = format!(
+        "cd {d} && DSM_JOBS_DIR={d}/jobs2 {exe} restart -v {d}/ck",
+        d = dir.display(),
+        exe = dsmrun().display()
+    );
+    let out = Command::new("ssh")
+        .args(["-o", "BatchMode=yes", &host_addr(2), &remote])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dsmrun restart on host 2: {err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&native.stdout),
+        "the restart on host 2 printed other than native: {err}"
+    );
+    assert!(err.contains("the restored program runs again"), "{err}");
+    assert_nothing_left("after a restart on another host", 10);
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(exe);
+}
+
+/// SIGKILL to `pid` and to every process below it, the children first.
+fn kill_with_children(pid: u32) {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        kill_with_children(child);
+    }
+    // SAFETY: kill(2) on a process this test started, or one of its descendants.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
 #[test]
 fn an_allocation_too_small_for_the_nodes_is_an_error() {
     let _turn = heavy();
