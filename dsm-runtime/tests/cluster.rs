@@ -596,15 +596,7 @@ fn a_host_dying_mid_job_ends_it_naming_the_host() {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
         s
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while nodes_running().len() < 16 {
-        assert!(Instant::now() < deadline, "the 16 nodes never all ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Let the program get going on them.
-    std::thread::sleep(Duration::from_secs(2));
-    let st = Command::new(script()).args(["kill", "2"]).status().unwrap();
-    assert!(st.success());
+    kill_host_2_mid_job("a host dying mid-job");
     let killed = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -674,14 +666,7 @@ fn a_host_dying_mid_job_under_replicate_2_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while nodes_running().len() < 16 {
-        assert!(Instant::now() < deadline, "the 16 nodes never all ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    let st = Command::new(script()).args(["kill", "2"]).status().unwrap();
-    assert!(st.success());
+    kill_host_2_mid_job("a host dying under replicate:2");
     // Bounded: a job that hangs on the dead host fails the test instead of hanging it.
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -885,6 +870,15 @@ fn wait_for_nodes(n: usize, what: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Once the job's 16 nodes run and the program has had 2 s to get going on them, kills
+/// host 2 (its processes killed, its link set down).
+fn kill_host_2_mid_job(what: &str) {
+    wait_for_nodes(16, what);
+    std::thread::sleep(Duration::from_secs(2));
+    let st = Command::new(script()).args(["kill", "2"]).status().unwrap();
+    assert!(st.success(), "{what}: scripts/test-cluster kill 2 failed");
 }
 
 /// Writes an executable `--remote-dsmrun` stand-in that waits on each host as `delays`
