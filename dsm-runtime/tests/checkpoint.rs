@@ -499,6 +499,47 @@ fn checkpoint_options_are_checked_before_anything_starts() {
         assert!(!out.status.success(), "{args:?}: {said}");
         assert!(said.contains(expected), "{args:?}: {said}");
     }
+    // Nodes that dsmrun does not start cannot be told where to write or what to load.
+    let out = Command::new(dsmrun())
+        .args([
+            "--attach",
+            "127.0.0.1:9",
+            "--checkpoint-dir",
+            &ck,
+            "--",
+            "true",
+        ])
+        .env("DSM_SECRET", "0123456789abcdef0123456789abcdef")
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(
+        !out.status.success() && said.contains("cannot be combined with --attach"),
+        "{said}"
+    );
+    // A node on a host that does not see the checkpoint directory (no shared file system)
+    // says so when it starts, not at the first checkpoint.
+    let out = Command::new(dsmrun())
+        .args([
+            "node",
+            "--id",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+            "--memory",
+            "1M",
+        ])
+        .args(["--snapshot-dir", "/nonexistent/ck"])
+        .env("DSM_SECRET", "0123456789abcdef0123456789abcdef")
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(
+        !out.status.success()
+            && said.contains("checkpoint directory /nonexistent/ck: cannot write there")
+            && said.contains("shares"),
+        "{said}"
+    );
     let out = dsmrun_verb(&dir, &["restart", "/nonexistent/ckpt"]);
     assert!(!out.status.success() && text(&out).contains("/nonexistent/ckpt"));
     std::fs::create_dir_all(dir.join("empty/ckpt-0003.tmp")).unwrap();

@@ -712,42 +712,7 @@ fn a_job_checkpointed_here_restarts_on_another_host() {
     let args = ["64", "4", "100", "11"];
     let native = Command::new(&exe).args(args).output().unwrap();
     assert!(native.status.success());
-    let jobs = dir.join("jobs");
-    let mut job = Command::new(dsmrun())
-        .env("DSM_JOBS_DIR", &jobs)
-        .args([
-            "-q",
-            "-n",
-            "2",
-            "--local-cache",
-            "16M",
-            "--name",
-            "elsewhere",
-        ])
-        .arg("--checkpoint-dir")
-        .arg(dir.join("ck"))
-        .arg("--")
-        .arg(&exe)
-        .args(args)
-        .stdout(std::fs::File::create(dir.join("out1.txt")).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let ck = Command::new(dsmrun())
-        .env("DSM_JOBS_DIR", &jobs)
-        .args(["checkpoint", "elsewhere"])
-        .output()
-        .unwrap();
-    assert!(
-        ck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ck.stderr)
-    );
-    kill_with_children(job.id());
-    let _ = job.wait();
-    let before = std::fs::read(dir.join("out1.txt")).unwrap();
-    assert!(before.is_empty(), "heapwalk ended before it was killed");
+    checkpoint_mid_run_then_kill(&dir, &["-n", "2"], &exe, &args);
     let remote = format!(
         "cd {d} && DSM_JOBS_DIR={d}/jobs2 {exe} restart -v {d}/ck",
         d = dir.display(),
@@ -767,6 +732,128 @@ fn a_job_checkpointed_here_restarts_on_another_host() {
     );
     assert!(err.contains("the restored program runs again"), "{err}");
     assert_nothing_left("after a restart on another host", 10);
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(exe);
+}
+
+/// Runs `exe args` under `dsmrun -q --local-cache 16M --checkpoint-dir DIR/ck` plus
+/// `placement` (where its nodes go), takes a checkpoint with `dsmrun checkpoint` 1.5 s in,
+/// then SIGKILLs dsmrun and everything below it (nodes on other hosts die with their ssh
+/// sessions or job steps), and checks that the program had not finished.
+fn checkpoint_mid_run_then_kill(dir: &Path, placement: &[&str], exe: &Path, args: &[&str]) {
+    let jobs = dir.join("jobs");
+    let mut job = Command::new(dsmrun())
+        .env("DSM_JOBS_DIR", &jobs)
+        .args(["-q", "--local-cache", "16M", "--name", "ck"])
+        .args(placement)
+        .arg("--checkpoint-dir")
+        .arg(dir.join("ck"))
+        .arg("--")
+        .arg(exe)
+        .args(args)
+        .stdout(std::fs::File::create(dir.join("out1.txt")).unwrap())
+        .stderr(std::fs::File::create(dir.join("err1.txt")).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let ck = Command::new(dsmrun())
+        .env("DSM_JOBS_DIR", &jobs)
+        .args(["checkpoint", "ck"])
+        .output()
+        .unwrap();
+    kill_with_children(job.id());
+    let _ = job.wait();
+    let err1 = std::fs::read_to_string(dir.join("err1.txt")).unwrap_or_default();
+    assert!(
+        ck.status.success(),
+        "{}; the job said: {err1}",
+        String::from_utf8_lossy(&ck.stderr)
+    );
+    let before = std::fs::read(dir.join("out1.txt")).unwrap();
+    assert!(before.is_empty(), "the program ended before it was killed");
+    assert_nothing_left("after the checkpointed job was killed", 10);
+}
+
+/// Issue 21 with the nodes on other hosts: heapwalk with its 8 nodes on the four test
+/// hosts (ssh, `--hostfile`) writes its checkpoint into a directory on the file system the
+/// hosts share (each node writes its own snapshot there); everything is killed. The job is
+/// restarted from that checkpoint twice, with fresh nodes elsewhere each time: over ssh on
+/// two of the hosts only (`--hosts`), then as job steps of a two-host Slurm allocation.
+/// Both print what heapwalk prints natively.
+#[test]
+fn a_job_with_its_nodes_on_four_hosts_restarts_on_other_hosts() {
+    let Some(exe) = compile_c("heapwalk", &[]) else {
+        return skip(
+            "cluster_restart_hosts",
+            "no C compiler (apt-get install gcc)",
+        );
+    };
+    let _turn = heavy();
+    let Some(hostfile) = cluster("cluster_restart_hosts") else {
+        return;
+    };
+    require_preload();
+    let dir = scratch("cluster-restart-hosts");
+    let args = ["64", "4", "100", "11"];
+    let native = Command::new(&exe).args(args).output().unwrap();
+    assert!(native.status.success());
+    let hostfile = hostfile.display().to_string();
+    checkpoint_mid_run_then_kill(&dir, &["-n", "8", "--hostfile", &hostfile], &exe, &args);
+    let complete: Vec<PathBuf> = std::fs::read_dir(dir.join("ck"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none() && p.to_string_lossy().contains("/ckpt-"))
+        .collect();
+    assert_eq!(complete.len(), 1, "one checkpoint expected: {complete:?}");
+    let manifest = std::fs::read_to_string(complete[0].join("MANIFEST")).unwrap();
+    for node in 0..8 {
+        assert!(
+            manifest.contains(&format!("node-{node}.")),
+            "node {node} wrote no snapshot: {manifest}"
+        );
+    }
+    let two_hosts = format!("{}:4,{}:4", host_addr(3), host_addr(4));
+    let ssh = Command::new(dsmrun())
+        .args(["restart", "-v", "--hosts", &two_hosts])
+        .arg(dir.join("ck"))
+        .env("DSM_JOBS_DIR", dir.join("jobs2"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let slurm = Command::new("salloc")
+        .args(["-N", "2", "--quiet"])
+        .arg(dsmrun())
+        .args(["restart", "-v"])
+        .arg(dir.join("ck"))
+        .env("DSM_JOBS_DIR", dir.join("jobs3"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    for (how, out) in [
+        ("over ssh on hosts 3 and 4", &ssh),
+        ("under salloc -N 2", &slurm),
+    ] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "restart {how}: {err}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&native.stdout),
+            "the restart {how} printed other than native: {err}"
+        );
+        assert!(err.contains("the restored program runs again"), "{err}");
+        let node_lines: Vec<&str> = err.lines().filter(|l| l.contains(" pid ")).collect();
+        assert_eq!(node_lines.len(), 8, "{err}");
+        assert!(
+            node_lines.iter().all(|l| l.contains(" on host ")),
+            "a node of the restart {how} ran here: {err}"
+        );
+    }
+    let err = String::from_utf8_lossy(&ssh.stderr);
+    for host in [1, 2] {
+        let there = format!("on host {}", host_addr(host));
+        assert!(!err.contains(&there), "--hosts left out host {host}: {err}");
+    }
+    assert_nothing_left("after the restarts on other hosts", 10);
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_file(exe);
 }

@@ -38,6 +38,50 @@ On other hosts:
   salloc -N 4 dsmrun -n 16 -- ./prog
       inside a Slurm allocation: the nodes run as `srun --overlap` steps on its hosts";
 
+/// Where the memory nodes run: shared by a run and a restart.
+#[derive(clap::Args, Debug)]
+struct PlacementCli {
+    /// Start the nodes on these hosts over ssh (BatchMode: keys, no passwords), spread
+    /// across the hosts first and up to each host's slots (host:N; 1 without); the
+    /// program runs here (e.g. --hosts node1:4,node2:4 -n 8).
+    #[arg(long, value_name = "HOST[:N],...", conflicts_with = "hostfile")]
+    hosts: Option<String>,
+    /// As --hosts, from a file of Open MPI `host slots=N` or MPICH `host:N` lines
+    /// (e.g. --hostfile hosts.txt -n 16).
+    #[arg(long, value_name = "FILE")]
+    hostfile: Option<PathBuf>,
+    /// The dsmrun binary on the hosts, if not at this one's path (e.g. --remote-dsmrun
+    /// /opt/dsm/bin/dsmrun).
+    #[arg(long, value_name = "PATH")]
+    remote_dsmrun: Option<PathBuf>,
+    /// Inside a Slurm allocation, still start the nodes on this machine (by default they
+    /// run as job steps on the allocation's hosts).
+    #[arg(long)]
+    local_nodes: bool,
+}
+
+impl PlacementCli {
+    /// The hosts (from --hosts or --hostfile), the remote dsmrun and whether a Slurm
+    /// allocation's hosts may be used.
+    fn parse(self) -> Result<(Option<Vec<launcher::remote::Host>>, Option<PathBuf>, bool)> {
+        let hosts = match (&self.hosts, &self.hostfile) {
+            (Some(list), _) => {
+                Some(launcher::remote::parse_host_list(list).map_err(anyhow::Error::msg)?)
+            }
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("--hostfile {}", path.display()))?;
+                Some(
+                    launcher::remote::parse_hostfile(&text)
+                        .map_err(|e| anyhow::anyhow!("--hostfile {}: {e}", path.display()))?,
+                )
+            }
+            (None, None) => None,
+        };
+        Ok((hosts, self.remote_dsmrun, !self.local_nodes))
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "dsmrun",
@@ -48,7 +92,7 @@ On other hosts:
                   cache holds the pages in use and the rest live on the nodes. With no host \
                   list, the nodes are started on this machine. Needs userfaultfd: root, \
                   CAP_SYS_PTRACE, vm.unprivileged_userfaultfd=1, or access to /dev/userfaultfd.",
-    override_usage = "dsmrun [OPTIONS] -n N [--] PROGRAM [ARGS]...\n       dsmrun profiles\n       dsmrun tune TRACE [--profiles a,b,...]\n       dsmrun report STATS.json [-o REPORT.html]\n       dsmrun suspend|resume|status|checkpoint JOB\n       dsmrun restart DIR\n       dsmrun node --id I --listen ADDR --memory SIZE",
+    override_usage = "dsmrun [OPTIONS] -n N [--] PROGRAM [ARGS]...\n       dsmrun profiles\n       dsmrun tune TRACE [--profiles a,b,...]\n       dsmrun report STATS.json [-o REPORT.html]\n       dsmrun suspend|resume|status|checkpoint JOB\n       dsmrun restart [--hostfile FILE] DIR\n       dsmrun node --id I --listen ADDR --memory SIZE",
     after_help = EXAMPLES,
     trailing_var_arg = true
 )]
@@ -69,26 +113,11 @@ struct RunCli {
         long,
         value_name = "ADDR,...",
         value_delimiter = ',',
-        conflicts_with = "nodes"
+        conflicts_with_all = ["nodes", "hosts", "hostfile"]
     )]
     attach: Vec<std::net::SocketAddr>,
-    /// Start the nodes on these hosts over ssh (BatchMode: keys, no passwords), spread
-    /// across the hosts first and up to each host's slots (host:N; 1 without); the
-    /// program runs here (e.g. --hosts node1:4,node2:4 -n 8).
-    #[arg(long, value_name = "HOST[:N],...", conflicts_with_all = ["attach", "hostfile"])]
-    hosts: Option<String>,
-    /// As --hosts, from a file of Open MPI `host slots=N` or MPICH `host:N` lines
-    /// (e.g. --hostfile hosts.txt -n 16).
-    #[arg(long, value_name = "FILE", conflicts_with = "attach")]
-    hostfile: Option<PathBuf>,
-    /// The dsmrun binary on the hosts, if not at this one's path (e.g. --remote-dsmrun
-    /// /opt/dsm/bin/dsmrun).
-    #[arg(long, value_name = "PATH")]
-    remote_dsmrun: Option<PathBuf>,
-    /// Inside a Slurm allocation, still start the nodes on this machine (by default they
-    /// run as job steps on the allocation's hosts).
-    #[arg(long)]
-    local_nodes: bool,
+    #[command(flatten)]
+    placement: PlacementCli,
     /// Most of a process's heap kept in local memory at once; the rest lives on the nodes.
     /// Applies to each process of the job (e.g. 512M, 8G, 25%).
     #[arg(long, value_name = "SIZE", default_value = "50%")]
@@ -270,20 +299,7 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
     .with_context(|| {
         format!("--space-base {base_text}: expected an address like 0x100000000000")
     })?;
-    let hosts = match (&cli.hosts, &cli.hostfile) {
-        (Some(list), _) => {
-            Some(launcher::remote::parse_host_list(list).map_err(anyhow::Error::msg)?)
-        }
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("--hostfile {}", path.display()))?;
-            Some(
-                launcher::remote::parse_hostfile(&text)
-                    .map_err(|e| anyhow::anyhow!("--hostfile {}: {e}", path.display()))?,
-            )
-        }
-        (None, None) => None,
-    };
+    let (hosts, remote_dsmrun, slurm) = cli.placement.parse()?;
     // Load the profile now, so a bad one is reported (file, line, hint) before anything
     // starts; the processes load it again from DSM_PROFILE.
     let profile_redundancy = match &cli.profile {
@@ -298,8 +314,8 @@ fn run_options(cli: RunCli) -> Result<RunOptions> {
         nodes: cli.nodes.unwrap_or(cli.attach.len()) + cli.spare_nodes,
         spare_nodes: cli.spare_nodes,
         hosts,
-        remote_dsmrun: cli.remote_dsmrun,
-        slurm: !cli.local_nodes,
+        remote_dsmrun,
+        slurm,
         attach: (!cli.attach.is_empty()).then_some(cli.attach),
         cache_bytes_max: cache,
         node_bytes: node,
@@ -507,8 +523,8 @@ fn job_main(verb: &str, args: Vec<OsString>) -> Result<()> {
     name = "dsmrun restart",
     bin_name = "dsmrun restart",
     about = "Restart a job from the newest complete checkpoint in DIR (written with \
-             --checkpoint-dir): fresh local nodes load their snapshots, the program continues \
-             from its image, its pages come back from the nodes as it touches them. A damaged \
+             --checkpoint-dir): fresh nodes (here, on --hosts or --hostfile, or on a Slurm \
+             allocation's hosts) load their snapshots, the program continues from its image, its pages come back from the nodes as it touches them. A damaged \
              checkpoint is refused, naming the file (e.g. dsmrun restart /scratch/ckpt)."
 )]
 struct RestartCli {
@@ -530,6 +546,10 @@ struct RestartCli {
     /// A name for `dsmrun suspend|resume|checkpoint NAME`.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// Where the fresh nodes run (default: this machine, or the Slurm allocation's hosts
+    /// inside one); the checkpoint directory must be at the same path on those hosts.
+    #[command(flatten)]
+    placement: PlacementCli,
 }
 
 fn restart_main(args: Vec<OsString>) -> i32 {
@@ -554,8 +574,12 @@ fn restart_main(args: Vec<OsString>) -> i32 {
                 restore.manifest.files().count()
             );
         }
+        let (hosts, remote_dsmrun, slurm) = cli.placement.parse()?;
         restore
             .run_options(checkpoint::restart::RestartArgs {
+                hosts,
+                remote_dsmrun,
+                slurm,
                 every,
                 verbose: cli.verbose,
                 quiet: cli.quiet,

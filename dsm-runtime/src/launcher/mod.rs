@@ -373,6 +373,10 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
             opts.spare_nodes
         )));
     }
+    if opts.checkpoint.is_some() {
+        checkpoint::restart::check_supported(opts, opts.attach.is_some())
+            .map_err(LaunchError::Invalid)?;
+    }
     if let Some(cpus) = &opts.cpus {
         // Before anything starts, so that nodes, program and runtime threads inherit it.
         cpus::restrict_to(cpus).map_err(LaunchError::Invalid)?;
@@ -429,10 +433,6 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         Err(e) => return Err(e.into()),
     }
     let remote_plan = remote_plan(opts, attached.is_some(), dsmrun_exe)?;
-    if opts.checkpoint.is_some() {
-        checkpoint::restart::check_supported(opts, attached.is_some() || remote_plan.is_some())
-            .map_err(LaunchError::Invalid)?;
-    }
     // Nodes this launcher starts get terabyte spans, unless they will serve RDMA: without
     // on-demand paging a registration pins the node's whole region, so those get a region
     // of their memory only, and the slots shrink to what such regions can place.
@@ -471,7 +471,7 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
             node_size = size;
             let snapshots = checkpoint::restart::node_snapshots(opts);
             let nodes = match &remote_plan {
-                Some(p) => remote::start(p, size, &secret)?,
+                Some(p) => remote::start(p, size, &secret, &snapshots)?,
                 None => LocalNodes::spawn_with_snapshots(dsmrun_exe, size, &secret, &snapshots)
                     .map_err(io_err("starting memory nodes"))?,
             };

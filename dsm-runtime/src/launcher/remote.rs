@@ -13,7 +13,7 @@
 
 use super::LaunchError;
 use crate::launch::{unblock_signals_in_child, LocalNodes};
-use crate::node::{NodeSize, READY_PREFIX};
+use crate::node::{NodeSize, Snapshots, READY_PREFIX};
 use crate::transport::auth::Secret;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -355,6 +355,7 @@ pub fn start(
     plan: &RemotePlan,
     size: NodeSize,
     secret: &Secret,
+    snapshots: &[Snapshots],
 ) -> Result<LocalNodes, LaunchError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let masters = match plan.starter {
@@ -372,7 +373,13 @@ pub fn start(
         let host = &plan.hosts[h].name;
         let listen = SocketAddr::new(plan.addrs[h], 0);
         let control = masters.as_ref().map(|m| m.socket(h));
-        let mut cmd = starter_command(plan, id, host, control, listen, size, secret);
+        let node = NodeArgs {
+            id,
+            listen,
+            size,
+            snapshots: snapshots.get(id),
+        };
+        let mut cmd = starter_command(plan, host, control, &node, secret);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -590,28 +597,56 @@ fn detach(cmd: &mut Command, deathsig: i32) {
     }
 }
 
-fn starter_command(
-    plan: &RemotePlan,
+/// What one node is started with.
+struct NodeArgs<'a> {
     id: usize,
-    host: &str,
-    control: Option<PathBuf>,
     listen: SocketAddr,
     size: NodeSize,
+    /// Where it writes its checkpoint snapshots and which it loads at start: paths in the
+    /// checkpoint directory, which must be at the same path on its host (a shared file
+    /// system).
+    snapshots: Option<&'a Snapshots>,
+}
+
+impl NodeArgs<'_> {
+    /// `dsmrun node ...` without the secret.
+    fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "node".to_string(),
+            "--id".into(),
+            self.id.to_string(),
+            "--listen".into(),
+            self.listen.to_string(),
+            "--memory".into(),
+            self.size.memory_bytes.to_string(),
+            "--span".into(),
+            self.size.span_bytes.to_string(),
+            "--die-with-parent".into(),
+        ];
+        if let Some(s) = self.snapshots {
+            if let Some(d) = &s.dir {
+                args.push("--snapshot-dir".into());
+                args.push(d.display().to_string());
+            }
+            if !s.restore.is_empty() {
+                args.push("--restore".into());
+                args.extend(s.restore.iter().map(|p| p.display().to_string()));
+            }
+        }
+        args
+    }
+}
+
+fn starter_command(
+    plan: &RemotePlan,
+    host: &str,
+    control: Option<PathBuf>,
+    node: &NodeArgs<'_>,
     secret: &Secret,
 ) -> Command {
     let exe = plan.remote_exe.to_string_lossy().into_owned();
-    let node_args = [
-        "node".to_string(),
-        "--id".into(),
-        id.to_string(),
-        "--listen".into(),
-        listen.to_string(),
-        "--memory".into(),
-        size.memory_bytes.to_string(),
-        "--span".into(),
-        size.span_bytes.to_string(),
-        "--die-with-parent".into(),
-    ];
+    let id = node.id;
+    let node_args = node.to_args();
     let mut cmd;
     let deathsig;
     match plan.starter {

@@ -110,6 +110,23 @@ impl Controller {
         (procs, sockets)
     }
 
+    /// Waits up to `limit` for every process of the job to run its runtime (a program
+    /// just started, or whose nodes are on other hosts, may not have connected yet); says
+    /// whether they all do.
+    pub fn await_runtimes(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let (procs, sockets) = self.processes();
+            if !procs.is_empty() && sockets.len() == procs.len() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Resumes a suspended job.
     pub fn resume(&self) -> Result<String, String> {
         let mut suspended = self.suspended.lock().unwrap_or_else(|e| e.into_inner());

@@ -76,6 +76,7 @@ pub fn run(
     let server = NodeServer::new(id, size, secret)?;
     server.restore(&snapshots.restore)?;
     if let Some(dir) = &snapshots.dir {
+        check_snapshot_dir(id, dir)?;
         server.allow_snapshots_in(dir.clone());
     }
     let listener = TcpListener::bind(listen)?;
@@ -85,4 +86,20 @@ pub fn run(
     out.flush()?;
     drop(out);
     server.serve(listener)
+}
+
+/// A node on another host writes its snapshots into the job's checkpoint directory at the
+/// path the launcher gave: that only works on a file system every host shares. Saying so
+/// at start beats a failed checkpoint hours into the job.
+fn check_snapshot_dir(id: u16, dir: &std::path::Path) -> io::Result<()> {
+    let probe = dir.join(format!(".node-{id}-{}.probe", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| {
+        io::Error::other(format!(
+            "checkpoint directory {}: cannot write there on this host ({e}); it must be \
+             on a file system that every host of the job shares, at the same path",
+            dir.display()
+        ))
+    })?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
 }

@@ -36,6 +36,12 @@ pub struct Restore {
 /// What `dsmrun restart` was given besides the directory.
 #[derive(Clone, Debug, Default)]
 pub struct RestartArgs {
+    /// Start the fresh nodes on these hosts over ssh (`--hosts`, `--hostfile`).
+    pub hosts: Option<Vec<crate::launcher::remote::Host>>,
+    /// The dsmrun binary on those hosts (`--remote-dsmrun`).
+    pub remote_dsmrun: Option<PathBuf>,
+    /// Inside a Slurm allocation, start them on its hosts (false: `--local-nodes`).
+    pub slurm: bool,
     /// Checkpoint again this often, into the same directory.
     pub every: Option<std::time::Duration>,
     /// `-v`, as for a run.
@@ -69,9 +75,9 @@ impl Restore {
         Ok(RunOptions {
             nodes: self.manifest.chains.len(),
             attach: None,
-            hosts: None,
-            remote_dsmrun: None,
-            slurm: false,
+            hosts: args.hosts,
+            remote_dsmrun: args.remote_dsmrun,
+            slurm: args.slurm,
             cache_bytes_max: job.cache_bytes_max,
             node_bytes: self.manifest.job.node_memory_bytes,
             transport: job.transport,
@@ -294,14 +300,14 @@ pub fn job_record(opts: &RunOptions, job: &JobConfig, node_size: NodeSize) -> Jo
     }
 }
 
-/// Checkpoints need nodes this `dsmrun` starts on this host (they write their snapshots
-/// into the directory, and a restart starts them again) and one copy of each page.
-pub fn check_supported(opts: &RunOptions, elsewhere: bool) -> Result<(), String> {
-    if elsewhere {
+/// Checkpoints need nodes this `dsmrun` starts (they write their snapshots into the
+/// directory, and a restart starts them again), here or on other hosts, and one copy of
+/// each page.
+pub fn check_supported(opts: &RunOptions, attached: bool) -> Result<(), String> {
+    if attached {
         return Err(
-            "--checkpoint-dir needs nodes on this host started by dsmrun: it cannot \
-                    be combined with --attach, --hosts, --hostfile or a Slurm allocation's \
-                    hosts (use --local-nodes)"
+            "--checkpoint-dir needs nodes that dsmrun starts: it cannot be combined with \
+                    --attach (use -n, with --hosts or --hostfile for nodes on other hosts)"
                 .into(),
         );
     }

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 /// How long a process may take to write its image (the heap is not in it: seconds).
 const IMAGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a checkpoint waits for a program just started to run its runtime.
+const RUNTIME_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a node may take to write its snapshot (at disk speed).
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -178,6 +180,9 @@ impl Checkpointer {
         tmp: &Path,
         full: bool,
     ) -> Result<Parts, (String, u64)> {
+        // A checkpoint asked for right after the start waits for the runtime to come up;
+        // one that never does is refused by `image` below.
+        controller.await_runtimes(RUNTIME_START_TIMEOUT);
         let held = Instant::now();
         controller.quiesce().map_err(|e| (e, 0))?;
         let image = self.image(controller, &tmp.join(IMAGE_NAME));
