@@ -213,21 +213,18 @@ fn native(exe: &Path, args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
-/// Anonymous resident memory of the program `comm` that `dsmrun` (pid `launcher`) runs,
-/// in KiB (its cached pages of the global range are anonymous memory).
-fn program_rss_anon_kib(launcher: u32, comm: &str) -> u64 {
-    let pid = children(launcher)
-        .into_iter()
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-        })
-        .unwrap_or_else(|| panic!("no process {comm} under dsmrun {launcher}"));
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+/// Anonymous resident memory of the program `exe` that `dsmrun` (pid `launcher`) runs,
+/// in KiB (its cached pages of the global range are anonymous memory); `None` while it
+/// is not running.
+fn program_rss_anon_kib(launcher: u32, exe: &Path) -> Option<u64> {
+    let pid = children(launcher).into_iter().find(|pid| {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe)
+    })?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no RssAnon in /proc/{pid}/status"))
 }
 
 #[test]
@@ -249,14 +246,15 @@ fn heapwalk_checkpointed_keeps_its_cache_killed_and_restarted_prints_the_native_
     wait_registered(&dir, "ckhw");
     // heapwalk's 64 MiB heap fills the 16 MiB cache within a second or so.
     let start = Instant::now();
-    while program_rss_anon_kib(job.0.id(), "heapwalk") < cache_kib {
+    while program_rss_anon_kib(job.0.id(), &exe).unwrap_or(0) < cache_kib {
         assert!(start.elapsed() < WAIT_MAX, "the cache never filled");
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let before = program_rss_anon_kib(job.0.id(), "heapwalk");
+    let rss = || program_rss_anon_kib(job.0.id(), &exe).expect("heapwalk runs");
+    let before = rss();
     let answer = checkpoint_now(&dir, "ckhw");
-    let after = program_rss_anon_kib(job.0.id(), "heapwalk");
+    let after = rss();
     println!("checkpoint: {answer}; program RssAnon {before} KiB before, {after} KiB after");
     assert!(answer.contains("ckpt-0001"), "{answer}");
     // The checkpoint writes the dirty pages home but keeps the cache: emptying it would
