@@ -223,6 +223,9 @@ impl Flusher {
                 data: self.bytes(source),
             });
         }
+        // In the order of the nodes' regions: a run of pages that continue one another
+        // in a region goes in one system call (`transport::shm`).
+        ops.sort_unstable_by_key(|op| (op.node.0, op.offset));
         let res = session.write_batch(&ops);
         for op in &ops {
             core.stats.node_traffic.write(op.node.0, op.data.len());
