@@ -217,9 +217,9 @@ fn native(exe: &Path, args: &[&str]) -> Vec<u8> {
 /// in KiB (its cached pages of the global range are anonymous memory); `None` while it
 /// is not running.
 fn program_rss_anon_kib(launcher: u32, exe: &Path) -> Option<u64> {
-    let pid = children(launcher).into_iter().find(|pid| {
-        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe)
-    })?;
+    let pid = children(launcher)
+        .into_iter()
+        .find(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

@@ -253,7 +253,9 @@ impl PageTable {
     /// Appends to `out` every page cached here (mapped, staged or compressed), one shard
     /// at a time (what a suspend or a checkpoint writes home, `suspend::release`).
     pub fn pages_cached(&self, out: &mut Vec<PageNum>) {
-        self.pages_where(out, |s| s.resident() || s.staged().is_some() || s.compressed());
+        self.pages_where(out, |s| {
+            s.resident() || s.staged().is_some() || s.compressed()
+        });
     }
 
     /// Appends to `out` every page whose state satisfies `keep`, one shard at a time.

@@ -86,9 +86,7 @@ fn release_timeout(core: &Core) -> Duration {
 /// Closes the gate and empties the cache again (the process is suspended as before).
 fn resuspend(core: &Core) -> Result<(), String> {
     core.gate
-        .close_and_release(release_timeout(core), Release::Drop, || {
-            core.kick_reclaim()
-        })
+        .close_and_release(release_timeout(core), Release::Drop, || core.kick_reclaim())
         .map(|_| ())
         .map_err(|e| format!("suspending the process again after a failed checkpoint: {e}"))
 }
@@ -103,9 +101,7 @@ fn save(
 ) -> Result<Written, String> {
     let cleaned = core
         .gate
-        .close_and_release(release_timeout(core), Release::Keep, || {
-            core.kick_reclaim()
-        })?;
+        .close_and_release(release_timeout(core), Release::Keep, || core.kick_reclaim())?;
     if cleaned.pages_left > 0 {
         return Err(format!(
             "{} dirty page(s) stayed locked and could not be written home",

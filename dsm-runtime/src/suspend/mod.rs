@@ -15,7 +15,7 @@ mod flush;
 mod gate;
 mod release;
 
+pub use flush::Release;
 pub(crate) use gate::Gate;
 pub(crate) use release::release_cache;
-pub use flush::Release;
 pub use release::{Released, EVICT_PATH_ENV};
