@@ -7,11 +7,12 @@
 //! background threads: reads and writes (each access that finds no page, or a
 //! write-protected one, is delivered to the handler as the fault the kernel would
 //! report, then retried), background and direct reclaim, sampling rounds, discards,
-//! prefetch requests, forks and node failures. After every step the simulator checks
-//! that every page holds what was last written to it, wherever the cache's state says
-//! it lives (mapped, staged, compressed, at home, or nowhere: zeros), and the
-//! bookkeeping around it (a clean compressed copy matches home; the budget counts the
-//! compressed tier at its compressed size).
+//! prefetch requests, a suspend's or a checkpoint's release of the cache (dropped, or
+//! kept clean: then every page must be identical to home), forks and node failures.
+//! After every step the simulator checks that every page holds what was last written to
+//! it, wherever the cache's state says it lives (mapped, staged, compressed, at home, or
+//! nowhere: zeros), and the bookkeeping around it (a clean compressed copy matches home;
+//! the budget counts the compressed tier at its compressed size).
 //!
 //! A run is a function of its seed (and a shorter run is a prefix of a longer one): a
 //! failure names the seed and step, and `DSM_SIM_SEED=<seed> DSM_SIM_OPS=<step>`
