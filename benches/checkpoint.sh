@@ -101,9 +101,15 @@ if [ "$TAKEN" -gt 0 ]; then
     HELD=$(jq '.checkpoints.paused_ms_total / .checkpoints.taken | floor' "$C")
     echo "| every $EVERY | $CK_MS | $(same "$WORK/ck-run") | $TAKEN ($FAILED) | $FIRST, $LATER | $MS | $HELD |"
     echo
+    # Load-independent: what the checkpoints cost in faults and traffic (a checkpoint
+    # that emptied the cache would add about a cache's worth of pages read per checkpoint).
+    for r in plain ck-run; do
+        echo "$r: $(jq -r '.total | "faults read \(.faults_read), write \(.faults_write), write-protect \(.faults_write_protect); pages read from the nodes \(.remote_read_pages), written \(.remote_write_pages)"' "$WORK/$r.json")"
+    done
+    echo
     echo "Overhead measured: $(( (CK_MS - PLAIN_MS) * 1000 / PLAIN_MS ))‰ of the run without checkpoints for $TAKEN checkpoints."
     PER=$(( (CK_MS - PLAIN_MS) / TAKEN ))
-    echo "Derived for one checkpoint every 10 minutes: from the time held, ${HELD} ms / 600000 ms = $(( HELD * 10000 / 600000 ))‱ (hundredths of a percent); from the measured wall-time difference per checkpoint (held time plus refilling the emptied cache, plus the load's noise), ${PER} ms / 600000 ms = $(( PER * 10000 / 600000 ))‱."
+    echo "Derived for one checkpoint every 10 minutes: from the time held, ${HELD} ms / 600000 ms = $(( HELD * 10000 / 600000 ))‱ (hundredths of a percent); from the measured wall-time difference per checkpoint (held time, plus the first write to each page the checkpoint cleaned taking a write-protect fault, plus the load's noise), ${PER} ms / 600000 ms = $(( PER * 10000 / 600000 ))‱."
 else
     echo "| every $EVERY | $CK_MS | $(same "$WORK/ck-run") | 0 ($FAILED) | - | - | - |"
     jq -r '.checkpoints.attempts[].error // empty' "$C" | head -3

@@ -3,10 +3,13 @@
 # by default) and keeps going over it, reading (clean pages at the suspend) or writing
 # (every page dirty, so all of them go home first); it is suspended, and the script reads
 # the program's RSS from /proc before the suspend and when `dsmrun suspend` returns, and
-# times the suspend and the resume. Side by side in one run: both modes, REPS times each.
+# times the suspend and the resume. Side by side in one run: both modes, REPS times each,
+# through both paths of the runtime: "batched" (the default: one write-protect and one
+# unmap per run of adjacent pages, dirty pages written home from their mapped addresses)
+# and "evict" (DSM_SUSPEND_EVICT=1: the ordinary eviction path, page by page).
 #
-# usage: benches/suspend.sh [WORKDIR]       (needs userfaultfd; about a minute)
-# env:   CACHE_MIB (1024), NODES (2), REPS (3), TRANSPORT (auto)
+# usage: benches/suspend.sh [WORKDIR]       (needs userfaultfd; about two minutes)
+# env:   CACHE_MIB (1024), NODES (2), REPS (3), TRANSPORT (auto), PATHS ("batched evict")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,6 +18,7 @@ CACHE_MIB=${CACHE_MIB:-1024}
 NODES=${NODES:-2}
 REPS=${REPS:-3}
 TRANSPORT=${TRANSPORT:-auto}
+PATHS=${PATHS:-batched evict}
 mkdir -p "$WORK"
 export DSM_JOBS_DIR=$WORK/jobs
 cargo build --release --workspace -q
@@ -42,13 +46,16 @@ ref_ms() {
 }
 echo "Load average before: $(cut -d' ' -f1-3 /proc/loadavg); dd of ${CACHE_MIB} MiB to tmpfs: $(ref_ms) ms"
 echo
-echo "| mode | RSS before (MiB) | RSS after (MiB) | released | suspend (ms) | pages written home | resume (ms) |"
-echo "|---|---|---|---|---|---|---|"
+echo "| mode | path | RSS before (MiB) | RSS after (MiB) | released | suspend (ms) | pages written home | resume (ms) |"
+echo "|---|---|---|---|---|---|---|---|"
 for mode in r w; do
     for rep in $(seq "$REPS"); do
+      for path in $PATHS; do
+        evict=0
+        [ "$path" = evict ] && evict=1
         # The heap is a little larger than the cache, so that the cache is full.
-        "$DSMRUN" -q -n "$NODES" --transport "$TRANSPORT" --local-cache "${CACHE_MIB}M" \
-            --name "bench-$mode-$rep" -- "$WORK/fill" $((CACHE_MIB + 64)) "$mode" &
+        DSM_SUSPEND_EVICT=$evict "$DSMRUN" -q -n "$NODES" --transport "$TRANSPORT" --local-cache "${CACHE_MIB}M" \
+            --name "bench-$mode-$rep-$path" -- "$WORK/fill" $((CACHE_MIB + 64)) "$mode" &
         job=$!
         prog=""
         until [ -n "$prog" ] && [ "$(rss_kib "$prog")" -ge $((CACHE_MIB * 1024 * 95 / 100)) ]; do
@@ -58,15 +65,16 @@ for mode in r w; do
         sleep 1
         before=$(rss_kib "$prog")
         t0=$(now_ms)
-        answer=$("$DSMRUN" suspend "bench-$mode-$rep")
+        answer=$("$DSMRUN" suspend "bench-$mode-$rep-$path")
         t1=$(now_ms)
         after=$(rss_kib "$prog")
         written=$(sed -n 's/.*written_pages=\([0-9]*\).*/\1/p' <<<"$answer")
         t2=$(now_ms)
-        "$DSMRUN" resume "bench-$mode-$rep" >/dev/null
+        "$DSMRUN" resume "bench-$mode-$rep-$path" >/dev/null
         t3=$(now_ms)
         kill "$job"; wait "$job" 2>/dev/null || true
-        echo "| $([ $mode = r ] && echo reading || echo writing) | $((before / 1024)) | $((after / 1024)) | $(( (before - after) * 100 / before ))% | $((t1 - t0)) | $written | $((t3 - t2)) |"
+        echo "| $([ $mode = r ] && echo reading || echo writing) | $path | $((before / 1024)) | $((after / 1024)) | $(( (before - after) * 100 / before ))% | $((t1 - t0)) | $written | $((t3 - t2)) |"
+      done
     done
 done
 echo

@@ -273,8 +273,8 @@ impl<E: Effects> Core<E> {
                 pool.trim(session.as_mut())?;
             }
             self.maybe_checkpoint(&mut last_checkpoint);
-            if self.gate.take_release_request() {
-                let released = crate::suspend::release_cache(self, session.as_mut());
+            if let Some(release) = self.gate.take_release_request() {
+                let released = crate::suspend::release_cache(self, session.as_mut(), release);
                 self.gate
                     .report_released(released.map_err(|e| e.to_string()));
             }

@@ -213,8 +213,22 @@ fn native(exe: &Path, args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// Anonymous resident memory of the program `exe` that `dsmrun` (pid `launcher`) runs,
+/// in KiB (its cached pages of the global range are anonymous memory); `None` while it
+/// is not running.
+fn program_rss_anon_kib(launcher: u32, exe: &Path) -> Option<u64> {
+    let pid = children(launcher)
+        .into_iter()
+        .find(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 #[test]
-fn heapwalk_checkpointed_killed_and_restarted_prints_the_native_output() {
+fn heapwalk_checkpointed_keeps_its_cache_killed_and_restarted_prints_the_native_output() {
     let Some(exe) = heapwalk() else {
         return skip(
             "heapwalk_checkpointed",
@@ -227,11 +241,28 @@ fn heapwalk_checkpointed_killed_and_restarted_prints_the_native_output() {
     let exe_text = exe.display().to_string();
     let mut program = vec![exe_text.as_str()];
     program.extend(HEAPWALK_ARGS);
-    let mut job = start_job(&dir, "ckhw", 16 << 20, &program, &[]);
-    std::thread::sleep(Duration::from_millis(1500));
+    let cache_kib = 16 << 10;
+    let mut job = start_job(&dir, "ckhw", cache_kib << 10, &program, &[]);
+    wait_registered(&dir, "ckhw");
+    // heapwalk's 64 MiB heap fills the 16 MiB cache within a second or so.
+    let start = Instant::now();
+    while program_rss_anon_kib(job.0.id(), &exe).unwrap_or(0) < cache_kib {
+        assert!(start.elapsed() < WAIT_MAX, "the cache never filled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss = || program_rss_anon_kib(job.0.id(), &exe).expect("heapwalk runs");
+    let before = rss();
     let answer = checkpoint_now(&dir, "ckhw");
-    println!("checkpoint: {answer}");
+    let after = rss();
+    println!("checkpoint: {answer}; program RssAnon {before} KiB before, {after} KiB after");
     assert!(answer.contains("ckpt-0001"), "{answer}");
+    // The checkpoint writes the dirty pages home but keeps the cache: emptying it would
+    // take the whole 16 MiB away (and the program would fetch it all again).
+    assert!(
+        after + cache_kib / 4 >= before,
+        "the checkpoint emptied the cache: RssAnon {before} KiB before, {after} KiB after"
+    );
     kill_everything(&mut job.0);
     assert!(
         std::fs::read(dir.join("out1.txt")).unwrap().is_empty(),

@@ -109,6 +109,38 @@ impl Evictor {
         Ok(n + self.demote_excess(core, session)?)
     }
 
+    /// Evicts those of `pages` that are cached and not locked (without trying the
+    /// compressed tier: they leave this machine, the dirty ones written home); returns
+    /// how many. For a checkpoint, which writes home the dirty copies that are not
+    /// mapped (staged or compressed) this way.
+    pub fn evict_pages<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        session: &mut dyn Session,
+        pages: &[PageNum],
+    ) -> Result<usize, RuntimeError> {
+        self.victims.clear();
+        for &page in pages.iter().take(self.batch_max) {
+            let Some(state) = core.table.try_lock(page) else {
+                continue;
+            };
+            if !state.resident() && state.staged().is_none() && !state.compressed() {
+                core.table.unlock(page, state);
+                continue;
+            }
+            self.victims.push(Victim::new(page, state));
+        }
+        if self.victims.is_empty() {
+            return Ok(0);
+        }
+        core.mark_pages_leaving();
+        self.write_back(core, session)?;
+        self.unmap(core);
+        let n = self.victims.len();
+        self.victims.clear();
+        Ok(n)
+    }
+
     /// Demotes the compressed tier's oldest copies while it holds more than its share
     /// (the dirty ones written home); returns how many left.
     fn demote_excess<E: Effects>(

@@ -250,6 +250,14 @@ impl PageTable {
         self.pages_where(out, |s| s.home_valid() || s.busy());
     }
 
+    /// Appends to `out` every page cached here (mapped, staged or compressed), one shard
+    /// at a time (what a suspend or a checkpoint writes home, `suspend::release`).
+    pub fn pages_cached(&self, out: &mut Vec<PageNum>) {
+        self.pages_where(out, |s| {
+            s.resident() || s.staged().is_some() || s.compressed()
+        });
+    }
+
     /// Appends to `out` every page whose state satisfies `keep`, one shard at a time.
     fn pages_where(&self, out: &mut Vec<PageNum>, keep: impl Fn(&PageState) -> bool) {
         for shard in self.shards.iter() {

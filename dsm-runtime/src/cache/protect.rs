@@ -54,7 +54,8 @@ impl Protected {
         self.any.store(!ranges.is_empty(), Ordering::Release);
     }
 
-    fn unreadable(&self, addr: usize) -> bool {
+    /// Whether the program made the page at `addr` unreadable (a plain copy would fault).
+    pub fn unreadable(&self, addr: usize) -> bool {
         if !self.any.load(Ordering::Acquire) {
             return false;
         }

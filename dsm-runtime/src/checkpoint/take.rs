@@ -2,14 +2,18 @@
 //!
 //! The gate opens for a moment so that every program thread can take the stop signal (a
 //! thread waiting in a fault behind a closed gate cannot run a handler until served);
-//! once all are stopped, the gate closes again and the cache is emptied once more, so
-//! that the whole global heap is at home on the nodes; the reclaimer is parked and the
-//! image written. The threads are then let go: they find the gate closed, as in any
-//! suspended process, and the caller resumes or ends the process as it sees fit.
+//! once all are stopped, the gate closes again and every dirty cached page is written
+//! home and write-protected, so that the whole global heap is at home on the nodes while
+//! the cache stays (clean: the program goes on with it after the checkpoint); the
+//! reclaimer is parked and the image written. The threads are then let go: they find
+//! the gate closed, as in any suspended process (a write to a cached page now takes a
+//! write-protect fault, which waits behind the gate too, so nothing the nodes snapshot
+//! next can change), and the caller resumes or ends the process as it sees fit.
 
 use super::freeze::{self, Stopped, COUNT, SLOTS};
 use super::write::{write_image, Process, Written};
 use crate::runtime::Core;
+use crate::suspend::Release;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -82,20 +86,28 @@ fn release_timeout(core: &Core) -> Duration {
 /// Closes the gate and empties the cache again (the process is suspended as before).
 fn resuspend(core: &Core) -> Result<(), String> {
     core.gate
-        .close_and_release(release_timeout(core), || core.kick_reclaim())
+        .close_and_release(release_timeout(core), Release::Drop, || core.kick_reclaim())
         .map(|_| ())
         .map_err(|e| format!("suspending the process again after a failed checkpoint: {e}"))
 }
 
-/// With every program thread stopped: empties the cache, parks the reclaimer, writes.
+/// With every program thread stopped: writes the dirty pages home (the cache stays,
+/// clean), parks the reclaimer, writes.
 fn save(
     core: &Core,
     path: &Path,
     stopped: &Stopped,
     (hook, client): (usize, i32),
 ) -> Result<Written, String> {
-    core.gate
-        .close_and_release(release_timeout(core), || core.kick_reclaim())?;
+    let cleaned = core
+        .gate
+        .close_and_release(release_timeout(core), Release::Keep, || core.kick_reclaim())?;
+    if cleaned.pages_left > 0 {
+        return Err(format!(
+            "{} dirty page(s) stayed locked and could not be written home",
+            cleaned.pages_left
+        ));
+    }
     let main_tid = std::process::id() as i32;
     freeze::MAIN_TID.store(main_tid, Ordering::Release);
     let main = SLOTS[..COUNT.load(Ordering::Acquire)]

@@ -396,6 +396,17 @@ pub fn when_zero(s: PageState, action: EvictAction) -> EvictAction {
     }
 }
 
+/// State of a mapped page that a checkpoint made clean while keeping it: write-protected
+/// again (later writes fault and mark it dirty anew), its home holding its data if it
+/// was written there (`written`; a never-homed page of zeros is not, a zero-fill
+/// recreates it).
+pub fn after_write_home(s: PageState, written: bool) -> PageState {
+    debug_assert!(s.resident(), "only mapped pages are kept");
+    s.with_access(Access::Shared)
+        .with_home_valid(s.home_valid() || written)
+        .with_busy(false)
+}
+
 /// State after an eviction completed.
 pub fn after_evict(s: PageState, action: EvictAction) -> PageState {
     let home_valid = s.home_valid() || action.writes_back();

@@ -79,6 +79,14 @@ pub trait Effects: Send + Sync + 'static {
     /// missing). Dropping a page that is not mapped does nothing.
     fn unmap(&self, runs: &[Run]);
 
+    /// Whether the global range's pages are this process's own memory, so that a mapped
+    /// page may be read in place at its address (no copy) while nobody can change it.
+    /// The simulator keeps its pages elsewhere and answers false: callers copy through
+    /// [`Effects::read_page`] then.
+    fn reads_in_place(&self) -> bool {
+        false
+    }
+
     /// Whether the page at `addr` is in the process's memory (mapped, or swapped out).
     /// For a rare check (a thread that keeps faulting on a page its state calls mapped):
     /// it may cost a system call. When it cannot tell, it answers true.
@@ -126,6 +134,10 @@ impl Effects for Userfaultfd {
     #[inline]
     fn unmap(&self, runs: &[Run]) {
         crate::cache::unmap_runs(runs);
+    }
+
+    fn reads_in_place(&self) -> bool {
+        true
     }
 
     fn is_mapped(&self, addr: usize) -> bool {

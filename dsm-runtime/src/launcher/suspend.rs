@@ -63,13 +63,15 @@ impl Controller {
         self.quiesce_then(true)
     }
 
-    /// Empties the caches and closes the fault paths as [`Controller::suspend`] does, but
-    /// leaves the processes running: their control threads answer a checkpoint request
-    /// then. [`Controller::resume`] reopens them.
+    /// Closes the fault paths and writes every dirty page home as
+    /// [`Controller::suspend`] does, but keeps the caches (clean) and leaves the
+    /// processes running: their control threads answer a checkpoint request then, and
+    /// the job goes on with its caches after [`Controller::resume`].
     pub fn quiesce(&self) -> Result<String, String> {
         self.quiesce_then(false)
     }
 
+    /// Suspends (`stop`: the caches emptied, the processes stopped) or quiesces.
     fn quiesce_then(&self, stop: bool) -> Result<String, String> {
         let mut suspended = self.suspended.lock().unwrap_or_else(|e| e.into_inner());
         if *suspended {
@@ -85,7 +87,8 @@ impl Controller {
         // their caches.
         signal_all(&procs, libc::SIGCONT);
         let sockets = self.sockets(&procs);
-        let (dropped, written) = empty_caches(&sockets)?;
+        let request = if stop { "suspend" } else { "quiesce" };
+        let (dropped, written) = empty_caches(&sockets, request)?;
         if stop {
             // Those started meanwhile are stopped too (they have their caches, still).
             signal_all(&job_processes(self.program), libc::SIGSTOP);
@@ -203,13 +206,14 @@ impl Controller {
     }
 }
 
-/// Asks every process to empty its cache; on a failure, resumes those that did and says
+/// Asks every process to write its dirty pages home and to empty its cache (`request`
+/// `suspend`) or keep it (`quiesce`); on a failure, resumes those that did and says
 /// which process failed and why. Returns the pages dropped and written home.
-fn empty_caches(sockets: &[(u32, PathBuf)]) -> Result<(u64, u64), String> {
+fn empty_caches(sockets: &[(u32, PathBuf)], request: &str) -> Result<(u64, u64), String> {
     let mut done = Vec::new();
     let (mut dropped, mut written) = (0u64, 0u64);
     for (pid, socket) in sockets {
-        match jobs::ask(socket, "suspend", RELEASE_TIMEOUT) {
+        match jobs::ask(socket, request, RELEASE_TIMEOUT) {
             Ok(a) if a.starts_with("ok") => {
                 dropped += field(&a, "dropped=");
                 written += field(&a, "written=");
@@ -224,7 +228,7 @@ fn empty_caches(sockets: &[(u32, PathBuf)]) -> Result<(u64, u64), String> {
                     Err(e) => e.to_string(),
                 };
                 return Err(format!(
-                    "process {pid} could not empty its cache ({why}); the job runs on"
+                    "process {pid} could not write its cache home ({why}); the job runs on"
                 ));
             }
         }

@@ -7,11 +7,12 @@
 //! background threads: reads and writes (each access that finds no page, or a
 //! write-protected one, is delivered to the handler as the fault the kernel would
 //! report, then retried), background and direct reclaim, sampling rounds, discards,
-//! prefetch requests, forks and node failures. After every step the simulator checks
-//! that every page holds what was last written to it, wherever the cache's state says
-//! it lives (mapped, staged, compressed, at home, or nowhere: zeros), and the
-//! bookkeeping around it (a clean compressed copy matches home; the budget counts the
-//! compressed tier at its compressed size).
+//! prefetch requests, a suspend's or a checkpoint's release of the cache (dropped, or
+//! kept clean: then every page must be identical to home), forks and node failures.
+//! After every step the simulator checks that every page holds what was last written to
+//! it, wherever the cache's state says it lives (mapped, staged, compressed, at home, or
+//! nowhere: zeros), and the bookkeeping around it (a clean compressed copy matches home;
+//! the budget counts the compressed tier at its compressed size).
 //!
 //! A run is a function of its seed (and a shorter run is a prefix of a longer one): a
 //! failure names the seed and step, and `DSM_SIM_SEED=<seed> DSM_SIM_OPS=<step>`
@@ -200,6 +201,9 @@ enum Op {
     /// Several threads' accesses whose faults reach the handler in one round: up to
     /// [`THREADS_MAX`] `(page, value to write or 0 to read)`, `.1` of them used.
     Threads([(u64, u64); THREADS_MAX], usize),
+    /// A suspend's or a checkpoint's quiesce (the program's threads held): every dirty
+    /// page written home, then the cache dropped (`false`) or kept clean (`true`).
+    Release(bool),
     Fork,
     FailNodes,
     Exit,
@@ -420,6 +424,7 @@ impl Process {
             80..=85 => Op::Sample(rng.range(1, 4) as usize),
             86..=89 => Op::Discard(page, rng.range(1, 8)),
             90..=97 => Op::Prefetch(page),
+            98 => Op::Release(step % 2 == 0),
             _ => Op::Fork,
         }
     }
@@ -467,6 +472,7 @@ impl Process {
                     .serve_batch(&self.core, self.session.as_mut(), Duration::ZERO)?;
             }
             Op::Threads(t, k) => self.threads(&t[..k])?,
+            Op::Release(keep) => self.release(keep)?,
             Op::Fork => self.fork()?,
             Op::FailNodes => {
                 self.nodes.fail(true);
@@ -604,6 +610,41 @@ impl Process {
                 return Err(Stop::Broken(format!(
                     "fork allowed, but the child would read {got:#x} in page {p}, last \
                      written {want:#x} (a page left before the flag was set)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A suspend (`keep` false: the cache must be empty afterwards) or a checkpoint's
+    /// quiesce (`keep`: every page must be clean, each cached one identical to home).
+    fn release(&mut self, keep: bool) -> Result<(), Stop> {
+        use crate::suspend::{release_cache, Release};
+        let how = if keep { Release::Keep } else { Release::Drop };
+        let r = release_cache(&self.core, self.session.as_mut(), how)?;
+        if r.pages_left != 0 {
+            return Err(Stop::Broken(format!("{how:?} left {} pages", r.pages_left)));
+        }
+        if !keep {
+            if self.core.budget.used() != 0 {
+                return Err(Stop::Broken(format!(
+                    "a suspend left {} pages cached",
+                    self.core.budget.used()
+                )));
+            }
+            return Ok(());
+        }
+        for p in 0..self.pages() {
+            let page = PageNum(p);
+            let s = self.core.table.get(page);
+            let dirty =
+                s.access() == PageAccess::Exclusive || s.staged_dirty() || s.compressed_dirty();
+            let want = self.model[p as usize];
+            let home = self.home_value(page).map_err(Stop::Broken)?;
+            if dirty || (home != want && (s.home_valid() || want != 0)) {
+                return Err(Stop::Broken(format!(
+                    "after a checkpoint's quiesce page {p} ({s:?}) holds {want:#x}, home \
+                     {home:#x}: not clean at home"
                 )));
             }
         }

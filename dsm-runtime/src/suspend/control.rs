@@ -1,16 +1,19 @@
 //! A process's control socket: `dsmrun` asks the runtime inside the program to suspend
 //! (close the fault path and empty the cache) or resume, one line per request.
 //!
-//! Protocol (text, one request per connection): the client writes `suspend`, `resume`,
-//! `status` or `checkpoint PATH` and a newline; the runtime answers one line starting
-//! with `ok` or `error`. `ok suspended dropped=N written=M left=L ms=T` says what
-//! emptying the cache did. A suspend that fails reopens the fault path: the process runs
-//! on as before. `checkpoint PATH` (an absolute path) is valid only while the process is
-//! suspended and not stopped (SIGCONT it after `dsmrun suspend`): it writes the process
+//! Protocol (text, one request per connection): the client writes `suspend`, `quiesce`,
+//! `resume`, `status` or `checkpoint PATH` and a newline; the runtime answers one line
+//! starting with `ok` or `error`. `ok suspended dropped=N written=M left=L ms=T` says what
+//! emptying the cache did. `quiesce` closes the fault path and writes the dirty pages
+//! home as `suspend` does, but keeps the cache (clean): `ok quiesced written=M left=L
+//! ms=T`, `left` counting dirty pages that could not be written home. A suspend or
+//! quiesce that fails reopens the fault path: the process runs on as before.
+//! `checkpoint PATH` (an absolute path) is valid only while the process is suspended or
+//! quiesced and not stopped (SIGCONT it after `dsmrun suspend`): it writes the process
 //! image there (see [`crate::checkpoint`]) and answers `ok checkpoint bytes=N threads=T
 //! ms=M`; on error the process stays suspended and intact.
 
-use super::Released;
+use super::{Release, Released};
 use crate::runtime::{Core, RuntimeError};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -101,10 +104,17 @@ fn answer(core: &Core, stream: UnixStream) {
 /// runtime's, which a checkpoint must not take for the program's).
 fn handle(core: &Core, request: &str, client: i32) -> String {
     match request {
-        "suspend" => match suspend(core) {
+        "suspend" => match suspend(core, Release::Drop) {
             Ok(r) => format!(
                 "ok suspended dropped={} written={} left={} ms={}",
                 r.pages_dropped, r.pages_written, r.pages_left, r.elapsed_ms
+            ),
+            Err(e) => format!("error {e}"),
+        },
+        "quiesce" => match suspend(core, Release::Keep) {
+            Ok(r) => format!(
+                "ok quiesced written={} left={} ms={}",
+                r.pages_written, r.pages_left, r.elapsed_ms
             ),
             Err(e) => format!("error {e}"),
         },
@@ -133,17 +143,21 @@ fn handle(core: &Core, request: &str, client: i32) -> String {
             }
         }
         other => format!(
-            "error unknown request {other:?}: use suspend, resume, status or checkpoint PATH"
+            "error unknown request {other:?}: use suspend, quiesce, resume, status or \
+             checkpoint PATH"
         ),
     }
 }
 
-/// Closes the fault path and has the reclaimer empty the cache; on failure the fault
-/// path opens again, so that the process runs on.
-fn suspend(core: &Core) -> Result<Released, String> {
+/// Closes the fault path and has the reclaimer write the dirty pages home and drop or
+/// keep the cache (`release`); on failure the fault path opens again, so that the
+/// process runs on.
+fn suspend(core: &Core, release: Release) -> Result<Released, String> {
     let within = Duration::from_millis(core.config.node_timeout_ms.saturating_mul(4))
         .max(Duration::from_secs(60));
-    let outcome = core.gate.close_and_release(within, || core.kick_reclaim());
+    let outcome = core
+        .gate
+        .close_and_release(within, release, || core.kick_reclaim());
     if outcome.is_err() {
         core.gate.open();
     }

@@ -1,6 +1,6 @@
 //! The gate in front of the fault path: closed while a process is suspended.
 
-use super::Released;
+use super::{Release, Released};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -12,8 +12,9 @@ struct State {
     closed: bool,
     /// Runtime threads serving faults or prefetches right now.
     inside: usize,
-    /// The control thread asked the reclaimer to empty the cache.
-    release_requested: bool,
+    /// The control thread asked the reclaimer to write the dirty pages home and to drop
+    /// or keep the cache.
+    release_requested: Option<Release>,
     /// What the reclaimer reported once the cache was emptied.
     released: Option<Result<Released, String>>,
 }
@@ -61,11 +62,13 @@ impl Gate {
     }
 
     /// Closes the gate, waits (at most `within`) for the threads inside to leave, asks
-    /// for the cache to be emptied (`kick` wakes the reclaimer) and waits for the
-    /// answer. The gate stays closed whatever the outcome, until [`Gate::open`].
+    /// for the dirty pages to be written home and the cache dropped or kept (`release`;
+    /// `kick` wakes the reclaimer) and waits for the answer. The gate stays closed
+    /// whatever the outcome, until [`Gate::open`].
     pub(crate) fn close_and_release(
         &self,
         within: Duration,
+        release: Release,
         kick: impl Fn(),
     ) -> Result<Released, String> {
         let deadline = Instant::now() + within;
@@ -87,7 +90,7 @@ impl Gate {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        s.release_requested = true;
+        s.release_requested = Some(release);
         drop(s);
         kick();
         let mut s = self.lock();
@@ -97,7 +100,7 @@ impl Gate {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                s.release_requested = false;
+                s.release_requested = None;
                 return Err(format!(
                     "emptying the cache took longer than {} ms",
                     within.as_millis()
@@ -116,8 +119,9 @@ impl Gate {
         }
     }
 
-    /// Whether the cache is to be emptied now (taken once per request).
-    pub(crate) fn take_release_request(&self) -> bool {
+    /// Whether the cache is to be written home now, and then dropped or kept (taken
+    /// once per request).
+    pub(crate) fn take_release_request(&self) -> Option<Release> {
         std::mem::take(&mut self.lock().release_requested)
     }
 
@@ -152,8 +156,8 @@ mod tests {
         let g = Arc::clone(&gate);
         let closer = std::thread::spawn(move || {
             let g2 = Arc::clone(&g);
-            g.close_and_release(Duration::from_secs(5), move || {
-                if g2.take_release_request() {
+            g.close_and_release(Duration::from_secs(5), Release::Drop, move || {
+                if g2.take_release_request().is_some() {
                     g2.report_released(Ok(Released::default()));
                 }
             })
@@ -174,7 +178,7 @@ mod tests {
         let gate = Gate::default();
         let _pass = gate.enter(|| false).unwrap();
         let err = gate
-            .close_and_release(Duration::from_millis(30), || {})
+            .close_and_release(Duration::from_millis(30), Release::Drop, || {})
             .unwrap_err();
         assert!(err.contains("stayed busy"), "{err}");
     }

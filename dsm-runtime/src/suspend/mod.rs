@@ -11,9 +11,11 @@
 //! touches the heap meanwhile waits in its fault, which is served after the resume.
 
 pub mod control;
+mod flush;
 mod gate;
 mod release;
 
+pub use flush::Release;
 pub(crate) use gate::Gate;
 pub(crate) use release::release_cache;
-pub use release::Released;
+pub use release::{Released, EVICT_PATH_ENV};
