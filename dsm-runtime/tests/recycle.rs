@@ -61,6 +61,14 @@ fn value(page: usize, word: usize, pass: u64) -> u64 {
 /// page recycled with another's bytes, or half-moved, shows.
 const WORDS: [usize; 4] = [0, 129, 300, 511];
 
+/// Whether the page at `addr` is mapped (mincore), without touching it.
+fn resident(addr: usize) -> bool {
+    let mut v = 0u8;
+    // SAFETY: one page of the global range, one byte of result on our stack.
+    let rc = unsafe { libc::mincore(addr as *mut libc::c_void, PAGE, &mut v) };
+    rc == 0 && v & 1 != 0
+}
+
 fn at(base: usize, page: usize, word: usize) -> *mut u64 {
     (base + page * PAGE + word * 8) as *mut u64
 }
@@ -76,7 +84,11 @@ fn check_page(base: usize, page: usize, pass: u64) {
     for w in WORDS {
         // SAFETY: inside the global range.
         let v = unsafe { at(base, page, w).read_volatile() };
-        assert_eq!(v, value(page, w, pass), "page {page} word {w} after pass {pass}");
+        assert_eq!(
+            v,
+            value(page, w, pass),
+            "page {page} word {w} after pass {pass}"
+        );
     }
 }
 
@@ -108,53 +120,68 @@ fn scans_over_recycled_pages_keep_every_byte() {
         mid.recycled_out > 0 && mid.recycled_in > 0,
         "nothing recycled during the read scan (a kernel without UFFDIO_MOVE, Linux < 6.8?): {mid:?}"
     );
-    assert!(s.recycled_in >= pages as u64 / 4, "few pages recycled: {s:?}");
+    assert!(
+        s.recycled_in >= pages as u64 / 4,
+        "few pages recycled: {s:?}"
+    );
     assert!(s.recycled_in <= s.recycled_out, "{s:?}");
     // The rewrite pass wrote to pages mapped ahead on recycled pages: each write seen.
     assert!(s.prefetch_ahead_written > 0, "{s:?}");
     assert!(s.remote_write_pages >= pages as u64, "{s:?}");
 }
 
-/// A thread writes pages just ahead of a reading thread's scan while the prefetcher maps
-/// them: every write lands either before the page is fetched (written home first), or on
-/// the mapped page (tracked: a write-protect fault, or seen in the bytes when it came
-/// between the move in and the write protection). None may be lost.
+/// A thread keeps writing the pages just ahead of a reading thread's scan, where the
+/// prefetcher is installing them on recycled pages: every write lands either before the
+/// page is fetched (written home first), or on the mapped page (tracked: a write-protect
+/// fault, or seen in its bytes when it came between the move in and the write
+/// protection). None may be lost: each round ends with every page read back after the
+/// cache (an eighth of the space) has evicted it.
 #[test]
 fn writes_racing_recycled_installs_are_not_lost() {
     const SPACE: usize = 32 << 20;
+    const AHEAD: usize = 64;
     let (_nodes, rt) = start(23, 4 << 20, SPACE as u64);
     let base = rt.base() as usize;
     let pages = SPACE / PAGE;
     for p in 0..pages {
         write_page(base, p, 1);
     }
-    for round in 0..3u64 {
+    for round in 0..4u64 {
+        let pass = 2 + round;
         let reader_at = AtomicUsize::new(0);
+        let mut written = vec![false; pages];
         std::thread::scope(|s| {
             s.spawn(|| {
                 for p in 0..pages {
-                    // SAFETY: inside the global range; the other thread writes other words.
+                    // SAFETY: inside the global range; the writer writes other words.
                     unsafe { at(base, p, 7).read_volatile() };
                     reader_at.store(p, Ordering::Relaxed);
                 }
+                reader_at.store(pages, Ordering::Relaxed);
             });
             s.spawn(|| {
-                // Every page, written a little ahead of the reader, where the prefetcher
-                // is installing.
-                let mut p = 0;
-                while p < pages {
+                // Over and over, the window the prefetcher is mapping: each page written
+                // as soon as it shows up mapped (without faulting it in), which is most
+                // often right after its move in, racing the write protection.
+                loop {
                     let r = reader_at.load(Ordering::Relaxed);
-                    if p <= r + 8 {
-                        write_page(base, p, 2 + round);
-                        p += 1;
-                    } else {
-                        std::hint::spin_loop();
+                    if r >= pages {
+                        break;
+                    }
+                    for p in r + 1..(r + AHEAD).min(pages) {
+                        if !written[p] && resident(base + p * PAGE) {
+                            write_page(base, p, pass);
+                            written[p] = true;
+                        }
                     }
                 }
             });
         });
+        for p in (0..pages).filter(|&p| !written[p]) {
+            write_page(base, p, pass);
+        }
         for p in 0..pages {
-            check_page(base, p, 2 + round);
+            check_page(base, p, pass);
         }
     }
     let s = rt.shutdown();
@@ -171,7 +198,10 @@ fn writes_racing_recycled_installs_are_not_lost() {
 #[test]
 fn an_unmodified_program_under_dsmrun_recycles_and_keeps_its_bytes() {
     let Some(bin) = compile_c("rescan", &[]) else {
-        skip("an_unmodified_program_under_dsmrun_recycles", "no C compiler (gcc)");
+        skip(
+            "an_unmodified_program_under_dsmrun_recycles",
+            "no C compiler (gcc)",
+        );
         return;
     };
     let dir = scratch("recycle");
@@ -195,6 +225,9 @@ fn an_unmodified_program_under_dsmrun_recycles_and_keeps_its_bytes() {
     common::assert_pooled(&total, "rescan");
     for k in ["recycled_in", "recycled_out"] {
         let n = total[k].as_u64().unwrap_or(0);
-        assert!(n > 1000, "{k} is {n} (kernel without UFFDIO_MOVE?); stats: {total}");
+        assert!(
+            n > 1000,
+            "{k} is {n} (kernel without UFFDIO_MOVE?); stats: {total}"
+        );
     }
 }
