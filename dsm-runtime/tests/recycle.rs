@@ -54,7 +54,7 @@ fn start(slot: usize, cache: u64, space: u64) -> (dsm_runtime::launch::LocalNode
 
 /// The value page `page` holds in its checked words after pass `pass`.
 fn value(page: usize, word: usize, pass: u64) -> u64 {
-    ((page as u64) << 20 | word as u64) * 0x9E37_79B9_7F4A_7C15 ^ pass | 1
+    ((((page as u64) << 20) | word as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pass) | 1
 }
 
 /// Words of a page that the tests write and check: spread over the page, so that a
@@ -168,10 +168,11 @@ fn writes_racing_recycled_installs_are_not_lost() {
                     if r >= pages {
                         break;
                     }
-                    for p in r + 1..(r + AHEAD).min(pages) {
-                        if !written[p] && resident(base + p * PAGE) {
+                    let end = (r + AHEAD).min(pages);
+                    for (p, done) in written.iter_mut().enumerate().take(end).skip(r + 1) {
+                        if !*done && resident(base + p * PAGE) {
                             write_page(base, p, pass);
-                            written[p] = true;
+                            *done = true;
                         }
                     }
                 }
