@@ -71,6 +71,15 @@ impl Spares {
         *self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Frees every spare page (a suspend gives the process's memory back).
+    pub(crate) fn release_memory(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if *held > 0 {
+            drop_pages(self.base, *held * PAGE_BYTES);
+        }
+        *held = 0;
+    }
+
     /// Moves up to `n` pages of the global range from `addr` (locked by the caller,
     /// written home if dirty) here, as far as there is room; returns how many it tried
     /// and how many moved, from the first. The rest are the caller's to drop.

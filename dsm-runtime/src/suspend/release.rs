@@ -29,7 +29,7 @@ pub struct Released {
 }
 
 /// Evicts every cached page (the fault path is closed, so none comes back), then frees
-/// the staging pool's memory. Runs on the reclaimer, with its session, and an evictor of
+/// the staging pool's memory and the spare pages kept for recycling. Runs on the reclaimer, with its session, and an evictor of
 /// its own with large batches (its buffer is freed when done).
 pub(crate) fn release_cache<E: Effects>(
     core: &Core<E>,
@@ -51,6 +51,9 @@ pub(crate) fn release_cache<E: Effects>(
         }
     }
     core.staging.release_memory();
+    if let Some(spares) = &core.spares {
+        spares.release_memory();
+    }
     Ok(Released {
         pages_dropped: dropped,
         pages_written: core.stats.remote_write_pages.load(Ordering::Relaxed) - written_before,
