@@ -136,3 +136,107 @@ impl Drop for Spares {
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.pages * PAGE_BYTES) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::Run;
+    use crate::fault::uffd::{Installed, UffdError};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Moves pages with a copy (and zeroes what it moved from), stopping after `limit`
+    /// pages per call, as the kernel stops at a page it cannot move.
+    struct Mover {
+        limit: AtomicUsize,
+    }
+
+    impl Effects for Mover {
+        unsafe fn install(
+            &self,
+            _: usize,
+            _: *const u8,
+            _: usize,
+            _: bool,
+            _: bool,
+        ) -> Result<Installed, UffdError> {
+            unreachable!()
+        }
+        fn write_protect(&self, _: usize, _: usize, _: bool, _: bool) -> Result<(), UffdError> {
+            unreachable!()
+        }
+        fn wake(&self, _: usize, _: usize) -> Result<(), UffdError> {
+            unreachable!()
+        }
+        unsafe fn read_page(&self, _: usize, _: &mut [u8]) {
+            unreachable!()
+        }
+        fn unmap(&self, _: &[Run]) {
+            unreachable!()
+        }
+        fn is_mapped(&self, _: usize) -> bool {
+            unreachable!()
+        }
+        unsafe fn move_pages(&self, dst: usize, src: usize, len: usize) -> usize {
+            let len = len.min(self.limit.load(Ordering::Relaxed) * PAGE_BYTES);
+            // SAFETY: the tests pass pages of their own mappings.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len);
+                std::ptr::write_bytes(src as *mut u8, 0, len);
+            }
+            len
+        }
+    }
+
+    fn page_of(addr: usize, i: usize) -> u8 {
+        // SAFETY: pages of the test's own mappings.
+        unsafe { ((addr + i * PAGE_BYTES) as *const u8).read() }
+    }
+
+    /// Victims taken as far as the room and the mover go; pages given back in stack order
+    /// with the caller's bytes; a move that stops short leaves the stack contiguous (the
+    /// spare pages that did not move are dropped, not counted).
+    #[test]
+    fn the_stack_stays_exact_when_moves_stop_short() {
+        let spares = Spares::new(8).unwrap();
+        let range = Spares::new(16).unwrap(); // any private anonymous mapping will do
+        let (base, _) = range.range();
+        for i in 0..16 {
+            // SAFETY: inside `range`.
+            unsafe { ((base + i * PAGE_BYTES) as *mut u8).write(i as u8 + 1) };
+        }
+        let fx = Mover {
+            limit: AtomicUsize::new(usize::MAX),
+        };
+        assert_eq!(spares.take(&fx, base, 6), (6, 6));
+        assert_eq!(page_of(base, 0), 0, "moved out of the range");
+        fx.limit.store(1, Ordering::Relaxed);
+        assert_eq!(
+            spares.take(&fx, base + 6 * PAGE_BYTES, 4),
+            (2, 1),
+            "room for 2"
+        );
+        assert_eq!(spares.held(), 7);
+        fx.limit.store(usize::MAX, Ordering::Relaxed);
+        let bytes = vec![0xAB; 3 * PAGE_BYTES];
+        assert_eq!(spares.give(&fx, base, &bytes), (3, 3));
+        assert!((0..3).all(|i| page_of(base, i) == 0xAB));
+        assert_eq!(spares.held(), 4);
+        fx.limit.store(2, Ordering::Relaxed);
+        let bytes = vec![0xCD; 3 * PAGE_BYTES];
+        assert_eq!(spares.give(&fx, base + 8 * PAGE_BYTES, &bytes), (3, 2));
+        assert_eq!((page_of(base, 8), page_of(base, 9)), (0xCD, 0xCD));
+        assert_eq!(
+            page_of(base, 10),
+            11,
+            "the page after a short move is untouched"
+        );
+        assert_eq!(
+            spares.held(),
+            1,
+            "the spare page that did not move is dropped"
+        );
+        assert_eq!(spares.give(&fx, base, &bytes), (0, 0), "too few held");
+        spares.release_memory();
+        assert_eq!(spares.held(), 0);
+    }
+}
