@@ -7,7 +7,10 @@
 # - dropping scattered pages with a madvise each against one process_madvise per batch
 #   (what cache/unmap.rs does);
 # - installing pages with UFFDIO_COPY one by one or in runs, with the drops a scan through
-#   the cache needs (what fault/map_ahead.rs does).
+#   the cache needs (what fault/map_ahead.rs does);
+# - recycling evicted pages with UFFDIO_MOVE (out to a staging buffer, refilled, moved
+#   back in and write-protected) against UFFDIO_COPY + MADV_DONTNEED, alone on CPU A and
+#   with a thread of the same process spinning on CPU B (TLB shootdowns).
 # Usage: benches/kernel_costs.sh [CPU_A CPU_B]   (default 0 1). Needs gcc.
 set -euo pipefail
 A=${1:-0}; B=${2:-1}
@@ -17,6 +20,7 @@ gcc -O2 -pthread -o "$DIR/uffd_placement" "$HERE/kernel/uffd_placement.c"
 gcc -O2 -o "$DIR/unmap_batch" "$HERE/kernel/unmap_batch.c"
 gcc -O2 -pthread -o "$DIR/uffd_modes" "$HERE/kernel/uffd_modes.c"
 gcc -O2 -o "$DIR/uffd_copy_runs" "$HERE/kernel/uffd_copy_runs.c"
+gcc -O2 -pthread -o "$DIR/uffd_move_runs" "$HERE/kernel/uffd_move_runs.c"
 echo "== a fault by who serves it, on CPU $A (20000 faults each)"
 for mode in poll read sigbus kernel; do taskset -c "$A" "$DIR/uffd_modes" "$mode"; done
 echo "== userfaultfd round trip (20000 faults each)"
@@ -28,3 +32,10 @@ echo "== dropping 65536 scattered pages, on CPU $A"
 taskset -c "$A" "$DIR/unmap_batch"
 echo "== mapping pages ahead: UFFDIO_COPY and MADV_DONTNEED in runs, on CPU $A"
 for run in 1 16 64; do taskset -c "$A" "$DIR/uffd_copy_runs" "$run"; done
+echo "== recycling pages with UFFDIO_MOVE against UFFDIO_COPY + MADV_DONTNEED, on CPU $A"
+for run in 16 64; do
+  for mode in copy move moveck; do taskset -c "$A" "$DIR/uffd_move_runs" "$mode" "$run"; done
+done
+for mode in copy move moveck; do
+  taskset -c "$A" "$DIR/uffd_move_runs" "$mode" 64 spin "$B"
+done

@@ -74,6 +74,11 @@ pub struct RuntimeConfig {
     /// (by page number) and the last of each batch, which stay staged as probes whose use
     /// traps and is counted (see `fault::map_ahead`); 0 or 1 = map none ahead, stage all.
     pub prefetch_probe_every: usize,
+    /// Evicted pages recycled for mapped-ahead prefetched pages: at most this many wait
+    /// between an eviction and the next prefetch, moved with `UFFDIO_MOVE` instead of
+    /// being freed and allocated again (see `cache::spares`; 0 = off, at most
+    /// [`RECYCLE_PAGES_MAX`]; off too on a kernel without `UFFDIO_MOVE`).
+    pub recycle_pages: usize,
     /// On a write's zero-fill, zero-fill up to this many following untouched pages too,
     /// writable, in the same call (0 to [`ZERO_FILL_AHEAD_PAGES_MAX`]; 0 = off).
     pub zero_fill_ahead_pages: usize,
@@ -117,6 +122,8 @@ pub const PURGE_DELAY_MS_DEFAULT: i64 = 10;
 pub const FETCH_GRANULARITY_PAGES_MAX: usize = 64;
 /// Upper bound of [`RuntimeConfig::zero_fill_ahead_pages`].
 pub const ZERO_FILL_AHEAD_PAGES_MAX: usize = 63;
+/// Upper bound of [`RuntimeConfig::recycle_pages`] (64 MiB of spare pages).
+pub const RECYCLE_PAGES_MAX: usize = 16384;
 /// Largest prefetch request per fault.
 pub const PREFETCH_PAGES_MAX: usize = 1024;
 
@@ -141,6 +148,7 @@ impl Default for RuntimeConfig {
             fetch_granularity_pages: 1,
             prefetch_max_pages: 32,
             prefetch_probe_every: 16,
+            recycle_pages: 0,
             zero_fill_ahead_pages: 15,
             fetch_writable_if_dirty_before: false,
             staging_pages: 0,
@@ -248,6 +256,13 @@ impl RuntimeConfig {
                 "zero_fill_ahead_pages",
                 self.zero_fill_ahead_pages,
                 format!("use 0 to {ZERO_FILL_AHEAD_PAGES_MAX}"),
+            ));
+        }
+        if self.recycle_pages > RECYCLE_PAGES_MAX {
+            return Err(invalid(
+                "recycle_pages",
+                self.recycle_pages,
+                format!("use 0 (off) to {RECYCLE_PAGES_MAX}"),
             ));
         }
         if self.prefetch_max_pages > PREFETCH_PAGES_MAX {

@@ -6,7 +6,9 @@ use crate::config::job::Owner;
 use crate::config::{ConfigError, RuntimeConfig};
 use crate::effects::Effects;
 use crate::fault::prefetcher::{self, PrefetchQueue};
-use crate::fault::uffd::{UffdError, Userfaultfd, FEATURE_PAGEFAULT_FLAG_WP, FEATURE_THREAD_ID};
+use crate::fault::uffd::{
+    UffdError, Userfaultfd, FEATURE_MOVE, FEATURE_PAGEFAULT_FLAG_WP, FEATURE_THREAD_ID,
+};
 use crate::fault::FaultHandler;
 use crate::policy::eviction::Clock;
 use crate::policy::placement::Shifted;
@@ -103,6 +105,9 @@ pub struct Core<E: Effects = Userfaultfd> {
     pub(crate) table: PageTable,
     pub(crate) budget: CacheBudget,
     pub(crate) staging: Staging,
+    /// Evicted pages waiting to be recycled for prefetched ones (`None`: recycling off,
+    /// or the kernel lacks `UFFDIO_MOVE`).
+    pub(crate) spares: Option<crate::cache::Spares>,
     /// The compressed tier (`None` when the profile turns it off).
     pub(crate) compressed: Option<crate::cache::Compressed>,
     pub(crate) placement: Box<dyn Placement>,
@@ -146,6 +151,8 @@ pub(crate) struct CoreParts {
     pub(crate) eviction: Box<dyn EvictionPolicy>,
     pub(crate) prefetch: Box<dyn PrefetchPolicy>,
     pub(crate) trace: Option<crate::trace::TraceWriter>,
+    /// Spare pages for recycling, registered with the effects' userfaultfd.
+    pub(crate) spares: Option<crate::cache::Spares>,
 }
 
 impl<E: Effects> Core<E> {
@@ -159,6 +166,7 @@ impl<E: Effects> Core<E> {
             eviction,
             prefetch,
             trace,
+            spares,
         } = parts;
         let table = PageTable::new(layout.pages, config.cache_pages() * 2).map_err(|source| {
             RuntimeError::Os {
@@ -185,6 +193,7 @@ impl<E: Effects> Core<E> {
                 what: "allocating the staging pool",
                 source,
             })?,
+            spares,
             compressed: (config.compress_share_pct > 0).then(|| {
                 crate::cache::Compressed::new(
                     capacity * PAGE_BYTES * usize::from(config.compress_share_pct) / 100,
@@ -657,8 +666,28 @@ impl Runtime {
             None => None,
         };
         let reservation = Reservation::new(config.space_base, space_bytes as usize)?;
-        let uffd = Userfaultfd::open(FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID)?;
+        let recycling = config.recycle_pages > 0
+            && Userfaultfd::probe_features().is_ok_and(|f| f & FEATURE_MOVE != 0);
+        let features = FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID;
+        let uffd = Userfaultfd::open(if recycling {
+            features | FEATURE_MOVE
+        } else {
+            features
+        })?;
         uffd.register(reservation.base(), reservation.len(), true)?;
+        let spares = if recycling {
+            let spares = crate::cache::Spares::new(config.recycle_pages).map_err(|source| {
+                RuntimeError::Os {
+                    what: "mapping the spare pages",
+                    source,
+                }
+            })?;
+            let (base, len) = spares.range();
+            uffd.register(base, len, true)?;
+            Some(spares)
+        } else {
+            None
+        };
         let core = Arc::new(Core::new(
             uffd,
             CoreParts {
@@ -671,6 +700,7 @@ impl Runtime {
                 eviction: policies.eviction,
                 prefetch: policies.prefetch,
                 trace: policies.trace,
+                spares,
                 config,
             },
         )?);

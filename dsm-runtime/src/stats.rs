@@ -240,6 +240,14 @@ counters! {
     prefetch_ahead_evicted,
     /// Prefetched pages evicted without being used.
     prefetch_unused,
+    /// Victims moved out of the range into the spare pages instead of being freed (recycling, `recycle_pages`).
+    recycled_out,
+    /// Mapped-ahead pages installed by moving a spare page in (no allocation, no zeroing) instead of `UFFDIO_COPY`.
+    recycled_in,
+    /// Pages the kernel would not move (shared after a fork, pinned, the address space changing): dropped or copied the usual way instead.
+    recycle_refused,
+    /// Recycled pages written by the program between their move in and their write protection: kept writable and dirty.
+    recycle_raced,
     /// Prefetch requests dropped (queue full, or no room in the cache or staging).
     prefetch_dropped,
     /// Pages parked in staging by access sampling.

@@ -437,7 +437,12 @@ impl Evictor {
             while j < mapped && self.victims[j].page.0 == self.victims[j - 1].page.0 + 1 {
                 j += 1;
             }
-            self.unmap.push(core, self.victims[i].page, j - i);
+            let first = self.victims[i].page;
+            let kept = recycle_run(core, first, j - i);
+            if kept < j - i {
+                self.unmap
+                    .push(core, PageNum(first.0 + kept as u64), j - i - kept);
+            }
             i = j;
         }
         self.unmap.flush(&core.fx);
@@ -500,4 +505,19 @@ impl Evictor {
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Moves as many of the `n` victims from `first` (written home if dirty, locked) as the
+/// spare pages have room for out of the range, to be recycled for prefetched pages
+/// instead of freed; returns how many, from the first (the rest are the caller's to drop).
+fn recycle_run<E: Effects>(core: &Core<E>, first: PageNum, n: usize) -> usize {
+    let Some(spares) = &core.spares else {
+        return 0;
+    };
+    let (tried, moved) = spares.take(&core.fx, core.layout.addr_of(first), n);
+    let st = &core.stats;
+    st.recycled_out.fetch_add(moved as u64, Ordering::Relaxed);
+    st.recycle_refused
+        .fetch_add((tried - moved) as u64, Ordering::Relaxed);
+    moved
 }

@@ -7,6 +7,7 @@ mod discard;
 pub mod evict;
 pub mod page_table;
 pub mod protect;
+pub mod spares;
 pub mod staging;
 mod unmap;
 
@@ -14,6 +15,7 @@ pub use budget::CacheBudget;
 pub use compressed::Compressed;
 pub use evict::Evictor;
 pub use page_table::PageTable;
+pub use spares::Spares;
 pub use staging::Staging;
 
 /// Unmaps `n` pages of the global range from `first` (their contents are dropped; the

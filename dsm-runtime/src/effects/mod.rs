@@ -87,6 +87,19 @@ pub trait Effects: Send + Sync + 'static {
         false
     }
 
+    /// Moves the pages of `[src, src+len)` to `[dst, dst+len)` without copying them, one
+    /// end being the global range and the other the spare pages
+    /// ([`crate::cache::spares`]), and wakes nobody; returns how many bytes moved (the
+    /// pages after those stay where they were). A moved page arrives writable. The
+    /// default moves nothing: the caller then takes its usual path.
+    ///
+    /// # Safety
+    /// The caller owns the pages leaving `src` (locked, or spare), and nothing is mapped
+    /// at `dst`.
+    unsafe fn move_pages(&self, _dst: usize, _src: usize, _len: usize) -> usize {
+        0
+    }
+
     /// Whether the page at `addr` is in the process's memory (mapped, or swapped out).
     /// For a rare check (a thread that keeps faulting on a page its state calls mapped):
     /// it may cost a system call. When it cannot tell, it answers true.
@@ -138,6 +151,12 @@ impl Effects for Userfaultfd {
 
     fn reads_in_place(&self) -> bool {
         true
+    }
+
+    #[inline]
+    unsafe fn move_pages(&self, dst: usize, src: usize, len: usize) -> usize {
+        // SAFETY: the caller owns the pages leaving `src`.
+        unsafe { Userfaultfd::move_pages(self, dst, src, len) }
     }
 
     fn is_mapped(&self, addr: usize) -> bool {

@@ -118,13 +118,20 @@ pub(crate) fn install_runs<E: Effects>(
         {
             n += 1;
         }
-        let run = &mut staged[i..i + n];
-        let src = ahead_buf[k * PAGE_BYTES..(k + n) * PAGE_BYTES].as_ptr();
-        if map_run(core, run, src)? {
-            mapped += n;
+        let bytes = &ahead_buf[k * PAGE_BYTES..(k + n) * PAGE_BYTES];
+        // Recycled evicted pages first; what they do not cover is copied.
+        let recycled = map_recycled(core, &mut staged[i..i + n], bytes)?;
+        mapped += recycled;
+        let (run, bytes) = (
+            &mut staged[i + recycled..i + n],
+            &bytes[recycled * PAGE_BYTES..],
+        );
+        if run.is_empty() {
+        } else if map_run(core, run, bytes.as_ptr())? {
+            mapped += run.len();
         } else {
             // Some page was there after all, or the kernel refused the run: page by page.
-            mapped += map_each(core, run, &ahead_buf[k * PAGE_BYTES..(k + n) * PAGE_BYTES])?;
+            mapped += map_each(core, run, bytes)?;
         }
         i += n;
         k += n;
@@ -204,6 +211,67 @@ fn map_run<E: Effects>(
         Err(e) if is_transient(&e) => Ok(false),
         Err(e) => Err(RuntimeError::Uffd(e)),
     }
+}
+
+/// Maps the consecutive pages of `run` (locked, not mapped) from recycled spare pages
+/// holding `bytes` (theirs, in order), as far as the spares go; returns how many, from
+/// the first (those are unlocked and done).
+///
+/// A page moved in arrives writable (the kernel builds its entry afresh), so it is
+/// write-protected right after; a program thread that wrote it in between left bytes
+/// that differ from `bytes` (the page held exactly those when it moved in): such a page
+/// is kept writable and dirty, as a page found mapped behind our back is, so that the
+/// write goes home. A write of the same bytes changed nothing and needs no tracking.
+fn map_recycled<E: Effects>(
+    core: &Core<E>,
+    run: &mut [Staged],
+    bytes: &[u8],
+) -> Result<usize, RuntimeError> {
+    let Some(spares) = &core.spares else {
+        return Ok(0);
+    };
+    let addr = core.layout.addr_of(run[0].page);
+    let (tried, n) = spares.give(&core.fx, addr, bytes);
+    let st = &core.stats;
+    st.recycle_refused
+        .fetch_add((tried - n) as u64, Ordering::Relaxed);
+    if n == 0 {
+        return Ok(0);
+    }
+    // A failure leaves the pages writable: all are then treated as written.
+    let protected = core.write_protect(addr, n * PAGE_BYTES, true, true).is_ok();
+    let mut raced = 0;
+    let mut policy = core.eviction();
+    for (j, s) in run[..n].iter_mut().enumerate() {
+        let page = addr + j * PAGE_BYTES;
+        // SAFETY: a page we just mapped and hold locked; write-protected, so its bytes
+        // stay put while we compare (a racing write was made before the protection).
+        let now = unsafe { std::slice::from_raw_parts(page as *const u8, PAGE_BYTES) };
+        core.staging.release(s.slot);
+        s.done = true;
+        if protected && now == &bytes[j * PAGE_BYTES..(j + 1) * PAGE_BYTES] {
+            core.table.unlock(s.page, ahead_state(s));
+            policy.on_insert(s.page, true);
+            continue;
+        }
+        if protected {
+            // Writable again, as its dirty state says (a write-protect fault on a page
+            // held exclusive would only be woken, forever).
+            core.write_protect(page, PAGE_BYTES, false, true)?;
+        }
+        let dirty = after_fault(s.state, FaultAction::Fetch { writable: true });
+        core.table.unlock(s.page, dirty.with_prefetched(false));
+        policy.on_insert(s.page, false);
+        raced += 1;
+    }
+    drop(policy);
+    // A thread may have faulted on a page while we held it.
+    core.fx
+        .wake(addr, n * PAGE_BYTES)
+        .map_err(RuntimeError::Uffd)?;
+    st.recycled_in.fetch_add(n as u64, Ordering::Relaxed);
+    st.recycle_raced.fetch_add(raced, Ordering::Relaxed);
+    Ok(n)
 }
 
 /// Installs one locked page from `src` write-protected.

@@ -58,6 +58,7 @@ const UFFDIO_UNREGISTER_IOC: u64 = ioc(IOC_READ, 0x01, size_of::<UffdioRange>())
 const UFFDIO_WAKE_IOC: u64 = ioc(IOC_READ, 0x02, size_of::<UffdioRange>());
 const UFFDIO_COPY_IOC: u64 = ioc(IOWR, 0x03, size_of::<UffdioCopy>());
 const UFFDIO_ZEROPAGE_IOC: u64 = ioc(IOWR, 0x04, size_of::<UffdioZeropage>());
+const UFFDIO_MOVE_IOC: u64 = ioc(IOWR, 0x05, size_of::<UffdioMove>());
 const UFFDIO_WRITEPROTECT_IOC: u64 = ioc(IOWR, 0x06, size_of::<UffdioWriteprotect>());
 /// `USERFAULTFD_IOC_NEW` on `/dev/userfaultfd`: `_IO(0xAA, 0)`.
 const USERFAULTFD_IOC_NEW: u64 = UFFDIO << 8;
@@ -70,6 +71,9 @@ const UFFD_PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 pub const FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
 /// Feature bit: the faulting thread's id is reported.
 pub const FEATURE_THREAD_ID: u64 = 1 << 8;
+/// Feature bit: `UFFDIO_MOVE` (Linux 6.8), which moves anonymous pages between two
+/// places of the address space without copying them.
+pub const FEATURE_MOVE: u64 = 1 << 16;
 
 const REGISTER_MODE_MISSING: u64 = 1 << 0;
 const REGISTER_MODE_WP: u64 = 1 << 1;
@@ -77,6 +81,7 @@ const COPY_MODE_DONTWAKE: u64 = 1 << 0;
 const COPY_MODE_WP: u64 = 1 << 1;
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 const WRITEPROTECT_MODE_DONTWAKE: u64 = 1 << 1;
+const MOVE_MODE_DONTWAKE: u64 = 1 << 0;
 
 #[repr(C)]
 struct UffdioApi {
@@ -109,6 +114,14 @@ struct UffdioZeropage {
     range: UffdioRange,
     mode: u64,
     zeropage: i64,
+}
+#[repr(C)]
+struct UffdioMove {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    moved: i64,
 }
 #[repr(C)]
 struct UffdioWriteprotect {
@@ -430,6 +443,35 @@ impl Userfaultfd {
         self.check(rc, "UFFDIO_WRITEPROTECT", start)
     }
 
+    /// Moves the pages of `[src, src+len)` to `[dst, dst+len)` (`UFFDIO_MOVE`, without
+    /// waking anyone) and returns how many bytes moved: `len`, or fewer when the kernel
+    /// stopped at a page it cannot move (shared after a fork, pinned, a hole, a page
+    /// already at the destination, the address space changing: EBUSY, ENOENT, EEXIST,
+    /// EAGAIN), 0 if it moved none. Pages after the returned count stay where they were.
+    /// The kernel wants `dst` in a range registered with this descriptor, both ranges
+    /// private anonymous with the same protection; a moved page arrives writable and
+    /// dirty, without write protection.
+    ///
+    /// # Safety
+    /// Whatever `src` held is gone from there afterwards (its next access faults or reads
+    /// zeros): the caller must own those pages.
+    pub unsafe fn move_pages(&self, dst: usize, src: usize, len: usize) -> usize {
+        let mut mv = UffdioMove {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: MOVE_MODE_DONTWAKE,
+            moved: 0,
+        };
+        // SAFETY: UFFDIO_MOVE reads and writes one `UffdioMove` on our stack; the kernel
+        // checks both ranges, and the caller owns the pages that leave `src`.
+        unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_MOVE_IOC as _, &mut mv) };
+        // Whatever the call returns, `moved` says what happened: the bytes moved (the
+        // call fails with EAGAIN when that is short of `len`), the negated error when the
+        // first page failed, and our 0 when the kernel refused the call outright.
+        (mv.moved.max(0) as usize).min(len)
+    }
+
     /// Wakes threads waiting on faults in `[start, start+len)`; they retry the access.
     pub fn wake(&self, start: usize, len: usize) -> Result<()> {
         let mut range = UffdioRange {
@@ -492,6 +534,7 @@ mod tests {
         assert_eq!(UFFDIO_WAKE_IOC, 0x8010aa02);
         assert_eq!(UFFDIO_COPY_IOC, 0xc028aa03);
         assert_eq!(UFFDIO_ZEROPAGE_IOC, 0xc020aa04);
+        assert_eq!(UFFDIO_MOVE_IOC, 0xc028aa05);
         assert_eq!(UFFDIO_WRITEPROTECT_IOC, 0xc018aa06);
     }
 

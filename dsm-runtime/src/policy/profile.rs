@@ -7,7 +7,8 @@
 //! the file, the line and a hint. `docs/profiles.md` documents every key.
 
 use crate::config::{
-    RuntimeConfig, FETCH_GRANULARITY_PAGES_MAX, PREFETCH_PAGES_MAX, ZERO_FILL_AHEAD_PAGES_MAX,
+    RuntimeConfig, FETCH_GRANULARITY_PAGES_MAX, PREFETCH_PAGES_MAX, RECYCLE_PAGES_MAX,
+    ZERO_FILL_AHEAD_PAGES_MAX,
 };
 use crate::policy::eviction::{Clock, EvictionPolicy, Fifo, TwoQ};
 use crate::policy::placement::{Blocked, FirstTouch, Interleaved, Placement, PlacementError};
@@ -115,6 +116,8 @@ pub struct Profile {
     /// Prefetched pages mapped ahead of use but one in this many, staged as probes
     /// (0 or 1: all staged).
     pub prefetch_probe_every: usize,
+    /// Evicted pages kept to be recycled for mapped-ahead pages (0: off).
+    pub recycle_pages: usize,
     /// Most pages written back per batch.
     pub writeback_batch_pages: usize,
     /// Background reclaim starts below this much free cache, percent.
@@ -256,6 +259,7 @@ impl Profile {
         config.zero_fill_ahead_pages = self.zero_fill_ahead_pages;
         config.fetch_writable_if_dirty_before = self.fetch_writable_if_dirty_before;
         config.prefetch_probe_every = self.prefetch_probe_every;
+        config.recycle_pages = self.recycle_pages;
         config.prefetch_max_pages = self.prefetch_max_pages();
         config.writeback_batch_pages = self.writeback_batch_pages;
         config.reclaim_start_free_pct = self.reclaim_start_free_pct;
@@ -472,6 +476,7 @@ struct RawFetch {
     zero_fill_ahead_pages: Option<Spanned<i64>>,
     writable_if_dirty_before: Option<bool>,
     map_ahead_probe_every: Option<Spanned<i64>>,
+    recycle_pages: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -660,6 +665,12 @@ impl RawProfile {
             d.prefetch_probe_every as i64,
             0..=1024,
         )?;
+        let recycle = ctx.int(
+            "recycle_pages",
+            &fetch.recycle_pages,
+            d.recycle_pages as i64,
+            0..=RECYCLE_PAGES_MAX as i64,
+        )?;
         let writeback = self.writeback.unwrap_or_default();
         let batch = ctx.int(
             "batch_pages",
@@ -734,6 +745,7 @@ impl RawProfile {
             zero_fill_ahead_pages: zero_ahead as usize,
             fetch_writable_if_dirty_before: writable_if_dirty_before,
             prefetch_probe_every: probe_every as usize,
+            recycle_pages: recycle as usize,
             writeback_batch_pages: batch as usize,
             reclaim_start_free_pct: start as u8,
             reclaim_stop_free_pct: stop as u8,

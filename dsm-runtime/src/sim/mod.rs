@@ -320,6 +320,8 @@ impl Process {
                 eviction: profile.eviction(config.cache_pages()),
                 prefetch: profile.prefetch(),
                 trace: None,
+                // No userfaultfd to move pages with: the memory model has no spares.
+                spares: None,
                 config,
             },
         )?;

@@ -36,7 +36,8 @@ pub struct Released {
     pub elapsed_ms: u64,
 }
 
-/// Writes every dirty cached page home, then drops every cached page or keeps them
+/// Writes every dirty cached page home, then drops every cached page (and frees the
+/// staging pool's memory and the spare pages kept for recycling) or keeps them
 /// (`release`). The fault path is closed, so no page comes in meanwhile. Runs on the
 /// reclaimer, with its session.
 pub(crate) fn release_cache<E: Effects>(
@@ -56,6 +57,9 @@ pub(crate) fn release_cache<E: Effects>(
             // ordinary eviction path.
             dropped += evict_all(core, session)?;
             core.staging.release_memory();
+            if let Some(spares) = &core.spares {
+                spares.release_memory();
+            }
             (dropped, core.budget.used() as u64)
         }
         Release::Keep => {
