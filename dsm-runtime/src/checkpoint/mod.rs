@@ -3,8 +3,9 @@
 //! `docs/checkpoint.md`).
 //!
 //! A checkpoint is taken on request through the control socket while the process is
-//! suspended ([`take`]): the program's threads are stopped by a signal ([`freeze`]),
-//! the cache is emptied so that the global heap is all on the nodes, and the rest of the
+//! suspended or quiesced ([`take`]): the program's threads are stopped by a signal
+//! ([`freeze`]), the dirty pages are written home (the cache stays, clean and
+//! write-protected) so that the global heap is all on the nodes, and the rest of the
 //! process (mappings outside the global range, descriptors, signal dispositions, the
 //! threads' signal frames) is written to an image file ([`write`], layout in
 //! [`format`]). A restart ([`restart`]) execs a small static restarter that maps the

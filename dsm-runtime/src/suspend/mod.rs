@@ -6,8 +6,9 @@
 //!
 //! Who does what: the control thread closes the [`Gate`] and waits until no runtime
 //! thread is inside the fault path; the reclaimer, which owns a session to the nodes and
-//! an evictor, empties the cache ([`release`]); the control thread answers once it is
-//! done. The program's threads keep running until `dsmrun` stops them; any of them that
+//! an evictor, writes the dirty pages home in large batches ([`flush`]) and empties the
+//! cache ([`release`]); the control thread answers once it is done. A checkpoint's
+//! quiesce does the same but keeps the cache, clean ([`Release::Keep`]). The program's threads keep running until `dsmrun` stops them; any of them that
 //! touches the heap meanwhile waits in its fault, which is served after the resume.
 
 pub mod control;
