@@ -291,6 +291,8 @@ mod tests {
         std::fs::write(&base, &good[..good.len() - 1]).unwrap();
         let e = newest_valid(&dir).unwrap_err();
         assert!(e.contains("ckpt-0001/node-0.snap: ") && e.contains("the manifest says"), "{e}");
+        std::fs::write(&base, &good).unwrap();
+        assert!(newest_valid(&dir).is_ok());
         let image = complete_path(&dir, 2).join("image");
         let image_bytes = std::fs::read(&image).unwrap();
         let mut flipped = image_bytes.clone();
