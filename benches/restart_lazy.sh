@@ -9,7 +9,7 @@
 # start, on demand and in the background, and how long it took).
 #
 # usage: benches/restart_lazy.sh [WORKDIR]    (needs userfaultfd)
-# env:   SIZES_MIB ("64 2048"), NODES (2), CACHE (64M)
+# env:   SIZES_MIB ("64 2048"), NODES (2), CACHE (64M), KEEP (set: keep the checkpoints)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -91,7 +91,7 @@ for MIB in $SIZES_MIB; do
     NODELINES=$(grep -o 'checkpoint restored: .*' "$D/err2" | sed 's/checkpoint restored: //; s/ pages (/ (/; s/ at start, /+/; s/ on demand, /, /; s/ in background) in/) in/' | paste -sd';' || true)
     cat "$D/out2" >&2
     echo "| $MIB MiB | $(du -sm "$D/ck" | cut -f1) | $RUNNING | $FIRST_MS | $ALL_MS | ${NODELINES:-none} |"
-    rm -rf "$D/ck"
+    [ -n "${KEEP:-}" ] || rm -rf "$D/ck"
 done
 echo
 echo "Load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -58,6 +58,8 @@ pub struct NodeServer {
     snapshot_dir: std::sync::OnceLock<std::path::PathBuf>,
     /// The checkpoint being restored lazily (`--restore`), if any.
     restorer: std::sync::OnceLock<super::restore::Restorer>,
+    /// Set once `snapshot_sums` was given the restored checkpoint's sums.
+    restored_sums_taken: std::sync::OnceLock<()>,
 }
 
 impl NodeServer {
@@ -94,6 +96,7 @@ impl NodeServer {
             snapshot_sums: Default::default(),
             snapshot_dir: Default::default(),
             restorer: Default::default(),
+            restored_sums_taken: Default::default(),
         }))
     }
 
@@ -107,7 +110,8 @@ impl NodeServer {
         }
         let restorer = super::restore::Restorer::start(self.id, &self.region, files)
             .map_err(io::Error::other)?;
-        *self.snapshot_sums.lock().unwrap_or_else(|e| e.into_inner()) = restorer.sums();
+        // The next snapshot's baseline comes from the indexes, taken when it is first
+        // needed (`snapshot`): a map of every page would delay the node's start.
         let _ = self.restorer.set(restorer);
         Ok(())
     }
@@ -167,6 +171,10 @@ impl NodeServer {
         let path = dir.join(path);
         self.finish_restore()?;
         let mut sums = self.snapshot_sums.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = self.restorer.get() {
+            // Once: the sums of the restored region, before its first snapshot.
+            self.restored_sums_taken.get_or_init(|| *sums = r.sums());
+        }
         let previous = if full {
             Default::default()
         } else {

@@ -311,24 +311,32 @@ impl Chain {
         node: u32,
         region_bytes: u64,
     ) -> Result<Chain, (PathBuf, SnapshotError)> {
-        let mut newest: HashMap<u64, ChainPage> = HashMap::new();
+        let mut all: Vec<ChainPage> = Vec::new();
         let mut files = Vec::with_capacity(paths.len());
         for (i, path) in paths.iter().enumerate() {
             let fail = |e| (path.clone(), e);
             let file = File::open(path).map_err(|e| fail(e.into()))?;
-            for entry in read_index(&file, Some(node), Some(region_bytes)).map_err(fail)? {
-                let at = ChainPage {
-                    page: entry.page(),
-                    file: i as u32,
-                    entry,
-                };
-                newest.insert(entry.page(), at);
-            }
+            let entries = read_index(&file, Some(node), Some(region_bytes)).map_err(fail)?;
+            all.extend(entries.into_iter().map(|entry| ChainPage {
+                page: entry.page(),
+                file: i as u32,
+                entry,
+            }));
             files.push((path.clone(), file));
         }
-        let mut pages: Vec<ChainPage> =
-            newest.into_values().filter(|p| !p.entry.is_zero()).collect();
-        pages.sort_unstable_by_key(|p| p.page);
+        // Each file's index is in page order (as written), so this stable sort merges a
+        // few sorted runs: no hashing, which would cost more than reading the indexes.
+        if !all.is_sorted_by_key(|p| p.page) {
+            all.sort_by_key(|p| (p.page, p.file));
+        }
+        let mut pages: Vec<ChainPage> = Vec::with_capacity(all.len());
+        for p in all {
+            match pages.last_mut() {
+                Some(last) if last.page == p.page => *last = p,
+                _ => pages.push(p),
+            }
+        }
+        pages.retain(|p| !p.entry.is_zero());
         Ok(Chain { files, pages })
     }
 
