@@ -208,9 +208,9 @@ impl Restorer {
                 self.chain.path_of(page).display()
             )
         })?;
-        let dest = region.ptr(page.page * PAGE, PAGE).ok_or_else(|| {
-            format!("page {} lies outside the node's region", page.page)
-        })?;
+        let dest = region
+            .ptr(page.page * PAGE, PAGE)
+            .ok_or_else(|| format!("page {} lies outside the node's region", page.page))?;
         // SAFETY: a whole page inside the region's mapping. Nobody else writes it now: TCP
         // requests for it wait for this page's lock, `shm` clients go through the node
         // while the restoring word is set, and RDMA is not accepted before the end.

@@ -248,7 +248,10 @@ fn check_entry(
     region_bytes: Option<u64>,
 ) -> Result<(), SnapshotError> {
     if let Some(region_bytes) = region_bytes {
-        let end = e.page().checked_mul(PAGE).and_then(|at| at.checked_add(PAGE));
+        let end = e
+            .page()
+            .checked_mul(PAGE)
+            .and_then(|at| at.checked_add(PAGE));
         if end.is_none_or(|end| end > region_bytes) {
             return Err(SnapshotError::OutOfRegion {
                 page: e.page(),
@@ -257,7 +260,9 @@ fn check_entry(
         }
     }
     let inside = e.offset >= HEADER_BYTES as u64 + 8
-        && e.offset.checked_add(PAGE).is_some_and(|end| end <= index_offset);
+        && e.offset
+            .checked_add(PAGE)
+            .is_some_and(|end| end <= index_offset);
     if !e.is_zero() && !inside {
         return Err(SnapshotError::Checksum);
     }
@@ -433,7 +438,11 @@ mod tests {
 
     /// Restores `paths` into `fresh` eagerly (what the node does lazily); returns the
     /// number of pages restored.
-    fn load_all(fresh: &Region, node: u32, paths: &[std::path::PathBuf]) -> Result<usize, SnapshotError> {
+    fn load_all(
+        fresh: &Region,
+        node: u32,
+        paths: &[std::path::PathBuf],
+    ) -> Result<usize, SnapshotError> {
         let chain = Chain::open(paths, node, fresh.len()).map_err(|(_, e)| e)?;
         let mut buf = [0u8; 8 + PAGE as usize];
         for p in chain.pages() {
@@ -523,7 +532,10 @@ mod tests {
             Err(SnapshotError::Truncated)
         ));
         std::fs::write(&path, b"not a snapshot at all, really not").unwrap();
-        assert!(matches!(load_all(&fresh, 1, &one), Err(SnapshotError::Magic)));
+        assert!(matches!(
+            load_all(&fresh, 1, &one),
+            Err(SnapshotError::Magic)
+        ));
         let _ = std::fs::remove_file(path);
     }
 }

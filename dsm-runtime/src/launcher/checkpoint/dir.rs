@@ -105,7 +105,8 @@ pub fn newest_valid(dir: &Path) -> Result<(u32, Manifest), String> {
         check_snapshot(&path, f.bytes).map_err(damaged)?;
     }
     let image = complete_path(dir, manifest.image.checkpoint).join(&manifest.image.file);
-    let (bytes, sum) = file_sum(&image).map_err(|e| damaged(format!("{}: {e}", image.display())))?;
+    let (bytes, sum) =
+        file_sum(&image).map_err(|e| damaged(format!("{}: {e}", image.display())))?;
     check_size(&image, bytes, manifest.image.bytes).map_err(damaged)?;
     if sum != manifest.image.xxh3 {
         return Err(damaged(format!(
@@ -290,7 +291,10 @@ mod tests {
         assert!(e.contains("ckpt-0001/node-0.snap: checksum"), "{e}");
         std::fs::write(&base, &good[..good.len() - 1]).unwrap();
         let e = newest_valid(&dir).unwrap_err();
-        assert!(e.contains("ckpt-0001/node-0.snap: ") && e.contains("the manifest says"), "{e}");
+        assert!(
+            e.contains("ckpt-0001/node-0.snap: ") && e.contains("the manifest says"),
+            "{e}"
+        );
         std::fs::write(&base, &good).unwrap();
         assert!(newest_valid(&dir).is_ok());
         let image = complete_path(&dir, 2).join("image");
