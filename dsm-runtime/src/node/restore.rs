@@ -105,7 +105,7 @@ impl Restorer {
         }
         if r.left.load(Ordering::Acquire) > 0 {
             // Nobody is served yet: restoring page 0 above cannot race with this.
-            region.compare_and_swap(RESTORING_OFFSET, 0, 1);
+            set_word(region, RESTORING_OFFSET, 1);
         } else {
             r.finish(region);
         }
@@ -231,7 +231,7 @@ impl Restorer {
     /// Every page is done: clears the restoring word (clients may copy directly again)
     /// and says so on the node's stderr.
     fn finish(&self, region: &Region) {
-        region.compare_and_swap(RESTORING_OFFSET, 1, 0);
+        set_word(region, RESTORING_OFFSET, 0);
         let ms = self.started.elapsed().as_millis() as u64;
         let _ = self.finished_ms.set(ms);
         eprintln!(
@@ -274,5 +274,64 @@ impl Restorer {
             "ms": self.finished_ms.get(),
             "failure": self.failure.get(),
         })
+    }
+}
+
+/// Sets a header word only this node changes (whatever the restored page held there).
+fn set_word(region: &Region, offset: u64, value: u64) {
+    let now = region.load_word(offset).unwrap_or(0);
+    region.compare_and_swap(offset, now, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::snapshot;
+    use super::*;
+
+    fn fill(region: &Region, page: u64, byte: u8) {
+        let p = region.ptr(page * PAGE, PAGE).unwrap();
+        // SAFETY: a page inside the region.
+        unsafe { p.write_bytes(byte, PAGE as usize) };
+    }
+
+    fn byte_at(region: &Region, page: u64) -> u8 {
+        // SAFETY: a byte inside the region.
+        unsafe { *region.ptr(page * PAGE + 8, 1).unwrap() }
+    }
+
+    #[test]
+    fn pages_come_back_on_demand_or_in_background_and_a_later_write_is_never_overwritten() {
+        let region = Region::new(1 << 24).unwrap();
+        for (page, byte) in [(0, 1), (20, 2), (21, 3), (500, 4)] {
+            fill(&region, page, byte);
+        }
+        let path = std::env::temp_dir().join(format!("dsm-restore-{}", std::process::id()));
+        snapshot::write(&region, 3, &PageSums::new(), &path).unwrap();
+        let fresh = Region::new(1 << 24).unwrap();
+        let r = Restorer::start(3, &fresh, std::slice::from_ref(&path)).unwrap();
+        // Ready: the header's page is back, the others not yet, and clients are told.
+        assert_eq!(byte_at(&fresh, 0), 1);
+        assert_eq!((byte_at(&fresh, 20), byte_at(&fresh, 500)), (0, 0));
+        assert_eq!(fresh.load_word(RESTORING_OFFSET), Some(1));
+        assert!(r.pending());
+        // A request over pages 20 and 21 restores both first.
+        r.ensure(&fresh, 20 * PAGE + 100, PAGE).unwrap();
+        assert_eq!((byte_at(&fresh, 20), byte_at(&fresh, 21)), (2, 3));
+        // The program then writes page 21: the background restorer must not undo it.
+        fill(&fresh, 21, 9);
+        r.run_background(&fresh);
+        assert_eq!((byte_at(&fresh, 21), byte_at(&fresh, 500)), (9, 4));
+        assert_eq!(fresh.load_word(RESTORING_OFFSET), Some(0));
+        assert!(!r.pending());
+        let stats = r.stats_json();
+        assert_eq!(
+            (
+                &stats["at_start"],
+                &stats["on_demand"],
+                &stats["background"]
+            ),
+            (&1.into(), &2.into(), &1.into())
+        );
+        let _ = std::fs::remove_file(path);
     }
 }
