@@ -390,11 +390,11 @@ fn a_crash_during_a_checkpoint_leaves_the_previous_one_usable_and_damage_is_refu
     let _ = { second }.wait();
     assert!(unfinished.exists() && !dir.join("ck/ckpt-0002").exists());
 
-    // Damage to the complete checkpoint is refused, naming the file.
+    // Damage to what is checked up front (a snapshot's index) is refused, naming the file.
     let snap = dir.join("ck/ckpt-0001/node-0.snap");
     let good = std::fs::read(&snap).unwrap();
     let mut flipped = good.clone();
-    flipped[good.len() / 2] ^= 0x01;
+    flipped[good.len() - 20] ^= 0x01;
     std::fs::write(&snap, &flipped).unwrap();
     let out = restart(&dir);
     assert!(!out.status.success(), "{}", text(&out));
@@ -403,6 +403,19 @@ fn a_crash_during_a_checkpoint_leaves_the_previous_one_usable_and_damage_is_refu
         said.contains("is damaged") && said.contains("ckpt-0001/node-0.snap: checksum"),
         "{said}"
     );
+    // Damage to a page's bytes is found when the page is restored, after the job started
+    // again: the job ends, naming the file, and prints nothing the native run would not.
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x01;
+    std::fs::write(&snap, &flipped).unwrap();
+    let out = restart(&dir);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("ckpt-0001/node-0.snap is damaged") && said.contains("checksum mismatch"),
+        "{said}"
+    );
+    assert!(native.starts_with(&both_outputs(&dir)), "{said}");
     std::fs::write(&snap, &good).unwrap();
     let image = dir.join("ck/ckpt-0001/image");
     std::fs::rename(&image, dir.join("image.away")).unwrap();
@@ -659,17 +672,111 @@ fn node_snapshots_are_incremental_and_bring_a_fresh_node_back() {
             "page {page}"
         );
     }
-    // A damaged snapshot: the node refuses to start, saying which file and why.
-    let mut bytes = std::fs::read(&chain[1]).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 1;
+    // A damaged index: the node refuses to start.
+    let good = std::fs::read(&chain[1]).unwrap();
+    let mut bytes = good.clone();
+    bytes[good.len() - 20] ^= 1;
     std::fs::write(&chain[1], &bytes).unwrap();
     let size = NodeSize {
         memory_bytes: 64 << 20,
         span_bytes: 1 << 40,
     };
-    let e = LocalNodes::spawn_with_snapshots(&dsmrun(), size, &secret, &[snaps(chain)])
+    let e = LocalNodes::spawn_with_snapshots(&dsmrun(), size, &secret, &[snaps(chain.clone())])
         .unwrap_err()
         .to_string();
     assert!(e.contains("failed to start"), "{e}");
+    // A damaged page: the node starts (pages are checked as they are restored), but
+    // never serves that page: the read is refused, or the node is gone.
+    let mut bytes = good.clone();
+    let damaged_page = 7_777_777_777 / PAGE as u64;
+    let at = find_record(&good, damaged_page);
+    bytes[at + 100] ^= 1;
+    std::fs::write(&chain[1], &bytes).unwrap();
+    let (_damaged, mut d) = node_with(snaps(chain), &secret);
+    let mut buf = vec![0u8; PAGE];
+    let read = d.read_batch(&mut [ReadOp {
+        node: NodeId(0),
+        offset: damaged_page * PAGE as u64,
+        buf: &mut buf,
+    }]);
+    assert!(read.is_err(), "a damaged page was served: {:?}", &buf[..8]);
+}
+
+/// The offset of page `page`'s bytes in a snapshot file (from its index, at its end).
+fn find_record(snapshot: &[u8], page: u64) -> usize {
+    let word = |at: usize| u64::from_le_bytes(snapshot[at..at + 8].try_into().unwrap());
+    let index_at = word(snapshot.len() - 16) as usize;
+    let entry = snapshot[index_at..snapshot.len() - 16]
+        .chunks_exact(24)
+        .find(|e| u64::from_le_bytes(e[..8].try_into().unwrap()) == page)
+        .expect("the page has a record");
+    u64::from_le_bytes(entry[8..16].try_into().unwrap()) as usize
+}
+
+/// A restarted node's line `dsm-node N: checkpoint restored: P pages (S at start, D on
+/// demand, B in background) in MS ms`, as (P, S, D, B).
+fn restored_counts(line: &str) -> Option<(u64, u64, u64, u64)> {
+    let rest = line.split_once("checkpoint restored: ")?.1;
+    let nums: Vec<u64> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .take(4)
+        .map(|w| w.parse().unwrap())
+        .collect();
+    (nums.len() == 4).then(|| (nums[0], nums[1], nums[2], nums[3]))
+}
+
+#[test]
+fn a_restarted_job_runs_while_its_nodes_restore_pages_lazily() {
+    let Some(exe) = heapwalk() else {
+        return skip("restart_lazily", "no C compiler (apt-get install gcc)");
+    };
+    let _heavy = heavy();
+    let native = native(&exe, &HEAPWALK_ARGS);
+    let dir = scratch("ckpt-lazy");
+    let exe_text = exe.display().to_string();
+    let mut program = vec![exe_text.as_str()];
+    program.extend(HEAPWALK_ARGS);
+    let mut job = start_job(&dir, "cklazy", 16 << 20, &program, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    checkpoint_now(&dir, "cklazy");
+    kill_everything(&mut job.0);
+    assert!(
+        std::fs::read(dir.join("out1.txt")).unwrap().is_empty(),
+        "heapwalk ended before it was killed: the test proves nothing"
+    );
+    // The nodes' background restorers wait until 64 pages were asked for: the program
+    // must run, and be served, while its nodes still restore (the nodes report ready
+    // before any page is restored, or it could not).
+    let out = Command::new(dsmrun())
+        .env("DSM_JOBS_DIR", jobs_dir(&dir))
+        .env("LC_ALL", "C")
+        .env("DSM_TEST_RESTORE_AFTER_DEMAND", "64")
+        .args(["restart", "-v"])
+        .arg(dir.join("ck"))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    std::fs::write(dir.join("out2.txt"), &out.stdout).unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "dsmrun restart: {said}");
+    assert_eq!(
+        String::from_utf8_lossy(&both_outputs(&dir)),
+        String::from_utf8_lossy(&native),
+        "heapwalk: output before the crash and after a lazy restart differs from native"
+    );
+    let lines: Vec<(u64, u64, u64, u64)> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(restored_counts)
+        .collect();
+    println!("restored (pages, at start, on demand, background): {lines:?}");
+    assert!(!lines.is_empty(), "no node finished its restore: {said}");
+    for &(pages, start, demand, background) in &lines {
+        assert_eq!(pages, start + demand + background, "{said}");
+    }
+    assert!(
+        lines.iter().any(|&(_, _, demand, _)| demand >= 64),
+        "no node served 64 pages on demand while restoring: {said}"
+    );
 }

@@ -270,8 +270,9 @@ struct NodeCli {
     /// the secret stays off every command line, and the node ends with the connection).
     #[arg(long)]
     secret_stdin: bool,
-    /// Load these snapshots into the region before serving (a base, then its deltas, in
-    /// order): how `dsmrun restart` brings a checkpointed node back.
+    /// Restore these snapshots into the region (a base, then its deltas, in order):
+    /// their indexes are checked before serving, their pages restored while serving, in
+    /// the background and on demand. How `dsmrun restart` brings a checkpointed node back.
     #[arg(long, value_name = "SNAPSHOT", num_args = 1..)]
     restore: Vec<PathBuf>,
     /// Accept snapshot calls (checkpoints) writing files under this directory.

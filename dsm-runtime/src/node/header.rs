@@ -8,6 +8,7 @@
 //! | 0 | [`SLOTS_MAX`] | node 0 only: the slot table, each word the owner of a slot (see `config::job`) |
 //! | 512 | 1 | pages this node may hold (its `--memory`), written by the node at start |
 //! | 520 | 1 | pages claimed on this node by all slots together |
+//! | 528 | 1 | non-zero while the node restores its checkpoint lazily: `shm` clients then send it their reads and writes (see `node/restore.rs`) |
 //! | 1024 | [`SLOTS_MAX`] | pages claimed on this node by each slot, so a dead process's claim can be given back |
 //!
 //! Node memory is claimed as pages are first written home (`space::pool`), never
@@ -31,6 +32,11 @@ pub const CAPACITY_PAGES_OFFSET: u64 = 512;
 
 /// Offset of the pages claimed on the node by every slot together.
 pub const CLAIMED_PAGES_OFFSET: u64 = 520;
+
+/// Offset of the word that is non-zero while the node restores pages of a checkpoint:
+/// clients that copy the region's bytes themselves (`shm`) must then go through the node,
+/// which restores each page before serving it. It only ever goes from set to clear.
+pub const RESTORING_OFFSET: u64 = 528;
 
 /// Offset of the pages claimed on the node by slot `slot`.
 pub fn slot_claimed_offset(slot: usize) -> u64 {

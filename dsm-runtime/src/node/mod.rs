@@ -4,6 +4,7 @@
 pub mod header;
 pub mod region;
 pub mod request;
+pub mod restore;
 pub mod server;
 pub mod snapshot;
 #[cfg(feature = "verbs")]
@@ -49,14 +50,15 @@ impl NodeSize {
 pub struct Snapshots {
     /// The directory snapshot calls write under (the job's `--checkpoint-dir`).
     pub dir: Option<std::path::PathBuf>,
-    /// Snapshots loaded at start, a base then its deltas.
+    /// Snapshots restored at start (lazily), a base then its deltas.
     pub restore: Vec<std::path::PathBuf>,
 }
 
 /// Runs a memory node until killed: binds `listen`, announces the bound address on stdout,
 /// and serves. With `die_with_parent`, the node exits when its launcher does, so a crashed
 /// launcher leaves no orphans. Snapshot calls write under `snapshots.dir` (none without);
-/// `snapshots.restore` (a base, then deltas) are loaded before the node listens.
+/// `snapshots.restore` (a base, then deltas) are restored lazily: their indexes are
+/// checked before the node listens, their pages come back while it serves.
 pub fn run(
     id: u16,
     listen: SocketAddr,
@@ -75,6 +77,7 @@ pub fn run(
     }
     let server = NodeServer::new(id, size, secret)?;
     server.restore(&snapshots.restore)?;
+    server.restore_in_background()?;
     if let Some(dir) = &snapshots.dir {
         check_snapshot_dir(id, dir)?;
         server.allow_snapshots_in(dir.clone());

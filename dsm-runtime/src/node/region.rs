@@ -115,6 +115,17 @@ impl Region {
         )
     }
 
+    /// 8-byte atomic load (acquire); `None` when unaligned or out of bounds.
+    pub fn load_word(&self, offset: u64) -> Option<u64> {
+        if offset % 8 != 0 {
+            return None;
+        }
+        let p = self.ptr(offset, 8)?;
+        // SAFETY: as in `compare_and_swap`: aligned, inside the mapping.
+        let word = unsafe { AtomicU64::from_ptr(p.cast()) };
+        Some(word.load(Ordering::Acquire))
+    }
+
     /// Bytes of the region actually backed by memory (resident), from `mincore`.
     pub fn resident_bytes(&self) -> u64 {
         // Sampling 1 GiB of mincore vector at a time bounds this call's own memory.

@@ -56,6 +56,10 @@ pub struct NodeServer {
     snapshot_sums: std::sync::Mutex<super::snapshot::PageSums>,
     /// Where snapshot calls may write (`--snapshot-dir`); unset, they are refused.
     snapshot_dir: std::sync::OnceLock<std::path::PathBuf>,
+    /// The checkpoint being restored lazily (`--restore`), if any.
+    restorer: std::sync::OnceLock<super::restore::Restorer>,
+    /// Set once `snapshot_sums` was given the restored checkpoint's sums.
+    restored_sums_taken: std::sync::OnceLock<()>,
 }
 
 impl NodeServer {
@@ -91,23 +95,62 @@ impl NodeServer {
             counters: NodeCounters::default(),
             snapshot_sums: Default::default(),
             snapshot_dir: Default::default(),
+            restorer: Default::default(),
+            restored_sums_taken: Default::default(),
         }))
     }
 
-    /// Loads snapshots (a base, then deltas, in order) into the region; the next snapshot
-    /// saves what changed since. Before serving only: nobody may use the region meanwhile.
+    /// Starts restoring snapshots (a base, then deltas, in order) into the region: checks
+    /// their headers and indexes and restores the header's pages now, the rest lazily
+    /// ([`NodeServer::restore_in_background`], and on demand). The next snapshot saves
+    /// what changed since. Before serving only.
     pub fn restore(&self, files: &[std::path::PathBuf]) -> io::Result<()> {
         if files.is_empty() {
             return Ok(());
         }
-        for f in files {
-            super::snapshot::load(&self.region, self.id.into(), f).map_err(|e| {
-                io::Error::other(format!("restoring snapshot {}: {e}", f.display()))
-            })?;
-        }
-        let (_, sums) = super::snapshot::changed_pages(&self.region, &Default::default())?;
-        *self.snapshot_sums.lock().unwrap_or_else(|e| e.into_inner()) = sums;
+        let restorer = super::restore::Restorer::start(self.id, &self.region, files)
+            .map_err(io::Error::other)?;
+        // The next snapshot's baseline comes from the indexes, taken when it is first
+        // needed (`snapshot`): a map of every page would delay the node's start.
+        let _ = self.restorer.set(restorer);
         Ok(())
+    }
+
+    /// Restores the pages left in a low-priority thread, if a restore is under way.
+    pub fn restore_in_background(self: &Arc<Self>) -> io::Result<()> {
+        if !self.restorer.get().is_some_and(|r| r.pending()) {
+            return Ok(());
+        }
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name(format!("dsm-node-{}-restore", self.id))
+            .spawn(move || {
+                if let Some(r) = me.restorer.get() {
+                    r.run_background(&me.region);
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Restores, before serving them, the pages that `entries` touch and that are not
+    /// restored yet; the error (a damaged checkpoint) is the refusal to send.
+    fn restore_for(&self, entries: &[Entry]) -> Result<(), String> {
+        let Some(r) = self.restorer.get() else {
+            return Ok(());
+        };
+        for e in entries {
+            r.ensure(&self.region, e.offset, e.len.into())?;
+        }
+        Ok(())
+    }
+
+    /// Restores every page left now (before a snapshot scans the region, or RDMA
+    /// bypasses the node).
+    fn finish_restore(&self) -> Result<(), String> {
+        match self.restorer.get() {
+            Some(r) => r.finish_now(&self.region),
+            None => Ok(()),
+        }
     }
 
     /// Lets snapshot calls write files under `dir` (a job's checkpoint directory).
@@ -126,7 +169,12 @@ impl NodeServer {
             ));
         };
         let path = dir.join(path);
+        self.finish_restore()?;
         let mut sums = self.snapshot_sums.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = self.restorer.get() {
+            // Once: the sums of the restored region, before its first snapshot.
+            self.restored_sums_taken.get_or_init(|| *sums = r.sums());
+        }
         let previous = if full {
             Default::default()
         } else {
@@ -245,6 +293,9 @@ impl NodeServer {
             Err(BatchError::Malformed(e)) => return Err(e.into()),
             Err(BatchError::OutOfBounds(bad)) => return reject(s, h, &self.bounds_message(bad)),
         };
+        if let Err(why) = self.restore_for(&conn.entries) {
+            return reject(s, h, &why);
+        }
         let mut rh = [0u8; HEADER_BYTES];
         reply_header(h, STATUS_OK, total).encode(&mut rh);
         conn.iov.clear();
@@ -277,6 +328,10 @@ impl NodeServer {
                 return reject(s, h, &self.bounds_message(bad));
             }
         };
+        if let Err(why) = self.restore_for(&conn.entries) {
+            conn.input.skip(s, h.payload_len as usize)?;
+            return reject(s, h, &why);
+        }
         conn.iov.clear();
         for e in &conn.entries {
             let p = self
@@ -307,6 +362,9 @@ impl NodeServer {
         let mut args = [0u8; 24];
         conn.input.read_exact(s, &mut args)?;
         let (offset, expected, new) = wire::decode_cas(&args);
+        if let Err(why) = self.restore_for(&[Entry { offset, len: 8 }]) {
+            return reject(s, h, &why);
+        }
         let old = request::cas_within(offset, self.region.len())
             .then(|| self.region.compare_and_swap(offset, expected, new))
             .flatten();
@@ -368,6 +426,7 @@ impl NodeServer {
                 super::verbs::MAX_QPS_PER_CONNECTION
             ));
         }
+        self.finish_restore()?;
         // SAFETY: `self.region` lives as long as `self.verbs` (same struct, dropped after
         // it) and is the only region ever passed.
         let (qp, answer) = unsafe { self.verbs.accept(self.id, &self.region, msg) }?;
@@ -400,6 +459,7 @@ impl NodeServer {
             "atomics": c.atomics.load(Ordering::Relaxed),
             "refused_peers": c.refused_peers.load(Ordering::Relaxed),
             "resident_bytes": self.region.resident_bytes(),
+            "restore": self.restorer.get().map(super::restore::Restorer::stats_json),
             "rdma": rdma,
         })
         .to_string()

@@ -1,5 +1,6 @@
 //! A node's snapshots: the pages of its region written since its previous snapshot, in a
-//! file that a fresh node loads back (`dsmrun node --restore BASE DELTA...`).
+//! file that a fresh node restores lazily (`dsmrun node --restore BASE DELTA...`, see
+//! `node/restore.rs`).
 //!
 //! The node cannot see the writes: the `shm` transport copies into the region's memfd
 //! with no work by the node's CPU. So a snapshot compares each page's checksum (xxh3) with
@@ -7,25 +8,38 @@
 //! untouched terabyte of span costs nothing to scan). All-zero pages are holes: they are
 //! not kept, and a page that was kept and is zero now is recorded as a zero page.
 //!
-//! File layout (little endian): [`MAGIC`], node id (u32), page size (u32), region bytes
-//! (u64), record count (u64); then each record: page number (u64, [`ZERO_PAGE`] bit set
-//! for a zero page) and, unless zero, the page's bytes; then the xxh3-64 of everything
-//! before it (u64).
+//! File layout (little endian): a header: [`MAGIC`], node id (u32), page size (u32),
+//! region bytes (u64), record count (u64); then each record: page number (u64,
+//! [`ZERO_PAGE`] bit set for a zero page) and, unless zero, the page's bytes; then the
+//! index, one entry per record: page number (as in the record), offset of the page's
+//! bytes in the file (u64, 0 for a zero page), xxh3-64 of the page's bytes (u64); then the
+//! trailer: the index's offset (u64) and the xxh3-64 of the header, the index and that
+//! offset (u64).
+//!
+//! So a restart checks a file cheaply, reading only its header, index and trailer
+//! ([`read_index`]), and each page's bytes are checked against their index entry when
+//! they are loaded ([`read_page`]): restart time does not grow with the data.
 
 use super::region::Region;
 use std::collections::HashMap;
-use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::path::Path;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 /// First bytes of every snapshot file.
-pub const MAGIC: &[u8; 8] = b"DSMSNAP1";
+pub const MAGIC: &[u8; 8] = b"DSMSNAP2";
 /// Page size of the records.
 pub const PAGE: u64 = 4096;
 /// Bit of a record's page number that marks a page that became zero.
 pub const ZERO_PAGE: u64 = 1 << 63;
 /// Bytes of the header.
 const HEADER_BYTES: usize = 8 + 4 + 4 + 8 + 8;
+/// Bytes of one index entry.
+const INDEX_ENTRY_BYTES: u64 = 24;
+/// Bytes of the trailer.
+const TRAILER_BYTES: u64 = 16;
 
 /// Checksums of the non-zero pages as the last snapshot (or restore) saw them.
 pub type PageSums = HashMap<u64, u64>;
@@ -56,10 +70,33 @@ pub enum SnapshotError {
     OutOfRegion { page: u64, region_bytes: u64 },
     #[error("the file is cut short")]
     Truncated,
-    #[error("checksum mismatch: the file is damaged")]
+    #[error("checksum mismatch in its header or index: the file is damaged")]
     Checksum,
-    #[error("{0} bytes after the checksum")]
-    Trailing(u64),
+    #[error("page {page}: checksum mismatch: the file is damaged")]
+    PageDamaged { page: u64 },
+}
+
+/// One record of a snapshot, as its index describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The page number, with [`ZERO_PAGE`] set for a page that became zero.
+    pub record: u64,
+    /// Where the page's bytes start in the file (0 for a zero page).
+    pub offset: u64,
+    /// xxh3-64 of the page's bytes (0 for a zero page).
+    pub sum: u64,
+}
+
+impl IndexEntry {
+    /// The page number.
+    pub fn page(&self) -> u64 {
+        self.record & !ZERO_PAGE
+    }
+
+    /// Whether the record says the page became zero.
+    pub fn is_zero(&self) -> bool {
+        self.record & ZERO_PAGE != 0
+    }
 }
 
 /// The region's pages that differ from `previous`, by page number, with their new
@@ -99,8 +136,8 @@ pub fn write(
     path: &Path,
 ) -> io::Result<(Written, PageSums)> {
     let (records, now) = changed_pages(region, previous)?;
-    let file = std::fs::File::create(path)?;
-    let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, &file));
+    let file = File::create(path)?;
+    let mut out = BufWriter::with_capacity(1 << 20, &file);
     let mut header = Vec::with_capacity(HEADER_BYTES);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&node.to_le_bytes());
@@ -108,80 +145,230 @@ pub fn write(
     header.extend_from_slice(&region.len().to_le_bytes());
     header.extend_from_slice(&(records.len() as u64).to_le_bytes());
     out.write_all(&header)?;
+    let mut index = Vec::with_capacity(records.len() * INDEX_ENTRY_BYTES as usize);
+    let mut at = HEADER_BYTES as u64;
     let mut written = Written::default();
     for &record in &records {
         out.write_all(&record.to_le_bytes())?;
-        if record & ZERO_PAGE != 0 {
+        at += 8;
+        let (offset, sum) = if record & ZERO_PAGE != 0 {
             written.zeroed += 1;
+            (0, 0)
         } else {
-            out.write_all(page_bytes(region, record))?;
+            let bytes = page_bytes(region, record);
+            // The job is quiesced: the checksum `changed_pages` took still holds.
+            let sum = now.get(&record).copied().unwrap_or_else(|| xxh3_64(bytes));
+            out.write_all(bytes)?;
             written.pages += 1;
+            at += PAGE;
+            (at - PAGE, sum)
+        };
+        for word in [record, offset, sum] {
+            index.extend_from_slice(&word.to_le_bytes());
         }
     }
-    let sum = out.hasher.digest();
-    let mut inner = out.inner;
-    inner.write_all(&sum.to_le_bytes())?;
-    inner.flush()?;
-    drop(inner);
+    out.write_all(&index)?;
+    out.write_all(&at.to_le_bytes())?;
+    out.write_all(&index_sum(&header, &index, at).to_le_bytes())?;
+    out.flush()?;
+    drop(out);
     file.sync_all()?;
     written.bytes = file.metadata()?.len();
     Ok((written, now))
 }
 
-/// Loads the snapshot at `path` into `region` (node `node`'s); the whole file is checked
-/// (checksum, bounds) and a damaged one is an error, possibly after some pages were copied.
-pub fn load(region: &Region, node: u32, path: &Path) -> Result<u64, SnapshotError> {
-    let file = std::fs::File::open(path)?;
-    let mut input = HashingReader::new(BufReader::with_capacity(1 << 20, file));
+/// The trailer's checksum: over the header, the index and the index's offset.
+fn index_sum(header: &[u8], index: &[u8], index_offset: u64) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(header);
+    h.update(index);
+    h.update(&index_offset.to_le_bytes());
+    h.digest()
+}
+
+/// Reads and checks the header, index and trailer of the snapshot `file` (node `node`'s
+/// when given, for a region of `region_bytes` when given), without reading the pages.
+pub fn read_index(
+    file: &File,
+    node: Option<u32>,
+    region_bytes: Option<u64>,
+) -> Result<Vec<IndexEntry>, SnapshotError> {
+    let len = file.metadata()?.len();
     let mut header = [0u8; HEADER_BYTES];
-    input.read_exact(&mut header).map_err(truncated)?;
+    read_at(file, &mut header, 0)?;
     if &header[..8] != MAGIC {
         return Err(SnapshotError::Magic);
     }
     let found = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-    if found != node {
-        return Err(SnapshotError::WrongNode {
-            found,
-            expected: node,
-        });
+    if let Some(expected) = node.filter(|&n| n != found) {
+        return Err(SnapshotError::WrongNode { found, expected });
     }
     let page_size = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
     if u64::from(page_size) != PAGE {
         return Err(SnapshotError::PageSize(page_size));
     }
     let count = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
-    let mut buf = vec![0u8; PAGE as usize];
-    for _ in 0..count {
-        let mut word = [0u8; 8];
-        input.read_exact(&mut word).map_err(truncated)?;
-        let record = u64::from_le_bytes(word);
-        let page = record & !ZERO_PAGE;
-        let Some(dest) = region.ptr(page.saturating_mul(PAGE), PAGE) else {
-            return Err(SnapshotError::OutOfRegion {
-                page,
-                region_bytes: region.len(),
-            });
-        };
-        if record & ZERO_PAGE != 0 {
-            buf.fill(0);
-        } else {
-            input.read_exact(&mut buf).map_err(truncated)?;
-        }
-        // SAFETY: `dest` points at a whole page inside the region; the node serves nobody
-        // while it loads.
-        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), dest, buf.len()) };
+    let least = count
+        .checked_mul(8 + INDEX_ENTRY_BYTES)
+        .and_then(|b| b.checked_add(HEADER_BYTES as u64 + TRAILER_BYTES));
+    if least.is_none_or(|least| len < least) {
+        return Err(SnapshotError::Truncated);
     }
-    let expected = input.hasher.digest();
-    let mut word = [0u8; 8];
-    input.inner.read_exact(&mut word).map_err(truncated)?;
-    if u64::from_le_bytes(word) != expected {
+    let mut trailer = [0u8; TRAILER_BYTES as usize];
+    read_at(file, &mut trailer, len - TRAILER_BYTES)?;
+    let index_offset = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
+    let stored = u64::from_le_bytes(trailer[8..].try_into().expect("8 bytes"));
+    let index_bytes = count * INDEX_ENTRY_BYTES;
+    if index_offset.checked_add(index_bytes + TRAILER_BYTES) != Some(len) {
         return Err(SnapshotError::Checksum);
     }
-    let trailing = io::copy(&mut input.inner, &mut io::sink())?;
-    if trailing != 0 {
-        return Err(SnapshotError::Trailing(trailing));
+    let mut index = vec![0u8; index_bytes as usize];
+    read_at(file, &mut index, index_offset)?;
+    if index_sum(&header, &index, index_offset) != stored {
+        return Err(SnapshotError::Checksum);
     }
-    Ok(count)
+    let entries = index
+        .chunks_exact(INDEX_ENTRY_BYTES as usize)
+        .map(|c| IndexEntry {
+            record: u64::from_le_bytes(c[..8].try_into().expect("8 bytes")),
+            offset: u64::from_le_bytes(c[8..16].try_into().expect("8 bytes")),
+            sum: u64::from_le_bytes(c[16..].try_into().expect("8 bytes")),
+        })
+        .collect::<Vec<_>>();
+    for e in &entries {
+        check_entry(e, index_offset, region_bytes)?;
+    }
+    Ok(entries)
+}
+
+/// An index entry must name a page of the region and bytes between header and index.
+fn check_entry(
+    e: &IndexEntry,
+    index_offset: u64,
+    region_bytes: Option<u64>,
+) -> Result<(), SnapshotError> {
+    if let Some(region_bytes) = region_bytes {
+        let end = e
+            .page()
+            .checked_mul(PAGE)
+            .and_then(|at| at.checked_add(PAGE));
+        if end.is_none_or(|end| end > region_bytes) {
+            return Err(SnapshotError::OutOfRegion {
+                page: e.page(),
+                region_bytes,
+            });
+        }
+    }
+    let inside = e.offset >= HEADER_BYTES as u64 + 8
+        && e.offset
+            .checked_add(PAGE)
+            .is_some_and(|end| end <= index_offset);
+    if !e.is_zero() && !inside {
+        return Err(SnapshotError::Checksum);
+    }
+    Ok(())
+}
+
+/// Reads the page `entry` describes into `buf`, checking its record's page number and
+/// its bytes' checksum against the index.
+pub fn read_page(
+    file: &File,
+    entry: &IndexEntry,
+    buf: &mut [u8; 8 + PAGE as usize],
+) -> Result<(), SnapshotError> {
+    read_at(file, buf, entry.offset - 8)?;
+    let word = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    if word != entry.record || xxh3_64(&buf[8..]) != entry.sum {
+        return Err(SnapshotError::PageDamaged { page: entry.page() });
+    }
+    Ok(())
+}
+
+fn read_at(file: &File, buf: &mut [u8], at: u64) -> Result<(), SnapshotError> {
+    file.read_exact_at(buf, at).map_err(truncated)
+}
+
+/// Where the newest version of a page lives in a chain of snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainPage {
+    /// The page number.
+    pub page: u64,
+    /// Which file of the chain holds it.
+    pub file: u32,
+    /// Its record, in that file's index.
+    pub entry: IndexEntry,
+}
+
+/// A chain of snapshots (a base, then deltas), opened and indexed: for each page, the
+/// newest version, found without reading any page.
+#[derive(Debug)]
+pub struct Chain {
+    files: Vec<(PathBuf, File)>,
+    /// Non-zero pages in their newest version, by page number.
+    pages: Vec<ChainPage>,
+}
+
+impl Chain {
+    /// Opens `paths` (in order) for node `node`'s region of `region_bytes`, checking each
+    /// file's header and index; an error names the file.
+    pub fn open(
+        paths: &[PathBuf],
+        node: u32,
+        region_bytes: u64,
+    ) -> Result<Chain, (PathBuf, SnapshotError)> {
+        let mut all: Vec<ChainPage> = Vec::new();
+        let mut files = Vec::with_capacity(paths.len());
+        for (i, path) in paths.iter().enumerate() {
+            let fail = |e| (path.clone(), e);
+            let file = File::open(path).map_err(|e| fail(e.into()))?;
+            let entries = read_index(&file, Some(node), Some(region_bytes)).map_err(fail)?;
+            all.extend(entries.into_iter().map(|entry| ChainPage {
+                page: entry.page(),
+                file: i as u32,
+                entry,
+            }));
+            files.push((path.clone(), file));
+        }
+        // Each file's index is in page order (as written), so this stable sort merges a
+        // few sorted runs: no hashing, which would cost more than reading the indexes.
+        if !all.is_sorted_by_key(|p| p.page) {
+            all.sort_by_key(|p| (p.page, p.file));
+        }
+        let mut pages: Vec<ChainPage> = Vec::with_capacity(all.len());
+        for p in all {
+            match pages.last_mut() {
+                Some(last) if last.page == p.page => *last = p,
+                _ => pages.push(p),
+            }
+        }
+        pages.retain(|p| !p.entry.is_zero());
+        Ok(Chain { files, pages })
+    }
+
+    /// The pages to restore, by page number.
+    pub fn pages(&self) -> &[ChainPage] {
+        &self.pages
+    }
+
+    /// The checksums of the restored region's non-zero pages, as a snapshot would take
+    /// them: the next snapshot saves only what changes after the restore.
+    pub fn sums(&self) -> PageSums {
+        self.pages.iter().map(|p| (p.page, p.entry.sum)).collect()
+    }
+
+    /// The file holding `page`.
+    pub fn path_of(&self, page: &ChainPage) -> &Path {
+        &self.files[page.file as usize].0
+    }
+
+    /// Reads `page`'s bytes (checked) into `buf[8..]`.
+    pub fn read(
+        &self,
+        page: &ChainPage,
+        buf: &mut [u8; 8 + PAGE as usize],
+    ) -> Result<(), SnapshotError> {
+        read_page(&self.files[page.file as usize].1, &page.entry, buf)
+    }
 }
 
 fn truncated(e: io::Error) -> SnapshotError {
@@ -230,55 +417,6 @@ fn data_extents(region: &Region) -> io::Result<Vec<(u64, u64)>> {
     Ok(extents)
 }
 
-/// A writer that hashes what passes through.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Xxh3,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Xxh3::new(),
-        }
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// A reader that hashes what passes through.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Xxh3,
-}
-
-impl<R: Read> HashingReader<R> {
-    fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Xxh3::new(),
-        }
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +436,24 @@ mod tests {
         std::env::temp_dir().join(format!("dsm-snap-{}-{name}", std::process::id()))
     }
 
+    /// Restores `paths` into `fresh` eagerly (what the node does lazily); returns the
+    /// number of pages restored.
+    fn load_all(
+        fresh: &Region,
+        node: u32,
+        paths: &[std::path::PathBuf],
+    ) -> Result<usize, SnapshotError> {
+        let chain = Chain::open(paths, node, fresh.len()).map_err(|(_, e)| e)?;
+        let mut buf = [0u8; 8 + PAGE as usize];
+        for p in chain.pages() {
+            chain.read(p, &mut buf)?;
+            let dest = fresh.ptr(p.page * PAGE, PAGE).unwrap();
+            // SAFETY: a page inside the region, which nobody else uses.
+            unsafe { std::ptr::copy_nonoverlapping(buf[8..].as_ptr(), dest, PAGE as usize) };
+        }
+        Ok(chain.pages().len())
+    }
+
     #[test]
     fn a_base_and_a_delta_restore_the_region_and_the_delta_holds_only_changes() {
         let region = Region::new(1 << 30).unwrap();
@@ -310,15 +466,17 @@ mod tests {
         fill(&region, 1000, 4); // changed
         fill(&region, 5, 0); // became zero
         fill(&region, 20000, 6); // new
-        let (delta, _) = write(&region, 7, &sums, &delta_path).unwrap();
+        let (delta, now) = write(&region, 7, &sums, &delta_path).unwrap();
         assert_eq!((delta.pages, delta.zeroed), (2, 1));
         let fresh = Region::new(1 << 30).unwrap();
-        fill(&fresh, 5, 1);
-        assert_eq!(load(&fresh, 7, &base_path).unwrap(), 3);
-        assert_eq!(load(&fresh, 7, &delta_path).unwrap(), 3);
+        let chain = vec![base_path.clone(), delta_path.clone()];
+        // Page 5 became zero: only 3, 1000 and 20000 are left to restore.
+        assert_eq!(load_all(&fresh, 7, &chain).unwrap(), 3);
         for page in [3, 1000, 5, 20000, 4] {
             assert_eq!(byte_at(&fresh, page), byte_at(&region, page), "page {page}");
         }
+        // The chain's index gives the checksums a full scan would: no page is read.
+        assert_eq!(Chain::open(&chain, 7, 1 << 30).unwrap().sums(), now);
         let _ = std::fs::remove_file(base_path);
         let _ = std::fs::remove_file(delta_path);
     }
@@ -331,29 +489,53 @@ mod tests {
         write(&region, 1, &PageSums::new(), &path).unwrap();
         let good = std::fs::read(&path).unwrap();
         let fresh = Region::new(1 << 20).unwrap();
+        let one = [path.clone()];
         assert!(matches!(
-            load(&fresh, 2, &path),
+            load_all(&fresh, 2, &one),
             Err(SnapshotError::WrongNode { .. })
         ));
         let small = Region::new(8192).unwrap();
         assert!(matches!(
-            load(&small, 1, &path),
+            load_all(&small, 1, &one),
             Err(SnapshotError::OutOfRegion { page: 2, .. })
         ));
+        // Damage to a page's bytes passes the cheap check and is found when the page is
+        // loaded.
         let mut flipped = good.clone();
         flipped[HEADER_BYTES + 8 + 100] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
+        let file = File::open(&path).unwrap();
+        assert!(read_index(&file, Some(1), None).is_ok());
         assert!(matches!(
-            load(&fresh, 1, &path),
-            Err(SnapshotError::Checksum)
+            load_all(&fresh, 1, &one),
+            Err(SnapshotError::PageDamaged { page: 2 })
         ));
+        // Damage to the header or the index is found by the cheap check.
+        for at in [9, good.len() - TRAILER_BYTES as usize - 5, good.len() - 1] {
+            let mut flipped = good.clone();
+            flipped[at] ^= 1;
+            std::fs::write(&path, &flipped).unwrap();
+            let e = load_all(&fresh, 1, &one).unwrap_err();
+            assert!(
+                matches!(e, SnapshotError::Checksum | SnapshotError::WrongNode { .. }),
+                "byte {at}: {e}"
+            );
+        }
         std::fs::write(&path, &good[..good.len() - 3]).unwrap();
         assert!(matches!(
-            load(&fresh, 1, &path),
+            load_all(&fresh, 1, &one),
+            Err(SnapshotError::Truncated | SnapshotError::Checksum)
+        ));
+        std::fs::write(&path, &good[..20]).unwrap();
+        assert!(matches!(
+            load_all(&fresh, 1, &one),
             Err(SnapshotError::Truncated)
         ));
         std::fs::write(&path, b"not a snapshot at all, really not").unwrap();
-        assert!(matches!(load(&fresh, 1, &path), Err(SnapshotError::Magic)));
+        assert!(matches!(
+            load_all(&fresh, 1, &one),
+            Err(SnapshotError::Magic)
+        ));
         let _ = std::fs::remove_file(path);
     }
 }

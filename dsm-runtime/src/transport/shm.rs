@@ -17,6 +17,13 @@
 //! a hostfile naming it) copies locally where it can and crosses the network only where
 //! it must. That is what `--transport auto` picks when verbs cannot serve every node.
 //!
+//! Lazy restore: a node restarted from a checkpoint restores its pages while it serves
+//! (node/restore.rs). It cannot see this backend's copies, so while the word at
+//! [`RESTORING_OFFSET`] in its header is set, a session sends that node's reads and writes
+//! over its TCP connection, and the node restores each page before serving it. The word
+//! only ever goes from set to clear, so once a session has seen it clear it never looks
+//! again: after the restore this costs the fault path nothing.
+//!
 //! Node death: the mapping outlives the node's process, so liveness comes from the TCP
 //! control connection each session keeps to each node. A closed connection (the node's
 //! process is gone) fails every later operation on that node, as a broken RDMA queue pair
@@ -26,7 +33,7 @@
 
 use super::tcp::{TcpSession, TcpTransport};
 use super::{NodeId, NodeInfo, ReadOp, Session, Transport, TransportError, WriteOp};
-use crate::node::header::NODE_HEADER_BYTES;
+use crate::node::header::{NODE_HEADER_BYTES, RESTORING_OFFSET};
 use crate::node::region::Region;
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -291,6 +298,9 @@ impl Transport for ShmTransport {
             })
             .unzip();
         Ok(Box::new(ShmSession {
+            // Every mapped node may be restoring until its header says otherwise.
+            restoring: self.regions.iter().map(Option::is_some).collect(),
+            any_restoring: true,
             regions: Arc::clone(&self.regions),
             nodes: self.tcp.nodes().to_vec(),
             dead: vec![false; self.regions.len()],
@@ -318,6 +328,10 @@ pub struct ShmSession {
     checked: Instant,
     /// Whether some node is served over TCP (the split costs nothing otherwise).
     any_remote: bool,
+    /// Mapped nodes that may still be restoring a checkpoint: served over TCP meanwhile.
+    restoring: Vec<bool>,
+    /// Whether `restoring` has any `true` left.
+    any_restoring: bool,
     control: TcpSession,
 }
 
@@ -345,10 +359,33 @@ impl ShmSession {
         }
     }
 
-    /// Whether `node` is served over TCP rather than mapped (unknown nodes are not: the
-    /// bounds check names them).
+    /// Notes the mapped nodes that finished restoring (their header's restoring word is
+    /// clear); once all have, this is a single test.
+    fn check_restoring(&mut self) {
+        if !self.any_restoring {
+            return;
+        }
+        for (i, restoring) in self.restoring.iter_mut().enumerate() {
+            if *restoring {
+                let word = self.regions[i]
+                    .as_ref()
+                    .and_then(|r| r.load_word(RESTORING_OFFSET));
+                *restoring = word.is_some_and(|w| w != 0);
+            }
+        }
+        self.any_restoring = self.restoring.iter().any(|&r| r);
+    }
+
+    /// Whether `node` is not mapped, so that every operation on it goes over TCP (unknown
+    /// nodes are not: the bounds check names them).
     fn is_remote(&self, node: NodeId) -> bool {
         matches!(self.regions.get(usize::from(node.0)), Some(None))
+    }
+
+    /// Whether `node`'s reads and writes go over TCP: it is not mapped, or it restores a
+    /// checkpoint (the node must restore pages before they are copied).
+    fn via_tcp(&self, node: NodeId) -> bool {
+        self.is_remote(node) || self.restoring.get(usize::from(node.0)) == Some(&true)
     }
 
     /// The mapped region of `node`, checked by [`ShmSession::locate`] before.
@@ -495,11 +532,12 @@ fn file_io(
 impl Session for ShmSession {
     fn read_batch(&mut self, ops: &mut [ReadOp<'_>]) -> Result<(), TransportError> {
         self.check_liveness();
-        let ops = if self.any_remote {
+        self.check_restoring();
+        let ops = if self.any_remote || self.any_restoring {
             // Mapped nodes' ops first, then the others' as one TCP batch, in place (the
             // contract lets a backend reorder a batch): no allocation on the fault path.
-            ops.sort_unstable_by_key(|op| self.is_remote(op.node));
-            let split = ops.partition_point(|op| !self.is_remote(op.node));
+            ops.sort_unstable_by_key(|op| self.via_tcp(op.node));
+            let split = ops.partition_point(|op| !self.via_tcp(op.node));
             let (mapped, remote) = ops.split_at_mut(split);
             self.control.read_batch(remote)?;
             mapped
@@ -529,22 +567,24 @@ impl Session for ShmSession {
 
     fn write_batch(&mut self, ops: &[WriteOp<'_>]) -> Result<(), TransportError> {
         self.check_liveness();
-        for op in ops.iter().filter(|op| !self.is_remote(op.node)) {
+        self.check_restoring();
+        for op in ops.iter().filter(|op| !self.via_tcp(op.node)) {
             self.locate(op.node, "write", op.offset, op.data.len())?;
         }
-        if self.any_remote && ops.iter().any(|op| self.is_remote(op.node)) {
+        let split = self.any_remote || self.any_restoring;
+        if split && ops.iter().any(|op| self.via_tcp(op.node)) {
             // Write-back batches are not on the fault path's fast side: a small vector
             // here costs nothing next to the network round trip it saves.
             let remote: Vec<WriteOp<'_>> = ops
                 .iter()
-                .filter(|op| self.is_remote(op.node))
+                .filter(|op| self.via_tcp(op.node))
                 .copied()
                 .collect();
             self.control.write_batch(&remote)?;
         }
         let mut i = 0;
         while i < ops.len() {
-            if self.is_remote(ops[i].node) {
+            if self.via_tcp(ops[i].node) {
                 i += 1;
                 continue;
             }

@@ -64,7 +64,10 @@ pub fn list(dir: &Path) -> std::io::Result<Listing> {
 }
 
 /// The newest complete checkpoint of `dir`, its manifest read and every file checked
-/// (present, size, checksum). A damaged one is an error naming the file and the fault.
+/// as far as it is cheap: present, size, the image's checksum, each node snapshot's
+/// header and index (not its pages: they are checked as the nodes restore them, lazily,
+/// so that restart time does not grow with the heap). A damaged one is an error naming
+/// the file and the fault.
 pub fn newest_valid(dir: &Path) -> Result<(u32, Manifest), String> {
     let listing = list(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let Some(&seq) = listing.complete.last() else {
@@ -97,26 +100,45 @@ pub fn newest_valid(dir: &Path) -> Result<(u32, Manifest), String> {
             manifest.sequence
         )));
     }
-    for f in manifest.files() {
+    for f in manifest.chains.iter().flatten() {
         let path = complete_path(dir, f.checkpoint).join(&f.file);
-        let (bytes, sum) =
-            file_sum(&path).map_err(|e| damaged(format!("{}: {e}", path.display())))?;
-        if bytes != f.bytes {
-            return Err(damaged(format!(
-                "{}: {bytes} bytes, the manifest says {}",
-                path.display(),
-                f.bytes
-            )));
-        }
-        if sum != f.xxh3 {
-            return Err(damaged(format!(
-                "{}: checksum {sum}, the manifest says {}",
-                path.display(),
-                f.xxh3
-            )));
-        }
+        check_snapshot(&path, f.bytes).map_err(damaged)?;
+    }
+    let image = complete_path(dir, manifest.image.checkpoint).join(&manifest.image.file);
+    let (bytes, sum) =
+        file_sum(&image).map_err(|e| damaged(format!("{}: {e}", image.display())))?;
+    check_size(&image, bytes, manifest.image.bytes).map_err(damaged)?;
+    if sum != manifest.image.xxh3 {
+        return Err(damaged(format!(
+            "{}: checksum {sum}, the manifest says {}",
+            image.display(),
+            manifest.image.xxh3
+        )));
     }
     Ok((seq, manifest))
+}
+
+/// Checks a node snapshot's size against the manifest, then its header and index.
+fn check_snapshot(path: &Path, expected_bytes: u64) -> Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    check_size(path, bytes, expected_bytes)?;
+    crate::node::snapshot::read_index(&file, None, None)
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn check_size(path: &Path, bytes: u64, expected: u64) -> Result<(), String> {
+    if bytes != expected {
+        return Err(format!(
+            "{}: {bytes} bytes, the manifest says {expected}",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Makes the checkpoint written in `tmp` complete: the manifest written and synced,
@@ -182,6 +204,15 @@ mod tests {
         d
     }
 
+    /// A real node snapshot at `path`: one page holding `seq`.
+    fn write_snapshot(path: &Path, seq: u32) {
+        let region = crate::node::region::Region::new(1 << 20).unwrap();
+        let p = region.ptr(8192, 4).unwrap();
+        // SAFETY: 4 bytes inside the region.
+        unsafe { std::ptr::copy_nonoverlapping(seq.to_le_bytes().as_ptr(), p, 4) };
+        crate::node::snapshot::write(&region, 0, &Default::default(), path).unwrap();
+    }
+
     /// Writes checkpoint `seq` whose node chain is `chain` (files created as needed).
     fn checkpoint(dir: &Path, seq: u32, chain: &[u32]) -> Manifest {
         std::fs::create_dir_all(tmp_path(dir, seq)).unwrap();
@@ -192,7 +223,9 @@ mod tests {
                 complete_path(dir, c)
             };
             let path = at.join(name);
-            if c == seq {
+            if c == seq && name.ends_with(".snap") {
+                write_snapshot(&path, c);
+            } else if c == seq {
                 std::fs::write(&path, format!("{name} of {c}")).unwrap();
             }
             let (bytes, xxh3) = file_sum(&path).unwrap();
@@ -248,11 +281,30 @@ mod tests {
         checkpoint(&dir, 2, &[1, 2]);
         let base = complete_path(&dir, 1).join("node-0.snap");
         let good = std::fs::read(&base).unwrap();
+        // Damage to its index is found up front; to its pages, only when they are
+        // restored (the nodes' part).
         let mut flipped = good.clone();
-        flipped[0] ^= 0x20;
+        let in_index = good.len() - 20;
+        flipped[in_index] ^= 0x20;
         std::fs::write(&base, &flipped).unwrap();
         let e = newest_valid(&dir).unwrap_err();
         assert!(e.contains("ckpt-0001/node-0.snap: checksum"), "{e}");
+        std::fs::write(&base, &good[..good.len() - 1]).unwrap();
+        let e = newest_valid(&dir).unwrap_err();
+        assert!(
+            e.contains("ckpt-0001/node-0.snap: ") && e.contains("the manifest says"),
+            "{e}"
+        );
+        std::fs::write(&base, &good).unwrap();
+        assert!(newest_valid(&dir).is_ok());
+        let image = complete_path(&dir, 2).join("image");
+        let image_bytes = std::fs::read(&image).unwrap();
+        let mut flipped = image_bytes.clone();
+        flipped[0] ^= 1;
+        std::fs::write(&image, &flipped).unwrap();
+        let e = newest_valid(&dir).unwrap_err();
+        assert!(e.contains("ckpt-0002/image: checksum"), "{e}");
+        std::fs::write(&image, &image_bytes).unwrap();
         std::fs::remove_file(&base).unwrap();
         let e = newest_valid(&dir).unwrap_err();
         assert!(
