@@ -103,6 +103,7 @@ mod tests {
             .unwrap()
             .into_iter()
             .collect();
+        let n = allowed.len();
         let me = std::thread::spawn(move || {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() };
@@ -113,7 +114,7 @@ mod tests {
         });
         let (pinned, after, tid) = me.join().unwrap();
         assert!(pinned);
-        assert_eq!(after, allowed.len() == 1);
+        assert_eq!(after, n == 1);
         assert!(
             tasks(None).iter().all(|t| t.tid != tid),
             "exited thread listed"

@@ -272,6 +272,12 @@ mod tests {
     fn this_threads_sched_times_are_read() {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
+        // The kernel adds a thread's run time when it leaves the CPU: work, then sleep.
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(2) {
+            std::hint::spin_loop();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
         let (ran, _) = sched_times(tid).expect("schedstat readable");
         assert!(ran > 0);
     }
