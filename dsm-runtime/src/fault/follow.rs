@@ -12,7 +12,8 @@
 //! no fault comes for [`IDLE_UNPIN_MS`], or when the program thread waits for its CPU
 //! longer than it runs (the CPU is taken by something else: the scheduler then places
 //! it freely for [`CROWDED_BACKOFF_WINDOWS`] windows, and the next one follows it). Threads the pinned thread starts inherit
-//! its one CPU; each window and each release gives them back the CPUs they had.
+//! its one CPU; each window and each release gives them back the CPUs they had. A thread
+//! the program itself confined to that one CPU is left so.
 //!
 //! Only with one handler thread: with several, each handler moves only itself (faults
 //! are split between them, so no one window sees the whole stream).
@@ -57,6 +58,9 @@ pub struct Follow {
     /// CPU everything is pinned to, if any, and the program thread pinned with it.
     pinned: Option<usize>,
     followed: u32,
+    /// The followed thread was on that one CPU already, by the program's own choice: it
+    /// (and what it starts) is left so at release.
+    kept: bool,
     /// The followed thread's run and run-queue wait times at the last window (ns).
     sched: (u64, u64),
     /// Windows to wait before pinning again (after a crowded window).
@@ -89,6 +93,7 @@ impl Follow {
             seen: 0,
             pinned: None,
             followed: 0,
+            kept: false,
             sched: (0, 0),
             backoff: 0,
             allowed,
@@ -164,6 +169,7 @@ impl Follow {
             affinity::set(0, &[cpu]);
             return;
         };
+        self.kept = affinity::only_on(self.tid as i32, cpu);
         for t in affinity::tasks(None) {
             if is_runtime(&t) || t.tid as u32 == self.tid {
                 affinity::set(t.tid, &[cpu]);
@@ -185,7 +191,8 @@ impl Follow {
         };
         let nodes = node_pids.iter().flat_map(|&p| affinity::tasks(Some(p)));
         for t in affinity::tasks(None).into_iter().chain(nodes) {
-            if affinity::only_on(t.tid, cpu) {
+            let kept = self.kept && t.tid as u32 == self.followed;
+            if !kept && affinity::only_on(t.tid, cpu) {
                 affinity::set(t.tid, &self.allowed);
             }
         }
@@ -194,7 +201,7 @@ impl Follow {
     /// Threads the followed one started since the last window inherited its one CPU:
     /// they get the allowed CPUs back.
     fn release_strays(&self, cpu: usize) {
-        if self.reach == Reach::Handler {
+        if self.reach == Reach::Handler || self.kept {
             return;
         }
         for t in affinity::tasks(None) {
