@@ -272,3 +272,53 @@ fn with_cpus_given_nothing_is_moved() {
     finish(job, &dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether the calling thread may run on one CPU only.
+fn this_thread_on_one_cpu() -> bool {
+    // SAFETY: an all-zero cpu_set_t is the empty set; `set` is a valid out-pointer of the
+    // size passed; CPU_COUNT reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        libc::CPU_COUNT(&set) == 1
+    }
+}
+
+/// A runtime inside a longer-lived program (here the test itself): the thread that faults
+/// is pinned while it faults alone, and has its CPUs back once the runtime shuts down.
+#[test]
+fn a_runtime_in_process_leaves_its_faulting_thread_as_it_found_it() {
+    if prerequisites("a_runtime_in_process_leaves_its_faulting_thread").is_none() {
+        return;
+    }
+    let _g = heavy();
+    let before = dsm_runtime::launcher::cpus::allowed().unwrap();
+    let (_nodes, t) = common::cluster(2, 16 << 20);
+    let rt = common::runtime(&t, 41, 2 << 20, 16 << 20);
+    let base = rt.base() as usize;
+    let pages = 4096;
+    let mut rng = common::Rng(7);
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut pinned = false;
+    while !pinned && Instant::now() < end {
+        for _ in 0..1000 {
+            let p = rng.below(pages) as usize;
+            // SAFETY: the page lies in the runtime's global range, which it serves.
+            unsafe { std::ptr::write_volatile((base + p * 4096) as *mut u64, p as u64) };
+        }
+        pinned = this_thread_on_one_cpu();
+    }
+    assert!(
+        pinned,
+        "a thread faulting alone was never pinned to its CPU"
+    );
+    rt.shutdown();
+    assert_eq!(
+        dsm_runtime::launcher::cpus::allowed().unwrap(),
+        before,
+        "the runtime shut down and left this thread pinned"
+    );
+}

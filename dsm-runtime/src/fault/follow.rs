@@ -8,7 +8,8 @@
 //! handler watches who faults: when one thread has made every fault of a window of
 //! [`WINDOW_FAULTS`], it pins that thread, the runtime's own threads and the
 //! local memory nodes' threads to the CPU that thread last ran on (what `--cpus` with
-//! that one CPU would do), and lets them all go again when several threads fault, when
+//! that one CPU would do), and lets them all go again when several threads fault (and
+//! then waits for [`MIXED_HOLD_WINDOWS`] windows from one thread before it pins), when
 //! no fault comes for [`IDLE_UNPIN_MS`], or when the program thread waits for its CPU
 //! longer than it runs (the CPU is taken by something else: the scheduler then places
 //! it freely for [`CROWDED_BACKOFF_WINDOWS`] windows, and the next one follows it). Threads the pinned thread starts inherit
@@ -23,6 +24,10 @@ use super::uffd::Fault;
 
 /// Faults in a window: after each, the handler looks where the faulting thread runs.
 pub const WINDOW_FAULTS: u32 = 256;
+/// After a window with faults from several threads, one thread must make this many
+/// windows of faults in a row before it is followed again: a thread of a multi-threaded
+/// program that the scheduler left alone for a moment is not followed.
+pub const MIXED_HOLD_WINDOWS: u32 = 32;
 /// While pinned, a handler that sees no fault for this long lets everything go.
 pub const IDLE_UNPIN_MS: u64 = 200;
 /// Windows left to the scheduler after the followed thread was found crowded, before it
@@ -55,6 +60,8 @@ pub struct Follow {
     tid: u32,
     in_a_row: u32,
     seen: u32,
+    /// Faults in a row from one thread that make it followed.
+    needed: u32,
     /// CPU everything is pinned to, if any, and the program thread pinned with it.
     pinned: Option<usize>,
     followed: u32,
@@ -91,6 +98,7 @@ impl Follow {
             tid: 0,
             in_a_row: 0,
             seen: 0,
+            needed: WINDOW_FAULTS,
             pinned: None,
             followed: 0,
             kept: false,
@@ -112,7 +120,7 @@ impl Follow {
         }
         for f in faults {
             if f.tid == self.tid {
-                self.in_a_row += 1;
+                self.in_a_row = self.in_a_row.saturating_add(1);
             } else {
                 self.tid = f.tid;
                 self.in_a_row = 1;
@@ -123,7 +131,11 @@ impl Follow {
             return;
         }
         self.seen = 0;
-        let want = if self.in_a_row >= WINDOW_FAULTS {
+        if self.in_a_row < WINDOW_FAULTS {
+            self.needed = WINDOW_FAULTS * MIXED_HOLD_WINDOWS;
+        }
+        let want = if self.in_a_row >= self.needed {
+            self.needed = WINDOW_FAULTS;
             affinity::cpu_of(self.tid)
         } else {
             None

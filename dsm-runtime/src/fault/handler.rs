@@ -174,6 +174,9 @@ impl FaultHandler {
                 self.serve_round(core)?;
             }
         }
+        // A runtime inside a longer-lived program (a library user, a test) must not leave
+        // the program's thread pinned behind it.
+        self.follow.idle();
         Ok(())
     }
 
