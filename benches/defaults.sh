@@ -3,6 +3,8 @@
 # --cpus and no --profile, against
 # - "before": the policies a run without --profile got until 2026-12-06 (CLOCK, no
 #   prefetch, one page per fault: exactly the shipped `random` profile), and
+# - "no place": the defaults without placement by default (DSM_HANDLER_FOLLOW=0: the job
+#   is not moved to the faulting thread's CPU, fault/follow.rs), and
 # - "best": the best shipped profile for the pattern with a hand-picked CPU (--cpus 0).
 # Patterns:
 # - scan: benches/kernel/scan.c, write SCAN_MIB MiB then read it front to back (read
@@ -44,14 +46,15 @@ velvetg() { # ARGS... -> seconds; fails on contigs that differ from the native r
   echo "$t1 - $t0" | bc -l | awk '{printf "%.2f\n", $1}'
 }
 
-printf '%-5s %-8s %10s %10s %12s %10s %12s\n' round pattern defaults before \
-  "best+cpus 0" "def/best" "def/before"
+printf '%-5s %-8s %10s %10s %10s %12s %10s %14s\n' round pattern defaults before \
+  "no place" "best+cpus 0" "def/best" "no place/best"
 for r in $(seq 1 "$ROUNDS"); do
   for p in scan random velvetg; do
     case $p in scan) best=sequential ;; random) best=random ;; velvetg) best=velvet ;; esac
-    d=$($p); b4=$($p --profile random); b=$($p --profile "$best" --cpus 0)
-    awk -v r="$r" -v p="$p" -v d="$d" -v o="$b4" -v b="$b" 'BEGIN {
-      printf "%-5s %-8s %10s %10s %12s %10.2f %12.2f\n", r, p, d, o, b, d / b, d / o }'
+    d=$($p); b4=$($p --profile random); np=$(DSM_HANDLER_FOLLOW=0 $p)
+    b=$($p --profile "$best" --cpus 0)
+    awk -v r="$r" -v p="$p" -v d="$d" -v o="$b4" -v n="$np" -v b="$b" 'BEGIN {
+      printf "%-5s %-8s %10s %10s %10s %12s %10.2f %14.2f\n", r, p, d, o, n, b, d / b, n / b }'
   done
 done
 echo "(scan: us per page read, random: us per access, velvetg: s; lower is better;" \

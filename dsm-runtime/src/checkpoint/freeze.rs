@@ -91,7 +91,8 @@ pub(crate) fn forget_internal(slot: Option<usize>) {
     }
 }
 
-fn is_internal(tid: i32) -> bool {
+/// Whether thread `tid` is one the runtime started (see [`register_internal`]).
+pub(crate) fn is_internal(tid: i32) -> bool {
     INTERNAL.iter().any(|t| t.load(Ordering::Acquire) == tid)
 }
 

@@ -34,6 +34,8 @@
 //! | `DSM_TRACE` | record the page-access stream to this file (`FILE.SLOT` for slots above 0) |
 //! | `DSM_SPARE_NODES` | the last this many of `DSM_NODES` hold no pages until one stands in for a dead node (default 0) |
 //! | `DSM_REDUNDANCY` | `none` (default), `replicate:R` or `ec:K+M`: how many places each page is kept at home (`redundancy`) |
+//! | `DSM_HANDLER_FOLLOW` | `0`: do not move the job to the faulting thread's CPU (`dsmrun` sets it with `--cpus`; `fault::follow`) |
+//! | `DSM_FOLLOW_NODE_PIDS`, `DSM_FOLLOW_PARENT` | the local nodes' pids, moved with the faulting thread, and the launcher's pid (only its child moves them) |
 //! | `DSM_ALLOW_SKIP`, `DSM_SKIP_LOG`, `DSM_SKIP_VERBS`, `DSM_SKIP_SOFT_ROCE`, `DSM_SKIP_FUZZ`, `DSM_CHAOS_SEED` | the test suite's own (scripts/test-all); accepted and ignored |
 
 use super::{parse_size, ConfigError, RuntimeConfig, DEFAULT_SPACE_BASE, SPACE_END_MAX};
@@ -71,6 +73,10 @@ pub const KNOWN_VARS: &[&str] = &[
     "DSM_RDMA_PORT",
     "DSM_RDMA_GID_INDEX",
     "DSM_RDMA_QP_TIMEOUT",
+    // Placement by default, read by the fault handler (fault/follow.rs).
+    "DSM_HANDLER_FOLLOW",
+    "DSM_FOLLOW_NODE_PIDS",
+    "DSM_FOLLOW_PARENT",
     // Read by scripts/test-all and the tests, ignored here: they reach every program the
     // tests run under dsmrun, which must not take them for typos.
     "DSM_ALLOW_SKIP",

@@ -1,61 +1,126 @@
-//! Fault handling on the faulting thread's CPU, without `--cpus`.
+//! The job on the faulting thread's CPU, without `--cpus`.
 //!
-//! A fault hands the CPU from the faulting thread to the handler thread and back. When
-//! the two sit on different vCPUs each hand-over is an inter-processor interrupt that
-//! wakes a halted vCPU: about 65 us a fault against 13 us on one CPU on this VM
-//! (docs/performance.md). `--cpus 0` fixes that for a single-threaded program, but a new
-//! user does not know to pass it. So a handler thread watches who faults: when one
-//! thread has made every fault of a window of [`WINDOW_FAULTS`], the handler moves itself
-//! to the CPU that thread last ran on (read from `/proc/self/task/TID/stat`), and
-//! when several threads fault it lets the scheduler place it again. Only the handler
-//! moves; the program's threads keep whatever affinity they had.
+//! A fault hands the CPU from the faulting thread to the handler thread and back, and a
+//! fetch goes on to a node process and back. When these sit on different vCPUs each
+//! hand-over is an inter-processor interrupt that wakes a halted vCPU: about 45-100 us a
+//! fault against 12 us on one CPU on this VM (docs/performance.md). `--cpus 0` fixes that
+//! for a single-threaded program, but a new user does not know to pass it. So the
+//! handler watches who faults: when one thread has made every fault of a window of
+//! [`WINDOW_FAULTS`], it pins that thread, the runtime's own threads and the
+//! local memory nodes' threads to the CPU that thread last ran on (what `--cpus` with
+//! that one CPU would do), and lets them all go again when several threads fault (and
+//! then waits for [`MIXED_HOLD_WINDOWS`] windows from one thread before it pins), when
+//! no fault comes for [`IDLE_UNPIN_MS`], or when the program thread waits for its CPU
+//! longer than it runs (the CPU is taken by something else: the scheduler then places
+//! it freely for [`CROWDED_BACKOFF_WINDOWS`] windows, and the next one follows it). Threads the pinned thread starts inherit
+//! its one CPU; each window and each release gives them back the CPUs they had. A thread
+//! the program itself confined to that one CPU is left so.
+//!
+//! Only with one handler thread: with several, each handler moves only itself (faults
+//! are split between them, so no one window sees the whole stream).
 
+use super::affinity::{self, Task};
 use super::uffd::Fault;
-use std::io::Read;
 
 /// Faults in a window: after each, the handler looks where the faulting thread runs.
 pub const WINDOW_FAULTS: u32 = 256;
+/// After a window with faults from several threads, one thread must make this many
+/// windows of faults in a row before it is followed again: a thread of a multi-threaded
+/// program that the scheduler left alone for a moment is not followed.
+pub const MIXED_HOLD_WINDOWS: u32 = 32;
+/// While pinned, a handler that sees no fault for this long lets everything go.
+pub const IDLE_UNPIN_MS: u64 = 200;
+/// Windows left to the scheduler after the followed thread was found crowded, before it
+/// is followed again (wherever the scheduler put it by then).
+pub const CROWDED_BACKOFF_WINDOWS: u32 = 8;
+
+/// Where the launcher says the job's local nodes are: `DSM_FOLLOW_NODE_PIDS` (their
+/// pids, comma-separated), honoured only in the process `DSM_FOLLOW_PARENT` started (the
+/// program itself, not its children, which would fight over the nodes).
+pub const NODE_PIDS_ENV: &str = "DSM_FOLLOW_NODE_PIDS";
+pub const PARENT_ENV: &str = "DSM_FOLLOW_PARENT";
+/// `DSM_HANDLER_FOLLOW=0` turns following off (the launcher sets it with `--cpus`).
+pub const OFF_ENV: &str = "DSM_HANDLER_FOLLOW";
+
+/// What moves with the faulting thread.
+#[derive(Debug, PartialEq)]
+enum Reach {
+    /// Only this handler thread.
+    Handler,
+    /// The faulting thread, every runtime thread and these node processes.
+    Job { node_pids: Vec<u32> },
+}
 
 /// One handler thread's view of who faults.
 #[derive(Debug)]
 pub struct Follow {
     enabled: bool,
+    reach: Reach,
     /// Thread of the last fault, and how many faults in a row it made.
     tid: u32,
     in_a_row: u32,
     seen: u32,
-    /// CPU the handler is pinned to, if any.
+    /// Faults in a row from one thread that make it followed.
+    needed: u32,
+    /// CPU everything is pinned to, if any, and the program thread pinned with it.
     pinned: Option<usize>,
+    followed: u32,
+    /// The followed thread was on that one CPU already, by the program's own choice: it
+    /// (and what it starts) is left so at release.
+    kept: bool,
+    /// The followed thread's run and run-queue wait times at the last window (ns).
+    sched: (u64, u64),
+    /// Windows to wait before pinning again (after a crowded window).
+    backoff: u32,
     /// The CPUs the process may use (what to go back to when unpinned).
     allowed: Vec<usize>,
 }
 
 impl Follow {
     /// Follows only if `enabled`, the process may run on more than one CPU, and the
-    /// environment does not say `DSM_HANDLER_FOLLOW=0` (to measure against).
-    pub fn new(enabled: bool) -> Follow {
-        let off = std::env::var_os("DSM_HANDLER_FOLLOW").is_some_and(|v| v == "0");
+    /// environment does not say `DSM_HANDLER_FOLLOW=0`; moves the whole job with one
+    /// handler thread (`handlers == 1`), only the handler otherwise.
+    pub fn new(enabled: bool, handlers: usize) -> Follow {
+        let off = std::env::var_os(OFF_ENV).is_some_and(|v| v == "0");
         let allowed: Vec<usize> = crate::launcher::cpus::allowed()
             .map(|s| s.into_iter().collect())
             .unwrap_or_default();
+        let reach = if handlers == 1 {
+            Reach::Job {
+                node_pids: node_pids_from_env(),
+            }
+        } else {
+            Reach::Handler
+        };
         Follow {
             enabled: enabled && !off && allowed.len() > 1,
+            reach,
             tid: 0,
             in_a_row: 0,
             seen: 0,
+            needed: WINDOW_FAULTS,
             pinned: None,
+            followed: 0,
+            kept: false,
+            sched: (0, 0),
+            backoff: 0,
             allowed,
         }
     }
 
-    /// Notes a round's faults; at the end of each window, moves the handler thread.
+    /// Whether something is pinned (the handler then wakes up to notice idleness).
+    pub fn pinned(&self) -> bool {
+        self.pinned.is_some()
+    }
+
+    /// Notes a round's faults; at the end of each window, moves what follows.
     pub fn note(&mut self, faults: &[Fault]) {
         if !self.enabled {
             return;
         }
         for f in faults {
             if f.tid == self.tid {
-                self.in_a_row += 1;
+                self.in_a_row = self.in_a_row.saturating_add(1);
             } else {
                 self.tid = f.tid;
                 self.in_a_row = 1;
@@ -66,54 +131,149 @@ impl Follow {
             return;
         }
         self.seen = 0;
-        let want = if self.in_a_row >= WINDOW_FAULTS {
-            cpu_of(self.tid)
+        if self.in_a_row < WINDOW_FAULTS {
+            self.needed = WINDOW_FAULTS * MIXED_HOLD_WINDOWS;
+        }
+        let want = if self.in_a_row >= self.needed {
+            self.needed = WINDOW_FAULTS;
+            affinity::cpu_of(self.tid)
         } else {
             None
         };
-        if want != self.pinned {
-            match want {
-                Some(cpu) => set_affinity(&[cpu]),
-                None => set_affinity(&self.allowed),
+        self.window_ends(want);
+    }
+
+    /// No fault for [`IDLE_UNPIN_MS`]: everything goes back to the scheduler.
+    pub fn idle(&mut self) {
+        if let Some(cpu) = self.pinned.take() {
+            self.release(cpu);
+        }
+    }
+
+    fn window_ends(&mut self, want: Option<usize>) {
+        if self.backoff > 0 {
+            self.backoff -= 1;
+            return;
+        }
+        match (self.pinned, want) {
+            (Some(old), Some(cpu)) if old == cpu && self.followed == self.tid => {
+                if self.crowded() {
+                    self.idle();
+                    self.backoff = CROWDED_BACKOFF_WINDOWS;
+                } else {
+                    self.release_strays(cpu);
+                }
             }
-            self.pinned = want;
+            (_, Some(cpu)) => {
+                self.idle();
+                self.pin(cpu);
+            }
+            (Some(_), None) => self.idle(),
+            (None, None) => {}
         }
+    }
+
+    /// Pins what follows to `cpu`.
+    fn pin(&mut self, cpu: usize) {
+        self.pinned = Some(cpu);
+        self.followed = self.tid;
+        let Reach::Job { node_pids } = &self.reach else {
+            affinity::set(0, &[cpu]);
+            return;
+        };
+        self.kept = affinity::only_on(self.tid as i32, cpu);
+        for t in affinity::tasks(None) {
+            if is_runtime(&t) || t.tid as u32 == self.tid {
+                affinity::set(t.tid, &[cpu]);
+            }
+        }
+        for &pid in node_pids {
+            for t in affinity::tasks(Some(pid)) {
+                affinity::set(t.tid, &[cpu]);
+            }
+        }
+        self.sched = sched_times(self.tid).unwrap_or_default();
+    }
+
+    /// Gives every thread pinned to `cpu` (ours, the nodes') the allowed CPUs back.
+    fn release(&self, cpu: usize) {
+        let Reach::Job { node_pids } = &self.reach else {
+            affinity::set(0, &self.allowed);
+            return;
+        };
+        let nodes = node_pids.iter().flat_map(|&p| affinity::tasks(Some(p)));
+        for t in affinity::tasks(None).into_iter().chain(nodes) {
+            let kept = self.kept && t.tid as u32 == self.followed;
+            if !kept && affinity::only_on(t.tid, cpu) {
+                affinity::set(t.tid, &self.allowed);
+            }
+        }
+    }
+
+    /// Threads the followed one started since the last window inherited its one CPU:
+    /// they get the allowed CPUs back.
+    fn release_strays(&self, cpu: usize) {
+        if self.reach == Reach::Handler || self.kept {
+            return;
+        }
+        for t in affinity::tasks(None) {
+            let ours = is_runtime(&t) || t.tid as u32 == self.followed;
+            if !ours && affinity::only_on(t.tid, cpu) {
+                affinity::set(t.tid, &self.allowed);
+            }
+        }
+    }
+
+    /// Whether the followed thread waited for its CPU longer than it ran since the last
+    /// window: something else wants that CPU, and the scheduler should place it again.
+    fn crowded(&mut self) -> bool {
+        if self.reach == Reach::Handler {
+            return false;
+        }
+        let Some(now) = sched_times(self.followed) else {
+            return false;
+        };
+        let (ran, waited) = (
+            now.0 - self.sched.0.min(now.0),
+            now.1 - self.sched.1.min(now.1),
+        );
+        self.sched = now;
+        waited > ran
     }
 }
 
-/// The CPU thread `tid` of this process last ran on (field 39 of its `stat`), read
-/// without allocating.
-fn cpu_of(tid: u32) -> Option<usize> {
-    let mut path = [0u8; 48];
-    let mut w = &mut path[..];
-    std::io::Write::write_fmt(&mut w, format_args!("/proc/self/task/{tid}/stat")).ok()?;
-    let len = path.iter().position(|&b| b == 0)?;
-    let path = std::str::from_utf8(&path[..len]).ok()?;
-    let mut buf = [0u8; 1024];
-    let n = std::fs::File::open(path).ok()?.read(&mut buf).ok()?;
-    parse_cpu(&buf[..n])
+/// A runtime thread (`runtime::spawn_internal` registers each; a program may name its
+/// own threads `dsm-...` too, so names do not tell).
+fn is_runtime(t: &Task) -> bool {
+    crate::checkpoint::is_internal(t.tid)
 }
 
-/// Field 39 (`processor`) of a `stat` line; the command name (field 2) may hold spaces
-/// and parentheses, so fields are counted after its last `)`.
-fn parse_cpu(stat: &[u8]) -> Option<usize> {
-    let after = stat.iter().rposition(|&b| b == b')')? + 1;
-    let text = std::str::from_utf8(&stat[after..]).ok()?;
-    text.split_ascii_whitespace().nth(36)?.parse().ok()
-}
-
-/// Restricts the calling thread to `cpus`.
-fn set_affinity(cpus: &[usize]) {
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it (CPUs come from the
-    // kernel's own list, below CPU_SETSIZE); sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cpus {
-            libc::CPU_SET(c, &mut set);
-        }
-        // A failure leaves the thread where it was: only slower.
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+/// The local nodes' pids, if the launcher started this very process.
+fn node_pids_from_env() -> Vec<u32> {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() } as u32;
+    let ours = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == parent);
+    if !ours {
+        return Vec::new();
     }
+    parse_pids(&std::env::var(NODE_PIDS_ENV).unwrap_or_default())
+}
+
+fn parse_pids(list: &str) -> Vec<u32> {
+    list.split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+/// Time thread `tid` of this process has run and waited on a run queue (ns), from
+/// `/proc/self/task/TID/schedstat`.
+fn sched_times(tid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    let mut f = text.split_ascii_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((f.next()??, f.next()??))
 }
 
 #[cfg(test)]
@@ -121,21 +281,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_processor_field_is_found_past_a_name_with_spaces() {
-        let mut line = b"42 (a b) c) S".to_vec();
-        for i in 4..=38 {
-            line.extend_from_slice(format!(" {i}").as_bytes());
-        }
-        line.extend_from_slice(b" 7 0 0");
-        assert_eq!(parse_cpu(&line), Some(7));
-        assert_eq!(parse_cpu(b"1 (x) S 2"), None);
+    fn node_pids_parse_and_skip_junk() {
+        assert_eq!(parse_pids("12,34, 56"), [12, 34, 56]);
+        assert_eq!(parse_pids(""), Vec::<u32>::new());
+        assert_eq!(parse_pids("7,x"), [7]);
     }
 
     #[test]
-    fn this_threads_cpu_is_one_it_may_run_on() {
+    fn this_threads_sched_times_are_read() {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
-        let cpu = cpu_of(tid).expect("own stat readable");
-        assert!(crate::launcher::cpus::allowed().unwrap().contains(&cpu));
+        // The kernel adds a thread's run time when it leaves the CPU: work, then sleep.
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(2) {
+            std::hint::spin_loop();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let (ran, _) = sched_times(tid).expect("schedstat readable");
+        assert!(ran > 0);
     }
 }

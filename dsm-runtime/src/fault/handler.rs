@@ -138,6 +138,7 @@ impl FaultHandler {
             passed_over: Vec::with_capacity(2 * core.config.prefetch_probe_every),
             follow: super::follow::Follow::new(
                 core.config.handler_follows_faults && core.config.handler_cpu.is_none(),
+                core.config.handler_threads,
             ),
             unpacked: vec![0u8; PAGE_BYTES],
         }
@@ -147,6 +148,10 @@ impl FaultHandler {
     pub fn run(&mut self, core: &Core) -> Result<(), RuntimeError> {
         while !core.stopping() {
             if !self.wait(core) {
+                if self.deferred.is_empty() {
+                    // Woken by the idle timeout: nothing faulted for a while.
+                    self.follow.idle();
+                }
                 continue;
             }
             // Closed while the process is suspended: its faults wait for the resume.
@@ -169,6 +174,9 @@ impl FaultHandler {
                 self.serve_round(core)?;
             }
         }
+        // A runtime inside a longer-lived program (a library user, a test) must not leave
+        // the program's thread pinned behind it.
+        self.follow.idle();
         Ok(())
     }
 
@@ -212,12 +220,18 @@ impl FaultHandler {
             tv_sec: 0,
             tv_nsec: DEFERRED_RECHECK_NS,
         };
-        let timeout = if self.deferred.is_empty() {
-            std::ptr::null()
-        } else {
-            &ts as *const libc::timespec
+        let idle = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: super::follow::IDLE_UNPIN_MS as libc::c_long * 1_000_000,
         };
-        // SAFETY: `fds` and `ts` live on our stack for the duration of the call.
+        let timeout = if !self.deferred.is_empty() {
+            &ts as *const libc::timespec
+        } else if self.follow.pinned() {
+            &idle as *const libc::timespec
+        } else {
+            std::ptr::null()
+        };
+        // SAFETY: `fds`, `ts` and `idle` live on our stack for the duration of the call.
         let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, timeout, std::ptr::null()) };
         rc > 0 || !self.deferred.is_empty()
     }

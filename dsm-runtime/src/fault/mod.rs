@@ -5,6 +5,7 @@
 //!             -> install (UFFDIO_COPY, write-protected for reads) -> wake -> statistics
 //! ```
 
+pub(crate) mod affinity;
 pub mod follow;
 pub mod handler;
 pub(crate) mod map_ahead;

@@ -80,6 +80,22 @@ pub fn restrict_to(cpus: &BTreeSet<usize>) -> Result<(), String> {
     Ok(())
 }
 
+/// The variables that tell the program's runtime whether to move the job to its
+/// faulting thread's CPU, and which local node processes move with it (`fault::follow`):
+/// off with `--cpus` (the user placed the job) or with `DSM_HANDLER_FOLLOW=0` here.
+pub fn follow_vars(user_cpus: bool, node_pids: &[u32]) -> Vec<(&'static str, String)> {
+    use crate::fault::follow::{NODE_PIDS_ENV, OFF_ENV, PARENT_ENV};
+    let off = std::env::var_os(OFF_ENV).is_some_and(|v| v == "0");
+    if user_cpus || off {
+        return vec![(OFF_ENV, "0".into())];
+    }
+    let pids: Vec<String> = node_pids.iter().map(u32::to_string).collect();
+    vec![
+        (PARENT_ENV, std::process::id().to_string()),
+        (NODE_PIDS_ENV, pids.join(",")),
+    ]
+}
+
 /// A set as a compact list, e.g. `0-3,6`.
 pub fn describe(cpus: &BTreeSet<usize>) -> String {
     let mut out: Vec<String> = Vec::new();

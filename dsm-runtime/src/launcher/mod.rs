@@ -537,7 +537,11 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
         .and_then(|()| {
             let cmd = match &opts.restore {
                 Some(r) => r.command(&job, dsmrun_exe).map_err(LaunchError::Invalid)?,
-                None => program_command(opts, &job, &program_path, &preload),
+                None => {
+                    let mut cmd = program_command(opts, &job, &program_path, &preload);
+                    cmd.envs(cpus::follow_vars(opts.cpus.is_some(), &local_pids(&nodes)));
+                    cmd
+                }
             };
             let checkpointer = opts.checkpoint.as_ref().map(|c| {
                 Arc::new(checkpoint::Checkpointer::new(
@@ -568,6 +572,14 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
     );
     let _ = std::fs::remove_dir_all(&stats_dir);
     Ok(code)
+}
+
+/// The pids of the nodes this launcher runs on this machine.
+fn local_pids(nodes: &LocalNodes) -> Vec<u32> {
+    (0..nodes.addrs().len())
+        .filter(|&i| nodes.host(i).is_none())
+        .filter_map(|i| nodes.pid(i))
+        .collect()
 }
 
 /// Where the nodes go when not on this machine: the `--hosts` over ssh, or the Slurm
