@@ -222,8 +222,9 @@ impl Drop for LocalNodes {
     }
 }
 
-/// A node's command-line options for its part in checkpoints.
-fn snapshot_args(s: &crate::node::Snapshots) -> Vec<std::ffi::OsString> {
+/// A node's command-line options for its part in checkpoints: `--snapshot-dir DIR` and
+/// `--restore FILE...`, as `s` says (for nodes started here and over ssh or srun).
+pub(crate) fn snapshot_args(s: &crate::node::Snapshots) -> Vec<std::ffi::OsString> {
     let mut args = Vec::new();
     if let Some(d) = &s.dir {
         args.push("--snapshot-dir".into());

@@ -5,46 +5,13 @@
 
 mod common;
 
-use common::{cluster, Rng};
-use dsm_runtime::policy::eviction::Clock;
-use dsm_runtime::policy::PrefetchPolicy;
-use dsm_runtime::runtime::Policies;
-use dsm_runtime::space::PageNum;
-use dsm_runtime::{Runtime, RuntimeConfig};
+use common::{prefetching_runtime, Rng};
+use dsm_runtime::Runtime;
 
 const PAGE: usize = 4096;
 
-/// Asks for the next `n` pages after every fault.
-struct NextN(u64);
-
-impl PrefetchPolicy for NextN {
-    fn name(&self) -> &'static str {
-        "next-n"
-    }
-    fn on_fault(&mut self, page: PageNum, _hit: bool, max: usize, out: &mut Vec<PageNum>) {
-        for d in 1..=self.0.min(max as u64) {
-            out.push(PageNum(page.0 + d));
-        }
-    }
-}
-
 fn start(slot: usize, cache: u64, space: u64) -> (dsm_runtime::launch::LocalNodes, Runtime) {
-    let (nodes, t) = cluster(2, space);
-    let config = RuntimeConfig {
-        space_base: 0x1000_0000_0000 + slot * 0x100_0000_0000,
-        space_bytes: space,
-        cache_bytes_max: cache,
-        prefetch_max_pages: 64,
-        prefetch_probe_every: 16,
-        ..Default::default()
-    };
-    let policies = Policies {
-        eviction: Box::new(Clock::with_capacity(config.cache_pages())),
-        prefetch: Box::new(NextN(64)),
-        placement: None,
-        trace: None,
-    };
-    (nodes, Runtime::start_with(config, &t, policies).unwrap())
+    prefetching_runtime(slot, cache, space, |_| {})
 }
 
 fn word(base: usize, page: usize) -> *mut u64 {

@@ -624,14 +624,8 @@ impl NodeArgs<'_> {
             "--die-with-parent".into(),
         ];
         if let Some(s) = self.snapshots {
-            if let Some(d) = &s.dir {
-                args.push("--snapshot-dir".into());
-                args.push(d.display().to_string());
-            }
-            if !s.restore.is_empty() {
-                args.push("--restore".into());
-                args.extend(s.restore.iter().map(|p| p.display().to_string()));
-            }
+            let paths = crate::launch::snapshot_args(s);
+            args.extend(paths.iter().map(|a| a.to_string_lossy().into_owned()));
         }
         args
     }

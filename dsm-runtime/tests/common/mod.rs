@@ -355,3 +355,53 @@ pub fn velvet_run_dir(h: &Path, to: &Path) {
         std::fs::copy(h.join(f), to.join(f)).unwrap();
     }
 }
+
+/// A prefetch policy that asks for the next `n` pages after every fault.
+pub struct NextN(pub u64);
+
+impl dsm_runtime::policy::PrefetchPolicy for NextN {
+    fn name(&self) -> &'static str {
+        "next-n"
+    }
+    fn on_fault(
+        &mut self,
+        page: dsm_runtime::space::PageNum,
+        _hit: bool,
+        max: usize,
+        out: &mut Vec<dsm_runtime::space::PageNum>,
+    ) {
+        for d in 1..=self.0.min(max as u64) {
+            out.push(dsm_runtime::space::PageNum(page.0 + d));
+        }
+    }
+}
+
+/// An in-process runtime over two fresh nodes, at slot `slot` of the test address space,
+/// prefetching the next 64 pages after every fault (every 16th staged as a probe) under
+/// CLOCK; `tweak` sets anything else.
+pub fn prefetching_runtime(
+    slot: usize,
+    cache: u64,
+    space: u64,
+    tweak: impl FnOnce(&mut RuntimeConfig),
+) -> (LocalNodes, Runtime) {
+    let (nodes, t) = cluster(2, space);
+    let mut config = RuntimeConfig {
+        space_base: 0x1000_0000_0000 + slot * 0x100_0000_0000,
+        space_bytes: space,
+        cache_bytes_max: cache,
+        prefetch_max_pages: 64,
+        prefetch_probe_every: 16,
+        ..Default::default()
+    };
+    tweak(&mut config);
+    let policies = dsm_runtime::runtime::Policies {
+        eviction: Box::new(dsm_runtime::policy::eviction::Clock::with_capacity(
+            config.cache_pages(),
+        )),
+        prefetch: Box::new(NextN(64)),
+        placement: None,
+        trace: None,
+    };
+    (nodes, Runtime::start_with(config, &t, policies).unwrap())
+}
