@@ -18,9 +18,10 @@
 #   cannot be moved) a thrashing velvetg's swap-in charge gives up after the kernel's
 #   reclaim retries find nothing to reclaim, although swap is 97% free and reclaim
 #   driven by a limit write on the same group succeeds at once. The groups are made with
-#   oom_kill_disable=1 (the task then waits instead of dying) and a watchdog wakes a
-#   waiting group by lowering its limit by one page and restoring it: the kernel
-#   reclaims, and restoring the limit wakes the waiter. Wake-ups are counted and printed.
+#   oom_kill_disable=1 (the task then waits instead of dying) and a watchdog, woken by
+#   the v1 OOM notifier (eventfd), wakes a waiting group by lowering its limit by one
+#   page and restoring it: the kernel reclaims, and restoring the limit wakes the
+#   waiter, whose fault is retried. Wake-ups are counted and printed.
 # - network swap: nbdkit and nbdfuse run outside the limited group (in the script's own)
 #   with all their memory locked (an LD_PRELOAD mlockall: DAMON's proactive pageout on
 #   this VM would otherwise push their cold pages to the very device they serve), and
@@ -32,7 +33,7 @@
 #        the mlockall preload)
 # env:   COVERAGE (20), LIMITS ("75 50 25"), CPUS (empty: no pinning), NODES (4),
 #        CAP_RATIO (10: runs slower than this times native are stopped), PORT (10809),
-#        KINDS ("netswap zram dsmrun": which columns to run)
+#        KINDS ("netswap zram dsmrun": which columns to run, in this order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -54,6 +55,38 @@ cp target/release/dsmrun target/release/libdsm_preload.so "$WORK/bin/"
 printf '#include <sys/mman.h>\n__attribute__((constructor)) static void lock_all(void) { mlockall(MCL_CURRENT | MCL_FUTURE); }\n' \
     >"$WORK/mlockall.c"
 gcc -shared -fPIC -O2 -o "$WORK/bin/mlockall.so" "$WORK/mlockall.c"
+# The OOM watchdog of a kernel-swap group (oom_kill_disable=1): woken through the v1
+# OOM notifier (an eventfd on memory.oom_control), so that a waiting task is woken within
+# microseconds, not a polling period; polls under_oom every 5 ms as well in case an
+# event is missed. A wake: one page less makes the kernel reclaim in the group, the limit
+# restored wakes the waiter, whose fault is retried. Writes the count to argv[3].
+cat >"$WORK/bin/oomwake.py" <<'PY'
+import os, select, sys
+cg, lim, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+efd = os.eventfd(0, os.EFD_NONBLOCK)
+ofd = os.open(cg + "/memory.oom_control", os.O_RDONLY)
+with open(cg + "/cgroup.event_control", "w") as f:
+    f.write(f"{efd} {ofd}")
+wakes = 0
+while True:
+    select.select([efd], [], [], 0.005)
+    try:
+        os.eventfd_read(efd)
+    except BlockingIOError:
+        pass
+    with open(cg + "/memory.oom_control") as f:
+        if "under_oom 1" not in f.read():
+            continue
+    for v in (lim - 4096, lim):
+        try:
+            with open(cg + "/memory.limit_in_bytes", "w") as f:
+                f.write(str(v))
+        except OSError:
+            pass
+    wakes += 1
+    with open(out, "w") as f:
+        f.write(str(wakes))
+PY
 if [ ! -f "$WORK/velveth.done" ]; then
     log "simulating ${COVERAGE}x reads, velveth"
     zcat "$GENOME" >"$WORK/genome.fa"
@@ -150,17 +183,12 @@ run() {
         timeout -s KILL "$CAP" bash -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' _ "$cg" \
             "${PIN[@]}" velvetg "$d" "${ARGS[@]}" >/dev/null 2>"$d.err" &
         pid=$!
-        # The watchdog: a group whose charge gave up waits (oom_kill_disable); one page
-        # less makes the kernel reclaim, the limit restored wakes the waiter.
-        while kill -0 "$pid" 2>/dev/null; do
-            if grep -q '^under_oom 1' "$cg/memory.oom_control"; then
-                echo $((lim - 4096)) >"$cg/memory.limit_in_bytes" 2>/dev/null || true
-                echo "$lim" >"$cg/memory.limit_in_bytes"
-                wakes=$((wakes + 1))
-            fi
-            sleep 0.01
-        done
+        echo 0 >"$d.wakes"
+        python3 "$WORK/bin/oomwake.py" "$cg" "$lim" "$d.wakes" &
+        local dog=$!
         wait "$pid" || rc=$?
+        kill "$dog" 2>/dev/null || true; wait "$dog" 2>/dev/null || true
+        wakes=$(cat "$d.wakes")
         echo "$kind $pct: $wakes wake-ups; $(grep -E '^(pgmajfault|swap|rss) ' "$cg/memory.stat" | tr '\n' ' ')" \
             >>"$WORK/cgroups.log"
         WAKES="$wakes"
@@ -175,15 +203,19 @@ run() {
 }
 
 declare -A T=() V=() W=()
-has() { [[ " $KINDS " == *" $1 "* ]]; }
 runs() { for pct in $LIMITS; do
     read -r T[$1-$pct] V[$1-$pct] W[$1-$pct] < <(run "$1" "$pct")
     log "$1 $pct%: ${T[$1-$pct]}s ${V[$1-$pct]}, wake-ups ${W[$1-$pct]}, load $(cut -d' ' -f1-3 /proc/loadavg)"
 done; }
 NETSWAP_PATH="not run"
-if has netswap; then netswap_on; log "network swap: $NETSWAP_PATH"; runs netswap; netswap_off; fi
-if has zram; then zram_on; runs zram; zram_off; fi
-if has dsmrun; then runs dsmrun; fi
+for kind in $KINDS; do
+    case $kind in
+    netswap) netswap_on; log "network swap: $NETSWAP_PATH"; runs netswap; netswap_off ;;
+    zram) zram_on; runs zram; zram_off ;;
+    dsmrun) runs dsmrun ;;
+    *) echo "unknown kind $kind" >&2; exit 1 ;;
+    esac
+done
 
 x() { [ -n "$1" ] && [ -n "$2" ] && printf '%.2f' "$(echo "$1 / $2" | bc -l)" || printf -- -; }
 echo "velvetg, E. coli K-12 ${COVERAGE}x: native ${NATIVE_S}s, peak RSS $((PEAK_KIB / 1024)) MiB; CPUs ${CPUS:-any}"
