@@ -192,7 +192,8 @@ run() {
         echo "$kind $pct: $wakes wake-ups; $(grep -E '^(pgmajfault|swap|rss) ' "$cg/memory.stat" | tr '\n' ' ')" \
             >>"$WORK/cgroups.log"
         WAKES="$wakes"
-        rmdir "$cg" 2>/dev/null || true ;;
+        # A killed task may still be exiting: the group goes once it is empty.
+        for _ in $(seq 50); do rmdir "$cg" 2>/dev/null && break; sleep 0.1; done ;;
     esac
     local secs; secs=$(echo "$(date +%s.%N) - $t0" | bc)
     local v
