@@ -56,9 +56,9 @@ printf '#include <sys/mman.h>\n__attribute__((constructor)) static void lock_all
     >"$WORK/mlockall.c"
 gcc -shared -fPIC -O2 -o "$WORK/bin/mlockall.so" "$WORK/mlockall.c"
 # The OOM watchdog of a kernel-swap group (oom_kill_disable=1): woken through the v1
-# OOM notifier (an eventfd on memory.oom_control), so that a waiting task is woken within
-# microseconds, not a polling period; polls under_oom every 5 ms as well in case an
-# event is missed. A wake: one page less makes the kernel reclaim in the group, the limit
+# OOM notifier (an eventfd on memory.oom_control) and by a 5 ms poll of under_oom (in a
+# test with a truly full group the notifier did not fire for every OOM, so the poll is
+# what bounds the latency). A wake: one page less makes the kernel reclaim in the group, the limit
 # restored wakes the waiter, whose fault is retried. Writes the count to argv[3].
 cat >"$WORK/bin/oomwake.py" <<'PY'
 import os, select, sys
