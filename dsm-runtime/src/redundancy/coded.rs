@@ -85,7 +85,7 @@ impl CodedSession {
     }
 
     fn attempts_max(&self) -> usize {
-        self.layout.data_pieces() + 2
+        self.fence.attempts_max()
     }
 
     fn lost(&self, home: Home) -> TransportError {

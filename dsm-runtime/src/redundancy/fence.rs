@@ -211,6 +211,19 @@ impl Fence {
             .is_some_and(|d| d.load(Ordering::Acquire))
     }
 
+    /// How many nodes the job has (spares included).
+    pub fn node_count(&self) -> usize {
+        self.dead.len()
+    }
+
+    /// How many times an operation may be tried: a failed attempt is retried only after
+    /// it fenced a node that was alive, so with every node fenced once the last attempt
+    /// has run. A host that dies takes several nodes at once, and one batch may find
+    /// them dead one attempt at a time.
+    pub fn attempts_max(&self) -> usize {
+        self.node_count() + 1
+    }
+
     /// Dead nodes, in order.
     pub fn dead_nodes(&self) -> Vec<NodeId> {
         (0..self.dead.len() as u16)
