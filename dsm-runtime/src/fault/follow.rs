@@ -68,8 +68,9 @@ pub struct Follow {
     /// The followed thread was on that one CPU already, by the program's own choice: it
     /// (and what it starts) is left so at release.
     kept: bool,
-    /// The followed thread's run and run-queue wait times at the last window (ns).
-    sched: (u64, u64),
+    /// The followed thread's run and run-queue wait times, and the run time of the
+    /// threads pinned with it (the runtime's, the nodes'), at the last window (ns).
+    sched: (u64, u64, u64),
     /// Windows to wait before pinning again (after a crowded window).
     backoff: u32,
     /// The CPUs the process may use (what to go back to when unpinned).
@@ -102,7 +103,7 @@ impl Follow {
             pinned: None,
             followed: 0,
             kept: false,
-            sched: (0, 0),
+            sched: (0, 0, 0),
             backoff: 0,
             allowed,
         }
@@ -192,7 +193,37 @@ impl Follow {
                 affinity::set(t.tid, &[cpu]);
             }
         }
-        self.sched = sched_times(self.tid).unwrap_or_default();
+        self.sched = self.clocks().unwrap_or_default();
+    }
+
+    /// The followed thread's run and run-queue wait times and the run time of the threads
+    /// pinned with it (ns).
+    fn clocks(&self) -> Option<(u64, u64, u64)> {
+        let (ran, waited) = sched_times(None, self.followed)?;
+        let ours = affinity::tasks(None)
+            .into_iter()
+            .filter(is_runtime)
+            .map(|t| (None, t.tid))
+            .chain(self.node_tasks())
+            .filter_map(|(pid, tid)| sched_times(pid, tid as u32))
+            .map(|(r, _)| r)
+            .sum();
+        Some((ran, waited, ours))
+    }
+
+    /// The threads of the local nodes, as (pid, tid).
+    fn node_tasks(&self) -> Vec<(Option<u32>, i32)> {
+        let Reach::Job { node_pids } = &self.reach else {
+            return Vec::new();
+        };
+        node_pids
+            .iter()
+            .flat_map(|&p| {
+                affinity::tasks(Some(p))
+                    .into_iter()
+                    .map(move |t| (Some(p), t.tid))
+            })
+            .collect()
     }
 
     /// Gives every thread pinned to `cpu` (ours, the nodes') the allowed CPUs back.
@@ -224,19 +255,23 @@ impl Follow {
         }
     }
 
-    /// Whether the followed thread waited for its CPU longer than it ran since the last
-    /// window: something else wants that CPU, and the scheduler should place it again.
+    /// Whether the followed thread waited for its CPU, since the last window, longer than
+    /// it and the threads pinned with it ran: something else wants that CPU, and the
+    /// scheduler should place it again. The threads pinned with it do not count as
+    /// crowding: each fault wakes the handler, then the faulting thread, so on one CPU the
+    /// faulting thread always waits about as long as the handler ran (counting that
+    /// released the pin every few windows and left random access at half the speed of
+    /// `--cpus 0`).
     fn crowded(&mut self) -> bool {
         if self.reach == Reach::Handler {
             return false;
         }
-        let Some(now) = sched_times(self.followed) else {
+        let Some(now) = self.clocks() else {
             return false;
         };
-        let (ran, waited) = (
-            now.0 - self.sched.0.min(now.0),
-            now.1 - self.sched.1.min(now.1),
-        );
+        let delta = |a: u64, b: u64| a - b.min(a);
+        let ran = delta(now.0, self.sched.0) + delta(now.2, self.sched.2);
+        let waited = delta(now.1, self.sched.1);
         self.sched = now;
         waited > ran
     }
@@ -268,10 +303,14 @@ fn parse_pids(list: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Time thread `tid` of this process has run and waited on a run queue (ns), from
-/// `/proc/self/task/TID/schedstat`.
-fn sched_times(tid: u32) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+/// Time thread `tid` of process `pid` (`None`: this one) has run and waited on a run
+/// queue (ns), from `/proc/PID/task/TID/schedstat`.
+fn sched_times(pid: Option<u32>, tid: u32) -> Option<(u64, u64)> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/task/{tid}/schedstat"),
+        None => format!("/proc/self/task/{tid}/schedstat"),
+    };
+    let text = std::fs::read_to_string(path).ok()?;
     let mut f = text.split_ascii_whitespace().map(|v| v.parse::<u64>().ok());
     Some((f.next()??, f.next()??))
 }
@@ -297,7 +336,7 @@ mod tests {
             std::hint::spin_loop();
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
-        let (ran, _) = sched_times(tid).expect("schedstat readable");
+        let (ran, _) = sched_times(None, tid).expect("schedstat readable");
         assert!(ran > 0);
     }
 }
