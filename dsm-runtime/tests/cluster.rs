@@ -581,7 +581,7 @@ fn a_host_dying_mid_job_ends_it_naming_the_host() {
     };
     require_preload();
     let mut child = Command::new(dsmrun())
-        .args(["-q", "-n", "16", "--local-cache", "2M", "--hostfile"])
+        .args(["-v", "-n", "16", "--local-cache", "2M", "--hostfile"])
         .arg(&hostfile)
         .arg("--")
         .arg(&exe)
@@ -590,13 +590,8 @@ fn a_host_dying_mid_job_ends_it_naming_the_host() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    kill_host_2_mid_job("a host dying mid-job");
+    let stderr = StampedStderr::read(&mut child);
+    kill_host_2_mid_job(&stderr, "a host dying mid-job");
     let killed = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -605,12 +600,12 @@ fn a_host_dying_mid_job_ends_it_naming_the_host() {
         if killed.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the job hung after host 2 died: {}", reader.join().unwrap());
+            panic!("the job hung after host 2 died: {}", stderr.finish());
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let took = killed.elapsed();
-    let err = reader.join().unwrap();
+    let err = stderr.finish();
     assert!(took < Duration::from_secs(10), "took {took:?}: {err}");
     assert_eq!(
         status.code(),
@@ -645,11 +640,15 @@ fn a_host_dying_mid_job_under_replicate_2_loses_nothing() {
         return;
     };
     require_preload();
-    let args = ["32", "4", "1000", "7"];
+    // About 40 s on the 4 hosts undisturbed (replicate:2 doubles every write-back): long
+    // enough to be mid-job when the host dies, short enough for the 120 s bound below
+    // once degraded and re-protecting (1000 rounds took 108 s undisturbed).
+    let args = ["32", "4", "300", "7"];
     let native = Command::new(&exe).args(args).output().unwrap();
     assert!(native.status.success());
-    let child = Command::new(dsmrun())
+    let mut child = Command::new(dsmrun())
         .args([
+            "-v",
             "-n",
             "16",
             "--local-cache",
@@ -666,7 +665,8 @@ fn a_host_dying_mid_job_under_replicate_2_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    kill_host_2_mid_job("a host dying under replicate:2");
+    let stderr = StampedStderr::read(&mut child);
+    kill_host_2_mid_job(&stderr, "a host dying under replicate:2");
     // Bounded: a job that hangs on the dead host fails the test instead of hanging it.
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -674,9 +674,12 @@ fn a_host_dying_mid_job_under_replicate_2_loses_nothing() {
     let Ok(out) = rx.recv_timeout(Duration::from_secs(120)) else {
         // SAFETY: kill(2) on the dsmrun we started; it has not been reaped yet.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        panic!("the replicated job hung after host 2 died");
+        panic!(
+            "the replicated job hung after host 2 died: {}",
+            stderr.finish()
+        );
     };
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr.finish();
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
         out.stdout == native.stdout,
@@ -959,13 +962,69 @@ fn wait_for_nodes(n: usize, what: &str) {
     }
 }
 
-/// Once the job's 16 nodes run and the program has had 2 s to get going on them, kills
-/// host 2 (its processes killed, its link set down).
-fn kill_host_2_mid_job(what: &str) {
+/// Once the program's runtime is up on the job's 16 nodes and the program has had 2 s to
+/// get going on them, kills host 2 (its processes killed, its link set down). Waiting
+/// for the nodes' processes alone was not enough: on a loaded machine the program could
+/// still be starting, and a host dying then is a different case (the job then ends when
+/// ssh notices, 6-8 s later), which made this test's 10 s bound fail in CI.
+fn kill_host_2_mid_job(stderr: &StampedStderr, what: &str) {
     wait_for_nodes(16, what);
+    stderr.wait_for_runtime(what);
     std::thread::sleep(Duration::from_secs(2));
     let st = Command::new(script()).args(["kill", "2"]).status().unwrap();
     assert!(st.success(), "{what}: scripts/test-cluster kill 2 failed");
+    eprintln!("{what}: host 2 killed at {:?}", stderr.started.elapsed());
+}
+
+/// A `dsmrun -v` job's stderr, read on a thread that stamps each line with the time since
+/// the job started (a failure then shows when each thing happened) and says when the
+/// program's runtime is up (its `slot 0: heap` line).
+struct StampedStderr {
+    started: Instant,
+    runtime_up: std::sync::mpsc::Receiver<()>,
+    lines: std::thread::JoinHandle<String>,
+}
+
+impl StampedStderr {
+    fn read(child: &mut std::process::Child) -> Self {
+        use std::io::BufRead;
+        let stderr = child.stderr.take().expect("stderr piped");
+        let started = Instant::now();
+        let (up_tx, runtime_up) = std::sync::mpsc::channel();
+        let lines = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(" slot 0: heap ") {
+                    let _ = up_tx.send(());
+                }
+                all.push_str(&format!(
+                    "[{:6.2} s] {line}\n",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            all
+        });
+        StampedStderr {
+            started,
+            runtime_up,
+            lines,
+        }
+    }
+
+    fn wait_for_runtime(&self, what: &str) {
+        assert!(
+            self.runtime_up
+                .recv_timeout(Duration::from_secs(30))
+                .is_ok(),
+            "{what}: the program's runtime never came up"
+        );
+    }
+
+    /// Everything the job wrote to stderr, once it has closed it.
+    fn finish(self) -> String {
+        self.lines.join().unwrap_or_default()
+    }
 }
 
 /// Writes an executable `--remote-dsmrun` stand-in that waits on each host as `delays`

@@ -245,7 +245,9 @@ impl NodeServer {
         };
         if let Err(e) = auth::accept(&mut stream, &self.secret, hello) {
             self.counters.refused_peers.fetch_add(1, Ordering::Relaxed);
-            eprintln!("dsm-node {}: refused peer {peer}: {e}", self.id);
+            if !hung_up(&e) {
+                eprintln!("dsm-node {}: refused peer {peer}: {e}", self.id);
+            }
             return;
         }
         // Clients may sit idle for long (a program computing); reads block without limit,
@@ -630,6 +632,17 @@ fn reject(s: &mut TcpStream, h: &Header, msg: &str) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// Whether a handshake failed because the peer hung up without finishing it: a port probe
+/// (dsmrun checks whether a host's nodes still answer by connecting and closing at once)
+/// or a client that died. Counted among refused peers, but not worth a line: after a
+/// host's death every surviving node would print one per probe.
+fn hung_up(e: &auth::AuthError) -> bool {
+    matches!(e, auth::AuthError::Io(io) if matches!(
+        io.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,5 +656,15 @@ mod tests {
         assert_eq!(accept_error(&err(libc::EINTR)), AcceptError::Retry);
         assert_eq!(accept_error(&err(libc::EBADF)), AcceptError::Fatal);
         assert_eq!(accept_error(&err(libc::EINVAL)), AcceptError::Fatal);
+    }
+
+    #[test]
+    fn a_peer_hanging_up_mid_handshake_is_not_reported_but_a_wrong_one_is() {
+        let io = |k: io::ErrorKind| auth::AuthError::Io(io::Error::from(k));
+        assert!(hung_up(&io(io::ErrorKind::UnexpectedEof)));
+        assert!(hung_up(&io(io::ErrorKind::ConnectionReset)));
+        assert!(!hung_up(&io(io::ErrorKind::TimedOut)));
+        assert!(!hung_up(&auth::AuthError::BadSecret));
+        assert!(!hung_up(&auth::AuthError::NotOurProtocol("client")));
     }
 }
