@@ -131,6 +131,8 @@ pub struct Core<E: Effects = Userfaultfd> {
     checkpoint: std::sync::OnceLock<Checkpoint>,
     /// Closed while the process is suspended (see [`crate::suspend`]).
     pub(crate) gate: crate::suspend::Gate,
+    /// Open while the helper fault handler serves faults (see [`crate::fault::helper`]).
+    pub(crate) helper_gate: crate::fault::helper::HelperGate,
     /// Parks the reclaimer while a checkpoint writes the image (see [`crate::checkpoint`]).
     pub(crate) ckpt_pause: crate::checkpoint::Pause,
 }
@@ -217,6 +219,7 @@ impl<E: Effects> Core<E> {
             reclaim_stop_free: pct(config.reclaim_stop_free_pct),
             checkpoint: std::sync::OnceLock::new(),
             gate: Default::default(),
+            helper_gate: Default::default(),
             ckpt_pause: Default::default(),
             config,
         })
@@ -652,6 +655,12 @@ impl Runtime {
         for _ in 0..config.handler_threads + 2 {
             sessions.push(copies.wrap(transport.connect()?));
         }
+        let helper_session =
+            if crate::fault::helper::wanted(config.handler_threads, transport.name()) {
+                Some(copies.wrap(transport.connect()?))
+            } else {
+                None
+            };
         let reprotect_session = match copies.fence() {
             Some(_) => Some(copies.wrap(transport.connect()?)),
             None => None,
@@ -710,6 +719,7 @@ impl Runtime {
             threads: Vec::new(),
             reservation: Some(reservation),
         };
+        let helper_session_is_some = helper_session.is_some();
         let reclaim_session = sessions.pop().expect("one session per thread");
         let prefetch_session = sessions.pop().expect("one session per thread");
         for (i, session) in sessions.into_iter().enumerate() {
@@ -717,7 +727,18 @@ impl Runtime {
                 if let Some(cpu) = core.config.handler_cpu {
                     pin_current_thread(cpu);
                 }
-                FaultHandler::new(core, session).run(core)
+                FaultHandler::new(core, session)
+                    .opening_helper(helper_session_is_some)
+                    .run(core)
+            })?;
+            rt.threads.push(t);
+        }
+        if let Some(session) = helper_session {
+            let t = spawn_internal(&rt.core, "dsm-fault-helper".into(), move |core| {
+                if let Some(cpu) = core.config.handler_cpu {
+                    pin_current_thread(cpu);
+                }
+                FaultHandler::helper(core, session).run(core)
             })?;
             rt.threads.push(t);
         }

@@ -220,6 +220,8 @@ counters! {
     evictions_zero,
     /// Times a fault handler had to reclaim because the cache was full.
     direct_reclaims,
+    /// Fault-service rounds served by the helper handler (several threads faulting over a network).
+    helper_rounds,
     /// Background reclaim rounds.
     reclaim_rounds,
     /// Faults whose thread waited for a network fetch.

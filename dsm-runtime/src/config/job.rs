@@ -35,6 +35,7 @@
 //! | `DSM_SPARE_NODES` | the last this many of `DSM_NODES` hold no pages until one stands in for a dead node (default 0) |
 //! | `DSM_REDUNDANCY` | `none` (default), `replicate:R` or `ec:K+M`: how many places each page is kept at home (`redundancy`) |
 //! | `DSM_HANDLER_FOLLOW` | `0`: do not move the job to the faulting thread's CPU (`dsmrun` sets it with `--cpus`; `fault::follow`) |
+//! | `DSM_HANDLER_HELPER` | `0`: no helper fault handler for several threads faulting over a network (`fault::helper`) |
 //! | `DSM_FOLLOW_NODE_PIDS`, `DSM_FOLLOW_PARENT` | the local nodes' pids, moved with the faulting thread, and the launcher's pid (only its child moves them) |
 //! | `DSM_ALLOW_SKIP`, `DSM_SKIP_LOG`, `DSM_SKIP_VERBS`, `DSM_SKIP_SOFT_ROCE`, `DSM_SKIP_FUZZ`, `DSM_CHAOS_SEED` | the test suite's own (scripts/test-all); accepted and ignored |
 
@@ -77,6 +78,8 @@ pub const KNOWN_VARS: &[&str] = &[
     "DSM_HANDLER_FOLLOW",
     "DSM_FOLLOW_NODE_PIDS",
     "DSM_FOLLOW_PARENT",
+    // The helper fault handler, read by the runtime (fault/helper.rs).
+    "DSM_HANDLER_HELPER",
     // Read by scripts/test-all and the tests, ignored here: they reach every program the
     // tests run under dsmrun, which must not take them for typos.
     "DSM_ALLOW_SKIP",

@@ -117,11 +117,9 @@ impl Follow {
         self.pinned.is_some()
     }
 
-    /// Notes a round's faults; at the end of each window, moves what follows.
-    pub fn note(&mut self, faults: &[Fault]) {
-        if !self.enabled {
-            return;
-        }
+    /// Notes a round's faults; at the end of each window, moves what follows (if
+    /// enabled) and returns whether several threads faulted in that window.
+    pub fn note(&mut self, faults: &[Fault]) -> Option<bool> {
         for f in faults {
             if f.tid == self.tid {
                 self.in_a_row = self.in_a_row.saturating_add(1);
@@ -133,10 +131,13 @@ impl Follow {
         }
         self.seen += faults.len() as u32;
         if self.seen < WINDOW_FAULTS {
-            return;
+            return None;
         }
         self.seen = 0;
         let switches = std::mem::take(&mut self.switches);
+        if !self.enabled {
+            return Some(switches > 1);
+        }
         let follow;
         (self.needed, follow) = judge_window(switches, self.in_a_row, self.needed);
         let want = if follow {
@@ -145,6 +146,7 @@ impl Follow {
             None
         };
         self.window_ends(want);
+        Some(switches > 1)
     }
 
     /// No fault for [`IDLE_UNPIN_MS`]: everything goes back to the scheduler.

@@ -116,6 +116,19 @@ pub struct FaultHandler {
     follow: super::follow::Follow,
     /// One page, decompressed from the compressed tier.
     unpacked: Vec<u8>,
+    /// What this handler does about the helper handler (see `helper`).
+    helper_role: HelperRole,
+}
+
+/// A handler's part in running the helper handler (see `helper`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HelperRole {
+    /// No helper in this process.
+    None,
+    /// The main handler: opens the helper's gate while several threads fault.
+    Opens,
+    /// The helper itself: serves faults only while its gate is open.
+    Is,
 }
 
 impl FaultHandler {
@@ -141,16 +154,44 @@ impl FaultHandler {
                 core.config.handler_threads,
             ),
             unpacked: vec![0u8; PAGE_BYTES],
+            helper_role: HelperRole::None,
         }
+    }
+
+    /// Makes this the main handler of a process with a helper handler (if `helper`).
+    pub fn opening_helper(mut self, helper: bool) -> FaultHandler {
+        if helper {
+            self.helper_role = HelperRole::Opens;
+        }
+        self
+    }
+
+    /// The helper handler: it serves faults only while the main handler sees several
+    /// threads faulting, and never moves anything (the main handler does that).
+    pub fn helper<E: Effects>(core: &Core<E>, session: Box<dyn Session>) -> FaultHandler {
+        let mut h = FaultHandler::new(core, session);
+        h.follow = super::follow::Follow::new(false, core.config.handler_threads);
+        h.helper_role = HelperRole::Is;
+        h
     }
 
     /// Serves faults until the runtime stops.
     pub fn run(&mut self, core: &Core) -> Result<(), RuntimeError> {
         while !core.stopping() {
+            if self.helper_role == HelperRole::Is
+                && self.deferred.is_empty()
+                && !core.helper_gate.is_open()
+            {
+                core.helper_gate.wait_open(|| core.stopping());
+                continue;
+            }
             if !self.wait(core) {
                 if self.deferred.is_empty() {
                     // Woken by the idle timeout: nothing faulted for a while.
                     self.follow.idle();
+                    if self.helper_role == HelperRole::Opens {
+                        core.helper_gate.set(false);
+                    }
                 }
                 continue;
             }
@@ -169,7 +210,14 @@ impl FaultHandler {
             self.round.append(&mut self.deferred);
             self.round
                 .extend(self.msgs[..n].iter().filter_map(UffdMsg::decode));
-            self.follow.note(&self.round);
+            let several_threads = self.follow.note(&self.round);
+            match (self.helper_role, several_threads) {
+                (HelperRole::Opens, Some(several)) => core.helper_gate.set(several),
+                (HelperRole::Is, _) if !self.round.is_empty() => {
+                    core.stats.helper_rounds.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
             if !self.round.is_empty() {
                 self.serve_round(core)?;
             }

@@ -8,6 +8,7 @@
 pub(crate) mod affinity;
 pub mod follow;
 pub mod handler;
+pub mod helper;
 pub(crate) mod map_ahead;
 pub mod prefetcher;
 pub mod uffd;

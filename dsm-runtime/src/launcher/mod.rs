@@ -540,6 +540,7 @@ pub fn run(opts: &RunOptions, dsmrun_exe: &Path) -> Result<i32, LaunchError> {
                 None => {
                     let mut cmd = program_command(opts, &job, &program_path, &preload);
                     cmd.envs(cpus::follow_vars(opts.cpus.is_some(), &local_pids(&nodes)));
+                    cmd.envs(crate::fault::helper::passed_on());
                     cmd
                 }
             };
