@@ -23,11 +23,13 @@ use crate::space::PageNum;
 
 mod clock;
 mod fifo;
+mod heat;
 mod list;
 mod two_q;
 
 pub use clock::Clock;
 pub use fifo::Fifo;
+pub use heat::Heat;
 pub use two_q::{TwoQ, A1IN_PCT_DEFAULT, A1OUT_PCT_DEFAULT};
 
 /// Most entries a policy allocates room for up front. Beyond it, structures grow as pages
@@ -90,6 +92,7 @@ mod tests {
         vec![
             Box::new(Fifo::with_capacity(capacity)),
             Box::new(Clock::with_capacity(capacity)),
+            Box::new(Heat::with_capacity(capacity)),
             Box::new(TwoQ::with_capacity(capacity)),
             Box::new(TwoQ::new(capacity, 50, 200)),
         ]

@@ -10,7 +10,7 @@ use crate::config::{
     RuntimeConfig, FETCH_GRANULARITY_PAGES_MAX, PREFETCH_PAGES_MAX, RECYCLE_PAGES_MAX,
     ZERO_FILL_AHEAD_PAGES_MAX,
 };
-use crate::policy::eviction::{Clock, EvictionPolicy, Fifo, TwoQ};
+use crate::policy::eviction::{Clock, EvictionPolicy, Fifo, Heat, TwoQ};
 use crate::policy::placement::{Blocked, FirstTouch, Interleaved, Placement, PlacementError};
 use crate::policy::prefetch::{Leap, NoPrefetch, PrefetchPolicy, Readahead, Stride};
 use serde::Deserialize;
@@ -41,6 +41,8 @@ pub enum EvictionSpec {
     Fifo,
     /// Second chance.
     Clock,
+    /// Oldest first, but pages of recently used address regions last.
+    Heat,
     /// 2Q with its queue shares.
     TwoQ {
         /// `A1in`'s share of the cache, percent.
@@ -286,6 +288,7 @@ impl Profile {
         match self.eviction {
             EvictionSpec::Fifo => Box::new(Fifo::with_capacity(capacity_pages)),
             EvictionSpec::Clock => Box::new(Clock::with_capacity(capacity_pages)),
+            EvictionSpec::Heat => Box::new(Heat::with_capacity(capacity_pages)),
             EvictionSpec::TwoQ {
                 a1in_pct,
                 a1out_pct,
@@ -337,6 +340,7 @@ impl Profile {
         let eviction = match self.eviction {
             EvictionSpec::Fifo => "fifo".to_owned(),
             EvictionSpec::Clock => "clock".to_owned(),
+            EvictionSpec::Heat => "heat".to_owned(),
             EvictionSpec::TwoQ {
                 a1in_pct,
                 a1out_pct,
@@ -393,6 +397,7 @@ struct RawCompress {
 enum EvictionName {
     Fifo,
     Clock,
+    Heat,
     #[serde(rename = "2q")]
     TwoQ,
 }
@@ -402,6 +407,7 @@ impl EvictionName {
         match self {
             EvictionName::Fifo => "fifo",
             EvictionName::Clock => "clock",
+            EvictionName::Heat => "heat",
             EvictionName::TwoQ => "2q",
         }
     }
@@ -802,7 +808,7 @@ fn validate_compress(
 const COMPRESS_SHARE_PCT_DEFAULT: u8 = 50;
 
 fn validate_eviction(ctx: &Ctx<'_>, e: RawEviction) -> Result<EvictionSpec, ProfileError> {
-    let policy = e.policy.map_or(EvictionName::Clock, |p| *p.get_ref());
+    let policy = e.policy.map_or(EvictionName::Heat, |p| *p.get_ref());
     let two_q = policy == EvictionName::TwoQ;
     let at = ("eviction", policy.as_str());
     ctx.only_for("a1in_pct", &e.a1in_pct, at, two_q, "\"2q\"")?;
@@ -810,6 +816,7 @@ fn validate_eviction(ctx: &Ctx<'_>, e: RawEviction) -> Result<EvictionSpec, Prof
     Ok(match policy {
         EvictionName::Fifo => EvictionSpec::Fifo,
         EvictionName::Clock => EvictionSpec::Clock,
+        EvictionName::Heat => EvictionSpec::Heat,
         EvictionName::TwoQ => EvictionSpec::TwoQ {
             a1in_pct: ctx.int("a1in_pct", &e.a1in_pct, 25, 1..=90)? as u8,
             a1out_pct: ctx.int("a1out_pct", &e.a1out_pct, 50, 1..=400)? as u16,
