@@ -20,7 +20,8 @@ DEFAULT=$ROOT/profiles/default.toml
 variant() {
   local out=$DIR/$1.toml
   case $1 in
-    2q) sed 's/^policy = "clock"/policy = "2q"\na1in_pct = 25\na1out_pct = 50/' "$DEFAULT" ;;
+    2q) sed 's/^policy = "heat"/policy = "2q"\na1in_pct = 25\na1out_pct = 50/' "$DEFAULT" ;;
+    clock) sed 's/^policy = "heat"/policy = "clock"/' "$DEFAULT" ;;
     granularity4) sed 's/^granularity_pages = 1/granularity_pages = 4/' "$DEFAULT" ;;
     chunk64) sed 's/^chunk_pages = 1/chunk_pages = 64/' "$DEFAULT" ;;
     readahead256) sed 's/^max_pages = 32/max_pages = 256/; s/^window_initial_pages = 4/window_initial_pages = 16/' "$DEFAULT" ;;
@@ -37,7 +38,7 @@ scan() { # PROFILE -> read pass us/page
     sed -n 's/.*read_us_per_page=\([0-9.]*\).*/\1/p'
 }
 
-VARIANTS="2q granularity4 chunk64 readahead256 recycle reclaim batch256"
+VARIANTS="clock 2q granularity4 chunk64 readahead256 recycle reclaim batch256"
 for v in $VARIANTS; do variant "$v" >/dev/null; done
 printf '%-5s %-14s %10s %12s\n' round profile "us/page" "vs default"
 for r in $(seq 1 "$ROUNDS"); do
