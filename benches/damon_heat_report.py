@@ -8,40 +8,15 @@ import os
 import statistics
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dsmtrace  # noqa: E402
+
 work, base, use_damon, page = sys.argv[1], int(sys.argv[2], 16), sys.argv[3] == "1", int(sys.argv[4])
 
 
-def varint(b, i):
-    v = s = 0
-    while True:
-        x = b[i]
-        i += 1
-        v |= (x & 0x7F) << s
-        s += 7
-        if x < 0x80:
-            return v, i
-
-
 def read_trace(path):
-    """[(time_s, page_index, kind)] of the trace (format: dsm-runtime/src/trace/mod.rs)."""
-    b = open(path, "rb").read()
-    assert b[:8] == b"DSMTRACE", path
-    i = 8 + 2 + 4 + 8
-    n = int.from_bytes(b[i:i + 2], "little")
-    i += 2 + n
-    t = p = 0
-    out = []
-    while i < len(b):
-        try:
-            v, j = varint(b, i)
-            d, j = varint(b, j)
-        except IndexError:
-            break  # cut short
-        i = j
-        t += v >> 3
-        p += (d >> 1) ^ -(d & 1)
-        out.append((t / 1e9, p, v & 7))
-    return out
+    """[(time_s, page_index, kind)] of the trace."""
+    return [(t / 1e9, p, kind) for t, p, kind in dsmtrace.events(path)]
 
 
 def present(path):

@@ -25,36 +25,17 @@ thinned view of accesses. Read the result as an upper bound on the cut.
 """
 import collections
 import heapq
+import os
 import sys
 
-
-def varint(b, i):
-    v = s = 0
-    while True:
-        x = b[i]
-        i += 1
-        v |= (x & 0x7F) << s
-        s += 7
-        if x < 0x80:
-            return v, i
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dsmtrace  # noqa: E402
 
 
 def faults(path):
-    b = open(path, "rb").read()
-    assert b[:8] == b"DSMTRACE", path
-    i = 8 + 2 + 4 + 8
-    i += 2 + int.from_bytes(b[i:i + 2], "little")
-    t = p = 0
-    while i < len(b):
-        try:
-            v, j = varint(b, i)
-            d, j = varint(b, j)
-        except IndexError:
-            return
-        i = j
-        t += v >> 3
-        p += (d >> 1) ^ -(d & 1)
-        if v & 7 in (0, 1):
+    """(time_ns, page_index) of the trace's missing faults (kinds 0 and 1)."""
+    for t, p, kind in dsmtrace.events(path):
+        if kind in (0, 1):
             yield t, p
 
 
