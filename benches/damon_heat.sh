@@ -225,33 +225,7 @@ if [ "${KERNEL_REF:-0}" = 1 ]; then
     CG=$(swap_cgroup dsm-damon-heat "$CACHE_MIB")
     echo 1 >"$CG/memory.oom_control"
     [ $# -eq 0 ] && { prepare "$WORK/kernel"; NATIVE=(velvetg "$WORK/kernel"); }
-    python3 - "$CG" $((CACHE_MIB << 20)) "$WORK/kernel.wakes" <<'PY' &
-import os, select, sys
-cg, lim, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-efd = os.eventfd(0, os.EFD_NONBLOCK)
-ofd = os.open(cg + "/memory.oom_control", os.O_RDONLY)
-with open(cg + "/cgroup.event_control", "w") as f:
-    f.write(f"{efd} {ofd}")
-wakes = 0
-while True:
-    select.select([efd], [], [], 0.005)
-    try:
-        os.eventfd_read(efd)
-    except BlockingIOError:
-        pass
-    with open(cg + "/memory.oom_control") as f:
-        if "under_oom 1" not in f.read():
-            continue
-    for v in (lim - 4096, lim):
-        try:
-            with open(cg + "/memory.limit_in_bytes", "w") as f:
-                f.write(str(v))
-        except OSError:
-            pass
-    wakes += 1
-    with open(out, "w") as f:
-        f.write(str(wakes))
-PY
+    python3 "$HERE/oomwake.py" "$CG" $((CACHE_MIB << 20)) "$WORK/kernel.wakes" &
     DOG=$!
     echo 0 >"$WORK/kernel.wakes"
     k0=$(date +%s.%N)

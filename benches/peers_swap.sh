@@ -55,38 +55,6 @@ cp target/release/dsmrun target/release/libdsm_preload.so "$WORK/bin/"
 printf '#include <sys/mman.h>\n__attribute__((constructor)) static void lock_all(void) { mlockall(MCL_CURRENT | MCL_FUTURE); }\n' \
     >"$WORK/mlockall.c"
 gcc -shared -fPIC -O2 -o "$WORK/bin/mlockall.so" "$WORK/mlockall.c"
-# The OOM watchdog of a kernel-swap group (oom_kill_disable=1): woken through the v1
-# OOM notifier (an eventfd on memory.oom_control) and by a 5 ms poll of under_oom (in a
-# test with a truly full group the notifier did not fire for every OOM, so the poll is
-# what bounds the latency). A wake: one page less makes the kernel reclaim in the group, the limit
-# restored wakes the waiter, whose fault is retried. Writes the count to argv[3].
-cat >"$WORK/bin/oomwake.py" <<'PY'
-import os, select, sys
-cg, lim, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-efd = os.eventfd(0, os.EFD_NONBLOCK)
-ofd = os.open(cg + "/memory.oom_control", os.O_RDONLY)
-with open(cg + "/cgroup.event_control", "w") as f:
-    f.write(f"{efd} {ofd}")
-wakes = 0
-while True:
-    select.select([efd], [], [], 0.005)
-    try:
-        os.eventfd_read(efd)
-    except BlockingIOError:
-        pass
-    with open(cg + "/memory.oom_control") as f:
-        if "under_oom 1" not in f.read():
-            continue
-    for v in (lim - 4096, lim):
-        try:
-            with open(cg + "/memory.limit_in_bytes", "w") as f:
-                f.write(str(v))
-        except OSError:
-            pass
-    wakes += 1
-    with open(out, "w") as f:
-        f.write(str(wakes))
-PY
 if [ ! -f "$WORK/velveth.done" ]; then
     log "simulating ${COVERAGE}x reads, velveth"
     zcat "$GENOME" >"$WORK/genome.fa"
@@ -184,7 +152,7 @@ run() {
             "${PIN[@]}" velvetg "$d" "${ARGS[@]}" >/dev/null 2>"$d.err" &
         pid=$!
         echo 0 >"$d.wakes"
-        python3 "$WORK/bin/oomwake.py" "$cg" "$lim" "$d.wakes" &
+        python3 "$ROOT/benches/oomwake.py" "$cg" "$lim" "$d.wakes" &
         local dog=$!
         wait "$pid" || rc=$?
         kill "$dog" 2>/dev/null || true; wait "$dog" 2>/dev/null || true
