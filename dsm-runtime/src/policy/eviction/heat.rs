@@ -35,8 +35,8 @@ impl Warmth {
     }
 }
 
-/// Region-heat eviction over a FIFO ring of tracked pages.
-#[derive(Default)]
+/// Region-heat eviction over a FIFO ring of tracked pages. No `Default`: an epoch of zero
+/// uses would end an epoch (and sweep every region) on each use.
 pub struct Heat {
     ring: Vec<Option<PageNum>>,
     index: PageMap<usize>,
@@ -59,8 +59,12 @@ impl Heat {
             ring: Vec::with_capacity(pre),
             index: PageMap::with_capacity_and_hasher(pre, Default::default()),
             free: Vec::with_capacity(pre),
+            hand: 0,
+            regions: PageMap::default(),
+            epoch: 0,
             epoch_uses: (capacity as u64 / 4).max(64),
-            ..Heat::default()
+            uses: 0,
+            candidates: Vec::new(),
         }
     }
 
