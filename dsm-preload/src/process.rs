@@ -307,6 +307,9 @@ fn start() -> Result<Running, StartError> {
         );
     }
     crate::heap::init(base, len)?;
+    if runtime.config().huge_regions {
+        allow_huge_region_runs(job.verbose);
+    }
     crate::mmap::configure(job.mmap_min_bytes as usize, len);
     if job.verbose {
         eprintln!(
@@ -322,6 +325,16 @@ fn start() -> Result<Running, StartError> {
         slot,
         transport,
     })
+}
+
+/// Lets the runtime's region runs have huge pages (`huge_regions`): mimalloc turns them
+/// off for the whole process when it sets itself up, so it is set up first.
+fn allow_huge_region_runs(verbose: bool) {
+    // SAFETY: mimalloc's own set-up, which runs once; its options are set by now.
+    unsafe { mi::mi_process_init() };
+    if !dsm_runtime::cache::region_runs::allow_advised_huge_pages() && verbose {
+        eprintln!("dsm: huge pages stay off in this process (a kernel before 6.18): regions move in 4 KiB pages");
+    }
 }
 
 /// Lets `dsmrun suspend`/`resume` reach this process: a control socket in the job's

@@ -79,6 +79,10 @@ pub struct RuntimeConfig {
     /// being freed and allocated again (see `cache::spares`; 0 = off, at most
     /// [`RECYCLE_PAGES_MAX`]; off too on a kernel without `UFFDIO_MOVE`).
     pub recycle_pages: usize,
+    /// Prefetch streams in whole 2 MiB regions: a region the readahead reaches, with no
+    /// page of it cached, is fetched into a huge page and moved into the range as one on
+    /// the first fault in it (see `fault::regions`; off on a kernel without `UFFDIO_MOVE`).
+    pub huge_regions: bool,
     /// On a write's zero-fill, zero-fill up to this many following untouched pages too,
     /// writable, in the same call (0 to [`ZERO_FILL_AHEAD_PAGES_MAX`]; 0 = off).
     pub zero_fill_ahead_pages: usize,
@@ -149,6 +153,7 @@ impl Default for RuntimeConfig {
             prefetch_max_pages: 32,
             prefetch_probe_every: 16,
             recycle_pages: 0,
+            huge_regions: false,
             zero_fill_ahead_pages: 15,
             fetch_writable_if_dirty_before: false,
             staging_pages: 0,
@@ -309,6 +314,17 @@ impl RuntimeConfig {
     /// Cache capacity in pages.
     pub fn cache_pages(&self) -> usize {
         (self.cache_bytes_max / PAGE_BYTES as u64) as usize
+    }
+
+    /// Staging runs for whole regions: with `huge_regions` on and a cache of at least 8
+    /// regions (16 MiB), three (one region being used, two fetched ahead); else none.
+    pub fn region_runs(&self) -> usize {
+        const REGION_PAGES: usize = crate::cache::page_table::REGION_PAGES as usize;
+        if self.huge_regions && self.cache_pages() >= 8 * REGION_PAGES {
+            3
+        } else {
+            0
+        }
     }
 
     /// Staging slots to allocate.

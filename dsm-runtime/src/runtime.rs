@@ -191,10 +191,12 @@ impl<E: Effects> Core<E> {
             fx,
             table,
             budget: CacheBudget::new(capacity),
-            staging: Staging::new(config.staging_slots()).map_err(|source| RuntimeError::Os {
-                what: "allocating the staging pool",
-                source,
-            })?,
+            staging: Staging::new(config.staging_slots(), config.region_runs()).map_err(
+                |source| RuntimeError::Os {
+                    what: "allocating the staging pool",
+                    source,
+                },
+            )?,
             spares,
             compressed: (config.compress_share_pct > 0).then(|| {
                 crate::cache::Compressed::new(
@@ -675,10 +677,11 @@ impl Runtime {
             None => None,
         };
         let reservation = Reservation::new(config.space_base, space_bytes as usize)?;
-        let recycling = config.recycle_pages > 0
-            && Userfaultfd::probe_features().is_ok_and(|f| f & FEATURE_MOVE != 0);
+        let can_move = Userfaultfd::probe_features().is_ok_and(|f| f & FEATURE_MOVE != 0);
+        let recycling = config.recycle_pages > 0 && can_move;
+        config.huge_regions &= can_move;
         let features = FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID;
-        let uffd = Userfaultfd::open(if recycling {
+        let uffd = Userfaultfd::open(if recycling || config.huge_regions {
             features | FEATURE_MOVE
         } else {
             features
@@ -713,6 +716,13 @@ impl Runtime {
                 config,
             },
         )?);
+        if let Some(runs) = core.staging.regions() {
+            // Evicted regions move back out into the runs (a move's destination must be
+            // registered); write-protect mode only, so filling an empty run is the
+            // kernel's own fault.
+            let (base, len) = runs.range();
+            core.fx.register_wp_only(base, len)?;
+        }
         copies.count_into(&core.stats);
         let mut rt = Runtime {
             core,

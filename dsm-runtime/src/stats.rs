@@ -250,6 +250,16 @@ counters! {
     recycle_refused,
     /// Recycled pages written by the program between their move in and their write protection: kept writable and dirty.
     recycle_raced,
+    /// Whole 2 MiB regions fetched into a huge page of staging (`huge_regions`); each counts as one probe.
+    regions_staged,
+    /// Regions moved into the range whole, as one huge page, on the first fault in them.
+    regions_moved_in,
+    /// Region pages installed alone by a 4 KiB copy (the region could not move whole: a page of it busy or evicted, a program with several threads, the kernel refusing).
+    regions_page_alone,
+    /// Regions mapped whole and evicted whole (one 2 MiB drop, or moved out).
+    regions_evicted_whole,
+    /// Of those, regions moved back out into a region run whole, to be refilled (no huge page allocated).
+    regions_recycled,
     /// Prefetch requests dropped (queue full, or no room in the cache or staging).
     prefetch_dropped,
     /// Pages parked in staging by access sampling.

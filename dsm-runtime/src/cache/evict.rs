@@ -12,6 +12,7 @@
 //! dirty ones written home like any dirty victim.
 
 use super::compressed::{pack, PACKED_MAX};
+use super::page_table::REGION_PAGES;
 use super::{recycle, UnmapBatch};
 use crate::coherence::state::{after_compress, after_evict, on_evict, when_zero, EvictAction};
 use crate::coherence::{Access, PageState};
@@ -327,6 +328,9 @@ impl Evictor {
             if self.victims.len() >= want {
                 break;
             }
+            if core.table.is_huge(page) && take_region(core, page, &mut self.victims) {
+                continue;
+            }
             let Some(state) = core.table.try_lock(page) else {
                 continue;
             };
@@ -438,7 +442,12 @@ impl Evictor {
                 j += 1;
             }
             let first = self.victims[i].page;
-            let kept = recycle_run(core, first, j - i);
+            // A whole region leaves with one drop: moving its pages out one by one to
+            // recycle them would split its huge page.
+            let kept = match j - i >= REGION_PAGES as usize {
+                true => recycle_regions(core, first, j - i, &mut self.unmap),
+                false => recycle_run(core, first, j - i),
+            };
             if kept < j - i {
                 self.unmap
                     .push(core, PageNum(first.0 + kept as u64), j - i - kept);
@@ -505,6 +514,73 @@ impl Evictor {
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Takes every page of `page`'s region, moved in as one huge page, as victims, so
+/// that it leaves with one 2 MiB drop instead of splitting the huge page: if each is
+/// mapped, clean and free, and the compressed tier is off (its buffers hold a batch).
+/// Otherwise notes the region as no longer whole and takes nothing. Whether it did.
+fn take_region<E: Effects>(core: &Core<E>, page: PageNum, victims: &mut Vec<Victim>) -> bool {
+    let first = page.0 / REGION_PAGES * REGION_PAGES;
+    let start = victims.len();
+    for p in (first..first + REGION_PAGES).map(PageNum) {
+        let taken = match core.table.try_lock(p) {
+            Some(s) if s.resident() && on_evict(s) == EvictAction::Drop => Some(s),
+            Some(s) => {
+                core.table.unlock(p, s);
+                None
+            }
+            None => None,
+        };
+        match taken {
+            Some(s) if core.compressed.is_none() => victims.push(Victim::new(p, s)),
+            other => {
+                if let Some(s) = other {
+                    core.table.unlock(p, s);
+                }
+                for v in victims.drain(start..) {
+                    core.table.unlock(v.page, v.state);
+                }
+                core.table.clear_huge(page);
+                return false;
+            }
+        }
+    }
+    core.stats
+        .regions_evicted_whole
+        .fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// The `n` victims from `first` cover whole regions mapped as one huge page each (and
+/// maybe pages around them): moves each such region out into a free region run, whole,
+/// to be filled by the next region fetched, and queues what did not move (and the pages
+/// around) on `unmap`. Returns `n`: the caller queues nothing.
+fn recycle_regions<E: Effects>(
+    core: &Core<E>,
+    first: PageNum,
+    n: usize,
+    unmap: &mut UnmapBatch,
+) -> usize {
+    let regions = REGION_PAGES as usize;
+    let mut p = first.0;
+    let end = first.0 + n as u64;
+    while p < end {
+        let whole = p % REGION_PAGES == 0 && p + REGION_PAGES <= end;
+        let moved = whole
+            && core
+                .staging
+                .regions()
+                .is_some_and(|r| r.take_back(&core.fx, core.layout.addr_of(PageNum(p))));
+        let len = if whole { regions } else { 1 };
+        if moved {
+            core.stats.regions_recycled.fetch_add(1, Ordering::Relaxed);
+        } else {
+            unmap.push(core, PageNum(p), len);
+        }
+        p += len as u64;
+    }
+    n
 }
 
 /// Moves as many of the `n` victims from `first` (written home if dirty, locked) as the

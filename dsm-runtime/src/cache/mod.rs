@@ -7,6 +7,7 @@ mod discard;
 pub mod evict;
 pub mod page_table;
 pub mod protect;
+pub mod region_runs;
 pub mod spares;
 pub mod staging;
 mod unmap;
@@ -57,7 +58,7 @@ pub(crate) fn zap_empty_regions<E: crate::effects::Effects>(
 
 /// The raw system call: in a program with the preload, a `madvise` symbol call from a
 /// program thread (a discard runs on one) would be routed back into the runtime.
-fn unmap_range(addr: usize, len: usize) {
+pub(crate) fn unmap_range(addr: usize, len: usize) {
     // SAFETY: callers pass runs of the global range, whose pages are private anonymous
     // memory locked by them; MADV_DONTNEED only drops those pages.
     let rc = unsafe { libc::syscall(libc::SYS_madvise, addr, len, libc::MADV_DONTNEED) };

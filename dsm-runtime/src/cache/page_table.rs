@@ -42,6 +42,12 @@ type Shard = HashMap<u64, PageState, BuildHasherDefault<PageHasher>>;
 pub const REGION_PAGES: u64 = 512;
 /// Set in a region's count while it is being unmapped whole.
 const ZAPPING: u32 = 1 << 31;
+/// Set in a region's count while its pages are mapped as one huge page (moved in whole,
+/// see `fault::regions`), so that eviction takes it whole; cleared when the count drops
+/// to zero.
+const HUGE: u32 = 1 << 30;
+/// The count proper.
+const COUNT: u32 = HUGE - 1;
 
 /// Per 2 MiB region of the range, how many of its pages are mapped or locked, in a lazily
 /// backed array (4 bytes per 2 MiB: 8 MiB of address space for 4 TiB, a page of it per
@@ -104,9 +110,15 @@ impl RegionCounts {
     }
 
     fn leave(&self, page: PageNum) {
-        let before = self.count(page).fetch_sub(1, Ordering::AcqRel);
+        let before = self
+            .count(page)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                let n = v.wrapping_sub(1);
+                Some(if n & COUNT == 0 { n & !HUGE } else { n })
+            })
+            .unwrap_or_else(|v| v);
         debug_assert!(
-            before & !ZAPPING > 0,
+            before & COUNT > 0,
             "region count of page {} underflows",
             page.0
         );
@@ -216,6 +228,22 @@ impl PageTable {
             .compare_exchange(0, ZAPPING, Ordering::AcqRel, Ordering::Acquire)
             .ok()
             .map(|_| (PageNum(first), REGION_PAGES))
+    }
+
+    /// Notes that `page`'s region is mapped as one huge page (all its pages locked or
+    /// mapped by the caller).
+    pub fn mark_huge(&self, page: PageNum) {
+        self.regions.count(page).fetch_or(HUGE, Ordering::AcqRel);
+    }
+
+    /// Notes that `page`'s region is no longer mapped whole (a page of it left alone).
+    pub fn clear_huge(&self, page: PageNum) {
+        self.regions.count(page).fetch_and(!HUGE, Ordering::AcqRel);
+    }
+
+    /// Whether `page`'s region was moved in as one huge page and has lost no page since.
+    pub fn is_huge(&self, page: PageNum) -> bool {
+        self.regions.count(page).load(Ordering::Acquire) & HUGE != 0
     }
 
     /// Ends an unmapping begun by [`Self::try_zap`].

@@ -9,6 +9,7 @@
 //! A slot belongs to whoever holds the lock of the page it stages, so slot contents are
 //! only touched under that page's lock; the free list is the only shared structure.
 
+use super::region_runs::{RegionRuns, RUN_PAGES};
 use crate::coherence::state::MAX_STAGING_SLOTS;
 use crate::space::PAGE_BYTES;
 use std::io;
@@ -20,6 +21,8 @@ pub struct Staging {
     base: *mut u8,
     slots: usize,
     free: Mutex<Vec<u32>>,
+    /// Runs for whole regions (`huge_regions`), slots numbered after the pool's.
+    regions: Option<RegionRuns>,
 }
 
 // SAFETY: the mapping is owned by this value and freed only on drop.
@@ -30,9 +33,10 @@ unsafe impl Send for Staging {}
 unsafe impl Sync for Staging {}
 
 impl Staging {
-    /// A pool of `slots` pages, all free.
-    pub fn new(slots: usize) -> io::Result<Staging> {
-        let slots = slots.clamp(1, MAX_STAGING_SLOTS as usize);
+    /// A pool of `slots` pages, all free, and `region_runs` runs for whole regions.
+    pub fn new(slots: usize, region_runs: usize) -> io::Result<Staging> {
+        let most = MAX_STAGING_SLOTS as usize - region_runs * RUN_PAGES;
+        let slots = slots.clamp(1, most);
         // SAFETY: anonymous mapping at a kernel-chosen address; the result is checked.
         let p = unsafe {
             libc::mmap(
@@ -47,16 +51,31 @@ impl Staging {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        let regions = match region_runs {
+            0 => None,
+            n => Some(RegionRuns::new(n, slots as u32)?),
+        };
         Ok(Staging {
             base: p.cast(),
             slots,
             free: Mutex::new((0..slots as u32).rev().collect()),
+            regions,
         })
     }
 
-    /// Number of slots.
+    /// Number of slots of the pool (not counting the region runs').
     pub fn capacity(&self) -> usize {
         self.slots
+    }
+
+    /// The runs for whole regions, when `huge_regions` is on.
+    pub fn regions(&self) -> Option<&RegionRuns> {
+        self.regions.as_ref()
+    }
+
+    /// The region runs, if `slot` is one of theirs.
+    fn run_slot(&self, slot: u32) -> Option<&RegionRuns> {
+        self.regions.as_ref().filter(|r| r.contains(slot))
     }
 
     /// Takes a free slot.
@@ -68,6 +87,9 @@ impl Staging {
     /// suspended process's cache is empty); slots read as zeros afterwards, which no one
     /// relies on: a slot is always filled before use. Returns whether it did.
     pub fn release_memory(&self) -> bool {
+        if self.regions.as_ref().is_some_and(|r| !r.release_memory()) {
+            return false;
+        }
         let free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         if free.len() != self.slots {
             return false;
@@ -88,6 +110,9 @@ impl Staging {
 
     /// Returns a slot to the pool.
     pub fn release(&self, slot: u32) {
+        if let Some(runs) = self.run_slot(slot) {
+            return runs.release(slot);
+        }
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         debug_assert!(!free.contains(&slot), "staging slot {slot} released twice");
         free.push(slot);
@@ -100,6 +125,10 @@ impl Staging {
     /// staged in it), and no other reference to the slot is alive.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slot_mut(&self, slot: u32) -> &mut [u8] {
+        if let Some(runs) = self.run_slot(slot) {
+            // SAFETY: the caller owns the slot.
+            return unsafe { runs.slot_mut(slot) };
+        }
         assert!(
             (slot as usize) < self.slots,
             "staging slot {slot} out of range"
@@ -126,7 +155,7 @@ mod tests {
 
     #[test]
     fn slots_are_handed_out_once_and_recycled() {
-        let s = Staging::new(2).unwrap();
+        let s = Staging::new(2, 0).unwrap();
         let a = s.alloc().unwrap();
         let b = s.alloc().unwrap();
         assert_ne!(a, b);

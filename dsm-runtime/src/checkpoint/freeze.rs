@@ -91,6 +91,14 @@ pub(crate) fn forget_internal(slot: Option<usize>) {
     }
 }
 
+/// How many of the runtime's own threads are running now.
+pub(crate) fn internal_count() -> usize {
+    INTERNAL
+        .iter()
+        .filter(|t| t.load(Ordering::Acquire) != 0)
+        .count()
+}
+
 /// Whether thread `tid` is one the runtime started (see [`register_internal`]).
 pub(crate) fn is_internal(tid: i32) -> bool {
     INTERNAL.iter().any(|t| t.load(Ordering::Acquire) == tid)

@@ -24,7 +24,9 @@ mod take;
 mod write;
 
 pub use fds::{note_runtime_fds, note_runtime_fds_except, open_fds};
-pub(crate) use freeze::{forget_internal, is_internal, register_internal, stop_if_deferred};
+pub(crate) use freeze::{
+    forget_internal, internal_count, is_internal, register_internal, stop_if_deferred,
+};
 pub(crate) use pause::Pause;
 pub(crate) use take::take;
 

@@ -10,7 +10,7 @@ use crate::coherence::state::{self, after_fault, on_fault, FaultAction};
 use crate::coherence::{Access, PageState};
 use crate::config::{HandlerWait, ZERO_FILL_AHEAD_PAGES_MAX};
 use crate::effects::Effects;
-use crate::fault::prefetcher;
+use crate::fault::{prefetcher, regions};
 use crate::runtime::{Core, RuntimeError};
 use crate::space::{PageNum, PAGE_BYTES};
 use crate::trace::EventKind;
@@ -382,19 +382,48 @@ impl FaultHandler {
                 }
             }
             FaultAction::Fetch { writable } => {
-                self.take_budget(core, start)?;
-                self.fetches.push(Fetch {
-                    fault,
-                    page,
-                    state,
-                    writable,
-                });
-                return Ok(());
+                let whole = match core.staging.regions() {
+                    Some(_) => {
+                        let session = self.session.as_mut();
+                        regions::fetch_on_demand(core, session, &mut self.evictor, page, state)?
+                    }
+                    None => None,
+                };
+                match whole {
+                    // Its whole region moved in, the page with it.
+                    Some(true) => {}
+                    // Another thread is claiming the region: fault again once it has.
+                    Some(false) => {
+                        self.deferred.push(fault);
+                        return Ok(());
+                    }
+                    None => return self.fetch_later(core, fault, page, state, writable, start),
+                }
             }
         }
         core.stats
             .fault_service
             .record(start.elapsed().as_nanos() as u64);
+        Ok(())
+    }
+
+    /// Takes budget for a page and adds it to this round's batch of fetches.
+    fn fetch_later<E: Effects>(
+        &mut self,
+        core: &Core<E>,
+        fault: Fault,
+        page: PageNum,
+        state: PageState,
+        writable: bool,
+        start: Instant,
+    ) -> Result<(), RuntimeError> {
+        self.take_budget(core, start)?;
+        self.fetches.push(Fetch {
+            fault,
+            page,
+            state,
+            writable,
+        });
         Ok(())
     }
 
@@ -550,6 +579,13 @@ impl FaultHandler {
         writable: bool,
     ) -> Result<(), RuntimeError> {
         let slot = state.staged().expect("planned as staged");
+        if core.staging.regions().is_some_and(|r| r.contains(slot))
+            && super::regions::serve(core, page, state)?
+        {
+            // Its whole region moved in, the page with it.
+            self.consult_prefetch(core, page, true);
+            return Ok(());
+        }
         // SAFETY: we hold the page's lock, which owns its staging slot.
         let src = unsafe { core.staging.slot_mut(slot) }.as_ptr();
         // Once used, a prefetched page is no longer a prefetch waiting for its use (the

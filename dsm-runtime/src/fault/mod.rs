@@ -11,6 +11,7 @@ pub mod handler;
 pub mod helper;
 pub(crate) mod map_ahead;
 pub mod prefetcher;
+pub(crate) mod regions;
 pub mod uffd;
 
 pub use handler::FaultHandler;

@@ -4,8 +4,8 @@
 //! use is a local install, which is how the runtime learns how many prefetches were used
 //! (see `map_ahead`).
 
-use super::map_ahead;
-use crate::cache::recycle;
+use super::{map_ahead, regions};
+use crate::cache::{recycle, Evictor};
 use crate::coherence::Access;
 use crate::effects::Effects;
 use crate::runtime::{Core, RuntimeError};
@@ -86,18 +86,31 @@ pub(crate) struct Prefetcher {
     /// The bytes of a batch's pages to map ahead, one after the other in page order, so
     /// that each run of them is installed with one call.
     ahead_buf: Vec<u8>,
+    /// With `huge_regions`: the pages of a region being fetched whole, its reads, and
+    /// eviction to make room for a whole region at once.
+    region: Option<(Vec<Staged>, Vec<ReadOp<'static>>, Evictor)>,
 }
 
 impl Prefetcher {
-    /// Buffers for batches of up to `prefetch_max_pages` (1 to 256) pages.
-    pub(crate) fn new(prefetch_max_pages: usize) -> Prefetcher {
-        let batch = prefetch_max_pages.clamp(1, 256);
+    /// Buffers for batches of up to `prefetch_max_pages` (1 to 256) pages, and for whole
+    /// regions when the staging has runs for them.
+    pub(crate) fn new<E: Effects>(core: &Core<E>) -> Prefetcher {
+        let batch = core.config.prefetch_max_pages.clamp(1, 256);
+        let region = core.staging.regions().map(|_| {
+            let pages = crate::cache::region_runs::RUN_PAGES;
+            (
+                Vec::with_capacity(pages),
+                Vec::with_capacity(pages),
+                Evictor::new(core.config.writeback_batch_pages),
+            )
+        });
         Prefetcher {
             batch,
             requested: Vec::with_capacity(batch),
             staged: Vec::with_capacity(batch),
             ops: Vec::with_capacity(batch),
             ahead_buf: vec![0u8; batch * PAGE_BYTES],
+            region,
         }
     }
 
@@ -114,9 +127,13 @@ impl Prefetcher {
         if self.requested.is_empty() {
             return Ok(0);
         }
+        let mut whole = 0;
+        if let Some((staged, ops, evictor)) = &mut self.region {
+            whole = regions::fetch_ahead(core, session, evictor, &self.requested, staged, ops)?;
+        }
         claim(core, &self.requested, &mut self.staged);
         if self.staged.is_empty() {
-            return Ok(0);
+            return Ok(whole);
         }
         self.staged.sort_unstable_by_key(|s| s.page.0);
         let every = core.config.prefetch_probe_every;
@@ -149,13 +166,13 @@ impl Prefetcher {
             map_ahead::install_runs(core, &mut self.staged, &self.ahead_buf)?;
         }
         stage(core, &mut self.staged);
-        Ok(n)
+        Ok(whole + n)
     }
 }
 
 /// Runs the prefetcher until the runtime stops.
 pub fn run(core: &Core, mut session: Box<dyn Session>) -> Result<(), RuntimeError> {
-    let mut prefetcher = Prefetcher::new(core.config.prefetch_max_pages);
+    let mut prefetcher = Prefetcher::new(core);
     while !core.stopping() {
         let Some(_pass) = core.gate.enter(|| core.stopping()) else {
             continue;
@@ -195,7 +212,7 @@ pub(crate) fn publish<E: Effects>(
 }
 
 /// Publishes fetched pages as staged prefetches and unlocks them.
-fn stage<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
+pub(crate) fn stage<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
     for s in staged.drain(..) {
         let next = s
             .state
@@ -207,6 +224,15 @@ fn stage<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
     }
 }
 
+/// Whether a page's bytes are to be fetched from home: not cached, and held there (a
+/// compressed copy may be newer than home).
+pub(crate) fn worth_fetching(state: crate::coherence::PageState) -> bool {
+    state.access() == Access::Invalid
+        && state.home_valid()
+        && state.staged().is_none()
+        && !state.compressed()
+}
+
 /// Locks each requested page that is worth fetching (not cached, data at home), and
 /// gives it budget and a staging slot. Pages that are busy, cached, never written, or
 /// that find the cache full are skipped.
@@ -215,11 +241,7 @@ pub(crate) fn claim<E: Effects>(core: &Core<E>, requested: &[PageNum], staged: &
         let Some(state) = core.table.try_lock(page) else {
             continue;
         };
-        let worth = state.access() == Access::Invalid
-            && state.home_valid()
-            && state.staged().is_none()
-            && !state.compressed(); // its local copy may be newer than home
-        if !worth {
+        if !worth_fetching(state) {
             core.table.unlock(page, state);
             continue;
         }

@@ -325,6 +325,23 @@ impl Userfaultfd {
         self.check(rc, "UFFDIO_REGISTER", start)
     }
 
+    /// Registers a range for write-protect faults only: a touch of an empty page there is
+    /// the kernel's own fault, and the range can be the destination of `UFFDIO_MOVE`
+    /// (which wants its destination registered).
+    pub fn register_wp_only(&self, start: usize, len: usize) -> Result<()> {
+        let mut reg = UffdioRegister {
+            range: UffdioRange {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: REGISTER_MODE_WP,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER reads and writes one `UffdioRegister` on our stack.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER_IOC as _, &mut reg) };
+        self.check(rc, "UFFDIO_REGISTER", start)
+    }
+
     /// Unregisters a range; pending faulting threads are woken and retry without us.
     pub fn unregister(&self, start: usize, len: usize) -> Result<()> {
         let mut range = UffdioRange {

@@ -120,6 +120,8 @@ pub struct Profile {
     pub prefetch_probe_every: usize,
     /// Evicted pages kept to be recycled for mapped-ahead pages (0: off).
     pub recycle_pages: usize,
+    /// Streams prefetched in whole 2 MiB regions, each moved in as one huge page.
+    pub huge_regions: bool,
     /// Most pages written back per batch.
     pub writeback_batch_pages: usize,
     /// Background reclaim starts below this much free cache, percent.
@@ -262,6 +264,7 @@ impl Profile {
         config.fetch_writable_if_dirty_before = self.fetch_writable_if_dirty_before;
         config.prefetch_probe_every = self.prefetch_probe_every;
         config.recycle_pages = self.recycle_pages;
+        config.huge_regions = self.huge_regions;
         config.prefetch_max_pages = self.prefetch_max_pages();
         config.writeback_batch_pages = self.writeback_batch_pages;
         config.reclaim_start_free_pct = self.reclaim_start_free_pct;
@@ -483,6 +486,7 @@ struct RawFetch {
     writable_if_dirty_before: Option<bool>,
     map_ahead_probe_every: Option<Spanned<i64>>,
     recycle_pages: Option<Spanned<i64>>,
+    huge_regions: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -677,6 +681,7 @@ impl RawProfile {
             d.recycle_pages as i64,
             0..=RECYCLE_PAGES_MAX as i64,
         )?;
+        let huge_regions = fetch.huge_regions.unwrap_or(d.huge_regions);
         let writeback = self.writeback.unwrap_or_default();
         let batch = ctx.int(
             "batch_pages",
@@ -752,6 +757,7 @@ impl RawProfile {
             fetch_writable_if_dirty_before: writable_if_dirty_before,
             prefetch_probe_every: probe_every as usize,
             recycle_pages: recycle as usize,
+            huge_regions,
             writeback_batch_pages: batch as usize,
             reclaim_start_free_pct: start as u8,
             reclaim_stop_free_pct: stop as u8,

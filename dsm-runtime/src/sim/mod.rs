@@ -328,7 +328,7 @@ impl Process {
         let handler = FaultHandler::new(&core, nodes.session());
         Ok(Process {
             evictor: Evictor::new(core.config.writeback_batch_pages),
-            prefetcher: Prefetcher::new(core.config.prefetch_max_pages),
+            prefetcher: Prefetcher::new(&core),
             session: nodes.session(),
             model: vec![0; pages as usize],
             fill_words,

@@ -1,0 +1,278 @@
+//! Region runs: staging for whole 2 MiB regions of a stream, one huge page each.
+//!
+//! With `huge_regions` on, the prefetcher fetches a region the stream reaches into a run
+//! of 512 staging slots that is one 2 MiB-aligned range advised `MADV_HUGEPAGE`: the
+//! first bytes written there make the kernel back it with a transparent huge page. The
+//! first fault in the region then moves that huge page into the global range with one
+//! `UFFDIO_MOVE` (see `fault::regions`): 512 pages installed for the cost of one, where
+//! `UFFDIO_COPY` and `MADV_DONTNEED` cost about 1 us a page on the development VM
+//! (`benches/kernel/uffd_move_thp.c`).
+//!
+//! A run's slots are ordinary staging slots to the rest of the cache (numbered after the
+//! pool's, see [`super::Staging`]): a page of a run can be evicted, or installed alone by
+//! a 4 KiB copy when the whole region cannot move, and the run is free again once none
+//! of its slots holds a page.
+
+use crate::space::PAGE_BYTES;
+use std::io;
+use std::sync::Mutex;
+
+/// `prctl` options (the libc crate lacks the flag, Linux 6.18).
+const PR_SET_THP_DISABLE: libc::c_int = 41;
+const PR_GET_THP_DISABLE: libc::c_int = 42;
+const PR_THP_DISABLE_EXCEPT_ADVISED: libc::c_ulong = 1 << 1;
+
+/// Lets the runs have huge pages although the process has them turned off: mimalloc
+/// turns them off for the whole process (the preload clears its `allow_thp` option, so
+/// that no huge page ever backs the global range). Where the kernel can (Linux 6.18,
+/// `PR_THP_DISABLE_EXCEPT_ADVISED`), they stay off except in ranges advised
+/// `MADV_HUGEPAGE`, which only the runs are. Call once mimalloc is set up. Returns
+/// whether the runs can have huge pages; without them regions still move in whole, 4 KiB
+/// page by 4 KiB page.
+pub fn allow_advised_huge_pages() -> bool {
+    // SAFETY: prctl with integer arguments only.
+    let now = unsafe { libc::prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+    if now == 0 || now as libc::c_ulong & PR_THP_DISABLE_EXCEPT_ADVISED != 0 {
+        return true;
+    }
+    // SAFETY: as above.
+    unsafe { libc::prctl(PR_SET_THP_DISABLE, 1, PR_THP_DISABLE_EXCEPT_ADVISED, 0, 0) == 0 }
+}
+
+/// Pages per run: one 2 MiB region.
+pub const RUN_PAGES: usize = super::page_table::REGION_PAGES as usize;
+const RUN_BYTES: usize = RUN_PAGES * PAGE_BYTES;
+
+/// Runs, and their slots' numbers from `first_slot` on.
+pub struct RegionRuns {
+    /// The mapping as made (one run longer than needed, for alignment).
+    map: usize,
+    /// The first run, 2 MiB aligned.
+    base: usize,
+    runs: usize,
+    first_slot: u32,
+    state: Mutex<RunsState>,
+}
+
+struct RunsState {
+    /// Free runs with no memory (their huge page moved into the range).
+    free: Vec<u32>,
+    /// Free runs that hold memory: a region moved back out whole on eviction, or a run
+    /// given back slot by slot. Taken first, so that no huge page is allocated and zeroed.
+    spare: Vec<u32>,
+    /// Per run, how many of its slots still hold a page (0: free).
+    held: Vec<u16>,
+}
+
+impl RegionRuns {
+    /// `runs` runs whose slots are numbered from `first_slot`.
+    pub fn new(runs: usize, first_slot: u32) -> io::Result<RegionRuns> {
+        let len = (runs + 1) * RUN_BYTES;
+        // SAFETY: a fresh private anonymous mapping, unmapped in `drop`; checked.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = (map as usize).next_multiple_of(RUN_BYTES);
+        // Huge pages wanted here; the global range is not advised (a write fault there
+        // would make the kernel allocate and zero a huge page before reporting it).
+        // SAFETY: advice on our own mapping (the raw call: the preload's `madvise` is the
+        // runtime's).
+        unsafe {
+            libc::syscall(
+                libc::SYS_madvise,
+                base,
+                runs * RUN_BYTES,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+        Ok(RegionRuns {
+            map: map as usize,
+            base,
+            runs,
+            first_slot,
+            state: Mutex::new(RunsState {
+                free: (0..runs as u32).rev().collect(),
+                spare: Vec::with_capacity(runs),
+                held: vec![0; runs],
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RunsState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `slot` is one of the runs' slots.
+    pub fn contains(&self, slot: u32) -> bool {
+        slot >= self.first_slot && ((slot - self.first_slot) as usize) < self.runs * RUN_PAGES
+    }
+
+    /// The run of `slot` (one of ours) and the slot's page within it.
+    pub fn run_of(&self, slot: u32) -> (u32, usize) {
+        let i = (slot - self.first_slot) as usize;
+        ((i / RUN_PAGES) as u32, i % RUN_PAGES)
+    }
+
+    /// The slot of page `index` of `run`.
+    pub fn slot(&self, run: u32, index: usize) -> u32 {
+        self.first_slot + (run as usize * RUN_PAGES + index) as u32
+    }
+
+    /// The address of `run`'s first byte.
+    pub fn addr(&self, run: u32) -> usize {
+        self.base + run as usize * RUN_BYTES
+    }
+
+    /// Takes a free run; all its slots are the caller's.
+    pub fn alloc(&self) -> Option<u32> {
+        let mut st = self.lock();
+        let run = st.spare.pop().or_else(|| st.free.pop())?;
+        st.held[run as usize] = RUN_PAGES as u16;
+        Some(run)
+    }
+
+    /// Gives back one slot of a run; the run is free once all are back.
+    pub fn release(&self, slot: u32) {
+        let (run, _) = self.run_of(slot);
+        let mut st = self.lock();
+        let held = &mut st.held[run as usize];
+        debug_assert!(*held > 0, "region run {run} released once too often");
+        *held -= 1;
+        if *held == 0 {
+            st.spare.push(run);
+        }
+    }
+
+    /// Gives back every slot of `run` at once (its pages moved into the range whole).
+    pub fn release_run(&self, run: u32) {
+        let mut st = self.lock();
+        debug_assert_eq!(st.held[run as usize] as usize, RUN_PAGES);
+        st.held[run as usize] = 0;
+        st.free.push(run);
+    }
+
+    /// Moves the region mapped whole at `addr` (its pages locked by the caller and done
+    /// with) out of the range into a free run with no memory, to be filled again by the
+    /// next region instead of a fresh huge page; true if it moved whole. Otherwise moves
+    /// nothing back in: whatever moved is dropped, and the caller drops the region.
+    pub fn take_back<E: crate::effects::Effects>(&self, fx: &E, addr: usize) -> bool {
+        let mut st = self.lock();
+        let Some(run) = st.free.pop() else {
+            return false;
+        };
+        let to = self.addr(run);
+        // SAFETY: the caller owns the region's pages; nothing is mapped in a run with no
+        // memory (we hold the state, and the run is free).
+        let moved = unsafe { fx.move_pages(to, addr, RUN_BYTES) };
+        if moved == RUN_BYTES {
+            st.spare.push(run);
+            return true;
+        }
+        if moved > 0 {
+            drop_range(to, moved);
+        }
+        st.free.push(run);
+        false
+    }
+
+    /// The runs' memory: first byte and length (to register it with the userfaultfd).
+    pub fn range(&self) -> (usize, usize) {
+        (self.base, self.runs * RUN_BYTES)
+    }
+
+    /// The bytes of `n` consecutive slots of one run from `slot`.
+    ///
+    /// # Safety
+    /// As [`super::Staging::slot_mut`], for each of the slots.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slots_mut(&self, slot: u32, n: usize) -> &mut [u8] {
+        let (run, index) = self.run_of(slot);
+        assert!(index + n <= RUN_PAGES, "slots past the end of run {run}");
+        let i = (slot - self.first_slot) as usize;
+        // SAFETY: inside one run of our mapping; exclusive ownership is the caller's.
+        unsafe {
+            std::slice::from_raw_parts_mut((self.base + i * PAGE_BYTES) as *mut u8, n * PAGE_BYTES)
+        }
+    }
+
+    /// The bytes of `slot` (one of ours).
+    ///
+    /// # Safety
+    /// As [`super::Staging::slot_mut`]: the caller owns the slot.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slot_mut(&self, slot: u32) -> &mut [u8] {
+        assert!(self.contains(slot), "slot {slot} is not a region run's");
+        let i = (slot - self.first_slot) as usize;
+        // SAFETY: inside our mapping; exclusive ownership is the caller's obligation.
+        unsafe {
+            std::slice::from_raw_parts_mut((self.base + i * PAGE_BYTES) as *mut u8, PAGE_BYTES)
+        }
+    }
+
+    /// Drops the memory of every run when all are free; returns whether it did.
+    pub fn release_memory(&self) -> bool {
+        let mut st = self.lock();
+        if st.free.len() + st.spare.len() != self.runs {
+            return false;
+        }
+        // SAFETY: our own mapping, no run of which is in use (we hold the state).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_madvise,
+                self.base,
+                self.runs * RUN_BYTES,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc == 0 {
+            let spare = std::mem::take(&mut st.spare);
+            st.free.extend(spare);
+        }
+        rc == 0
+    }
+}
+
+/// `MADV_DONTNEED` as the raw system call (the preload's `madvise` is the runtime's).
+fn drop_range(addr: usize, len: usize) {
+    // SAFETY: a range of our own mapping, no page of which anyone uses.
+    unsafe { libc::syscall(libc::SYS_madvise, addr, len, libc::MADV_DONTNEED) };
+}
+
+impl Drop for RegionRuns {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in `new`.
+        unsafe { libc::munmap(self.map as *mut libc::c_void, (self.runs + 1) * RUN_BYTES) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_free_again_once_every_slot_is_back() {
+        let r = RegionRuns::new(2, 100).unwrap();
+        assert_eq!(r.addr(0) % RUN_BYTES, 0);
+        let a = r.alloc().unwrap();
+        let b = r.alloc().unwrap();
+        assert!(r.alloc().is_none());
+        let s = r.slot(a, 511);
+        assert!(r.contains(s) && !r.contains(99) && !r.contains(100 + 2 * 512));
+        assert_eq!(r.run_of(s), (a, 511));
+        for i in 0..RUN_PAGES {
+            r.release(r.slot(a, i));
+        }
+        assert_eq!(r.alloc(), Some(a));
+        assert_ne!(a, b);
+    }
+}
