@@ -140,6 +140,32 @@ static long huge_kb(void *addr) {
   return kb;
 }
 
+/* A counter of /proc/vmstat (system-wide: nothing else here uses huge pages). */
+static long vm(const char *name) {
+  FILE *f = fopen("/proc/vmstat", "r");
+  char key[64];
+  long v, r = -1;
+  while (f && fscanf(f, "%63s %ld", key, &v) == 2)
+    if (!strcmp(key, name)) { r = v; break; }
+  if (f) fclose(f);
+  return r;
+}
+
+static long split0[3];
+static void splits_mark(void) {
+  split0[0] = vm("thp_split_pmd");
+  split0[1] = vm("thp_deferred_split_page");
+  split0[2] = vm("thp_split_page");
+}
+/* PMDs split, huge pages queued for a deferred split (partly unmapped: the unmapped part
+ * stays allocated until the shrinker splits them), huge pages split, since the mark. */
+static const char *splits(void) {
+  static char s[96];
+  snprintf(s, sizeof s, " [PMD splits +%ld, deferred +%ld, page splits +%ld]", vm("thp_split_pmd") - split0[0],
+           vm("thp_deferred_split_page") - split0[1], vm("thp_split_page") - split0[2]);
+  return s;
+}
+
 static char *src; /* one region of source bytes: page k holds byte k*7+1 */
 
 /* The node read, standing in: 4 KiB memcpy a page, then the region's index. */
@@ -387,8 +413,10 @@ static int edges(void) {
     else
       madvise(d, variant == 1 ? pages * P : HP, MADV_DONTNEED);
     s = fresh(9);
+    splits_mark();
     n = move(d, s, HP);
-    printf("2%c dst PMD emptied (%s): move %s, %s\n", 'a' + variant, what[variant], result(n, HP), hugeness(d));
+    printf("2%c dst PMD emptied (%s): move %s, %s%s\n", 'a' + variant, what[variant], result(n, HP), hugeness(d),
+           splits());
     if (variant == 1) { /* the split left the source a page table: does a 2 MiB drop free it? */
       madvise(s, HP, MADV_DONTNEED);
       s[0] = 0;
@@ -413,12 +441,13 @@ static int edges(void) {
     wp(d, HP, 1);
     size_t before = wp_faults;
     unprotect_whole = 0;
+    splits_mark();
     a = now();
     d[5 * P] = 42; /* the handler unprotects 4 KiB */
     b = now();
     printf("3a 1-byte write to a write-protected huge PMD: %zu WP fault(s), handler unprotects 4 KiB: "
-           "%.0f us, then %s, bytes %s\n", wp_faults - before, (b - a) * 1e6, hugeness(d),
-           d[5 * P] == 42 && !memcmp(d + 6 * P, src + 6 * P, HP - 6 * P) ? "right" : "WRONG");
+           "%.0f us, then %s, bytes %s%s\n", wp_faults - before, (b - a) * 1e6, hugeness(d),
+           d[5 * P] == 42 && !memcmp(d + 6 * P, src + 6 * P, HP - 6 * P) ? "right" : "WRONG", splits());
     d[9 * P] = 1;
     printf("3b write to another page of it: %zu WP faults in all (2 expected: the rest stays protected)\n",
            wp_faults - before);
@@ -438,11 +467,12 @@ static int edges(void) {
   {
     char *d = moved_region(MADV_HUGEPAGE, MW);
     wp(d, HP, 1);
+    splits_mark();
     a = now();
     madvise(d + 64 * P, 64 * P, MADV_DONTNEED);
     b = now();
-    printf("4a MADV_DONTNEED of 64 of its pages: %.0f us, then %s, other pages %s\n", (b - a) * 1e6,
-           hugeness(d), !memcmp(d + 128 * P, src + 128 * P, HP - 128 * P) ? "intact" : "WRONG");
+    printf("4a MADV_DONTNEED of 64 of its pages: %.0f us, then %s, other pages %s%s\n", (b - a) * 1e6,
+           hugeness(d), !memcmp(d + 128 * P, src + 128 * P, HP - 128 * P) ? "intact" : "WRONG", splits());
     a = now();
     madvise(d, HP, MADV_DONTNEED);
     b = now();
@@ -452,19 +482,21 @@ static int edges(void) {
     char *e = moved_region(MADV_HUGEPAGE, MW);
     char *s4 = area(HP, MADV_HUGEPAGE);
     reg(s4, HP, MW);
+    splits_mark();
     a = now();
     n = move(s4, e + 64 * P, P);
     b = now();
-    printf("4b UFFDIO_MOVE of 4 KiB out of a huge PMD: %s, %.0f us, then %s\n", result(n, P), (b - a) * 1e6,
-           hugeness(e));
+    printf("4b UFFDIO_MOVE of 4 KiB out of a huge PMD: %s, %.0f us, then %s%s\n", result(n, P), (b - a) * 1e6,
+           hugeness(e), splits());
     char *f = moved_region(MADV_HUGEPAGE, MW);
     char *s5 = area(HP, MADV_HUGEPAGE);
     reg(s5, HP, MW);
+    splits_mark();
     a = now();
     n = move(s5, f, HP / 2);
     b = now();
-    printf("4c UFFDIO_MOVE of the first 1 MiB out of a huge PMD: %s, %.0f us, then %s\n", result(n, HP / 2),
-           (b - a) * 1e6, hugeness(f));
+    printf("4c UFFDIO_MOVE of the first 1 MiB out of a huge PMD: %s, %.0f us, then %s%s\n", result(n, HP / 2),
+           (b - a) * 1e6, hugeness(f), splits());
     char *g = moved_region(MADV_HUGEPAGE, MW);
     wp(g, HP, 1);
     a = now();
@@ -545,6 +577,8 @@ int main(int argc, char **argv) {
   if (spinning) pthread_create(&spinner, 0, spin, &cpu);
   char *heap = area(N * P, k4 ? MADV_NOHUGEPAGE : MADV_HUGEPAGE);
   reg(heap, N * P, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
+  long alloc0 = vm("thp_fault_alloc");
+  splits_mark();
   double t[4] = {0}; /* out (drop or move out), touch, fill, in (install + write-protect) */
   double t0 = now(), total;
   if (k4) {
@@ -576,7 +610,9 @@ int main(int argc, char **argv) {
          spinning ? " (spinning thread on another CPU)" : "", total * 1e6 / N,
          t[0] * 1e6 / N, t[1] * 1e6 / N, t[2] * 1e6 / N, t[3] * 1e6 / N);
   if (fault) printf(", %zu missing faults, %zu WP faults", faults, wp_faults);
-  printf("\n  last window: %s; range AnonHugePages %ld kB (%s)\n", bad ? "WRONG BYTES" : "bytes right", kb,
-         kb == (long)(W * P / 1024) ? "all 16 regions PMD-mapped" : kb == 0 ? "4 KiB pages" : "some regions split");
+  printf("\n  last window: %s; range AnonHugePages %ld kB (%s); huge pages allocated %ld%s\n",
+         bad ? "WRONG BYTES" : "bytes right", kb,
+         kb == (long)(W * P / 1024) ? "all 16 regions PMD-mapped" : kb == 0 ? "4 KiB pages" : "some regions split",
+         vm("thp_fault_alloc") - alloc0, splits());
   return bad != 0;
 }
