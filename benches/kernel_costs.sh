@@ -27,10 +27,10 @@ thp() {
   gcc -O2 -pthread -o "$DIR/uffd_move_thp" "$HERE/kernel/uffd_move_thp.c"
   echo "== 2 MiB installs: UFFDIO_MOVE of huge pages against 4 KiB runs, on CPU $A"
   taskset -c "$A" "$DIR/uffd_move_thp" edges
-  for mode in copy64 move4k thp thprecycle thpfault thpfaultrc; do
+  for mode in copy64 move4k thp thprecycle thpfault thpfaultrc thpfaultnh; do
     taskset -c "$A" "$DIR/uffd_move_thp" "$mode"
   done
-  for mode in copy64 move4k thp thprecycle thpfault thpfaultrc; do
+  for mode in copy64 move4k thp thprecycle thpfault thpfaultrc thpfaultnh; do
     taskset -c "$A" "$DIR/uffd_move_thp" "$mode" spin "$B"
   done
   taskset -c "$A" "$DIR/uffd_move_thp" pread

@@ -20,6 +20,10 @@
  *               (missing) fault in it, a reader thread touching one byte a page: one fault
  *               round trip per 512 pages (the runtime's handler shape);
  *   thpfaultrc: thpfault with thprecycle's recycling;
+ *   thpfaultnh: thpfaultrc in a range with no THP advice, as the runtime's global range
+ *               (THP enabled = madvise): the fault then allocates a page table under the
+ *               PMD, which the handler frees with a 2 MiB MADV_DONTNEED (the kernel's
+ *               PT_RECLAIM) before the move, else the move would split the huge page;
  *   pread:      the reference: pread of a 512 MiB tmpfs file (/dev/shm), 4 KiB a read;
  * A second argument "spin" runs a thread of the same process spinning on another CPU
  * (default 1), as the runtime's threads do: every page-table change then needs a TLB
@@ -31,7 +35,7 @@
  * Whether a region is PMD-mapped is read from /proc/self/smaps (AnonHugePages of its VMA).
  * Every region carries its index in its first 8 bytes and the source's bytes after; the
  * last window is compared (memcmp) after the pass.
- * Usage: uffd_move_thp copy64|move4k|thp|thprecycle|thpfault|thpfaultrc|pread|edges [spin CPU] */
+ * Usage: uffd_move_thp copy64|move4k|thp|thprecycle|thpfault|thpfaultrc|thpfaultnh|pread|edges [spin CPU] */
 #define _GNU_SOURCE
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
@@ -260,7 +264,7 @@ static void *spin(void *arg) {
 
 static size_t faults, wp_faults;
 static char *fheap;
-static int frecycle;
+static int frecycle, fdrop;
 static double ft[4];
 
 static void *handler(void *arg) {
@@ -280,6 +284,7 @@ static void *handler(void *arg) {
     size_t j = ((uintptr_t)m.arg.pagefault.address - (uintptr_t)fheap) / HP;
     prepare(fheap, j, frecycle, ft);
     double a = now();
+    if (fdrop) madvise(fheap + j * HP, HP, MADV_DONTNEED);
     long n = move(fheap + j * HP, staging, HP);
     if (n == -EEXIST) { /* already there (a second fault raced in): drop the staged copy */
       madvise(staging, HP, MADV_DONTNEED);
@@ -350,6 +355,7 @@ static const char *result(long n, long want) {
 
 static volatile int unprotect_whole;
 static char *missing_src; /* on a missing fault: move this in (2 MiB), protect, wake */
+static volatile int drop_first; /* ... after a 2 MiB MADV_DONTNEED (frees an empty page table) */
 static double fault_served;
 static void *edge_handler(void *arg) {
   (void)arg;
@@ -366,6 +372,7 @@ static void *edge_handler(void *arg) {
     } else if (missing_src) {
       faults++;
       char *at = (char *)(a & ~(HP - 1));
+      if (drop_first) madvise(at, HP, MADV_DONTNEED);
       long n = move(at, missing_src, HP);
       if (n != (long)HP) printf("  move on fault: %s\n", result(n, HP));
       if (!(m.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE)) wp(at, HP, 1);
@@ -540,6 +547,21 @@ static int edges(void) {
     (void)((volatile char *)d)[100 * P];
     printf("5e first read in a MADV_NOHUGEPAGE region, handler moves 2 MiB in: %s\n", hugeness(d));
     (void)before;
+    for (int advice = 0; advice < 2; advice++) {
+      d = area(HP, advice ? MADV_NORMAL : MADV_NOHUGEPAGE);
+      reg(d, HP, MW);
+      missing_src = fresh(5);
+      drop_first = 1;
+      size_t f0 = faults;
+      a = now();
+      (void)((volatile char *)d)[100 * P];
+      b = now();
+      printf("5%c the same in a %s region, handler drops the 2 MiB first (MADV_DONTNEED: frees the empty page "
+             "table the fault made), then moves: %zu fault(s), %.0f us, %s, bytes %s\n", 'f' + advice,
+             advice ? "no-advice" : "MADV_NOHUGEPAGE", faults - f0, (b - a) * 1e6, hugeness(d),
+             !memcmp(d + 8, src + 8, HP - 8) ? "right" : "WRONG");
+      drop_first = 0;
+    }
   }
   stop = 1;
   pthread_join(h, 0);
@@ -548,7 +570,7 @@ static int edges(void) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: %s copy64|move4k|thp|thprecycle|thpfault|thpfaultrc|pread|edges [spin CPU]\n",
+    fprintf(stderr, "usage: %s copy64|move4k|thp|thprecycle|thpfault|thpfaultrc|thpfaultnh|pread|edges [spin CPU]\n",
             argv[0]);
     return 2;
   }
@@ -556,7 +578,8 @@ int main(int argc, char **argv) {
   if (!strcmp(mode, "pread")) return pread_mode();
   int k4 = !strcmp(mode, "copy64") || !strcmp(mode, "move4k");
   int fault = !strncmp(mode, "thpfault", 8);
-  int recycle = !strcmp(mode, "move4k") || !strcmp(mode, "thprecycle") || !strcmp(mode, "thpfaultrc");
+  int nh = !strcmp(mode, "thpfaultnh");
+  int recycle = !strcmp(mode, "move4k") || !strcmp(mode, "thprecycle") || !strcmp(mode, "thpfaultrc") || nh;
   if (!k4 && !fault && strcmp(mode, "thp") && strcmp(mode, "thprecycle") && strcmp(mode, "edges")) {
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
@@ -575,7 +598,7 @@ int main(int argc, char **argv) {
   pthread_t spinner, fault_thread;
   int cpu = argc > 3 ? atoi(argv[3]) : 1, spinning = argc > 2 && !strcmp(argv[2], "spin");
   if (spinning) pthread_create(&spinner, 0, spin, &cpu);
-  char *heap = area(N * P, k4 ? MADV_NOHUGEPAGE : MADV_HUGEPAGE);
+  char *heap = area(N * P, k4 ? MADV_NOHUGEPAGE : nh ? MADV_NORMAL : MADV_HUGEPAGE);
   reg(heap, N * P, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
   long alloc0 = vm("thp_fault_alloc");
   splits_mark();
@@ -593,6 +616,7 @@ int main(int argc, char **argv) {
   } else {
     fheap = heap;
     frecycle = recycle;
+    fdrop = nh;
     pthread_create(&fault_thread, 0, handler, 0);
     long sum = 0;
     t0 = now();
