@@ -25,13 +25,13 @@
  *               PMD, which the handler frees with a 2 MiB MADV_DONTNEED (the kernel's
  *               PT_RECLAIM) before the move, else the move would split the huge page;
  *   pread:      the reference: pread of a 512 MiB tmpfs file (/dev/shm), 4 KiB a read;
+ *   edges:      correctness conditions, one line each (destination PMD emptied by
+ *               MADV_DONTNEED, missing and write faults in huge regions, partial
+ *               unprotect, drop or move of a huge PMD).
  * A second argument "spin" runs a thread of the same process spinning on another CPU
  * (default 1), as the runtime's threads do: every page-table change then needs a TLB
  * shootdown IPI (once per 2 MiB region in the thp modes, once per run or page in the
  * 4 KiB ones).
- *   edges:      correctness conditions, one line each (destination PMD emptied by
- *               MADV_DONTNEED, write faults on a protected huge PMD, partial unprotect or
- *               drop, moves of less than 2 MiB).
  * Whether a region is PMD-mapped is read from /proc/self/smaps (AnonHugePages of its VMA).
  * Every region carries its index in its first 8 bytes and the source's bytes after; the
  * last window is compared (memcmp) after the pass.
@@ -543,10 +543,8 @@ static int edges(void) {
     char *d = area(HP, MADV_NOHUGEPAGE);
     reg(d, HP, MW);
     missing_src = fresh(5);
-    size_t before = wp_faults;
     (void)((volatile char *)d)[100 * P];
     printf("5e first read in a MADV_NOHUGEPAGE region, handler moves 2 MiB in: %s\n", hugeness(d));
-    (void)before;
     for (int advice = 0; advice < 2; advice++) {
       d = area(HP, advice ? MADV_NORMAL : MADV_NOHUGEPAGE);
       reg(d, HP, MW);
