@@ -16,6 +16,7 @@
 use crate::space::PAGE_BYTES;
 use std::io;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// `prctl` options (the libc crate lacks the flag, Linux 6.18).
 const PR_SET_THP_DISABLE: libc::c_int = 41;
@@ -62,6 +63,18 @@ struct RunsState {
     spare: Vec<u32>,
     /// Per run, how many of its slots still hold a page (0: free).
     held: Vec<u16>,
+    /// Per run, whether it holds memory (a spare one, or one in use).
+    filled: Vec<bool>,
+    /// Runs in use, oldest first, with the first page of the region each stages and
+    /// when it was taken.
+    in_use: std::collections::VecDeque<(u32, u64, Instant)>,
+}
+
+impl RunsState {
+    /// Forgets `run` as in use.
+    fn retire(&mut self, run: u32) {
+        self.in_use.retain(|&(r, _, _)| r != run);
+    }
 }
 
 impl RegionRuns {
@@ -104,6 +117,8 @@ impl RegionRuns {
                 free: (0..runs as u32).rev().collect(),
                 spare: Vec::with_capacity(runs),
                 held: vec![0; runs],
+                filled: vec![false; runs],
+                in_use: std::collections::VecDeque::with_capacity(runs),
             }),
         })
     }
@@ -133,12 +148,44 @@ impl RegionRuns {
         self.base + run as usize * RUN_BYTES
     }
 
-    /// Takes a free run; all its slots are the caller's.
-    pub fn alloc(&self) -> Option<u32> {
+    /// Takes a free run for the region starting at page `first`; all its slots are the
+    /// caller's.
+    pub fn alloc(&self, first: u64) -> Option<u32> {
         let mut st = self.lock();
         let run = st.spare.pop().or_else(|| st.free.pop())?;
         st.held[run as usize] = RUN_PAGES as u16;
+        st.in_use.push_back((run, first, Instant::now()));
         Some(run)
+    }
+
+    /// Whether a run is free.
+    pub fn has_free(&self) -> bool {
+        let st = self.lock();
+        !st.free.is_empty() || !st.spare.is_empty()
+    }
+
+    /// The first page of the region staged in the run taken longest ago, if that was
+    /// more than `age` ago.
+    pub fn oldest_older_than(&self, age: Duration) -> Option<u64> {
+        let st = self.lock();
+        let &(_, first, since) = st.in_use.front()?;
+        (since.elapsed() > age).then_some(first)
+    }
+
+    /// Gives back a run taken by [`Self::alloc`] and not used after all.
+    pub fn unclaim(&self, run: u32) {
+        let mut st = self.lock();
+        st.retire(run);
+        st.held[run as usize] = 0;
+        match st.filled[run as usize] {
+            true => st.spare.push(run),
+            false => st.free.push(run),
+        }
+    }
+
+    /// Notes that `run` holds memory now (its pages were written).
+    pub fn note_filled(&self, run: u32) {
+        self.lock().filled[run as usize] = true;
     }
 
     /// Gives back one slot of a run; the run is free once all are back.
@@ -149,7 +196,9 @@ impl RegionRuns {
         debug_assert!(*held > 0, "region run {run} released once too often");
         *held -= 1;
         if *held == 0 {
+            st.retire(run);
             st.spare.push(run);
+            st.filled[run as usize] = true;
         }
     }
 
@@ -157,7 +206,9 @@ impl RegionRuns {
     pub fn release_run(&self, run: u32) {
         let mut st = self.lock();
         debug_assert_eq!(st.held[run as usize] as usize, RUN_PAGES);
+        st.retire(run);
         st.held[run as usize] = 0;
+        st.filled[run as usize] = false;
         st.free.push(run);
     }
 
@@ -176,6 +227,7 @@ impl RegionRuns {
         let moved = unsafe { fx.move_pages(to, addr, RUN_BYTES) };
         if moved == RUN_BYTES {
             st.spare.push(run);
+            st.filled[run as usize] = true;
             return true;
         }
         if moved > 0 {
@@ -237,6 +289,7 @@ impl RegionRuns {
         if rc == 0 {
             let spare = std::mem::take(&mut st.spare);
             st.free.extend(spare);
+            st.filled.iter_mut().for_each(|f| *f = false);
         }
         rc == 0
     }
@@ -263,16 +316,19 @@ mod tests {
     fn a_run_is_free_again_once_every_slot_is_back() {
         let r = RegionRuns::new(2, 100).unwrap();
         assert_eq!(r.addr(0) % RUN_BYTES, 0);
-        let a = r.alloc().unwrap();
-        let b = r.alloc().unwrap();
-        assert!(r.alloc().is_none());
+        let a = r.alloc(0).unwrap();
+        let b = r.alloc(512).unwrap();
+        assert!(r.alloc(1024).is_none());
+        assert_eq!(r.oldest_older_than(Duration::ZERO), Some(0));
+        assert_eq!(r.oldest_older_than(Duration::from_secs(60)), None);
         let s = r.slot(a, 511);
         assert!(r.contains(s) && !r.contains(99) && !r.contains(100 + 2 * 512));
         assert_eq!(r.run_of(s), (a, 511));
         for i in 0..RUN_PAGES {
             r.release(r.slot(a, i));
         }
-        assert_eq!(r.alloc(), Some(a));
+        assert_eq!(r.oldest_older_than(Duration::ZERO), Some(512));
+        assert_eq!(r.alloc(0), Some(a));
         assert_ne!(a, b);
     }
 }

@@ -20,7 +20,7 @@
 //! a page of the region is busy or gone, the faulting page is installed alone from its
 //! slot like any staged page.
 
-use super::prefetcher::{count_fetch, count_node_reads, stage, worth_fetching, Staged};
+use super::prefetcher::{count_fetch, count_node_reads, worth_fetching, Staged};
 use crate::cache::page_table::REGION_PAGES;
 use crate::cache::recycle;
 use crate::cache::region_runs::{RegionRuns, RUN_PAGES};
@@ -39,6 +39,8 @@ const AHEAD: u64 = 2;
 const REGION_BYTES: usize = RUN_PAGES * PAGE_BYTES;
 /// Attempts to lock a page of a region that another thread holds for a moment.
 const BUSY_RETRIES: usize = 64;
+/// How long a staged region may wait for its first use before its run is taken back.
+const STALE: std::time::Duration = std::time::Duration::from_millis(200);
 /// Eviction rounds the prefetcher runs to make room for a region before giving up.
 const ROOM_ATTEMPTS: usize = 16;
 
@@ -114,13 +116,49 @@ pub(crate) fn fetch_on_demand<E: Effects>(
     let mine = staged.remove(index);
     stage(core, &mut staged);
     let mine_state = mine.state.with_staged(mine.slot).with_prefetched(true);
-    core.eviction().on_insert(page, true);
     if serve(core, page, mine_state)? {
         return Ok(Some(true));
     }
     // Still staged: publish it as such, and let the thread fault again.
     core.table.unlock(page, mine_state);
     Ok(Some(false))
+}
+
+/// Publishes a region's fetched pages as staged prefetches and unlocks them. They are
+/// not shown to the eviction policy until they are mapped (a region about to be used
+/// would otherwise be the coldest thing cached); a region never used is dropped whole
+/// when its run is wanted ([`drop_oldest`]).
+fn stage<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
+    for s in staged.drain(..) {
+        let next = s
+            .state
+            .with_staged(s.slot)
+            .with_prefetched(true)
+            .with_busy(false);
+        core.table.unlock(s.page, next);
+    }
+}
+
+/// Drops the region staged longest ago if it waited longer than [`STALE`] (its pages
+/// never used, or the rest of a region that moved in part), so that its run and budget
+/// serve the stream's next region. A younger one is about to be used: the new region
+/// waits instead.
+fn drop_oldest<E: Effects>(
+    core: &Core<E>,
+    session: &mut dyn Session,
+    evictor: &mut Evictor,
+) -> Result<(), RuntimeError> {
+    let Some(runs) = core.staging.regions() else {
+        return Ok(());
+    };
+    let Some(first) = runs.oldest_older_than(STALE) else {
+        return Ok(());
+    };
+    let pages: Vec<PageNum> = (first..first + REGION_PAGES).map(PageNum).collect();
+    for chunk in pages.chunks(core.config.writeback_batch_pages.max(1)) {
+        evictor.evict_pages(core, session, chunk)?;
+    }
+    Ok(())
 }
 
 /// Evicts until a whole region fits in the free cache; false if eviction found nothing
@@ -130,6 +168,9 @@ fn make_room<E: Effects>(
     session: &mut dyn Session,
     evictor: &mut Evictor,
 ) -> Result<bool, RuntimeError> {
+    if core.staging.regions().is_some_and(|r| !r.has_free()) {
+        drop_oldest(core, session, evictor)?;
+    }
     for _ in 0..ROOM_ATTEMPTS {
         if core.budget.free() >= RUN_PAGES {
             return Ok(true);
@@ -165,33 +206,34 @@ fn claim<E: Effects>(
     let Some(runs) = core.staging.regions() else {
         return Claim::No;
     };
-    let Some(run) = runs.alloc() else {
+    let Some(run) = runs.alloc(first.0) else {
         return Claim::No;
     };
     staged.clear();
     for i in 0..RUN_PAGES {
         let page = PageNum(first.0 + i as u64);
+        let is_held = held.is_some_and(|(p, _)| p == page);
         let (taken, busy) = match held {
-            Some((p, s)) if p == page => (Some(s).filter(|&s| fits_region(s)), false),
-            _ => match core.table.try_lock(page) {
-                Some(s) if fits_region(s) => (Some(s), false),
-                Some(s) => {
-                    core.table.unlock(page, s);
-                    (None, false)
-                }
-                None => (None, true),
-            },
+            Some((p, s)) if p == page => (Some(s), false),
+            _ => (core.table.try_lock(page), true),
         };
-        let taken = taken.filter(|_| core.budget.try_take());
-        let Some(state) = taken else {
+        let fits = taken.is_some_and(fits_region) && core.budget.try_take();
+        let Some(state) = taken.filter(|_| fits) else {
+            // Not this one: give back what this claim took (the held page stays locked).
+            if let Some(s) = taken.filter(|_| !is_held) {
+                core.table.unlock(page, s);
+            }
             for s in staged.drain(..) {
                 core.budget.give_back();
                 if held.is_none_or(|(p, _)| p != s.page) {
                     core.table.unlock(s.page, s.state);
                 }
             }
-            runs.release_run(run);
-            return if busy { Claim::Busy } else { Claim::No };
+            runs.unclaim(run);
+            return match busy && taken.is_none() {
+                true => Claim::Busy,
+                false => Claim::No,
+            };
         };
         staged.push(Staged {
             page,
@@ -220,6 +262,9 @@ fn fetch<E: Effects>(
     ops_store: &mut Vec<ReadOp<'static>>,
 ) -> Result<(), RuntimeError> {
     let runs = core.staging.regions().expect("a region is staged in a run");
+    if let Some(s) = staged.first() {
+        runs.note_filled(runs.run_of(s.slot).0);
+    }
     let mut ops: Vec<ReadOp<'_>> = recycle(std::mem::take(ops_store));
     let mut reads = 0;
     let mut i = 0;
@@ -386,6 +431,7 @@ fn map_rest<E: Effects>(
                 false => mapped.with_prefetched(true).with_referenced(false),
             };
             core.table.unlock(page, next);
+            core.eviction().on_insert(page, true);
             served |= i + k == index;
         }
         if done {
@@ -457,6 +503,11 @@ fn settle<E: Effects>(
     protected: bool,
 ) {
     let writable = !protected;
+    if moved == RUN_PAGES && protected {
+        // Before any page is unlocked: eviction must see the region whole from the start.
+        core.table.mark_huge(first);
+    }
+    let mut policy = core.eviction();
     for (i, &s) in states.iter().enumerate() {
         let page = PageNum(first.0 + i as u64);
         if i >= moved {
@@ -471,12 +522,11 @@ fn settle<E: Effects>(
             (false, false) => mapped.with_prefetched(true).with_referenced(false),
         };
         core.table.unlock(page, next);
+        policy.on_insert(page, true);
     }
+    drop(policy);
     if moved == RUN_PAGES {
         runs.release_run(run);
-        if protected {
-            core.table.mark_huge(first);
-        }
     } else {
         for i in 0..moved {
             runs.release(runs.slot(run, i));
