@@ -1112,9 +1112,12 @@ mod tests {
     #[test]
     fn shipped_profiles_are_found_by_name_and_build_their_policies() {
         let v = Profile::load("velvet").unwrap();
-        assert_eq!(v.eviction(100).name(), "2q");
+        assert_eq!(v.eviction(100).name(), "heat");
+        let l = Profile::load("loop").unwrap();
+        assert_eq!(l.eviction(100).name(), "2q");
         let s = Profile::load("sequential").unwrap();
         assert_eq!(s.prefetch().name(), "readahead");
+        assert!(s.huge_regions);
         let r = Profile::load("random").unwrap();
         assert_eq!(r.prefetch().name(), "none");
         assert_eq!(r.prefetch_max_pages(), 0);
