@@ -67,6 +67,28 @@ pub(crate) fn unmap_range(addr: usize, len: usize) {
 
 pub(crate) use unmap::{unmap_runs, UnmapBatch};
 
+/// A fresh private anonymous mapping of `len` bytes, backed only where touched
+/// (`MAP_NORESERVE`), at a place the kernel picks: the cache's own buffers (staging,
+/// spare pages, region runs). Its owner unmaps it.
+pub(crate) fn map_anonymous(len: usize) -> std::io::Result<*mut libc::c_void> {
+    // SAFETY: a new mapping at a kernel-chosen address touches no existing memory; the
+    // result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(p)
+}
+
 /// Empties a vector and gives its allocation back with another lifetime parameter.
 ///
 /// Batches of transport operations borrow buffers for one call only; keeping one vector

@@ -81,20 +81,7 @@ impl RegionRuns {
     /// `runs` runs whose slots are numbered from `first_slot`.
     pub fn new(runs: usize, first_slot: u32) -> io::Result<RegionRuns> {
         let len = (runs + 1) * RUN_BYTES;
-        // SAFETY: a fresh private anonymous mapping, unmapped in `drop`; checked.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let map = super::map_anonymous(len)?; // unmapped in `drop`
         let base = (map as usize).next_multiple_of(RUN_BYTES);
         // Huge pages wanted here; the global range is not advised (a write fault there
         // would make the kernel allocate and zero a huge page before reporting it).

@@ -37,22 +37,9 @@ impl Spares {
     /// (write-protect mode, as the global range) before use.
     pub fn new(pages: usize) -> io::Result<Spares> {
         let len = pages * PAGE_BYTES;
-        // SAFETY: a fresh private anonymous mapping, unmapped in `drop`.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // Huge pages would be split by every move (the kernel moves 4 KiB pages only).
-        // SAFETY: advice on the mapping just made.
+        let base = super::map_anonymous(len)?; // unmapped in `drop`
+                                               // Spare pages move a few 4 KiB pages at a time: each move would split a huge page.
+                                               // SAFETY: advice on the mapping just made.
         unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
         Ok(Spares {
             base: base as usize,

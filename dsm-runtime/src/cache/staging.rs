@@ -37,20 +37,7 @@ impl Staging {
     pub fn new(slots: usize, region_runs: usize) -> io::Result<Staging> {
         let most = MAX_STAGING_SLOTS as usize - region_runs * RUN_PAGES;
         let slots = slots.clamp(1, most);
-        // SAFETY: anonymous mapping at a kernel-chosen address; the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                slots * PAGE_BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let p = super::map_anonymous(slots * PAGE_BYTES)?; // unmapped in `drop`
         let regions = match region_runs {
             0 => None,
             n => Some(RegionRuns::new(n, slots as u32)?),

@@ -77,6 +77,16 @@ pub(crate) struct Staged {
     pub(crate) done: bool,
 }
 
+impl Staged {
+    /// The page's state once published as a staged prefetch in its slot, unlocked.
+    pub(crate) fn staged_state(&self) -> crate::coherence::PageState {
+        self.state
+            .with_staged(self.slot)
+            .with_prefetched(true)
+            .with_busy(false)
+    }
+}
+
 /// The prefetcher's buffers, allocated once.
 pub(crate) struct Prefetcher {
     batch: usize,
@@ -212,14 +222,9 @@ pub(crate) fn publish<E: Effects>(
 }
 
 /// Publishes fetched pages as staged prefetches and unlocks them.
-pub(crate) fn stage<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
+fn stage<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
     for s in staged.drain(..) {
-        let next = s
-            .state
-            .with_staged(s.slot)
-            .with_prefetched(true)
-            .with_busy(false);
-        core.table.unlock(s.page, next);
+        core.table.unlock(s.page, s.staged_state());
         core.eviction().on_insert(s.page, true);
     }
 }

@@ -115,7 +115,7 @@ pub(crate) fn fetch_on_demand<E: Effects>(
     let index = (page.0 - first.0) as usize;
     let mine = staged.remove(index);
     stage(core, &mut staged);
-    let mine_state = mine.state.with_staged(mine.slot).with_prefetched(true);
+    let mine_state = mine.staged_state();
     if serve(core, page, mine_state)? {
         return Ok(Some(true));
     }
@@ -130,12 +130,7 @@ pub(crate) fn fetch_on_demand<E: Effects>(
 /// when its run is wanted ([`drop_oldest`]).
 fn stage<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
     for s in staged.drain(..) {
-        let next = s
-            .state
-            .with_staged(s.slot)
-            .with_prefetched(true)
-            .with_busy(false);
-        core.table.unlock(s.page, next);
+        core.table.unlock(s.page, s.staged_state());
     }
 }
 
