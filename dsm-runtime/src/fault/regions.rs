@@ -329,9 +329,8 @@ pub(crate) fn serve<E: Effects>(
     st.staged_hits.fetch_add(1, Ordering::Relaxed);
     st.prefetch_used.fetch_add(1, Ordering::Relaxed);
     core.eviction().on_access(page);
-    let next: Vec<PageNum> = (1..=AHEAD)
-        .map(|k| PageNum(first.0 + k * REGION_PAGES))
-        .collect();
+    let next: [PageNum; AHEAD as usize] =
+        std::array::from_fn(|k| PageNum(first.0 + (k as u64 + 1) * REGION_PAGES));
     core.prefetcher
         .enqueue(&next, core.layout.pages, &core.stats);
     Ok(true)
@@ -531,7 +530,13 @@ fn settle<E: Effects>(
 
 /// Whether the program runs one thread (the runtime's own not counted).
 fn program_runs_alone() -> bool {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    use std::io::Read;
+    // Into a buffer on the stack: this runs on the fault path, which allocates nothing.
+    let mut buf = [0u8; 1024];
+    let Ok(n) = std::fs::File::open("/proc/self/stat").and_then(|mut f| f.read(&mut buf)) else {
+        return false;
+    };
+    let Ok(stat) = std::str::from_utf8(&buf[..n]) else {
         return false;
     };
     // Field 20, num_threads, counted after the command's closing parenthesis (field 2).
