@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{compile_c, dsmrun_cmd, prefetching_runtime, run_measured, scratch, skip};
+use common::{compile_c, dsmrun_cmd, heavy, prefetching_runtime, run_measured, scratch, skip};
 
 const PAGE: usize = 4096;
 
@@ -23,6 +23,8 @@ fn n(total: &serde_json::Value, key: &str) -> u64 {
 
 #[test]
 fn a_scan_under_dsmrun_moves_whole_regions_in_and_keeps_every_byte() {
+    // Alone: the counters below need the prefetcher to keep ahead of the scan.
+    let _turn = heavy();
     let Some(bin) = compile_c("regionscan", &[]) else {
         skip(
             "a_scan_under_dsmrun_moves_whole_regions_in_and_keeps_every_byte",
@@ -76,6 +78,7 @@ fn word(base: usize, page: usize) -> *mut u64 {
 
 #[test]
 fn a_multi_threaded_process_maps_regions_by_4k_copies_and_keeps_every_byte() {
+    let _turn = heavy();
     const SPACE: usize = 64 << 20;
     let (_nodes, rt) = prefetching_runtime(24, 16 << 20, SPACE as u64, |c| {
         c.huge_regions = true;

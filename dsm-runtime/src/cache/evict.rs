@@ -328,8 +328,11 @@ impl Evictor {
             if self.victims.len() >= want {
                 break;
             }
-            if core.table.is_huge(page) && take_region(core, page, &mut self.victims) {
-                continue;
+            if core.table.is_huge(page) {
+                match take_region(core, page, &mut self.victims) {
+                    Region::Taken | Region::Kept => continue,
+                    Region::Split => {}
+                }
             }
             let Some(state) = core.table.try_lock(page) else {
                 continue;
@@ -516,12 +519,27 @@ impl Evictor {
     }
 }
 
+/// What eviction did with a candidate in a region moved in as one huge page.
+enum Region {
+    /// Every page of the region taken as a victim.
+    Taken,
+    /// None: the program has just entered the region (the candidate is not evicted).
+    Kept,
+    /// None: the region is no longer whole, the candidate goes alone.
+    Split,
+}
+
 /// Takes every page of `page`'s region, moved in as one huge page, as victims, so
 /// that it leaves with one 2 MiB drop instead of splitting the huge page: if each is
 /// mapped, clean and free, and the compressed tier is off (its buffers hold a batch).
-/// Otherwise notes the region as no longer whole and takes nothing. Whether it did.
-fn take_region<E: Effects>(core: &Core<E>, page: PageNum, victims: &mut Vec<Victim>) -> bool {
+/// Keeps the region the program has just entered (a policy may well rank its pages, not
+/// yet read, coldest of all). Otherwise notes the region as no longer whole and takes
+/// nothing.
+fn take_region<E: Effects>(core: &Core<E>, page: PageNum, victims: &mut Vec<Victim>) -> Region {
     let first = page.0 / REGION_PAGES * REGION_PAGES;
+    if core.staging.regions().is_some_and(|r| r.is_newest(first)) {
+        return Region::Kept;
+    }
     let start = victims.len();
     for p in (first..first + REGION_PAGES).map(PageNum) {
         let taken = match core.table.try_lock(p) {
@@ -542,14 +560,14 @@ fn take_region<E: Effects>(core: &Core<E>, page: PageNum, victims: &mut Vec<Vict
                     core.table.unlock(v.page, v.state);
                 }
                 core.table.clear_huge(page);
-                return false;
+                return Region::Split;
             }
         }
     }
     core.stats
         .regions_evicted_whole
         .fetch_add(1, Ordering::Relaxed);
-    true
+    Region::Taken
 }
 
 /// The `n` victims from `first` cover whole regions mapped as one huge page each (and

@@ -68,6 +68,10 @@ struct RunsState {
     /// Runs in use, oldest first, with the first page of the region each stages and
     /// when it was taken.
     in_use: std::collections::VecDeque<(u32, u64, Instant)>,
+    /// The first page of the region moved in last: where the stream is.
+    newest: Option<u64>,
+    /// When it moved in.
+    newest_at: Option<Instant>,
 }
 
 impl RunsState {
@@ -106,6 +110,8 @@ impl RegionRuns {
                 held: vec![0; runs],
                 filled: vec![false; runs],
                 in_use: std::collections::VecDeque::with_capacity(runs),
+                newest: None,
+                newest_at: None,
             }),
         })
     }
@@ -151,12 +157,48 @@ impl RegionRuns {
         !st.free.is_empty() || !st.spare.is_empty()
     }
 
-    /// The first page of the region staged in the run taken longest ago, if that was
-    /// more than `age` ago.
-    pub fn oldest_older_than(&self, age: Duration) -> Option<u64> {
+    /// The first page of a region staged in a run that the stream will not use: one it
+    /// has passed (see [`Self::is_passed`]), or one staged before the last move in and
+    /// not within `ahead` pages after it (the stream went elsewhere, say back to the
+    /// start of its array; with two streams interleaved, the other stream's, which then
+    /// have to share the runs); else the one taken longest ago if that was more than
+    /// `age` ago. Called only when every run is in use.
+    pub fn stale(&self, age: Duration, ahead: u64) -> Option<u64> {
         let st = self.lock();
+        let left = |first: u64, since: Instant| {
+            let (Some(newest), Some(at)) = (st.newest, st.newest_at) else {
+                return false;
+            };
+            since < at && !(first > newest && first - newest <= ahead)
+        };
+        let unused = st
+            .in_use
+            .iter()
+            .find(|&&(_, first, since)| passed(st.newest, first) || left(first, since));
+        if let Some(&(_, first, _)) = unused {
+            return Some(first);
+        }
         let &(_, first, since) = st.in_use.front()?;
         (since.elapsed() > age).then_some(first)
+    }
+
+    /// Notes that the region at page `first` moved in whole: the stream is there now.
+    pub fn note_moved_in(&self, first: u64) {
+        let mut st = self.lock();
+        st.newest = Some(first);
+        st.newest_at = Some(Instant::now());
+    }
+
+    /// Whether the region at page `first` is the one moved in last, which the program
+    /// has just entered: evicting it would throw away the pages it reads next.
+    pub fn is_newest(&self, first: u64) -> bool {
+        self.lock().newest == Some(first)
+    }
+
+    /// Whether the stream has passed the region at page `first`: it lies a little
+    /// behind the region moved in last. Fetching it now would be for nothing.
+    pub fn is_passed(&self, first: u64) -> bool {
+        passed(self.lock().newest, first)
     }
 
     /// Gives back a run taken by [`Self::alloc`] and not used after all.
@@ -282,6 +324,16 @@ impl RegionRuns {
     }
 }
 
+/// Regions behind the newest one moved in that count as passed by the stream: a few, so
+/// that a second stream far behind the first still gets its regions.
+const PASSED_REGIONS: u64 = 4;
+
+/// Whether the region at page `first` lies at most [`PASSED_REGIONS`] regions behind
+/// the one at `newest` (first pages).
+fn passed(newest: Option<u64>, first: u64) -> bool {
+    newest.is_some_and(|n| first < n && n - first <= PASSED_REGIONS * RUN_PAGES as u64)
+}
+
 /// `MADV_DONTNEED` as the raw system call (the preload's `madvise` is the runtime's).
 fn drop_range(addr: usize, len: usize) {
     // SAFETY: a range of our own mapping, no page of which anyone uses.
@@ -306,16 +358,50 @@ mod tests {
         let a = r.alloc(0).unwrap();
         let b = r.alloc(512).unwrap();
         assert!(r.alloc(1024).is_none());
-        assert_eq!(r.oldest_older_than(Duration::ZERO), Some(0));
-        assert_eq!(r.oldest_older_than(Duration::from_secs(60)), None);
+        assert_eq!(r.stale(Duration::ZERO, 0), Some(0));
+        assert_eq!(r.stale(Duration::from_secs(60), 0), None);
         let s = r.slot(a, 511);
         assert!(r.contains(s) && !r.contains(99) && !r.contains(100 + 2 * 512));
         assert_eq!(r.run_of(s), (a, 511));
         for i in 0..RUN_PAGES {
             r.release(r.slot(a, i));
         }
-        assert_eq!(r.oldest_older_than(Duration::ZERO), Some(512));
+        assert_eq!(r.stale(Duration::ZERO, 0), Some(512));
         assert_eq!(r.alloc(0), Some(a));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_region_the_stream_has_passed_or_left_is_stale_at_once() {
+        let r = RegionRuns::new(3, 0).unwrap();
+        let region = |k: u64| k * RUN_PAGES as u64;
+        let (long, ahead) = (Duration::from_secs(60), region(2));
+        r.alloc(region(10)).unwrap();
+        r.alloc(region(12)).unwrap();
+        assert_eq!(r.stale(long, ahead), None, "no stream seen yet");
+        r.note_moved_in(region(11));
+        assert!(r.is_newest(region(11)) && !r.is_newest(region(10)));
+        assert!(r.is_passed(region(10)) && r.is_passed(region(7)));
+        assert!(!r.is_passed(region(11)) && !r.is_passed(region(12)));
+        assert!(
+            !r.is_passed(region(6)),
+            "far behind: perhaps another stream's"
+        );
+        assert_eq!(r.stale(long, ahead), Some(region(10)));
+        for i in 0..RUN_PAGES {
+            r.release(r.slot(0, i));
+        }
+        // Region 12 is just ahead of the stream: kept; not once the stream has gone back
+        // to the start.
+        assert_eq!(r.stale(long, ahead), None);
+        std::thread::sleep(Duration::from_millis(2));
+        r.note_moved_in(region(0));
+        assert_eq!(r.stale(long, ahead), Some(region(12)));
+        // A region staged after that move is the stream's next.
+        for i in 0..RUN_PAGES {
+            r.release(r.slot(1, i));
+        }
+        r.alloc(region(1)).unwrap();
+        assert_eq!(r.stale(long, ahead), None);
     }
 }

@@ -62,7 +62,9 @@ pub(crate) fn fetch_ahead<E: Effects>(
     ops_store: &mut Vec<ReadOp<'static>>,
 ) -> Result<usize, RuntimeError> {
     let mut n = 0;
-    for &first in requested.iter().filter(|&&p| starts_region(core, p)) {
+    let runs = core.staging.regions();
+    let wanted = |p: &&PageNum| starts_region(core, **p) && !runs.is_some_and(|r| r.is_passed(p.0));
+    for &first in requested.iter().filter(wanted) {
         if !make_room(core, session, evictor)? {
             core.stats.prefetch_dropped.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -134,10 +136,10 @@ fn stage<E: Effects>(core: &Core<E>, staged: &mut Vec<Staged>) {
     }
 }
 
-/// Drops the region staged longest ago if it waited longer than [`STALE`] (its pages
-/// never used, or the rest of a region that moved in part), so that its run and budget
-/// serve the stream's next region. A younger one is about to be used: the new region
-/// waits instead.
+/// Drops a staged region the stream has passed, or else the region staged longest ago if
+/// it waited longer than [`STALE`] (its pages never used, or the rest of a region that
+/// moved in part), so that its run and budget serve the stream's next region. A younger
+/// one is about to be used: the new region waits instead.
 fn drop_oldest<E: Effects>(
     core: &Core<E>,
     session: &mut dyn Session,
@@ -146,7 +148,7 @@ fn drop_oldest<E: Effects>(
     let Some(runs) = core.staging.regions() else {
         return Ok(());
     };
-    let Some(first) = runs.oldest_older_than(STALE) else {
+    let Some(first) = runs.stale(STALE, AHEAD * REGION_PAGES) else {
         return Ok(());
     };
     let pages: Vec<PageNum> = (first..first + REGION_PAGES).map(PageNum).collect();
@@ -498,8 +500,10 @@ fn settle<E: Effects>(
 ) {
     let writable = !protected;
     if moved == RUN_PAGES && protected {
-        // Before any page is unlocked: eviction must see the region whole from the start.
+        // Before any page is unlocked: eviction must see the region whole from the start,
+        // and keep it while the program is in it.
         core.table.mark_huge(first);
+        runs.note_moved_in(first.0);
     }
     let mut policy = core.eviction();
     for (i, &s) in states.iter().enumerate() {
