@@ -79,9 +79,10 @@ pub struct RuntimeConfig {
     /// being freed and allocated again (see `cache::spares`; 0 = off, at most
     /// [`RECYCLE_PAGES_MAX`]; off too on a kernel without `UFFDIO_MOVE`).
     pub recycle_pages: usize,
-    /// Prefetch streams in whole 2 MiB regions: a region the readahead reaches, with no
-    /// page of it cached, is fetched into a huge page and moved into the range as one on
-    /// the first fault in it (see `fault::regions`; off on a kernel without `UFFDIO_MOVE`).
+    /// Prefetch streams in whole 2 MiB regions: once a stream has come through a region,
+    /// the next region the readahead reaches, with no page of it cached, is fetched into
+    /// a huge page and moved into the range as one on the first fault in it (see
+    /// `fault::regions`; off on a kernel without `UFFDIO_MOVE`).
     pub huge_regions: bool,
     /// On a write's zero-fill, zero-fill up to this many following untouched pages too,
     /// writable, in the same call (0 to [`ZERO_FILL_AHEAD_PAGES_MAX`]; 0 = off).
@@ -153,7 +154,7 @@ impl Default for RuntimeConfig {
             prefetch_max_pages: 32,
             prefetch_probe_every: 16,
             recycle_pages: 0,
-            huge_regions: false,
+            huge_regions: true,
             zero_fill_ahead_pages: 15,
             fetch_writable_if_dirty_before: false,
             staging_pages: 0,

@@ -105,8 +105,10 @@ fn a_thrashing_job_is_told_so_while_it_runs() {
     };
     let _turn = heavy();
     // 32 MiB walked at random by 4 threads through a 2 MiB cache: nearly every access
-    // faults, for a few seconds.
-    let args = ["32", "4", "40", "7"];
+    // faults, for about 4 s. (40 rounds took 1.3 s: the checkpoints a second apart and
+    // the samples half a second apart then hardly made one whole window, and a suite run
+    // on 2026-12-08 saw no warning.)
+    let args = ["32", "4", "120", "7"];
     let native = run_measured(Command::new(&exe).args(args));
     assert_eq!(native.code, 0, "heapwalk natively: {}", native.stderr);
     let dir = scratch("thrash");

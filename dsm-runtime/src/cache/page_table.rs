@@ -246,6 +246,11 @@ impl PageTable {
         self.regions.count(page).load(Ordering::Acquire) & HUGE != 0
     }
 
+    /// How many pages of `page`'s region are mapped or locked (a moment ago).
+    pub fn in_use_in_region(&self, page: PageNum) -> u64 {
+        u64::from(self.regions.count(page).load(Ordering::Acquire) & COUNT)
+    }
+
     /// Ends an unmapping begun by [`Self::try_zap`].
     pub fn end_zap(&self, page: PageNum) {
         let prev = self.regions.count(page).swap(0, Ordering::AcqRel);

@@ -182,6 +182,11 @@ impl RegionRuns {
         (since.elapsed() > age).then_some(first)
     }
 
+    /// Whether a run holds the region at page `first`.
+    pub fn holds(&self, first: u64) -> bool {
+        self.lock().in_use.iter().any(|&(_, f, _)| f == first)
+    }
+
     /// Notes that the region at page `first` moved in whole: the stream is there now.
     pub fn note_moved_in(&self, first: u64) {
         let mut st = self.lock();
