@@ -419,6 +419,33 @@ pub fn current_thread_is_internal() -> bool {
     INTERNAL_THREAD.with(Cell::get)
 }
 
+/// Blocks every signal but the synchronous ones (a fault, a bad instruction) in the
+/// calling runtime thread, so that the kernel delivers the program's signals to the
+/// program's threads only, as it would natively. Otherwise a signal the program blocks
+/// in all its threads (to take it with `sigwait`) would run its default action on a
+/// runtime thread and, say, end the process; a program's handler would run on a
+/// runtime thread, where touching the heap waits on that very thread; and a signal
+/// interrupting a blocked socket call (`EINTR`, which is retried) would restart the
+/// node timeout.
+fn block_asynchronous_signals() {
+    // SAFETY: plain signal-set manipulation on a local set, then this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for sig in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGFPE,
+            libc::SIGTRAP,
+            libc::SIGSYS,
+        ] {
+            libc::sigdelset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Marks the calling thread as the runtime's own; see [`current_thread_is_internal`].
 pub fn mark_current_thread_internal() {
     INTERNAL_THREAD.with(|c| c.set(true));
@@ -462,6 +489,7 @@ fn spawn_internal(
         .name(name)
         .spawn(move || {
             mark_current_thread_internal();
+            block_asynchronous_signals();
             let registered = crate::checkpoint::register_internal();
             PANICS_END_THE_PROCESS.with(|c| c.set(true));
             // The starter waits for this below before it returns.

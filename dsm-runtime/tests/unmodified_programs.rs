@@ -148,6 +148,20 @@ fn a_thrashing_job_is_told_so_while_it_runs() {
     let _ = std::fs::remove_file(exe);
 }
 
+/// A program that blocks its signals and takes them with `sigwait` (as servers do) gets
+/// each one, as natively: the runtime's threads block them, so the kernel does not hand
+/// them to a runtime thread (where SIGALRM's or SIGUSR1's default action would end the
+/// process, and a handler would run on a runtime thread).
+#[test]
+fn signals_blocked_by_the_program_wait_for_its_sigwait() {
+    let Some(exe) = compile_c("sigwaiter", &[]) else {
+        return skip("sigwaiter", "no C compiler (apt-get install gcc)");
+    };
+    let total = native_vs_pooled("sigwaiter", &exe, &["64", "200"]);
+    assert!(total["faults_read"].as_u64().unwrap_or(0) > 0, "{total}");
+    let _ = std::fs::remove_file(exe);
+}
+
 #[test]
 fn openmp_program() {
     let Some(exe) = compile_c("omp", &["-fopenmp"]) else {
