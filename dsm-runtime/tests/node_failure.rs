@@ -226,6 +226,59 @@ fn a_silent_node_times_out_naming_it() {
     assert!(start.elapsed() < Duration::from_secs(3));
 }
 
+/// A batch that spans several nodes which all stop answering at once (their host died)
+/// fails within about one node timeout, not one per node: the nodes' replies are awaited
+/// against one deadline. Three real nodes, two of them stopped with SIGSTOP.
+#[test]
+fn a_batch_to_several_silent_nodes_fails_within_one_timeout() {
+    use dsm_runtime::transport::WriteOp;
+    let (nodes, secret) = common::nodes(3, 1 << 20);
+    let timeout = Duration::from_millis(600);
+    let t = TcpTransport::discover(nodes.addrs(), secret, timeout).unwrap();
+    let mut s = t.connect().unwrap();
+    let page = vec![7u8; 4096];
+    let ops: Vec<WriteOp<'_>> = (0..3)
+        .map(|n| WriteOp {
+            node: NodeId(n),
+            offset: 1 << 16,
+            data: &page,
+        })
+        .collect();
+    s.write_batch(&ops).unwrap();
+    let stopped = [1, 2].map(|i| nodes.pid(i).expect("node running") as i32);
+    for pid in stopped {
+        // SAFETY: signals a node process this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        wait_stopped(pid);
+    }
+    let start = Instant::now();
+    let err = s.write_batch(&ops).unwrap_err();
+    let took = start.elapsed();
+    for pid in stopped {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+    // Two timeouts one after the other would take 1.2 s.
+    assert!(took < timeout + Duration::from_millis(400), "took {took:?}");
+}
+
+/// Waits until process `pid` shows as stopped (SIGSTOP takes effect asynchronously).
+fn wait_stopped(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next());
+        if state == Some("T") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("node process {pid} did not stop");
+}
+
 #[test]
 fn a_node_speaking_garbage_is_a_protocol_error() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
