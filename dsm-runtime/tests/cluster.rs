@@ -572,8 +572,10 @@ fn hosts_that_cannot_run_nodes_are_named_within_ten_seconds() {
 /// on the other hosts. Whichever notices first ends it (docs/cluster.md): the program's
 /// runtime after its 5 s node timeout, or ssh's keep-alives (6-8 s) plus dsmrun's grace
 /// and port probe (3 s). The bound was 10 s; a fresh-clone CI run on 2026-12-07 ended by
-/// the ssh path in 10.37 s, the runtime's timeout not having fired (an open bug, noted
-/// in that session's closing note), so the bound now covers the documented ssh path.
+/// the ssh path in 10.37 s, the runtime's timeout not having fired: a write batch to
+/// several of the dead host's nodes waited a timeout per node, one after the other
+/// (fixed 2026-12-08 in `TcpSession::drain_pending`). The bound still covers the ssh
+/// path; tightening it again waits for more runs of this test.
 #[test]
 fn a_host_dying_mid_job_ends_it_naming_the_host() {
     let Some(exe) = compile_c("heapwalk", &[]) else {

@@ -3,7 +3,8 @@
 //! A scan mapped ahead 4 KiB at a time costs the kernel an install and a drop per page
 //! (`UFFDIO_COPY` and `MADV_DONTNEED`, about 1 us a page on the development VM, more
 //! than reading the bytes from a node). So when the readahead reaches the first page of
-//! a region none of whose pages is cached, the prefetcher fetches the whole region into a
+//! a region none of whose pages is cached, right after a stream came through the region
+//! before it ([`after_stream`]), the prefetcher fetches the whole region into a
 //! staging run backed by one transparent huge page ([`crate::cache::region_runs`]), and
 //! the first fault in the region moves that huge page into the range with one
 //! `UFFDIO_MOVE`, write-protected as a whole: 512 pages for one fault and a few
